@@ -1,0 +1,156 @@
+"""BERT-family text encoders: BERT, RoBERTa, XLM-RoBERTa, CamemBERT (Hugging Face ``bert``,
+``roberta``, ``xlm-roberta``, ``camembert``).
+
+Post-norm transformer with word, position and token-type embeddings and the tanh
+pooler over the first token. The RoBERTa family numbers positions from
+``pad_token_id + 1`` and skips padding, exactly as transformers does.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from clip_jax.models.layers import MLP, Attention, DType, TowerOutput, config_fields, layer_norm, padding_mask
+from clip_jax.weights.keymap import HEADS_BIAS, HEADS_IN, HEADS_OUT, LINEAR, KeyMap, Rule
+
+ROBERTA_FAMILY = ("roberta", "xlm-roberta", "camembert")
+
+
+@dataclasses.dataclass(frozen=True)
+class BertConfig:
+    """Hyper-parameters of a BERT-family encoder; names and defaults as transformers' ``BertConfig``."""
+
+    vocab_size: int = 30522
+    hidden_size: int = 768
+    num_hidden_layers: int = 12
+    num_attention_heads: int = 12
+    intermediate_size: int = 3072
+    hidden_act: str = "gelu"
+    hidden_dropout_prob: float = 0.1
+    attention_probs_dropout_prob: float = 0.1
+    max_position_embeddings: int = 512
+    type_vocab_size: int = 2
+    layer_norm_eps: float = 1e-12
+    pad_token_id: int = 0
+    position_embedding_type: str = "absolute"
+    model_type: str = "bert"
+
+    def __post_init__(self):
+        if self.position_embedding_type != "absolute":
+            raise ValueError(
+                f"position_embedding_type={self.position_embedding_type!r} is not supported (only 'absolute').")
+
+    @classmethod
+    def from_hf(cls, hf: dict) -> "BertConfig":
+        """From a transformers config dict (``BertConfig.to_dict()`` or config.json)."""
+        return cls(**config_fields(cls, hf))
+
+    def to_hf(self) -> dict:
+        """A dict that the transformers config class of ``model_type`` accepts."""
+        return dataclasses.asdict(self)
+
+    @property
+    def max_length(self) -> int:
+        """The longest token sequence the tower accepts (RoBERTa reserves pad_token_id + 1 positions)."""
+        if self.model_type in ROBERTA_FAMILY:
+            return self.max_position_embeddings - self.pad_token_id - 1
+        return self.max_position_embeddings
+
+
+class PostNormBlock(nnx.Module):
+    """A BERT layer: ``ln(x + attn(x))`` then ``ln(x + mlp(x))``, dropout before each residual add."""
+
+    def __init__(self, config: BertConfig, *, dtype: DType, param_dtype: jnp.dtype, rngs: nnx.Rngs):
+        kwargs = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        d = config.hidden_size
+        self.attention = Attention(d, config.num_attention_heads, dropout=config.attention_probs_dropout_prob,
+                                   **kwargs)
+        self.attention_norm = layer_norm(d, config.layer_norm_eps, **kwargs)
+        self.mlp = MLP(d, config.intermediate_size, config.hidden_act, **kwargs)
+        self.mlp_norm = layer_norm(d, config.layer_norm_eps, **kwargs)
+        self.dropout = nnx.Dropout(config.hidden_dropout_prob)
+
+    def __call__(self, x: jax.Array, mask: jax.Array | None, *, deterministic: bool = True,
+                 rngs: nnx.Rngs | None = None) -> jax.Array:
+        drop = lambda y: self.dropout(y, deterministic=deterministic, rngs=rngs)
+        x = self.attention_norm(x + drop(self.attention(x, mask, deterministic=deterministic, rngs=rngs)))
+        return self.mlp_norm(x + drop(self.mlp(x)))
+
+
+class BertEncoder(nnx.Module):
+    """Embeddings, post-norm encoder and (optionally) the tanh pooler."""
+
+    def __init__(self, config: BertConfig, *, add_pooling_layer: bool = True, dtype: DType = None,
+                 param_dtype: jnp.dtype = jnp.float32, rngs: nnx.Rngs):
+        self.config = config
+        d = config.hidden_size
+        kwargs = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        embed = lambda n: nnx.Embed(n, d, embedding_init=nnx.initializers.normal(0.02), **kwargs)
+        self.word_embeddings = embed(config.vocab_size)
+        self.position_embeddings = embed(config.max_position_embeddings)
+        self.token_type_embeddings = embed(config.type_vocab_size)
+        self.embeddings_norm = layer_norm(d, config.layer_norm_eps, **kwargs)
+        self.dropout = nnx.Dropout(config.hidden_dropout_prob)
+        self.layers = nnx.List([PostNormBlock(config, **kwargs) for _ in range(config.num_hidden_layers)])
+        self.pooler = (nnx.Linear(d, d, kernel_init=nnx.initializers.normal(0.02), **kwargs)
+                       if add_pooling_layer else None)
+
+    def position_ids(self, input_ids: jax.Array) -> jax.Array:
+        """Positions as transformers numbers them for this model type."""
+        if self.config.model_type in ROBERTA_FAMILY:
+            not_pad = (input_ids != self.config.pad_token_id).astype(jnp.int32)
+            return jnp.cumsum(not_pad, axis=1) * not_pad + self.config.pad_token_id
+        return jnp.broadcast_to(jnp.arange(input_ids.shape[1]), input_ids.shape)
+
+    def __call__(self, input_ids: jax.Array, attention_mask: jax.Array | None = None,
+                 token_type_ids: jax.Array | None = None, position_ids: jax.Array | None = None, *,
+                 output_hidden_states: bool = False, deterministic: bool = True,
+                 rngs: nnx.Rngs | None = None) -> TowerOutput:
+        """Encode ``input_ids`` ``[batch, seq]`` with an optional 0/1 ``attention_mask``."""
+        if input_ids.shape[1] > self.config.max_length:
+            raise ValueError(f"Sequence length {input_ids.shape[1]} exceeds the model's maximum "
+                             f"{self.config.max_length}; truncate the text.")
+        if position_ids is None:
+            position_ids = self.position_ids(input_ids)
+        if token_type_ids is None:
+            token_type_ids = jnp.zeros_like(input_ids)
+        x = (self.word_embeddings(input_ids) + self.token_type_embeddings(token_type_ids)
+             + self.position_embeddings(position_ids))
+        x = self.dropout(self.embeddings_norm(x), deterministic=deterministic, rngs=rngs)
+        mask = padding_mask(attention_mask) if attention_mask is not None else None
+        hidden_states = [x]
+        for layer in self.layers:
+            x = layer(x, mask, deterministic=deterministic, rngs=rngs)
+            hidden_states.append(x)
+        pooled = jnp.tanh(self.pooler(x[:, 0])) if self.pooler is not None else None
+        return TowerOutput(x, pooled, tuple(hidden_states) if output_hidden_states else None)
+
+
+_LAYER = "encoder.layer.{i}."
+KEY_MAP = KeyMap([
+    Rule("embeddings.word_embeddings.weight", "word_embeddings.embedding"),
+    Rule("embeddings.position_embeddings.weight", "position_embeddings.embedding"),
+    Rule("embeddings.token_type_embeddings.weight", "token_type_embeddings.embedding"),
+    Rule("embeddings.LayerNorm.weight", "embeddings_norm.scale"),
+    Rule("embeddings.LayerNorm.bias", "embeddings_norm.bias"),
+    *[Rule(_LAYER + f"attention.self.{name}.weight", f"layers.{{i}}.attention.{name}.kernel", HEADS_IN)
+      for name in ("query", "key", "value")],
+    *[Rule(_LAYER + f"attention.self.{name}.bias", f"layers.{{i}}.attention.{name}.bias", HEADS_BIAS)
+      for name in ("query", "key", "value")],
+    Rule(_LAYER + "attention.output.dense.weight", "layers.{i}.attention.out.kernel", HEADS_OUT),
+    Rule(_LAYER + "attention.output.dense.bias", "layers.{i}.attention.out.bias"),
+    Rule(_LAYER + "attention.output.LayerNorm.weight", "layers.{i}.attention_norm.scale"),
+    Rule(_LAYER + "attention.output.LayerNorm.bias", "layers.{i}.attention_norm.bias"),
+    Rule(_LAYER + "intermediate.dense.weight", "layers.{i}.mlp.fc1.kernel", LINEAR),
+    Rule(_LAYER + "intermediate.dense.bias", "layers.{i}.mlp.fc1.bias"),
+    Rule(_LAYER + "output.dense.weight", "layers.{i}.mlp.fc2.kernel", LINEAR),
+    Rule(_LAYER + "output.dense.bias", "layers.{i}.mlp.fc2.bias"),
+    Rule(_LAYER + "output.LayerNorm.weight", "layers.{i}.mlp_norm.scale"),
+    Rule(_LAYER + "output.LayerNorm.bias", "layers.{i}.mlp_norm.bias"),
+    Rule("pooler.dense.weight", "pooler.kernel", LINEAR),
+    Rule("pooler.dense.bias", "pooler.bias"),
+])

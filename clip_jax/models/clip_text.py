@@ -1,0 +1,107 @@
+"""CLIP's text transformer (Hugging Face ``clip_text_model``; the text half of ``clip``).
+
+Causal pre-norm transformer; ``pooler_output`` is the final-LayerNorm state at the
+end-of-text token, located exactly as transformers does (legacy configs with
+``eos_token_id == 2`` take the highest token id, as OpenAI's code did).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from clip_jax.models.layers import DType, TowerOutput, config_fields, layer_norm, padding_mask
+from clip_jax.models.vit import CLIP_ENCODER_RULES, PreNormBlock
+from clip_jax.weights.keymap import KeyMap, Rule
+
+
+@dataclasses.dataclass(frozen=True)
+class CLIPTextConfig:
+    """Hyper-parameters of CLIP's text tower; names and defaults as transformers' ``CLIPTextConfig``."""
+
+    vocab_size: int = 49408
+    hidden_size: int = 512
+    intermediate_size: int = 2048
+    num_hidden_layers: int = 12
+    num_attention_heads: int = 8
+    max_position_embeddings: int = 77
+    hidden_act: str = "quick_gelu"
+    layer_norm_eps: float = 1e-5
+    attention_dropout: float = 0.0
+    pad_token_id: int = 1
+    bos_token_id: int = 49406
+    eos_token_id: int = 49407
+    projection_dim: int = 512
+
+    model_type = "clip_text_model"
+
+    @classmethod
+    def from_hf(cls, hf: dict) -> "CLIPTextConfig":
+        """From a transformers config dict (``CLIPTextConfig.to_dict()`` or config.json)."""
+        return cls(**config_fields(cls, hf))
+
+    def to_hf(self) -> dict:
+        """A dict that ``transformers.CLIPTextConfig(**d)`` accepts."""
+        return {"model_type": self.model_type, **dataclasses.asdict(self)}
+
+    @property
+    def max_length(self) -> int:
+        """The longest token sequence the tower accepts."""
+        return self.max_position_embeddings
+
+
+class CLIPTextTransformer(nnx.Module):
+    """Token + position embeddings, causal pre-norm encoder, final LayerNorm, EOS pooling."""
+
+    def __init__(self, config: CLIPTextConfig, *, dtype: DType = None, param_dtype: jnp.dtype = jnp.float32,
+                 rngs: nnx.Rngs):
+        self.config = config
+        d = config.hidden_size
+        kwargs = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        self.token_embedding = nnx.Embed(config.vocab_size, d, embedding_init=nnx.initializers.normal(0.02),
+                                         **kwargs)
+        self.position_embedding = nnx.Embed(config.max_position_embeddings, d,
+                                            embedding_init=nnx.initializers.normal(0.01), **kwargs)
+        self.layers = nnx.List([
+            PreNormBlock(d, config.intermediate_size, config.num_attention_heads, config.hidden_act,
+                         config.layer_norm_eps, config.attention_dropout, **kwargs)
+            for _ in range(config.num_hidden_layers)])
+        self.final_layer_norm = layer_norm(d, config.layer_norm_eps, **kwargs)
+
+    def __call__(self, input_ids: jax.Array, attention_mask: jax.Array | None = None,
+                 position_ids: jax.Array | None = None, *, output_hidden_states: bool = False,
+                 deterministic: bool = True, rngs: nnx.Rngs | None = None) -> TowerOutput:
+        """Encode ``input_ids`` ``[batch, seq]`` with an optional 0/1 ``attention_mask``."""
+        seq = input_ids.shape[1]
+        if seq > self.config.max_position_embeddings:
+            raise ValueError(f"Sequence length {seq} exceeds max_position_embeddings "
+                             f"{self.config.max_position_embeddings}; truncate the text.")
+        if position_ids is None:
+            position_ids = jnp.arange(seq)[None, :]
+        x = self.token_embedding(input_ids) + self.position_embedding(position_ids)
+        mask = jnp.tril(jnp.ones((seq, seq), bool))[None, None]
+        if attention_mask is not None:
+            mask = mask & padding_mask(attention_mask)
+        hidden_states = [x]
+        for layer in self.layers:
+            x = layer(x, mask, deterministic=deterministic, rngs=rngs)
+            hidden_states.append(x)
+        x = self.final_layer_norm(x)
+        if self.config.eos_token_id == 2:
+            eos_index = jnp.argmax(input_ids, axis=-1)
+        else:
+            eos_index = jnp.argmax((input_ids == self.config.eos_token_id).astype(jnp.int32), axis=-1)
+        pooled = jnp.take_along_axis(x, eos_index[:, None, None], axis=1)[:, 0]
+        return TowerOutput(x, pooled, tuple(hidden_states) if output_hidden_states else None)
+
+
+KEY_MAP = KeyMap([
+    Rule("embeddings.token_embedding.weight", "token_embedding.embedding"),
+    Rule("embeddings.position_embedding.weight", "position_embedding.embedding"),
+    *CLIP_ENCODER_RULES,
+    Rule("final_layer_norm.weight", "final_layer_norm.scale"),
+    Rule("final_layer_norm.bias", "final_layer_norm.bias"),
+])

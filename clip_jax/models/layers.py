@@ -1,0 +1,156 @@
+"""Building blocks shared by the towers: activations, multi-head attention, MLP, outputs.
+
+Parameter layout follows Flax conventions: dense kernels are ``[in, out]``; attention
+projections keep the head axis explicit (``[embed, heads, head_dim]``) so that sharding
+rules can split heads and weight loaders can reshape PyTorch's fused matrices.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+from flax import struct
+
+Array = jax.Array
+DType = jnp.dtype | None
+
+DEFAULT_INIT = nnx.initializers.normal(stddev=0.02)
+
+
+def quick_gelu(x: Array) -> Array:
+    """OpenAI CLIP's sigmoid approximation of GELU."""
+    return x * jax.nn.sigmoid(1.702 * x)
+
+
+ACTIVATIONS: dict[str, Callable[[Array], Array]] = {
+    "gelu": lambda x: jax.nn.gelu(x, approximate=False),
+    "gelu_new": lambda x: jax.nn.gelu(x, approximate=True),
+    "gelu_pytorch_tanh": lambda x: jax.nn.gelu(x, approximate=True),
+    "gelu_fast": lambda x: jax.nn.gelu(x, approximate=True),
+    "quick_gelu": quick_gelu,
+    "relu": jax.nn.relu,
+    "silu": jax.nn.silu,
+    "swish": jax.nn.silu,
+}
+
+
+def activation(name: str) -> Callable[[Array], Array]:
+    """The activation function named as in a Hugging Face config's ``hidden_act``."""
+    try:
+        return ACTIVATIONS[name]
+    except KeyError:
+        raise ValueError(
+            f"Unsupported hidden_act {name!r}; supported: {sorted(ACTIVATIONS)}."
+        ) from None
+
+
+@struct.dataclass
+class TowerOutput:
+    """What a tower returns, with Hugging Face's field names.
+
+    ``hidden_states`` (when requested) holds the embedding output followed by every
+    layer's output, as in transformers' ``output_hidden_states=True``.
+    """
+
+    last_hidden_state: Array
+    pooler_output: Array | None = None
+    hidden_states: tuple[Array, ...] | None = None
+
+
+class HeadsProjection(nnx.Module):
+    """Dense map ``[..., embed] -> [..., heads, head_dim]`` (a query, key or value projection)."""
+
+    def __init__(self, embed_dim: int, num_heads: int, head_dim: int, *, dtype: DType,
+                 param_dtype: jnp.dtype, rngs: nnx.Rngs):
+        self.kernel = nnx.Param(DEFAULT_INIT(rngs.params(), (embed_dim, num_heads, head_dim), param_dtype))
+        self.bias = nnx.Param(jnp.zeros((num_heads, head_dim), param_dtype))
+        self.dtype = dtype
+
+    def __call__(self, x: Array) -> Array:
+        kernel, bias = self.kernel[...], self.bias[...]
+        if self.dtype is not None:
+            x, kernel, bias = x.astype(self.dtype), kernel.astype(self.dtype), bias.astype(self.dtype)
+        return jnp.einsum("...d,dhk->...hk", x, kernel) + bias
+
+
+class HeadsMerge(nnx.Module):
+    """Dense map ``[..., heads, head_dim] -> [..., embed]`` (the attention output projection)."""
+
+    def __init__(self, num_heads: int, head_dim: int, embed_dim: int, *, dtype: DType,
+                 param_dtype: jnp.dtype, rngs: nnx.Rngs):
+        self.kernel = nnx.Param(DEFAULT_INIT(rngs.params(), (num_heads, head_dim, embed_dim), param_dtype))
+        self.bias = nnx.Param(jnp.zeros((embed_dim,), param_dtype))
+        self.dtype = dtype
+
+    def __call__(self, x: Array) -> Array:
+        kernel, bias = self.kernel[...], self.bias[...]
+        if self.dtype is not None:
+            x, kernel, bias = x.astype(self.dtype), kernel.astype(self.dtype), bias.astype(self.dtype)
+        return jnp.einsum("...hk,hkd->...d", x, kernel) + bias
+
+
+class Attention(nnx.Module):
+    """Multi-head scaled dot-product self-attention with an optional boolean mask.
+
+    ``mask`` is broadcastable to ``[batch, heads, query, key]``; True means "may attend".
+    Softmax runs in float32 whatever the compute dtype.
+    """
+
+    def __init__(self, embed_dim: int, num_heads: int, *, dropout: float = 0.0, dtype: DType = None,
+                 param_dtype: jnp.dtype = jnp.float32, rngs: nnx.Rngs):
+        if embed_dim % num_heads:
+            raise ValueError(f"hidden_size {embed_dim} is not divisible by num_attention_heads {num_heads}.")
+        head_dim = embed_dim // num_heads
+        kwargs = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        self.query = HeadsProjection(embed_dim, num_heads, head_dim, **kwargs)
+        self.key = HeadsProjection(embed_dim, num_heads, head_dim, **kwargs)
+        self.value = HeadsProjection(embed_dim, num_heads, head_dim, **kwargs)
+        self.out = HeadsMerge(num_heads, head_dim, embed_dim, **kwargs)
+        self.dropout = nnx.Dropout(dropout)
+        self.scale = 1.0 / math.sqrt(head_dim)
+
+    def __call__(self, x: Array, mask: Array | None = None, *, deterministic: bool = True,
+                 rngs: nnx.Rngs | None = None) -> Array:
+        q, k, v = self.query(x), self.key(x), self.value(x)
+        scores = jnp.einsum("bqhk,bshk->bhqs", q, k).astype(jnp.float32) * self.scale
+        if mask is not None:
+            scores = jnp.where(mask, scores, jnp.finfo(jnp.float32).min)
+        probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+        probs = self.dropout(probs, deterministic=deterministic, rngs=rngs)
+        return self.out(jnp.einsum("bhqs,bshk->bqhk", probs, v))
+
+
+class MLP(nnx.Module):
+    """Two dense layers with an activation between them (``fc1 -> act -> fc2``)."""
+
+    def __init__(self, embed_dim: int, hidden_dim: int, act: str, *, dtype: DType = None,
+                 param_dtype: jnp.dtype = jnp.float32, rngs: nnx.Rngs):
+        kwargs = dict(dtype=dtype, param_dtype=param_dtype, kernel_init=DEFAULT_INIT, rngs=rngs)
+        self.fc1 = nnx.Linear(embed_dim, hidden_dim, **kwargs)
+        self.fc2 = nnx.Linear(hidden_dim, embed_dim, **kwargs)
+        self.act = activation(act)
+
+    def __call__(self, x: Array) -> Array:
+        return self.fc2(self.act(self.fc1(x)))
+
+
+def layer_norm(dim: int, eps: float, *, dtype: DType, param_dtype: jnp.dtype, rngs: nnx.Rngs) -> nnx.LayerNorm:
+    """A LayerNorm with PyTorch's epsilon convention (added to the variance)."""
+    return nnx.LayerNorm(dim, epsilon=eps, dtype=dtype, param_dtype=param_dtype,
+                         use_fast_variance=False, rngs=rngs)
+
+
+def padding_mask(attention_mask: Array) -> Array:
+    """``[batch, seq]`` 0/1 mask -> boolean ``[batch, 1, 1, seq]`` key mask."""
+    return attention_mask.astype(bool)[:, None, None, :]
+
+
+def config_fields(cls: type, hf: dict) -> dict:
+    """The entries of a Hugging Face config dict that name fields of dataclass ``cls``."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    return {k: v for k, v in hf.items() if k in names}

@@ -1,0 +1,202 @@
+"""Which module, config class and weight table serve each Hugging Face ``model_type``.
+
+Adding a text architecture: write ``clip_jax/models/<name>.py`` (config dataclass with
+``from_hf``/``to_hf``/``max_length``, an ``nnx.Module`` returning :class:`TowerOutput`, and a
+``KEY_MAP``), then add one :class:`Architecture` entry to ``ARCHITECTURES``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+from pathlib import Path
+from typing import Any, Callable, Literal
+
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from clip_jax.models import bert, clip_text, vit
+from clip_jax.models.layers import DType
+from clip_jax.weights.keymap import KeyMap
+from clip_jax.weights.loading import Adapter, load_params
+from clip_jax.weights.readers import CheckpointError, read_config, read_state_dict, resolve_checkpoint
+
+Kind = Literal["vision", "text"]
+POOLINGS = ("pooler", "cls", "mean", "eos")
+
+
+def _adapt_vit_positions(path, array: np.ndarray, target_shape: tuple[int, ...]) -> np.ndarray | None:
+    """Interpolate a checkpoint's position embeddings to the grid of a different ``image_size``."""
+    if path != ("position_embedding",) or array.shape[1:] != target_shape[1:]:
+        return None
+    grid = math.isqrt(target_shape[0] - 1)
+    return np.asarray(vit.resize_position_embedding(array, (grid, grid)))
+
+
+@dataclasses.dataclass(frozen=True)
+class Architecture:
+    """How to build and load one tower architecture."""
+
+    kind: Kind
+    config_cls: type
+    module_cls: Callable[..., nnx.Module]
+    key_map: KeyMap
+    #: Where the tower's keys start in its own transformers model class (e.g. ``bert.`` in BertForMaskedLM).
+    prefixes: tuple[str, ...]
+    #: A key (after the prefix) that every checkpoint of the architecture holds.
+    anchor: str
+    #: Text pooling used by ``VisionTextDualEncoderModel`` for this tower (None for vision).
+    default_pooling: str | None = None
+    #: Checkpoint keys that are expected and not used (regexes, after the prefix).
+    ignore: tuple[str, ...] = ()
+    #: Parameters that may be absent and then keep their random initialisation (regexes).
+    allow_missing: tuple[str, ...] = ()
+    adapt: Adapter | None = None
+
+
+_BERT = dict(kind="text", config_cls=bert.BertConfig, module_cls=bert.BertEncoder, key_map=bert.KEY_MAP,
+             anchor="embeddings.word_embeddings.weight", default_pooling="pooler",
+             ignore=(r"embeddings\.position_ids", r"embeddings\.token_type_ids"), allow_missing=(r"pooler\..*",))
+
+ARCHITECTURES: dict[str, Architecture] = {
+    "clip_vision_model": Architecture(
+        kind="vision", config_cls=vit.CLIPVisionConfig, module_cls=vit.CLIPVisionTransformer,
+        key_map=vit.KEY_MAP, prefixes=("vision_model.", ""), anchor="embeddings.patch_embedding.weight",
+        ignore=(r"embeddings\.position_ids",), adapt=_adapt_vit_positions),
+    "clip_text_model": Architecture(
+        kind="text", config_cls=clip_text.CLIPTextConfig, module_cls=clip_text.CLIPTextTransformer,
+        key_map=clip_text.KEY_MAP, prefixes=("text_model.", ""), anchor="embeddings.token_embedding.weight",
+        default_pooling="eos", ignore=(r"embeddings\.position_ids",)),
+    "bert": Architecture(prefixes=("", "bert."), **_BERT),
+    "roberta": Architecture(prefixes=("", "roberta."), **_BERT),
+    "xlm-roberta": Architecture(prefixes=("", "roberta."), **_BERT),
+    "camembert": Architecture(prefixes=("", "roberta."), **_BERT),
+}
+
+#: Checkpoints that hold both towers: sub-config key and key prefix of each tower.
+COMPOSITES: dict[str, dict[Kind, tuple[str, str]]] = {
+    "clip": {"vision": ("vision_config", "vision_model."), "text": ("text_config", "text_model.")},
+    "vision-text-dual-encoder": {"vision": ("vision_config", "vision_model."), "text": ("text_config", "text_model.")},
+}
+_COMPOSITE_DEFAULT_TYPES = {("clip", "vision"): "clip_vision_model", ("clip", "text"): "clip_text_model"}
+
+
+def architecture_for(model_type: str, kind: Kind) -> Architecture:
+    """The registered architecture for a Hugging Face ``model_type``, checked to be a ``kind`` tower."""
+    arch = ARCHITECTURES.get(model_type)
+    if arch is None:
+        supported = sorted(t for t, a in ARCHITECTURES.items() if a.kind == kind)
+        raise CheckpointError(
+            f"Unknown {kind} model_type {model_type!r}. Supported {kind} towers: {supported} (or a composite: "
+            f"{sorted(COMPOSITES)}). To add one, see clip_jax/models/registry.py.")
+    if arch.kind != kind:
+        raise CheckpointError(f"model_type {model_type!r} is a {arch.kind} tower, not a {kind} tower.")
+    return arch
+
+
+def _normalised_config(raw: dict[str, Any]) -> dict[str, Any]:
+    """config.json with transformers' defaults filled in where transformers knows the model_type."""
+    try:
+        from transformers import CONFIG_MAPPING
+        config_cls = CONFIG_MAPPING[raw.get("model_type")]
+    except (ImportError, KeyError):
+        return raw
+    return config_cls.from_dict(raw).to_dict()
+
+
+def tower_config(hf_config: dict[str, Any], kind: Kind) -> tuple[Architecture, Any, str]:
+    """Resolve a (possibly composite) Hugging Face config dict to (architecture, our config, key prefix)."""
+    model_type = hf_config.get("model_type")
+    if model_type is None:
+        raise CheckpointError("config.json has no 'model_type'; it is not a transformers config.")
+    outer = ""
+    if model_type in COMPOSITES:
+        sub_key, outer = COMPOSITES[model_type][kind]
+        if sub_key not in hf_config:
+            raise CheckpointError(f"A {model_type!r} config.json needs '{sub_key}'.")
+        sub = dict(hf_config[sub_key])
+        sub.setdefault("model_type", _COMPOSITE_DEFAULT_TYPES.get((model_type, kind)))
+        hf_config, model_type = sub, sub["model_type"]
+    arch = architecture_for(model_type, kind)
+    return arch, arch.config_cls.from_hf(hf_config), outer
+
+
+@dataclasses.dataclass
+class LoadedTower:
+    """A tower module with where it came from (tokenizer and image-processor files live there)."""
+
+    module: nnx.Module
+    architecture: Architecture
+    directory: Path | None
+
+
+def _build(arch: Architecture, config: Any, dtype: DType, param_dtype: jnp.dtype, seed: int):
+    return lambda: arch.module_cls(config, dtype=dtype, param_dtype=param_dtype, rngs=nnx.Rngs(seed))
+
+
+def build_tower(config: Any, kind: Kind, *, dtype: DType = None, param_dtype: jnp.dtype = jnp.float32,
+                seed: int = 0) -> LoadedTower:
+    """A randomly initialised tower from our config dataclass, a transformers config, or a config dict."""
+    if hasattr(config, "to_dict") and not dataclasses.is_dataclass(config):
+        config = config.to_dict()
+    if isinstance(config, dict):
+        arch, config, _ = tower_config(_normalised_config(config), kind)
+    else:
+        model_type = config.to_hf()["model_type"]
+        arch = architecture_for(model_type, kind)
+    return LoadedTower(_build(arch, config, dtype, param_dtype, seed)(), arch, None)
+
+
+def load_tower(path_or_id: str | os.PathLike, kind: Kind, *, revision: str | None = None, dtype: DType = None,
+               param_dtype: jnp.dtype = jnp.float32, ignore: tuple[str, ...] = (),
+               allow_missing: tuple[str, ...] = (), seed: int = 0, **config_overrides: Any) -> LoadedTower:
+    """Load the ``kind`` tower of a checkpoint (a tower on its own or one half of a composite)."""
+    directory = resolve_checkpoint(path_or_id, revision=revision)
+    arch, config, outer = tower_config(_normalised_config(read_config(directory)), kind)
+    if config_overrides:
+        unknown = set(config_overrides) - {f.name for f in dataclasses.fields(config)}
+        if unknown:
+            raise TypeError(f"Unknown {type(config).__name__} override(s) {sorted(unknown)}; valid: "
+                            f"{[f.name for f in dataclasses.fields(config)]}.")
+        config = dataclasses.replace(config, **config_overrides)
+    state_dict = read_state_dict(directory)
+    candidates = [outer + p for p in arch.prefixes]
+    prefix = next((p for p in candidates if p + arch.anchor in state_dict), None)
+    if prefix is None:
+        raise CheckpointError(
+            f"{directory} has no {kind} tower weights: expected a key like {candidates[0] + arch.anchor!r}. "
+            f"The weights may belong to another architecture than config.json's model_type says.")
+    module = load_params(_build(arch, config, dtype, param_dtype, seed), state_dict, arch.key_map, prefix=prefix,
+                         ignore=arch.ignore + tuple(ignore), allow_missing=arch.allow_missing + tuple(allow_missing),
+                         adapt=arch.adapt, source=f"{kind} tower from {directory}")
+    return LoadedTower(module, arch, directory)
+
+
+def load_vision_tower(path_or_id: str | os.PathLike, *, revision: str | None = None, dtype: DType = None,
+                      param_dtype: jnp.dtype = jnp.float32, image_size: int | None = None, **kwargs: Any
+                      ) -> nnx.Module:
+    """A pretrained CLIP vision tower from a local directory or hub id.
+
+    The returned module is called as ``tower(pixel_values)`` with ``pixel_values`` channels-last
+    ``[batch, height, width, 3]`` (normalised floats) and returns a :class:`TowerOutput` with
+    ``last_hidden_state`` and ``pooler_output``. ``image_size`` changes the input resolution,
+    interpolating the position embeddings bicubically. ``param_dtype`` is the storage dtype of
+    the weights (float32 or bfloat16); ``dtype`` the compute dtype (default: that of the inputs/params).
+    """
+    overrides = {"image_size": image_size} if image_size is not None else {}
+    return load_tower(path_or_id, "vision", revision=revision, dtype=dtype, param_dtype=param_dtype,
+                      **overrides, **kwargs).module
+
+
+def load_text_tower(path_or_id: str | os.PathLike, *, revision: str | None = None, dtype: DType = None,
+                    param_dtype: jnp.dtype = jnp.float32, **kwargs: Any) -> nnx.Module:
+    """A pretrained text tower (BERT, RoBERTa, XLM-RoBERTa, CamemBERT, CLIP text) from a directory or hub id.
+
+    The returned module is called as ``tower(input_ids, attention_mask)`` (``[batch, seq]`` integer
+    arrays) and returns a :class:`TowerOutput` whose ``last_hidden_state`` and ``pooler_output``
+    equal transformers'. Tokenise with ``transformers.AutoTokenizer`` on the same checkpoint.
+    """
+    return load_tower(path_or_id, "text", revision=revision, dtype=dtype, param_dtype=param_dtype,
+                      **kwargs).module

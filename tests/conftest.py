@@ -1,0 +1,44 @@
+"""Shared test setup: offline hub, exact float32 matmuls, tiny transformers checkpoints built on the fly."""
+
+import os
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+
+import jax  # noqa: E402
+import pytest  # noqa: E402
+
+jax.config.update("jax_default_matmul_precision", "highest")
+
+TINY_VISION = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                   image_size=32, patch_size=8, projection_dim=16)
+TINY_BERT = dict(vocab_size=120, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=48,
+                 max_position_embeddings=40, type_vocab_size=2, hidden_dropout_prob=0.0,
+                 attention_probs_dropout_prob=0.0)
+TINY_CLIP_TEXT = dict(vocab_size=99, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=4, max_position_embeddings=24, projection_dim=16, eos_token_id=98,
+                      bos_token_id=97, pad_token_id=0)
+
+
+def save_torch_model(model, directory, fmt="safetensors"):
+    """save_pretrained in the requested weight format: safetensors, sharded, or a torch .bin."""
+    import torch
+
+    directory.mkdir(parents=True, exist_ok=True)
+    if fmt == "bin":
+        model.config.save_pretrained(directory)
+        torch.save(model.state_dict(), directory / "pytorch_model.bin")
+    elif fmt == "sharded":
+        model.save_pretrained(directory, max_shard_size="20KB")
+        assert (directory / "model.safetensors.index.json").exists()
+    else:
+        model.save_pretrained(directory)
+    return directory
+
+
+@pytest.fixture(scope="session")
+def torch_seed():
+    import torch
+
+    torch.manual_seed(0)
+    return 0
