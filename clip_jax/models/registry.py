@@ -47,8 +47,6 @@ class Architecture:
     prefixes: tuple[str, ...]
     #: A key (after the prefix) that every checkpoint of the architecture holds.
     anchor: str
-    #: Text pooling used by ``VisionTextDualEncoderModel`` for this tower (None for vision).
-    default_pooling: str | None = None
     #: Checkpoint keys that are expected and not used (regexes, after the prefix).
     ignore: tuple[str, ...] = ()
     #: Parameters that may be absent and then keep their random initialisation (regexes).
@@ -57,7 +55,7 @@ class Architecture:
 
 
 _BERT = dict(kind="text", config_cls=bert.BertConfig, module_cls=bert.BertEncoder, key_map=bert.KEY_MAP,
-             anchor="embeddings.word_embeddings.weight", default_pooling="pooler",
+             anchor="embeddings.word_embeddings.weight",
              ignore=(r"embeddings\.position_ids", r"embeddings\.token_type_ids"), allow_missing=(r"pooler\..*",))
 
 ARCHITECTURES: dict[str, Architecture] = {
@@ -68,7 +66,7 @@ ARCHITECTURES: dict[str, Architecture] = {
     "clip_text_model": Architecture(
         kind="text", config_cls=clip_text.CLIPTextConfig, module_cls=clip_text.CLIPTextTransformer,
         key_map=clip_text.KEY_MAP, prefixes=("text_model.", ""), anchor="embeddings.token_embedding.weight",
-        default_pooling="eos", ignore=(r"embeddings\.position_ids",)),
+        ignore=(r"embeddings\.position_ids",)),
     "bert": Architecture(prefixes=("", "bert."), **_BERT),
     "roberta": Architecture(prefixes=("", "roberta."), **_BERT),
     "xlm-roberta": Architecture(prefixes=("", "roberta."), **_BERT),
@@ -96,7 +94,7 @@ def architecture_for(model_type: str, kind: Kind) -> Architecture:
     return arch
 
 
-def _normalised_config(raw: dict[str, Any]) -> dict[str, Any]:
+def normalised_config(raw: dict[str, Any]) -> dict[str, Any]:
     """config.json with transformers' defaults filled in where transformers knows the model_type."""
     try:
         from transformers import CONFIG_MAPPING
@@ -104,6 +102,11 @@ def _normalised_config(raw: dict[str, Any]) -> dict[str, Any]:
     except (ImportError, KeyError):
         return raw
     return config_cls.from_dict(raw).to_dict()
+
+
+def architecture_of(tower: nnx.Module) -> Architecture:
+    """The registered architecture of a tower module (from its config's ``model_type``)."""
+    return ARCHITECTURES[tower.config.to_hf()["model_type"]]
 
 
 def tower_config(hf_config: dict[str, Any], kind: Kind) -> tuple[Architecture, Any, str]:
@@ -123,6 +126,17 @@ def tower_config(hf_config: dict[str, Any], kind: Kind) -> tuple[Architecture, A
     return arch, arch.config_cls.from_hf(hf_config), outer
 
 
+def detect_prefix(state_dict: dict[str, Any], arch: Architecture, outer: str = "", *, source: str) -> str:
+    """The key prefix under which ``arch``'s weights sit in ``state_dict`` (e.g. ``bert.``, ``vision_model.``)."""
+    candidates = [outer + p for p in arch.prefixes]
+    prefix = next((p for p in candidates if p + arch.anchor in state_dict), None)
+    if prefix is None:
+        raise CheckpointError(
+            f"{source} has no {arch.kind} tower weights: expected a key like {candidates[0] + arch.anchor!r}. "
+            f"The weights may belong to another architecture than config.json's model_type says.")
+    return prefix
+
+
 @dataclasses.dataclass
 class LoadedTower:
     """A tower module with where it came from (tokenizer and image-processor files live there)."""
@@ -132,7 +146,9 @@ class LoadedTower:
     directory: Path | None
 
 
-def _build(arch: Architecture, config: Any, dtype: DType, param_dtype: jnp.dtype, seed: int):
+def tower_builder(arch: Architecture, config: Any, dtype: DType = None, param_dtype: jnp.dtype = jnp.float32,
+                  seed: int = 0) -> Callable[[], nnx.Module]:
+    """A no-argument function that builds (randomly initialises) the tower; for ``nnx.eval_shape``."""
     return lambda: arch.module_cls(config, dtype=dtype, param_dtype=param_dtype, rngs=nnx.Rngs(seed))
 
 
@@ -142,11 +158,11 @@ def build_tower(config: Any, kind: Kind, *, dtype: DType = None, param_dtype: jn
     if hasattr(config, "to_dict") and not dataclasses.is_dataclass(config):
         config = config.to_dict()
     if isinstance(config, dict):
-        arch, config, _ = tower_config(_normalised_config(config), kind)
+        arch, config, _ = tower_config(normalised_config(config), kind)
     else:
         model_type = config.to_hf()["model_type"]
         arch = architecture_for(model_type, kind)
-    return LoadedTower(_build(arch, config, dtype, param_dtype, seed)(), arch, None)
+    return LoadedTower(tower_builder(arch, config, dtype, param_dtype, seed)(), arch, None)
 
 
 def load_tower(path_or_id: str | os.PathLike, kind: Kind, *, revision: str | None = None, dtype: DType = None,
@@ -154,7 +170,7 @@ def load_tower(path_or_id: str | os.PathLike, kind: Kind, *, revision: str | Non
                allow_missing: tuple[str, ...] = (), seed: int = 0, **config_overrides: Any) -> LoadedTower:
     """Load the ``kind`` tower of a checkpoint (a tower on its own or one half of a composite)."""
     directory = resolve_checkpoint(path_or_id, revision=revision)
-    arch, config, outer = tower_config(_normalised_config(read_config(directory)), kind)
+    arch, config, outer = tower_config(normalised_config(read_config(directory)), kind)
     if config_overrides:
         unknown = set(config_overrides) - {f.name for f in dataclasses.fields(config)}
         if unknown:
@@ -162,13 +178,8 @@ def load_tower(path_or_id: str | os.PathLike, kind: Kind, *, revision: str | Non
                             f"{[f.name for f in dataclasses.fields(config)]}.")
         config = dataclasses.replace(config, **config_overrides)
     state_dict = read_state_dict(directory)
-    candidates = [outer + p for p in arch.prefixes]
-    prefix = next((p for p in candidates if p + arch.anchor in state_dict), None)
-    if prefix is None:
-        raise CheckpointError(
-            f"{directory} has no {kind} tower weights: expected a key like {candidates[0] + arch.anchor!r}. "
-            f"The weights may belong to another architecture than config.json's model_type says.")
-    module = load_params(_build(arch, config, dtype, param_dtype, seed), state_dict, arch.key_map, prefix=prefix,
+    prefix = detect_prefix(state_dict, arch, outer, source=str(directory))
+    module = load_params(tower_builder(arch, config, dtype, param_dtype, seed), state_dict, arch.key_map, prefix=prefix,
                          ignore=arch.ignore + tuple(ignore), allow_missing=arch.allow_missing + tuple(allow_missing),
                          adapt=arch.adapt, source=f"{kind} tower from {directory}")
     return LoadedTower(module, arch, directory)

@@ -89,6 +89,13 @@ class KeyMap:
         self._torch_res = [(_template_regex(r.torch), r) for r in self.rules]
         self._ours_res = [(_template_regex(r.ours), r) for r in self.rules]
 
+    def prefixed(self, torch_prefix: str, ours_prefix: str) -> "KeyMap":
+        """This map with ``torch_prefix`` before every PyTorch name and ``ours_prefix`` before every path."""
+        return KeyMap(Rule(torch_prefix + r.torch, ours_prefix + r.ours, r.transform) for r in self.rules)
+
+    def __add__(self, other: "KeyMap") -> "KeyMap":
+        return KeyMap(self.rules + other.rules)
+
     def to_ours(self, torch_name: str) -> tuple[Path, Transform] | None:
         """Our path and transform for a PyTorch name (without the tower prefix), or None."""
         for regex, rule in self._torch_res:
@@ -111,5 +118,5 @@ class KeyMap:
         out = {}
         for path, array in params.items():
             name, transform = self.to_torch(path)
-            out[prefix + name] = np.ascontiguousarray(transform.inverse(np.asarray(array)))
+            out[prefix + name] = np.array(transform.inverse(np.asarray(array)), order="C")
         return out

@@ -74,7 +74,8 @@ def load_params(
             mismatched.append((name, path, array.shape, target_shape))
             continue
         loaded[path] = array
-    missing = [path for path in targets if path not in loaded]
+    wrong_shape = {path for _, path, _, _ in mismatched}
+    missing = [path for path in targets if path not in loaded and path not in wrong_shape]
     fatal_missing = [p for p in missing if not _matches(allow_missing, path_to_str(p))]
     problems = []
     if mismatched:

@@ -1,0 +1,256 @@
+"""``CLIPModel``: a dual encoder with its tokenizer and image preprocessing, ready to embed,
+save and load. The ``nnx`` module is ``model.module``; training works on that.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from PIL import Image
+
+from clip_jax.data.preprocess import ImageProcessorConfig, preprocess_images
+from clip_jax.models.dual_encoder import LOGIT_SCALE_INIT, DualEncoder, dual_encoder_key_map, l2_normalize
+from clip_jax.models.registry import (COMPOSITES, LoadedTower, architecture_of, build_tower, detect_prefix,
+                                      load_tower, normalised_config, tower_builder, tower_config)
+from clip_jax.weights.loading import flat_params, load_params
+from clip_jax.weights.readers import CheckpointError, read_config, read_state_dict, resolve_checkpoint
+
+TowerSource = str | os.PathLike | dict | Any
+SAFETENSORS_NAME = "model.safetensors"
+
+
+def _next_power_of_two(n: int) -> int:
+    return 1 << max(0, (n - 1).bit_length())
+
+
+def _load_tokenizer(source: Any) -> Any:
+    if source is None or not isinstance(source, (str, os.PathLike)):
+        return source
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(str(source), trust_remote_code=False)
+    except (OSError, ValueError, TypeError):
+        return None
+
+
+def _tower(source: TowerSource, kind: str, **kwargs: Any) -> LoadedTower:
+    """A pretrained tower for a path/hub id; a random one for a config (dataclass, dict, transformers config)."""
+    if isinstance(source, (str, os.PathLike)):
+        overrides = {k: v for k, v in kwargs.pop("overrides").items() if v is not None}
+        return load_tower(source, kind, **kwargs, **overrides)
+    kwargs.pop("overrides")
+    kwargs.pop("revision", None)
+    return build_tower(source, kind, **kwargs)
+
+
+class CLIPModel:
+    """A CLIP-style dual encoder with its tokenizer and image processor.
+
+    Build one from two pretrained towers with :meth:`from_towers` (fresh projections), or
+    load a saved one with :meth:`from_pretrained`. Embed with :meth:`encode_image` and
+    :meth:`encode_text`; both return L2-normalised float32 NumPy arrays.
+    """
+
+    def __init__(self, module: DualEncoder, *, tokenizer: Any = None,
+                 image_processor: ImageProcessorConfig | None = None, max_length: int | None = None):
+        self.module = module
+        self.tokenizer = tokenizer
+        image_size = module.vision.config.image_size
+        self.image_processor = image_processor or ImageProcessorConfig.for_image_size(image_size)
+        if (self.image_processor.crop_height, self.image_processor.crop_width) != (image_size, image_size):
+            raise ValueError(f"Image processor crops to {self.image_processor.crop_height}x"
+                             f"{self.image_processor.crop_width} but the vision tower takes {image_size}px images.")
+        tower_max = module.text.config.max_length
+        self.max_length = min(max_length or tower_max, tower_max)
+        self._jitted: dict[str, Callable] = {}
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_towers(cls, vision: TowerSource, text: TowerSource, projection_dim: int = 512,
+                    text_pooling: str | None = None, *, tokenizer: Any = None, image_size: int | None = None,
+                    max_length: int | None = None, logit_scale_init: float = LOGIT_SCALE_INIT,
+                    logit_bias_init: float | None = None, dtype: jnp.dtype | None = None,
+                    param_dtype: jnp.dtype = jnp.float32, seed: int = 0, revision: str | None = None) -> "CLIPModel":
+        """Pretrained towers with fresh projections (normal(0.02), no bias) and logit scale.
+
+        ``vision`` and ``text`` are each a local directory or hub id (a full ``clip`` checkpoint
+        gives its vision or text half), or a config (our dataclass, a transformers config, or a
+        dict) for a randomly initialised tower. ``text_pooling`` is one of ``pooler`` (default,
+        as ``VisionTextDualEncoderModel``), ``cls``, ``mean``, ``eos``. ``image_size`` changes the
+        vision tower's resolution (position embeddings are interpolated).
+        """
+        common = dict(dtype=dtype, param_dtype=param_dtype, seed=seed)
+        v = _tower(vision, "vision", overrides={"image_size": image_size}, revision=revision, **common)
+        t = _tower(text, "text", overrides={}, revision=revision, **common)
+        module = DualEncoder(v.module, t.module, projection_dim=projection_dim,
+                             text_pooling=text_pooling or "pooler", logit_scale_init=logit_scale_init,
+                             logit_bias_init=logit_bias_init, dtype=dtype, param_dtype=param_dtype,
+                             rngs=nnx.Rngs(seed + 1))
+        tokenizer = tokenizer if tokenizer is not None else t.directory
+        processor = ImageProcessorConfig.from_pretrained(v.directory) if v.directory and image_size is None else None
+        return cls(module, tokenizer=_load_tokenizer(tokenizer), image_processor=processor, max_length=max_length)
+
+    @classmethod
+    def from_pretrained(cls, path_or_id: str | os.PathLike, *, logit_scale: float | None = None,
+                        revision: str | None = None, dtype: jnp.dtype | None = None,
+                        param_dtype: jnp.dtype = jnp.float32, max_length: int | None = None) -> "CLIPModel":
+        """A saved dual encoder: our own ``save_pretrained`` output, a transformers
+        ``vision-text-dual-encoder`` checkpoint, or an OpenAI-style ``clip`` checkpoint.
+
+        ``logit_scale`` overrides the stored temperature with this *scale* (e.g. ``20`` for a
+        model trained with a fixed scale of 20, as CLIP-Italian).
+        """
+        directory = resolve_checkpoint(path_or_id, revision=revision)
+        raw = read_config(directory)
+        if raw.get("model_type") not in COMPOSITES:
+            raise CheckpointError(
+                f"{directory} holds a {raw.get('model_type')!r} model, not a dual encoder "
+                f"({sorted(COMPOSITES)}). To pair two towers, use CLIPModel.from_towers(vision=..., text=...).")
+        hf = normalised_config(raw)
+        extra = raw.get("clip_jax", {})
+        state_dict = read_state_dict(directory)
+        (v_arch, v_cfg, v_outer), (t_arch, t_cfg, t_outer) = (tower_config(hf, k) for k in ("vision", "text"))
+        v_prefix = detect_prefix(state_dict, v_arch, v_outer, source=str(directory))
+        t_prefix = detect_prefix(state_dict, t_arch, t_outer, source=str(directory))
+        key_map = dual_encoder_key_map(v_arch.key_map, t_arch.key_map, v_prefix, t_prefix)
+        bias = extra.get("logit_bias_init")
+        if "logit_bias" in state_dict and bias is None:
+            bias = 0.0
+
+        def build() -> DualEncoder:
+            return DualEncoder(
+                tower_builder(v_arch, v_cfg, dtype, param_dtype)(), tower_builder(t_arch, t_cfg, dtype, param_dtype)(),
+                projection_dim=int(hf.get("projection_dim", 512)), text_pooling=extra.get("text_pooling", "pooler"),
+                logit_scale_init=float(hf.get("logit_scale_init_value", LOGIT_SCALE_INIT)), logit_bias_init=bias,
+                dtype=dtype, param_dtype=param_dtype, rngs=nnx.Rngs(0))
+
+        ignore = tuple(re.escape(v_prefix) + p for p in v_arch.ignore) + tuple(
+            re.escape(t_prefix) + p for p in t_arch.ignore)
+        module = load_params(build, state_dict, key_map, ignore=ignore,
+                             allow_missing=tuple(f"vision\\.{p}" for p in v_arch.allow_missing)
+                             + tuple(f"text\\.{p}" for p in t_arch.allow_missing),
+                             source=f"dual encoder from {directory}")
+        if logit_scale is not None:
+            if logit_scale <= 0:
+                raise ValueError(f"logit_scale must be positive (it is exp of the stored value); got {logit_scale}.")
+            module.logit_scale.set_value(jnp.asarray(math.log(logit_scale), jnp.float32))
+        return cls(module, tokenizer=_load_tokenizer(directory),
+                   image_processor=ImageProcessorConfig.from_pretrained(directory), max_length=max_length)
+
+    def save_pretrained(self, directory: str | os.PathLike) -> Path:
+        """Write config.json, model.safetensors, tokenizer and preprocessor_config.json.
+
+        The layout is transformers' ``vision-text-dual-encoder`` (PyTorch parameter names), with
+        clip_jax-only settings (text pooling, logit bias) under the config key ``clip_jax``.
+        """
+        from safetensors.numpy import save_file
+
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        module = self.module
+        config = {
+            "model_type": "vision-text-dual-encoder",
+            "architectures": ["VisionTextDualEncoderModel"],
+            "vision_config": module.vision.config.to_hf(),
+            "text_config": module.text.config.to_hf(),
+            "projection_dim": module.projection_dim,
+            "logit_scale_init_value": LOGIT_SCALE_INIT,
+            "clip_jax": {"text_pooling": module.text_pooling,
+                         "logit_bias_init": (float(module.logit_bias[...]) if module.logit_bias is not None
+                                             else None)},
+        }
+        (directory / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+        key_map = dual_encoder_key_map(architecture_of(module.vision).key_map, architecture_of(module.text).key_map)
+        tensors = key_map.export({p: np.asarray(v) for p, v in flat_params(module).items()})
+        save_file(tensors, str(directory / SAFETENSORS_NAME), metadata={"format": "pt"})
+        if self.tokenizer is not None:
+            self.tokenizer.save_pretrained(str(directory))
+        self.image_processor.save_pretrained(directory)
+        return directory
+
+    # ------------------------------------------------------------------ embedding
+    @property
+    def logit_scale(self) -> float:
+        """The temperature's scale, ``exp(logit_scale)`` clamped at 100."""
+        return float(self.module.scale())
+
+    def _compiled(self, name: str) -> Callable:
+        if name not in self._jitted:
+            graphdef = nnx.graphdef(self.module)
+            method = {"image": lambda m, x: m.image_features(x),
+                      "text": lambda m, ids, mask: m.text_features(ids, mask)}[name]
+            self._jitted[name] = jax.jit(lambda state, *args: l2_normalize(method(nnx.merge(graphdef, state), *args)))
+        return self._jitted[name]
+
+    def _bucket(self, n: int, batch_size: int) -> int:
+        return min(batch_size, _next_power_of_two(n))
+
+    def encode_image(self, images: Sequence[Image.Image] | np.ndarray, *, batch_size: int = 64) -> np.ndarray:
+        """L2-normalised image embeddings ``[N, projection_dim]`` float32.
+
+        ``images``: a list of PIL images or a uint8 array ``[N, H, W, 3]`` (both preprocessed as
+        ``CLIPImageProcessor``), or an already preprocessed float array ``[N, S, S, 3]``.
+        """
+        size = self.module.vision.config.image_size
+        is_float = isinstance(images, np.ndarray) and np.issubdtype(images.dtype, np.floating)
+        if is_float and images.shape[1:] != (size, size, 3):
+            raise ValueError(f"Preprocessed images must be float [N, {size}, {size}, 3]; got {images.shape}.")
+        state = nnx.state(self.module)
+        fn = self._compiled("image")
+        out = []
+        for start in range(0, len(images), batch_size):
+            chunk = images[start:start + batch_size]
+            pixels = np.asarray(chunk, np.float32) if is_float else preprocess_images(list(chunk),
+                                                                                       self.image_processor)
+            n = len(pixels)
+            padded = np.zeros((self._bucket(n, batch_size), *pixels.shape[1:]), np.float32)
+            padded[:n] = pixels
+            out.append(np.asarray(fn(state, jnp.asarray(padded)))[:n])
+        return np.concatenate(out) if out else np.zeros((0, self.module.projection_dim), np.float32)
+
+    def tokenize(self, texts: Sequence[str]) -> dict[str, np.ndarray]:
+        """Token ids and attention mask, padded to a power-of-two length bucket (<= max_length)."""
+        if self.tokenizer is None:
+            raise ValueError("This model has no tokenizer: pass tokenizer=PATH_OR_OBJECT to CLIPModel.from_towers.")
+        if isinstance(texts, str):
+            raise TypeError("encode_text takes a list of strings, not a single string.")
+        bad = [i for i, t in enumerate(texts) if not isinstance(t, str)]
+        if bad:
+            raise TypeError(f"Texts must be strings; items {bad[:5]} are not.")
+        enc = self.tokenizer(list(texts), padding="longest", truncation=True, max_length=self.max_length,
+                             return_tensors="np")
+        ids, mask = enc["input_ids"], enc["attention_mask"]
+        length = min(max(8, _next_power_of_two(ids.shape[1])), self.max_length)
+        pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        if length > ids.shape[1]:
+            extra = length - ids.shape[1]
+            ids = np.pad(ids, ((0, 0), (0, extra)), constant_values=pad_id)
+            mask = np.pad(mask, ((0, 0), (0, extra)), constant_values=0)
+        return {"input_ids": ids.astype(np.int32), "attention_mask": mask.astype(np.int32)}
+
+    def encode_text(self, texts: Sequence[str], *, batch_size: int = 256) -> np.ndarray:
+        """L2-normalised text embeddings ``[N, projection_dim]`` float32, tokenised with the text tower's tokenizer."""
+        state = nnx.state(self.module)
+        fn = self._compiled("text")
+        out = []
+        for start in range(0, len(texts), batch_size):
+            enc = self.tokenize(texts[start:start + batch_size])
+            n, length = enc["input_ids"].shape
+            rows = self._bucket(n, batch_size)
+            ids = np.full((rows, length), enc["input_ids"][0, -1], np.int32)
+            mask = np.zeros((rows, length), np.int32)
+            ids[:n], mask[:n] = enc["input_ids"], enc["attention_mask"]
+            mask[n:, 0] = 1  # padding rows attend to one token so nothing divides by zero
+            out.append(np.asarray(fn(state, jnp.asarray(ids), jnp.asarray(mask)))[:n])
+        return np.concatenate(out) if out else np.zeros((0, self.module.projection_dim), np.float32)
+

@@ -1,0 +1,119 @@
+"""The dual encoder: a vision tower and a text tower, each followed by a linear projection
+into a shared embedding space, and a learned temperature (plus an optional bias for the
+sigmoid loss). Parameter names follow transformers' ``VisionTextDualEncoderModel``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+from flax import struct
+
+from clip_jax.models.layers import TowerOutput
+from clip_jax.models.registry import POOLINGS
+from clip_jax.weights.keymap import IDENTITY, LINEAR, KeyMap, Rule
+
+#: CLIP's initial temperature, log(1 / 0.07), and the ceiling exp(logit_scale) <= 100.
+LOGIT_SCALE_INIT = math.log(1 / 0.07)
+LOGIT_SCALE_MAX = math.log(100.0)
+
+
+@struct.dataclass
+class DualEncoderOutput:
+    """L2-normalised embeddings and the (clamped, exponentiated) logit scale."""
+
+    image_embeds: jax.Array
+    text_embeds: jax.Array
+    logit_scale: jax.Array
+    logit_bias: jax.Array | None = None
+
+
+def pool_text(output: TowerOutput, attention_mask: jax.Array | None, method: str) -> jax.Array:
+    """Sentence features from a text tower's output.
+
+    ``pooler``: the tower's ``pooler_output`` (BERT's tanh pooler; CLIP's end-of-text state) —
+    what ``VisionTextDualEncoderModel`` uses. ``cls``: the first token's final state. ``mean``:
+    masked mean over tokens. ``eos``: the final state of the last attended token.
+    """
+    hidden = output.last_hidden_state
+    if attention_mask is None:
+        attention_mask = jnp.ones(hidden.shape[:2], jnp.int32)
+    if method == "pooler":
+        if output.pooler_output is None:
+            raise ValueError("text_pooling='pooler' but the text tower has no pooler; use 'cls', 'mean' or 'eos'.")
+        return output.pooler_output
+    if method == "cls":
+        return hidden[:, 0]
+    if method == "mean":
+        mask = attention_mask.astype(hidden.dtype)[..., None]
+        return (hidden * mask).sum(axis=1) / jnp.maximum(mask.sum(axis=1), 1)
+    if method == "eos":
+        last = jnp.maximum(attention_mask.astype(jnp.int32).sum(axis=1) - 1, 0)
+        return jnp.take_along_axis(hidden, last[:, None, None], axis=1)[:, 0]
+    raise ValueError(f"Unknown text_pooling {method!r}; choose one of {POOLINGS}.")
+
+
+def l2_normalize(x: jax.Array, eps: float = 1e-12) -> jax.Array:
+    """``x / ||x||`` along the last axis, computed in float32."""
+    x = x.astype(jnp.float32)
+    return x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), eps)
+
+
+class DualEncoder(nnx.Module):
+    """Vision tower + text tower + projections + learned logit scale (and optional logit bias)."""
+
+    def __init__(self, vision: nnx.Module, text: nnx.Module, *, projection_dim: int = 512,
+                 text_pooling: str = "pooler", logit_scale_init: float = LOGIT_SCALE_INIT,
+                 logit_bias_init: float | None = None, dtype: jnp.dtype | None = None,
+                 param_dtype: jnp.dtype = jnp.float32, rngs: nnx.Rngs):
+        if text_pooling not in POOLINGS:
+            raise ValueError(f"Unknown text_pooling {text_pooling!r}; choose one of {POOLINGS}.")
+        self.vision = vision
+        self.text = text
+        self.projection_dim = projection_dim
+        self.text_pooling = text_pooling
+        init = nnx.initializers.normal(0.02)
+        kwargs = dict(use_bias=False, kernel_init=init, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        self.visual_projection = nnx.Linear(vision.config.hidden_size, projection_dim, **kwargs)
+        self.text_projection = nnx.Linear(text.config.hidden_size, projection_dim, **kwargs)
+        self.logit_scale = nnx.Param(jnp.asarray(logit_scale_init, jnp.float32))
+        self.logit_bias = (nnx.Param(jnp.asarray(logit_bias_init, jnp.float32))
+                           if logit_bias_init is not None else None)
+
+    def image_features(self, pixel_values: jax.Array, **kwargs) -> jax.Array:
+        """Projected (not normalised) image features ``[batch, projection_dim]``; pixels channels-last."""
+        return self.visual_projection(self.vision(pixel_values, **kwargs).pooler_output)
+
+    def text_features(self, input_ids: jax.Array, attention_mask: jax.Array | None = None, **kwargs) -> jax.Array:
+        """Projected (not normalised) text features ``[batch, projection_dim]``."""
+        output = self.text(input_ids, attention_mask, **kwargs)
+        return self.text_projection(pool_text(output, attention_mask, self.text_pooling))
+
+    def scale(self) -> jax.Array:
+        """``exp(logit_scale)``, clamped at 100."""
+        return jnp.exp(jnp.minimum(self.logit_scale[...], LOGIT_SCALE_MAX))
+
+    def __call__(self, pixel_values: jax.Array, input_ids: jax.Array, attention_mask: jax.Array | None = None, *,
+                 deterministic: bool = True, rngs: nnx.Rngs | None = None) -> DualEncoderOutput:
+        kwargs = dict(deterministic=deterministic, rngs=rngs)
+        image = l2_normalize(self.image_features(pixel_values, **kwargs))
+        text = l2_normalize(self.text_features(input_ids, attention_mask, **kwargs))
+        bias = self.logit_bias[...] if self.logit_bias is not None else None
+        return DualEncoderOutput(image, text, self.scale(), bias)
+
+
+HEAD_KEY_MAP = KeyMap([
+    Rule("visual_projection.weight", "visual_projection.kernel", LINEAR),
+    Rule("text_projection.weight", "text_projection.kernel", LINEAR),
+    Rule("logit_scale", "logit_scale", IDENTITY),
+    Rule("logit_bias", "logit_bias", IDENTITY),
+])
+
+
+def dual_encoder_key_map(vision_map: KeyMap, text_map: KeyMap, vision_prefix: str = "vision_model.",
+                         text_prefix: str = "text_model.") -> KeyMap:
+    """The whole model's PyTorch <-> our names, with each tower's keys under its prefix."""
+    return vision_map.prefixed(vision_prefix, "vision.") + text_map.prefixed(text_prefix, "text.") + HEAD_KEY_MAP
