@@ -32,15 +32,24 @@ def _next_power_of_two(n: int) -> int:
     return 1 << max(0, (n - 1).bit_length())
 
 
+#: Files of which at least one is present in a directory that really holds a tokenizer.
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "vocab.json",
+                   "sentencepiece.bpe.model", "spiece.model")
+
+
 def _load_tokenizer(source: Any) -> Any:
+    """A tokenizer object, loaded from a directory if given one; None when the directory has none.
+
+    (transformers builds an empty tokenizer for a directory without tokenizer files; we refuse that.)
+    """
     if source is None or not isinstance(source, (str, os.PathLike)):
         return source
     from transformers import AutoTokenizer
 
-    try:
-        return AutoTokenizer.from_pretrained(str(source), trust_remote_code=False)
-    except (OSError, ValueError, TypeError):
+    if Path(source).is_dir() and not any((Path(source) / name).is_file() for name in TOKENIZER_FILES):
         return None
+
+    return AutoTokenizer.from_pretrained(str(source), trust_remote_code=False)
 
 
 def _tower(source: TowerSource, kind: str, **kwargs: Any) -> LoadedTower:
@@ -96,9 +105,14 @@ class CLIPModel:
                              text_pooling=text_pooling or "pooler", logit_scale_init=logit_scale_init,
                              logit_bias_init=logit_bias_init, dtype=dtype, param_dtype=param_dtype,
                              rngs=nnx.Rngs(seed + 1))
-        tokenizer = tokenizer if tokenizer is not None else t.directory
+        if tokenizer is None:
+            tokenizer = _load_tokenizer(t.directory)
+        elif isinstance(tokenizer, (str, os.PathLike)):
+            path, tokenizer = tokenizer, _load_tokenizer(tokenizer)
+            if tokenizer is None:
+                raise ValueError(f"No tokenizer files ({', '.join(TOKENIZER_FILES)}) in {path}.")
         processor = ImageProcessorConfig.from_pretrained(v.directory) if v.directory and image_size is None else None
-        return cls(module, tokenizer=_load_tokenizer(tokenizer), image_processor=processor, max_length=max_length)
+        return cls(module, tokenizer=tokenizer, image_processor=processor, max_length=max_length)
 
     @classmethod
     def from_pretrained(cls, path_or_id: str | os.PathLike, *, logit_scale: float | None = None,

@@ -42,3 +42,46 @@ def torch_seed():
 
     torch.manual_seed(0)
     return 0
+
+
+TINY_WORDS = ("[PAD] [UNK] [CLS] [SEP] [MASK] una foto di un gatto cane rosso rossi blu verde cerchio cerchi "
+              "quadrato quadrati triangolo a sinistra destra in alto basso due tre il la").split()
+
+
+def write_bert_tokenizer(directory, vocab_size=TINY_BERT["vocab_size"]):
+    """A real WordPiece tokenizer over a small Italian vocabulary, padded to ``vocab_size`` entries."""
+    from transformers import BertTokenizer
+
+    directory.mkdir(parents=True, exist_ok=True)
+    words = list(TINY_WORDS) + [f"##x{i}" for i in range(vocab_size - len(TINY_WORDS))]
+    (directory / "vocab.txt").write_text("\n".join(words) + "\n")
+    BertTokenizer(str(directory / "vocab.txt")).save_pretrained(str(directory))
+    return directory
+
+
+@pytest.fixture(scope="session")
+def checkpoints(tmp_path_factory, torch_seed):
+    """Tiny random transformers checkpoints, one directory per architecture, saved with save_pretrained."""
+    import torch
+    import transformers as tf
+
+    root = tmp_path_factory.mktemp("checkpoints")
+    torch.manual_seed(0)
+    roberta = dict(TINY_BERT, pad_token_id=1, type_vocab_size=1, max_position_embeddings=42)
+    models = {
+        "vision": tf.CLIPVisionModel(tf.CLIPVisionConfig(**TINY_VISION)),
+        "bert": tf.BertModel(tf.BertConfig(**TINY_BERT)),
+        "roberta": tf.RobertaModel(tf.RobertaConfig(**roberta)),
+        "xlm-roberta": tf.XLMRobertaModel(tf.XLMRobertaConfig(**roberta)),
+        "camembert": tf.CamembertModel(tf.CamembertConfig(**roberta)),
+        "bert_mlm": tf.BertForMaskedLM(tf.BertConfig(**TINY_BERT)),
+        "clip_text": tf.CLIPTextModel(tf.CLIPTextConfig(**TINY_CLIP_TEXT)),
+        "clip": tf.CLIPModel(tf.CLIPConfig(vision_config=TINY_VISION, text_config=TINY_CLIP_TEXT,
+                                           projection_dim=16)),
+    }
+    paths = {}
+    for name, model in models.items():
+        model.eval()
+        paths[name] = save_torch_model(model, root / name)
+    write_bert_tokenizer(paths["bert"])
+    return {"root": root, "paths": paths, "models": models}

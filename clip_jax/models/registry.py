@@ -155,7 +155,7 @@ def tower_builder(arch: Architecture, config: Any, dtype: DType = None, param_dt
 def build_tower(config: Any, kind: Kind, *, dtype: DType = None, param_dtype: jnp.dtype = jnp.float32,
                 seed: int = 0) -> LoadedTower:
     """A randomly initialised tower from our config dataclass, a transformers config, or a config dict."""
-    if hasattr(config, "to_dict") and not dataclasses.is_dataclass(config):
+    if not hasattr(config, "to_hf") and hasattr(config, "to_dict"):  # a transformers config
         config = config.to_dict()
     if isinstance(config, dict):
         arch, config, _ = tower_config(normalised_config(config), kind)

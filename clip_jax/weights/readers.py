@@ -168,6 +168,9 @@ def _read_torch_bin(path: Path) -> dict[str, np.ndarray]:
         ) from error
     if not isinstance(state, dict):
         raise CheckpointError(f"{path} does not hold a state dict (got {type(state).__name__}).")
+    for key, value in state.items():
+        if not isinstance(value, torch.Tensor):
+            raise CheckpointError(f"{path}: entry {key!r} is a {type(value).__name__}, not a tensor.")
     return {k: _torch_to_numpy(v) for k, v in state.items()}
 
 

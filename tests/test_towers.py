@@ -1,0 +1,156 @@
+"""Tower parity with transformers' PyTorch models (float32, max abs diff <= 1e-4)."""
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+
+from clip_jax.models import load_text_tower, load_vision_tower
+from clip_jax.models.vit import bicubic_resize_matrix
+
+from conftest import TINY_BERT, TINY_CLIP_TEXT, TINY_VISION, save_torch_model
+
+TOL = 1e-4
+
+
+def max_diff(reference, ours):
+    return float(np.abs(reference.detach().numpy() - np.asarray(ours, np.float32)).max())
+
+
+def pixels(batch=3, size=32, seed=0):
+    return np.random.RandomState(seed).randn(batch, 3, size, size).astype(np.float32)
+
+
+def padded_ids(vocab, pad_id, low=5, seed=1):
+    """Three sequences of lengths 10, 6 and 3, right-padded with ``pad_id``."""
+    rs = np.random.RandomState(seed)
+    ids = rs.randint(low, vocab, (3, 10))
+    mask = np.ones_like(ids)
+    mask[1, 6:] = 0
+    mask[2, 3:] = 0
+    ids[mask == 0] = pad_id
+    return ids, mask
+
+
+@pytest.mark.parametrize("fmt", ["safetensors", "sharded", "bin"])
+def test_vision_tower_matches_transformers(checkpoints, tmp_path, fmt):
+    model = checkpoints["models"]["vision"]
+    directory = save_torch_model(model, tmp_path / fmt, fmt)
+    tower = load_vision_tower(directory)
+    x = pixels()
+    with torch.no_grad():
+        ref = model(torch.tensor(x), output_hidden_states=True)
+    out = tower(jnp.asarray(x.transpose(0, 2, 3, 1)), output_hidden_states=True)
+    assert max_diff(ref.last_hidden_state, out.last_hidden_state) <= TOL
+    assert max_diff(ref.pooler_output, out.pooler_output) <= TOL
+    assert len(out.hidden_states) == len(ref.hidden_states) == model.config.num_hidden_layers + 1
+    for r, o in zip(ref.hidden_states, out.hidden_states):
+        assert max_diff(r, o) <= TOL
+
+
+def test_vision_tower_rejects_channels_first_and_wrong_size(checkpoints):
+    tower = load_vision_tower(checkpoints["paths"]["vision"])
+    with pytest.raises(ValueError, match="channels last"):
+        tower(jnp.zeros((1, 3, 32, 32)))
+    with pytest.raises(ValueError, match="interpolate_pos_encoding"):
+        tower(jnp.zeros((1, 48, 48, 3)))
+
+
+def test_bicubic_matrix_equals_torch_interpolate():
+    grid = torch.randn(1, 5, 7, 7)
+    for out in (7, 4, 12, 16):
+        ref = torch.nn.functional.interpolate(grid, size=(out, out), mode="bicubic", align_corners=False)
+        m = bicubic_resize_matrix(7, out)
+        ours = np.einsum("yi,xj,cij->cyx", m, m, grid[0].numpy())
+        assert np.abs(ref[0].numpy() - ours).max() <= 1e-5
+
+
+def test_position_interpolation_matches_transformers(checkpoints):
+    """A 48px input on a 32px tower: runtime interpolation and a tower loaded at image_size=48 both match HF."""
+    model = checkpoints["models"]["vision"]
+    x = pixels(size=48)
+    with torch.no_grad():
+        ref = model(torch.tensor(x), interpolate_pos_encoding=True)
+    nhwc = jnp.asarray(x.transpose(0, 2, 3, 1))
+    runtime = load_vision_tower(checkpoints["paths"]["vision"])(nhwc, interpolate_pos_encoding=True)
+    resized_tower = load_vision_tower(checkpoints["paths"]["vision"], image_size=48)
+    assert resized_tower.config.image_size == 48
+    assert resized_tower.position_embedding.get_value().shape == (37, TINY_VISION["hidden_size"])
+    resized = resized_tower(nhwc)
+    for out in (runtime, resized):
+        assert max_diff(ref.last_hidden_state, out.last_hidden_state) <= TOL
+        assert max_diff(ref.pooler_output, out.pooler_output) <= TOL
+
+
+@pytest.mark.parametrize("name", ["bert", "roberta", "xlm-roberta", "camembert"])
+@pytest.mark.parametrize("fmt", ["safetensors", "bin"])
+def test_bert_family_matches_transformers(checkpoints, tmp_path, name, fmt):
+    model = checkpoints["models"][name]
+    directory = save_torch_model(model, tmp_path / name, fmt)
+    tower = load_text_tower(directory)
+    ids, mask = padded_ids(TINY_BERT["vocab_size"], model.config.pad_token_id)
+    token_types = np.zeros_like(ids)
+    if name == "bert":
+        token_types[:, 5:] = 1  # segment embeddings must matter too
+    with torch.no_grad():
+        ref = model(torch.tensor(ids), attention_mask=torch.tensor(mask), token_type_ids=torch.tensor(token_types))
+    out = tower(jnp.asarray(ids), jnp.asarray(mask), jnp.asarray(token_types))
+    assert max_diff(ref.last_hidden_state, out.last_hidden_state) <= TOL
+    assert max_diff(ref.pooler_output, out.pooler_output) <= TOL
+    # The mask matters: without it the padded rows change.
+    unmasked = tower(jnp.asarray(ids), None, jnp.asarray(token_types))
+    assert np.abs(np.asarray(unmasked.last_hidden_state[1, :6]) - np.asarray(out.last_hidden_state[1, :6])).max() > 1e-3
+
+
+def test_clip_text_tower_matches_transformers(checkpoints):
+    model = checkpoints["models"]["clip_text"]
+    ids, mask = padded_ids(TINY_CLIP_TEXT["vocab_size"] - 3, TINY_CLIP_TEXT["pad_token_id"])
+    ids[:, 0] = TINY_CLIP_TEXT["bos_token_id"]
+    for row, length in enumerate((10, 6, 3)):
+        ids[row, length - 1] = TINY_CLIP_TEXT["eos_token_id"]
+    tower = load_text_tower(checkpoints["paths"]["clip_text"])
+    with torch.no_grad():
+        ref = model(torch.tensor(ids), attention_mask=torch.tensor(mask), output_hidden_states=True)
+    out = tower(jnp.asarray(ids), jnp.asarray(mask), output_hidden_states=True)
+    assert max_diff(ref.last_hidden_state, out.last_hidden_state) <= TOL
+    assert max_diff(ref.pooler_output, out.pooler_output) <= TOL
+    for r, o in zip(ref.hidden_states, out.hidden_states):
+        assert max_diff(r, o) <= TOL
+
+
+def test_both_halves_of_a_full_clip_checkpoint(checkpoints):
+    model = checkpoints["models"]["clip"]
+    vision = load_vision_tower(checkpoints["paths"]["clip"])
+    text = load_text_tower(checkpoints["paths"]["clip"])
+    x = pixels()
+    ids, mask = padded_ids(90, 0)
+    ids[:, -1] = TINY_CLIP_TEXT["eos_token_id"]
+    mask[:] = 1
+    with torch.no_grad():
+        ref_v = model.vision_model(torch.tensor(x))
+        ref_t = model.text_model(torch.tensor(ids), attention_mask=torch.tensor(mask))
+    assert max_diff(ref_v.pooler_output, vision(jnp.asarray(x.transpose(0, 2, 3, 1))).pooler_output) <= TOL
+    assert max_diff(ref_t.pooler_output, text(jnp.asarray(ids), jnp.asarray(mask)).pooler_output) <= TOL
+
+
+def test_masked_lm_checkpoint_loads_as_tower_with_head_ignored(checkpoints, caplog):
+    """A BertForMaskedLM checkpoint: 'bert.' prefix found, MLM head skipped, absent pooler initialised."""
+    model = checkpoints["models"]["bert_mlm"]
+    tower = load_text_tower(checkpoints["paths"]["bert_mlm"])
+    assert "randomly initialised: pooler.bias, pooler.kernel" in caplog.text
+    ids, mask = padded_ids(TINY_BERT["vocab_size"], 0)
+    with torch.no_grad():
+        ref = model.bert(torch.tensor(ids), attention_mask=torch.tensor(mask))
+    assert max_diff(ref.last_hidden_state, tower(jnp.asarray(ids), jnp.asarray(mask)).last_hidden_state) <= TOL
+
+
+def test_bfloat16_parameters(checkpoints):
+    tower = load_text_tower(checkpoints["paths"]["bert"], param_dtype=jnp.bfloat16)
+    assert tower.word_embeddings.embedding.get_value().dtype == jnp.bfloat16
+    assert tower.layers[0].attention.query.kernel.get_value().dtype == jnp.bfloat16
+    ids, mask = padded_ids(TINY_BERT["vocab_size"], 0)
+    with torch.no_grad():
+        ref = checkpoints["models"]["bert"](torch.tensor(ids), attention_mask=torch.tensor(mask))
+    out = tower(jnp.asarray(ids), jnp.asarray(mask))
+    # bfloat16 keeps 8 bits of mantissa: agreement to a few percent of unit-scale activations.
+    assert max_diff(ref.last_hidden_state, out.last_hidden_state) <= 0.1
