@@ -232,8 +232,9 @@ class CLIPModel:
             out.append(np.asarray(fn(state, jnp.asarray(padded)))[:n])
         return np.concatenate(out) if out else np.zeros((0, self.module.projection_dim), np.float32)
 
-    def tokenize(self, texts: Sequence[str]) -> dict[str, np.ndarray]:
-        """Token ids and attention mask, padded to a power-of-two length bucket (<= max_length)."""
+    def tokenize(self, texts: Sequence[str], *, fixed_length: bool = False) -> dict[str, np.ndarray]:
+        """Token ids and attention mask (int32), truncated to ``max_length`` and padded to a
+        power-of-two length bucket, or to ``max_length`` itself with ``fixed_length`` (training)."""
         if self.tokenizer is None:
             raise ValueError("This model has no tokenizer: pass tokenizer=PATH_OR_OBJECT to CLIPModel.from_towers.")
         if isinstance(texts, str):
@@ -244,7 +245,7 @@ class CLIPModel:
         enc = self.tokenizer(list(texts), padding="longest", truncation=True, max_length=self.max_length,
                              return_tensors="np")
         ids, mask = enc["input_ids"], enc["attention_mask"]
-        length = min(max(8, _next_power_of_two(ids.shape[1])), self.max_length)
+        length = self.max_length if fixed_length else min(max(8, _next_power_of_two(ids.shape[1])), self.max_length)
         pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         if length > ids.shape[1]:
             extra = length - ids.shape[1]

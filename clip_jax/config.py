@@ -1,0 +1,114 @@
+"""The configuration schema: every key a config file may set, with its default.
+
+Config files (``configs/*.py``) define ``get_config()`` returning ``base_config()`` modified;
+command-line overrides (``--config.train.batch_size=4096``) go through ``ml_collections``.
+Unknown keys are errors that list the valid ones.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from ml_collections import ConfigDict
+
+#: Keys whose value is free-form: a path/hub id string or a dict of tower hyper-parameters.
+FREE_FORM = {"model.vision", "model.text"}
+
+HEAD = r"(visual_projection|text_projection|logit_scale|logit_bias)(\..*)?"
+
+
+def phase(steps: int, trainable: str, learning_rates: dict[str, float], warmup_steps: int = 0,
+          decay: str = "cosine", end_factor: float = 0.0) -> ConfigDict:
+    """One training phase: how long, which parameters train (regex on paths), and their learning rates."""
+    return ConfigDict(dict(steps=steps, trainable=trainable, learning_rates=ConfigDict(learning_rates),
+                           warmup_steps=warmup_steps, decay=decay, end_factor=end_factor))
+
+
+def base_config() -> ConfigDict:
+    """Every configurable key with its default value."""
+    c = ConfigDict()
+    c.model = ConfigDict(dict(
+        vision="openai/clip-vit-base-patch32",  # local dir, hub id, or a dict config (random init)
+        text="dbmdz/bert-base-italian-xxl-cased",
+        tokenizer="",  # default: the text tower's own
+        projection_dim=512,
+        text_pooling="pooler",  # pooler | cls | mean | eos
+        image_size=0,  # 0: the vision tower's; else interpolate position embeddings
+        max_length=64,
+        logit_scale_init=math.log(1 / 0.07),
+        dtype="float32",  # compute dtype: float32 or bfloat16
+        param_dtype="float32",  # master weights
+        remat=False,  # recompute each transformer layer in the backward pass (saves memory)
+        dropout=True,  # the towers' own dropout rates, in training only
+    ))
+    c.loss = ConfigDict(dict(
+        kind="softmax",  # softmax (CLIP) | sigmoid (SigLIP)
+        sigmoid_bias_init=-10.0,
+        sigmoid_scale_init=math.log(10.0),
+    ))
+    c.data = ConfigDict(dict(
+        source="shapes",  # shapes: the offline synthetic demo data set
+        cache_dir="~/.cache/clip_jax",
+        shapes=ConfigDict(dict(num_train=2048, num_val=256, image_size=64, seed=0, holdout="rosso:triangolo,blu:cerchio")),
+        val_fraction=0.0,
+    ))
+    c.train = ConfigDict(dict(
+        batch_size=128,  # global, over all devices and processes
+        seed=0,
+        phases=("warmup", "finetune"),  # the order of the entries of `phases`
+        param_groups=(("head", HEAD), ("vision", r"vision\..*"), ("text", r"text\..*")),
+        optimizer="adamw",  # adamw | adabelief
+        b1=0.9, b2=0.98, eps=1e-6, weight_decay=0.2,
+        grad_clip_norm=1.0,  # 0: off
+        agc_clip=0.0,  # adaptive gradient clipping (CLIP-Italian used 0.1 with adabelief); 0: off
+        log_every=10,
+        checkpoint_every=500,
+        keep_checkpoints=3,
+        async_checkpoints=True,
+        eval_every=500,  # 0: only at the end of each phase
+        eval_batch_size=256,
+        wandb_project="",  # set to log to Weights & Biases as well
+    ))
+    c.phases = ConfigDict(dict(
+        warmup=phase(500, HEAD, {"head": 1e-3}, warmup_steps=50),
+        finetune=phase(2000, ".*", {"head": 1e-4, "vision": 1e-5, "text": 1e-5}, warmup_steps=200),
+    ))
+    c.mesh = ConfigDict(dict(
+        axes=ConfigDict(dict(data=-1, fsdp=1)),
+        rules=((".*", "fsdp"),),  # (regex searched in the parameter path, 'fsdp' | 'replicate' | spec tuple)
+        fsdp_min_size=2 ** 16,  # arrays with fewer elements stay replicated under the 'fsdp' rule
+    ))
+    return c
+
+
+def _flat_keys(config: Any, prefix: str = "") -> dict[str, Any]:
+    out = {}
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, (ConfigDict, dict)) and name not in FREE_FORM and not name.startswith("phases."):
+            out.update(_flat_keys(value, name + "."))
+        else:
+            out[name] = value
+    return out
+
+
+def validate(config: ConfigDict) -> ConfigDict:
+    """Raise ``ValueError`` naming every unknown key (and the valid ones); check the phase list."""
+    schema = _flat_keys(base_config())
+    given = _flat_keys(config)
+    unknown = sorted(k for k in given if k not in schema and not k.startswith("phases."))
+    if unknown:
+        sections = sorted({k.rsplit(".", 1)[0] for k in unknown})
+        valid = {s: sorted(k.rsplit(".", 1)[1] for k in schema if k.rsplit(".", 1)[0] == s) for s in sections}
+        raise ValueError(f"Unknown config key(s) {unknown}. Valid keys: {valid}.")
+    phase_keys = set(phase(1, "", {}).keys())
+    for name in config.train.phases:
+        if name not in config.phases:
+            raise ValueError(f"train.phases names {name!r}, which is not in phases ({sorted(config.phases)}).")
+        extra = set(config.phases[name].keys()) - phase_keys
+        if extra:
+            raise ValueError(f"Unknown key(s) {sorted(extra)} in phases.{name}; valid: {sorted(phase_keys)}.")
+    if config.loss.kind not in ("softmax", "sigmoid"):
+        raise ValueError(f"loss.kind must be 'softmax' or 'sigmoid', not {config.loss.kind!r}.")
+    return config

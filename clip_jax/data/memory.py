@@ -1,0 +1,82 @@
+"""An in-memory image–caption data set and its deterministic, resumable, per-process batch iterator."""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from clip_jax.data.preprocess import ImageProcessorConfig, preprocess_images
+
+
+class ArrayDataset:
+    """Images (uint8 ``[N, H, W, 3]``) with one or more captions each."""
+
+    def __init__(self, images: np.ndarray, captions: Sequence[Sequence[str]]):
+        if len(images) != len(captions):
+            raise ValueError(f"{len(images)} images but {len(captions)} caption lists.")
+        if any(len(c) == 0 for c in captions):
+            raise ValueError("Every image needs at least one caption.")
+        self.images = images
+        self.captions = [list(c) for c in captions]
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+
+class BatchIterator:
+    """Global batches of ``batch_size`` drawn without replacement, reshuffled each epoch with ``seed``;
+    this process yields only its rows (``batch_size / process_count`` of them).
+
+    Each batch holds ``pixel_values`` (float32, channels-last), ``input_ids``, ``attention_mask`` and
+    ``index``. One caption is drawn at random per image per epoch. ``get_state``/``set_state``
+    make the position resumable: a restored iterator yields exactly the batch the original would have.
+    """
+
+    def __init__(self, dataset: ArrayDataset, batch_size: int, *, tokenize: Callable[[list[str]], dict],
+                 image_processor: ImageProcessorConfig, seed: int = 0, process_index: int = 0,
+                 process_count: int = 1):
+        if batch_size % process_count:
+            raise ValueError(f"Batch size {batch_size} is not divisible by {process_count} processes.")
+        if batch_size > len(dataset):
+            raise ValueError(f"Batch size {batch_size} exceeds the {len(dataset)} examples of the data set.")
+        self.dataset, self.batch_size, self.seed = dataset, batch_size, seed
+        self.tokenize, self.image_processor = tokenize, image_processor
+        self.local = slice(process_index * batch_size // process_count,
+                           (process_index + 1) * batch_size // process_count)
+        self.epoch, self.position = 0, 0
+        self._pixels = preprocess_images(list(dataset.images), image_processor)
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return len(self.dataset) // self.batch_size
+
+    def get_state(self) -> dict[str, int]:
+        return {"epoch": self.epoch, "position": self.position}
+
+    def set_state(self, state: dict[str, int]) -> None:
+        self.epoch, self.position = int(state["epoch"]), int(state["position"])
+
+    def __iter__(self) -> "BatchIterator":
+        return self
+
+    def __next__(self) -> dict[str, np.ndarray]:
+        if self.position >= self.steps_per_epoch:
+            self.epoch, self.position = self.epoch + 1, 0
+        rs = np.random.RandomState([self.seed, self.epoch])
+        order = rs.permutation(len(self.dataset))
+        choice = rs.randint(0, 1 << 30, len(self.dataset))
+        rows = order[self.position * self.batch_size:(self.position + 1) * self.batch_size][self.local]
+        self.position += 1
+        texts = [self.dataset.captions[i][choice[i] % len(self.dataset.captions[i])] for i in rows]
+        tokens = self.tokenize(texts)
+        return {"pixel_values": self._pixels[rows], "index": rows.astype(np.int32), **tokens}
+
+
+def eval_batches(dataset: ArrayDataset, batch_size: int, tokenize: Callable[[list[str]], dict],
+                 image_processor: ImageProcessorConfig) -> Any:
+    """Images and their first caption in order, in batches (the last one may be short)."""
+    for start in range(0, len(dataset), batch_size):
+        stop = min(start + batch_size, len(dataset))
+        yield {"pixel_values": preprocess_images(list(dataset.images[start:stop]), image_processor),
+               **tokenize([dataset.captions[i][0] for i in range(start, stop)])}

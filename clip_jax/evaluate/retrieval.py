@@ -1,0 +1,40 @@
+"""Image–text retrieval metrics with several captions per image.
+
+Recall@k (CLIP-style): a query is a hit if any correct item is among its top k. MRR@k
+(CLIP-Italian's metric): the mean over queries of 1/rank of the first correct item, 0 beyond k.
+Ties are broken pessimistically: an item scoring the same as the correct one counts as ranked above it.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+
+def _first_correct_rank(scores: np.ndarray, correct: np.ndarray) -> np.ndarray:
+    """1-based rank of the best-scoring correct candidate for each query row (ties count against it)."""
+    best_correct = np.where(correct, scores, -np.inf).max(axis=1, keepdims=True)
+    return (np.where(correct, -np.inf, scores) >= best_correct).sum(axis=1) + 1
+
+
+def retrieval_metrics(image_embeds: np.ndarray, text_embeds: np.ndarray, text_image: Sequence[int],
+                      ks: Sequence[int] = (1, 5, 10)) -> dict[str, float]:
+    """Image->text and text->image Recall@k and MRR@k.
+
+    ``text_image[j]`` is the index of the image that caption ``j`` describes.
+    """
+    text_image = np.asarray(text_image)
+    if len(text_image) != len(text_embeds):
+        raise ValueError(f"{len(text_embeds)} texts but {len(text_image)} text->image indices.")
+    scores = np.asarray(image_embeds, np.float64) @ np.asarray(text_embeds, np.float64).T  # [images, texts]
+    correct = text_image[None, :] == np.arange(len(image_embeds))[:, None]
+    if not correct.any(axis=1).all():
+        raise ValueError("Every image needs at least one caption for image->text retrieval.")
+    ranks = {"i2t": _first_correct_rank(scores, correct), "t2i": _first_correct_rank(scores.T, correct.T)}
+    out = {}
+    for direction, rank in ranks.items():
+        for k in ks:
+            out[f"{direction}_R@{k}"] = float(np.mean(rank <= k))
+            out[f"{direction}_MRR@{k}"] = float(np.mean(np.where(rank <= k, 1.0 / rank, 0.0)))
+    return out

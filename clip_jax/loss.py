@@ -1,0 +1,105 @@
+"""Contrastive losses over the global batch, computed without any device holding B x B logits.
+
+Each device holds ``b = B / n`` rows of image and text embeddings. It all-gathers the other
+modality's embeddings (``[B, d]``, cheap: ``d`` is the projection size) and computes only its own
+``b x B`` block of logits: memory per device grows as ``B^2 / n`` instead of ``B^2``. The
+all-gather is differentiated exactly — its transpose is a reduce-scatter that returns to every
+device the gradient its embeddings received as negatives elsewhere (open_clip's
+``gather_with_grad`` + ``local_loss``). Every example is contrasted with all ``B`` candidates,
+unlike a per-device loss (CLIP-Italian's), where each saw only ``b - 1`` negatives.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+from jax.sharding import Mesh, PartitionSpec as P
+
+Metrics = dict[str, jax.Array]
+
+
+def _block_softmax(img: jax.Array, txt: jax.Array, all_img: jax.Array, all_txt: jax.Array, scale: jax.Array,
+                   offset: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Per-device sums of the two cross-entropies and of correct top-1 guesses for local rows."""
+    labels = offset + jnp.arange(img.shape[0])
+    logits_i2t = scale * img @ all_txt.T
+    logits_t2i = scale * txt @ all_img.T
+
+    def cross_entropy(logits):
+        picked = jnp.take_along_axis(logits, labels[:, None], axis=1)[:, 0]
+        return jnp.sum(jax.nn.logsumexp(logits, axis=1) - picked)
+
+    correct_i2t = jnp.sum(jnp.argmax(logits_i2t, axis=1) == labels)
+    correct_t2i = jnp.sum(jnp.argmax(logits_t2i, axis=1) == labels)
+    return cross_entropy(logits_i2t) + cross_entropy(logits_t2i), correct_i2t, correct_t2i
+
+
+def _block_sigmoid(img: jax.Array, all_txt: jax.Array, scale: jax.Array, bias: jax.Array,
+                   offset: jax.Array) -> jax.Array:
+    """Per-device sum of SigLIP's pairwise log-sigmoid losses for local images against all texts."""
+    logits = scale * img @ all_txt.T + bias
+    positives = (offset + jnp.arange(img.shape[0]))[:, None] == jnp.arange(all_txt.shape[0])[None, :]
+    signs = jnp.where(positives, 1.0, -1.0)
+    return -jnp.sum(jax.nn.log_sigmoid(signs * logits))
+
+
+def contrastive_loss(image_embeds: jax.Array, text_embeds: jax.Array, logit_scale: jax.Array, *,
+                     mesh: Mesh | None = None, batch_axes: Sequence[str] = ("data", "fsdp"),
+                     kind: str = "softmax", logit_bias: jax.Array | None = None) -> tuple[jax.Array, Metrics]:
+    """CLIP's symmetric softmax loss (``kind='softmax'``) or SigLIP's sigmoid loss (``'sigmoid'``).
+
+    ``image_embeds``/``text_embeds`` are L2-normalised ``[B, d]`` arrays sharded over
+    ``batch_axes`` of ``mesh`` (``mesh=None``: one device); ``logit_scale`` is the multiplier
+    (already exponentiated). Returns the loss and metrics: in-batch image->text and
+    text->image top-1 accuracy (softmax only) and the logit scale.
+    """
+    if kind not in ("softmax", "sigmoid"):
+        raise ValueError(f"Unknown loss kind {kind!r}; choose 'softmax' or 'sigmoid'.")
+    if kind == "sigmoid" and logit_bias is None:
+        raise ValueError("The sigmoid loss needs a logit_bias (build the model with logit_bias_init=...).")
+    global_batch = image_embeds.shape[0]
+    axes = tuple(a for a in batch_axes if mesh is not None and a in mesh.axis_names)
+    bias = jnp.zeros((), jnp.float32) if logit_bias is None else logit_bias
+
+    def local(img, txt, scale, bias):
+        if axes:
+            all_img = jax.lax.all_gather(img, axes, tiled=True)
+            all_txt = jax.lax.all_gather(txt, axes, tiled=True)
+            offset = jax.lax.axis_index(axes) * img.shape[0]
+        else:
+            all_img, all_txt, offset = img, txt, jnp.zeros((), jnp.int32)
+        if kind == "softmax":
+            total, correct_i2t, correct_t2i = _block_softmax(img, txt, all_img, all_txt, scale, offset)
+            sums = jnp.stack([total / 2, correct_i2t.astype(jnp.float32), correct_t2i.astype(jnp.float32)])
+        else:
+            sums = jnp.stack([_block_sigmoid(img, all_txt, scale, bias, offset), jnp.zeros(()), jnp.zeros(())])
+        return jax.lax.psum(sums, axes) if axes else sums
+
+    img, txt = image_embeds.astype(jnp.float32), text_embeds.astype(jnp.float32)
+    scale = logit_scale.astype(jnp.float32)
+    if axes:
+        local = jax.shard_map(local, mesh=mesh, in_specs=(P(axes), P(axes), P(), P()), out_specs=P())
+    sums = local(img, txt, scale, bias)
+    loss = sums[0] / global_batch
+    metrics = {"loss": loss, "logit_scale": scale}
+    if kind == "softmax":
+        metrics.update(i2t_accuracy=sums[1] / global_batch, t2i_accuracy=sums[2] / global_batch)
+    else:
+        metrics["logit_bias"] = bias
+    return loss, metrics
+
+
+def dense_contrastive_loss(image_embeds: jax.Array, text_embeds: jax.Array, logit_scale: jax.Array,
+                           kind: str = "softmax", logit_bias: jax.Array | None = None) -> jax.Array:
+    """The same losses from the full ``B x B`` logits on one device (the naive version, for comparison)."""
+    logits = logit_scale * image_embeds.astype(jnp.float32) @ text_embeds.astype(jnp.float32).T
+    if kind == "sigmoid":
+        logits = logits + logit_bias
+        signs = 2.0 * jnp.eye(logits.shape[0]) - 1.0
+        return -jnp.sum(jax.nn.log_sigmoid(signs * logits)) / logits.shape[0]
+    labels = jnp.arange(logits.shape[0])
+    i2t = jnp.mean(jax.nn.logsumexp(logits, axis=1) - logits[labels, labels])
+    t2i = jnp.mean(jax.nn.logsumexp(logits, axis=0) - logits[labels, labels])
+    return (i2t + t2i) / 2

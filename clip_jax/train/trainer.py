@@ -1,0 +1,350 @@
+"""The training loop: phases in order, sharded steps, periodic validation, checkpoints, resume.
+
+A run is fully described by its config and workdir. Starting again with the same workdir resumes
+from the latest checkpoint: parameters, optimizer state (hence learning-rate schedule position),
+step, phase, RNG and data-iterator position are all restored, so the following losses equal those
+of an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from ml_collections import ConfigDict
+
+from clip_jax.clip_model import CLIPModel
+from clip_jax.config import validate
+from clip_jax.data.memory import ArrayDataset, BatchIterator, eval_batches
+from clip_jax.data.shapes import ShapesSpec, load_or_generate, vocabulary
+from clip_jax.evaluate.retrieval import retrieval_metrics
+from clip_jax.models.dual_encoder import l2_normalize
+from clip_jax.sharding import batch_sharding, check_batch_size, make_mesh, shard_params
+from clip_jax.train.checkpoint import Checkpointer
+from clip_jax.train.logging import MetricsLogger, progress_bar
+from clip_jax.train.optim import learning_rates_at, make_optimizer
+from clip_jax.train.state import (TrainState, initial_rng, jit_train_step, make_train_step, replicated,
+                                  split_trainable)
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite."""
+
+
+def _dtype(name: str) -> Any:
+    try:
+        return DTYPES[name]
+    except KeyError:
+        raise ValueError(f"Unknown dtype {name!r}; choose one of {sorted(DTYPES)}.") from None
+
+
+def demo_tokenizer(cache_dir: str) -> str:
+    """A WordPiece tokenizer over the shapes data set's words, written once into ``cache_dir``."""
+    from transformers import BertTokenizer
+
+    directory = Path(cache_dir).expanduser() / "shapes-tokenizer"
+    if not (directory / "tokenizer_config.json").exists():
+        directory.mkdir(parents=True, exist_ok=True)
+        words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + vocabulary()
+        (directory / "vocab.txt").write_text("\n".join(words) + "\n")
+        BertTokenizer(str(directory / "vocab.txt"), do_lower_case=True).save_pretrained(str(directory))
+    return str(directory)
+
+
+def build_model(config: ConfigDict) -> CLIPModel:
+    """The dual encoder a config describes: pretrained towers (paths/hub ids) or random ones (dicts)."""
+    m = config.model
+    tokenizer = m.tokenizer or None
+    if tokenizer == "shapes":
+        tokenizer = demo_tokenizer(config.data.cache_dir)
+    tower = lambda spec: spec.to_dict() if isinstance(spec, ConfigDict) else spec
+    text = tower(m.text)
+    if isinstance(text, dict) and tokenizer and text.get("vocab_size") == "tokenizer":
+        from transformers import AutoTokenizer
+
+        text = dict(text, vocab_size=len(AutoTokenizer.from_pretrained(tokenizer)))
+    sigmoid = config.loss.kind == "sigmoid"
+    return CLIPModel.from_towers(
+        vision=tower(m.vision), text=text, projection_dim=m.projection_dim, text_pooling=m.text_pooling,
+        tokenizer=tokenizer, image_size=m.image_size or None, max_length=m.max_length,
+        logit_scale_init=config.loss.sigmoid_scale_init if sigmoid else m.logit_scale_init,
+        logit_bias_init=config.loss.sigmoid_bias_init if sigmoid else None,
+        dtype=None if m.dtype == "float32" else _dtype(m.dtype), param_dtype=_dtype(m.param_dtype),
+        seed=config.train.seed)
+
+
+def build_datasets(config: ConfigDict) -> dict[str, ArrayDataset]:
+    """Train and validation data sets named by ``config.data.source``."""
+    if config.data.source == "shapes":
+        spec = ShapesSpec(**config.data.shapes.to_dict())
+        data = load_or_generate(spec, config.data.cache_dir)
+        return {name: ArrayDataset(split["images"], split["captions"]) for name, split in data.items()}
+    raise ValueError(f"Unknown data.source {config.data.source!r}; available: 'shapes'.")
+
+
+@dataclasses.dataclass
+class Phase:
+    name: str
+    index: int
+    start: int  # global step at which it begins
+    steps: int
+    trainable: str
+    settings: ConfigDict
+
+    @property
+    def end(self) -> int:
+        return self.start + self.steps
+
+
+class Trainer:
+    """Runs the phases of a config in a workdir, resuming from the latest checkpoint there."""
+
+    def __init__(self, config: ConfigDict, workdir: str, *, devices: list | None = None):
+        self.config = validate(config)
+        self.workdir = workdir
+        self.mesh = make_mesh(config.mesh.axes.to_dict(), devices)
+        check_batch_size(config.train.batch_size, self.mesh)
+        self.primary = jax.process_index() == 0
+        self.model = build_model(config)
+        self.graphdef = nnx.graphdef(self.model.module)
+        self.phases, start = [], 0
+        for index, name in enumerate(config.train.phases):
+            p = config.phases[name]
+            self.phases.append(Phase(name, index, start, int(p.steps), p.trainable, p))
+            start += int(p.steps)
+        self.total_steps = start
+        datasets = build_datasets(config)
+        self.val = datasets.get("val")
+        self.train_iter = BatchIterator(
+            datasets["train"], config.train.batch_size, tokenize=self._tokenize,
+            image_processor=self.model.image_processor, seed=config.train.seed,
+            process_index=jax.process_index(), process_count=jax.process_count())
+        self.batch_sharding = batch_sharding(self.mesh)
+        self.checkpointer = Checkpointer(workdir, keep=config.train.keep_checkpoints,
+                                         use_async=config.train.async_checkpoints)
+        self.logger = MetricsLogger(workdir, enabled=self.primary, wandb_project=config.train.wandb_project,
+                                    config=config.to_dict())
+        self._stop_requested = False
+        self.last_val: dict[str, float] = {}
+
+    # ------------------------------------------------------------------ helpers
+    def _tokenize(self, texts: list[str]) -> dict[str, np.ndarray]:
+        return self.model.tokenize(texts, fixed_length=True)
+
+    def phase_at(self, step: int) -> Phase:
+        for phase in self.phases:
+            if step < phase.end:
+                return phase
+        return self.phases[-1]
+
+    def _optimizer(self, phase: Phase, params: nnx.State):
+        t, p = self.config.train, phase.settings
+        return make_optimizer(params, groups=t.param_groups, learning_rates=p.learning_rates.to_dict(),
+                              steps=phase.steps, warmup_steps=p.warmup_steps, decay=p.decay,
+                              end_factor=p.end_factor, optimizer=t.optimizer,
+                              settings=dict(b1=t.b1, b2=t.b2, eps=t.eps, weight_decay=t.weight_decay,
+                                            grad_clip_norm=t.grad_clip_norm, agc_clip=t.agc_clip))
+
+    def _state_sharding(self, abstract: TrainState) -> TrainState:
+        rules = [tuple(r) for r in self.config.mesh.rules]
+        place = lambda tree: shard_params(tree, self.mesh, rules, self.config.mesh.fsdp_min_size)
+        return TrainState(step=replicated(self.mesh), params=place(abstract.params), frozen=place(abstract.frozen),
+                          opt_state=place(abstract.opt_state), rng=replicated(self.mesh))
+
+    def _prepare_phase(self, phase: Phase, module: nnx.Module, step: int, opt_state: Any = None,
+                       rng: Any = None) -> tuple[TrainState, Any, dict]:
+        """Split the module for ``phase``, build its optimizer and jitted step, place the state on the mesh."""
+        _, params, frozen = split_trainable(module, phase.trainable)
+        if not jax.tree.leaves(params):
+            raise ValueError(f"Phase {phase.name!r}: trainable regex {phase.trainable!r} matches no parameter.")
+        tx, schedules = self._optimizer(phase, params)
+        rng = initial_rng(self.config.train.seed) if rng is None else rng
+
+        def make_state(params, frozen):
+            return TrainState(step=jnp.asarray(step, jnp.int32), params=params, frozen=frozen,
+                              opt_state=tx.init(params), rng=rng)
+
+        abstract = jax.eval_shape(make_state, params, frozen)
+        sharding = self._state_sharding(abstract)
+        state = jax.jit(make_state, out_shardings=sharding)(params, frozen)
+        graphdef = nnx.graphdef(module)
+        step_fn = jit_train_step(make_train_step(graphdef, tx, self.mesh, loss_kind=self.config.loss.kind,
+                                                 dropout=self.config.model.dropout),
+                                 sharding, self.batch_sharding, self.mesh)
+        self.graphdef = graphdef
+        return state, step_fn, {"schedules": schedules, "sharding": sharding, "abstract": abstract}
+
+    def _module(self, state: TrainState) -> nnx.Module:
+        return nnx.merge(self.graphdef, state.params, state.frozen)
+
+    def _global_batch(self, batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
+        return {k: jax.make_array_from_process_local_data(self.batch_sharding, v)
+                for k, v in batch.items() if k != "index"}
+
+    def _meta(self, phase: Phase, step: int) -> dict:
+        return {"step": step, "phase": phase.name, "phase_index": phase.index, "data": self.train_iter.get_state()}
+
+    def _handle_sigterm(self, signum, frame) -> None:
+        self._stop_requested = True
+
+    # ------------------------------------------------------------------ evaluation
+    def _embed_fn(self):
+        """Jitted (image, text) embeddings for the current graph; compiled once per phase."""
+        graphdef = self.graphdef
+        if getattr(self, "_embed_graphdef", None) is not graphdef:
+            def embed(params, frozen, pixels, ids, mask):
+                m = nnx.merge(graphdef, params, frozen)
+                return l2_normalize(m.image_features(pixels)), l2_normalize(m.text_features(ids, mask))
+
+            self._embed, self._embed_graphdef = jax.jit(embed, out_shardings=replicated(self.mesh)), graphdef
+        return self._embed
+
+    def evaluate(self, state: TrainState) -> dict[str, float]:
+        """Validation loss and retrieval recall on the held-out split (first caption of each image)."""
+        if self.val is None or len(self.val) == 0:
+            return {}
+        module = self._module(state)
+        bs = self.config.train.eval_batch_size
+        n_dp = math.prod(self.mesh.shape[a] for a in self.batch_sharding.spec[0])
+        bs = max(n_dp, bs - bs % n_dp)
+
+        embed = self._embed_fn()
+
+        images, texts = [], []
+        for batch in eval_batches(self.val, bs, lambda t: self.model.tokenize(t, fixed_length=True),
+                                  self.model.image_processor):
+            n = len(batch["pixel_values"])
+            padded = {k: np.concatenate([v, np.repeat(v[-1:], bs - n, axis=0)]) for k, v in batch.items()}
+            put = lambda x: jax.device_put(x, replicated(self.mesh))
+            img, txt = embed(state.params, state.frozen, put(padded["pixel_values"]), put(padded["input_ids"]),
+                             put(padded["attention_mask"]))
+            images.append(np.asarray(img)[:n])
+            texts.append(np.asarray(txt)[:n])
+        image_embeds, text_embeds = np.concatenate(images), np.concatenate(texts)
+        scale = float(module.scale())
+        logits = scale * image_embeds @ text_embeds.T
+        labels = np.arange(len(logits))
+        lse = lambda x, axis: np.log(np.exp(x - x.max(axis, keepdims=True)).sum(axis)) + x.max(axis)
+        loss = float(((lse(logits, 1) - logits[labels, labels]).mean() + (lse(logits, 0) - logits[labels, labels]).mean()) / 2)
+        metrics = retrieval_metrics(image_embeds, text_embeds, labels, ks=(1, 5))
+        return {"val/loss": loss, **{f"val/{k}": v for k, v in metrics.items() if "MRR" not in k}}
+
+    # ------------------------------------------------------------------ the loop
+    def run(self) -> dict[str, Any]:
+        """Train to the end of the last phase (or until SIGTERM); return a summary."""
+        step = 0
+        phase = self.phases[0]
+        restored = None
+        latest = self.checkpointer.latest_step()
+        if latest is not None:
+            meta = self.checkpointer.restore_meta(latest)
+            phase = self.phases[meta["phase_index"]]
+            restored = (latest, meta)
+        state, step_fn, info = self._prepare_phase(phase, self.model.module, step)
+        if restored is not None:
+            latest, meta = restored
+            target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                                  info["abstract"], info["sharding"])
+            state = self.checkpointer.restore_state(latest, target)
+            self.train_iter.set_state(meta["data"])
+            step = latest
+            self.logger.message(f"Resumed from step {step} ({phase.name}) in {self.workdir}.")
+        previous_handler = signal.signal(signal.SIGTERM, self._handle_sigterm) if _in_main_thread() else None
+        summary: dict[str, Any] = {"workdir": self.workdir, "preempted": False}
+        try:
+            while step < self.total_steps:
+                if step >= phase.end:  # phase boundary: hand the parameters over to the next phase
+                    module = self._module(state)
+                    next_phase = self.phase_at(step)
+                    self.logger.message(f"Step {step}: phase {phase.name!r} done; starting {next_phase.name!r} "
+                                        f"(trainable: {next_phase.trainable}).")
+                    phase = next_phase
+                    state, step_fn, info = self._prepare_phase(phase, module, step, rng=state.rng)
+                step, state = self._run_phase(phase, state, step_fn, info, step)
+                if self._stop_requested:
+                    self.checkpointer.save(step, state, self._meta(phase, step))
+                    self.checkpointer.wait()
+                    self.logger.message(f"SIGTERM: saved a checkpoint at step {step}; exiting.")
+                    summary["preempted"] = True
+                    break
+            summary.update(step=step, phase=phase.name, val=self.last_val)
+            self.state = state
+            return summary
+        finally:
+            self.checkpointer.close()
+            self.logger.close()
+            if previous_handler is not None:
+                signal.signal(signal.SIGTERM, previous_handler)
+
+    def _run_phase(self, phase: Phase, state: TrainState, step_fn, info: dict, step: int
+                   ) -> tuple[int, TrainState]:
+        t = self.config.train
+        bar = progress_bar(phase.end, step, f"{phase.name}", self.primary)
+        images = 0
+        tick = time.perf_counter()
+        try:
+            while step < phase.end and not self._stop_requested:
+                batch = self._global_batch(next(self.train_iter))
+                state, metrics = step_fn(state, batch)
+                step += 1
+                metrics = jax.device_get(metrics)
+                if not all(math.isfinite(float(metrics[k])) for k in ("loss", "grad_norm", "param_norm")):
+                    self.checkpointer.wait()
+                    raise TrainingDiverged(
+                        f"Loss is {float(metrics['loss'])} (gradient norm {float(metrics['grad_norm'])}, parameter "
+                        f"norm {float(metrics['param_norm'])}) at step {step} (phase {phase.name!r}). The last good "
+                        f"checkpoint (step {self.checkpointer.latest_step()}) is kept in {self.workdir}. Lower "
+                        f"the learning rate, enable train.grad_clip_norm, or check the data.")
+                images += t.batch_size
+                lrs = learning_rates_at(info["schedules"], step - 1 - phase.start)
+                if step % t.log_every == 0 or step == phase.end:
+                    elapsed = time.perf_counter() - tick
+                    rate = images / elapsed if elapsed > 0 else 0.0
+                    scalars = {**{f"train/{k}": v for k, v in metrics.items()},
+                               **{f"lr/{g}": v for g, v in lrs.items()}, "train/images_per_s": rate,
+                               "train/images_per_s_per_device": rate / self.mesh.size, "phase": phase.index}
+                    self.logger.write(step, scalars)
+                    bar.set_postfix(loss=f"{float(metrics['loss']):.4f}", lr=f"{max(lrs.values()):.2e}",
+                                    img_s=f"{rate:.1f}")
+                    images, tick = 0, time.perf_counter()
+                bar.update(1)
+                if t.eval_every and step % t.eval_every == 0 and step != phase.end:
+                    self.logger.write(step, self.evaluate(state))
+                if step % t.checkpoint_every == 0 or step == phase.end:
+                    self.checkpointer.save(step, state, self._meta(phase, step))
+        finally:
+            bar.close()
+        if step == phase.end:
+            val = self.last_val = self.evaluate(state)
+            self.logger.write(step, val)
+            if val:
+                self.logger.message(f"End of {phase.name!r} at step {step}: " +
+                                    ", ".join(f"{k}={v:.4f}" for k, v in val.items()))
+        return step, state
+
+
+def _in_main_thread() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
+
+
+def train(config: ConfigDict, workdir: str) -> dict[str, Any]:
+    """Train as ``config`` says in ``workdir`` (resuming if it holds checkpoints); returns a summary."""
+    trainer = Trainer(config, workdir)
+    summary = trainer.run()
+    if trainer.primary and "://" not in workdir:
+        Path(workdir, "summary.json").write_text(json.dumps(summary, indent=2, default=float) + "\n")
+    return summary

@@ -1,0 +1,195 @@
+"""Two-phase sharded training: equivalence across meshes, freezing, resume after kill -9, SIGTERM,
+NaN, multi-process runs, and clear errors for configs that do not fit."""
+
+import json
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+from clip_jax.config import validate
+from clip_jax.sharding import MeshError
+from clip_jax.train import Trainer, TrainingDiverged
+from clip_jax.weights import flat_params
+
+from train_helpers import REPO, losses, run, subprocess_env, tiny_config, train_command
+
+
+def params_of(trainer):
+    module = trainer._module(trainer.state)
+    return {".".join(map(str, k)): np.asarray(jax.device_get(v)) for k, v in flat_params(module).items()}
+
+
+def test_one_step_on_8_devices_equals_1_device(tmp_path):
+    results = []
+    for name, axes, devices in (("one", {"data": 1, "fsdp": 1}, jax.devices()[:1]),
+                                ("eight", {"data": 4, "fsdp": 2}, jax.devices())):
+        config = tiny_config(tmp_path / "cache", **{"train.phases": ("finetune",)})
+        config.mesh.axes = axes
+        config.phases.finetune.steps = 1
+        trainer = Trainer(config, str(tmp_path / name), devices=devices)
+        summary = trainer.run()
+        assert summary["step"] == 1
+        results.append((losses(tmp_path / name)[1], params_of(trainer), trainer))
+    (loss_1, params_1, _), (loss_8, params_8, trainer_8) = results
+    assert loss_8 == pytest.approx(loss_1, abs=1e-5)
+    assert params_1.keys() == params_8.keys()
+    for key in params_1:
+        np.testing.assert_allclose(params_8[key], params_1[key], atol=1e-5, err_msg=key)
+    # FSDP really splits parameters on the 8-device mesh.
+    kernel = trainer_8.state.params["vision"]["layers"][0]["mlp"]["fc1"]["kernel"].get_value()
+    assert "fsdp" in str(kernel.sharding.spec)
+
+
+def test_phase_one_freezes_backbones_and_phase_two_unfreezes(tmp_path):
+    config = tiny_config(tmp_path / "cache", **{"train.phases": ("warmup",)})
+    trainer = Trainer(config, str(tmp_path / "run"))
+    initial = {".".join(map(str, k)): np.asarray(v) for k, v in flat_params(trainer.model.module).items()}
+    trainer.run()
+    after = params_of(trainer)
+    for key, value in initial.items():
+        if key.startswith(("vision.", "text.")):
+            np.testing.assert_array_equal(after[key], value, err_msg=key)  # bit-identical
+    assert np.abs(after["visual_projection.kernel"] - initial["visual_projection.kernel"]).max() > 0
+    assert after["logit_scale"] != initial["logit_scale"]
+    # No optimizer state for frozen weights: every Adam moment belongs to a projection or the scale.
+    paths = [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_leaves_with_path(trainer.state.opt_state)]
+    assert paths and not any("vision" in p or "'text'" in p for p in paths)
+    assert any("visual_projection" in p for p in paths)
+
+    config = tiny_config(tmp_path / "cache")  # warmup then finetune
+    trainer = Trainer(config, str(tmp_path / "run2"))
+    trainer.run()
+    after = params_of(trainer)
+    assert np.abs(after["vision.layers.0.mlp.fc1.kernel"] - initial["vision.layers.0.mlp.fc1.kernel"]).max() > 0
+    assert np.abs(after["text.layers.0.attention.query.kernel"] - initial["text.layers.0.attention.query.kernel"]).max() > 0
+    records = [json.loads(l) for l in Path(tmp_path / "run2" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["phase"] for r in records if "phase" in r] == [0, 0, 0, 1, 1, 1]
+    assert {"lr/head", "train/i2t_accuracy", "train/logit_scale", "train/grad_norm"} <= set(records[-1]) | set(records[-2])
+
+
+def test_lit_config_keeps_vision_locked_in_phase_two(tmp_path):
+    config = tiny_config(tmp_path / "cache", **{"train.phases": ("finetune",)})
+    config.phases.finetune.trainable = r"(text|visual_projection|text_projection|logit_scale)(\..*)?"
+    trainer = Trainer(config, str(tmp_path / "run"))
+    initial = {".".join(map(str, k)): np.asarray(v) for k, v in flat_params(trainer.model.module).items()}
+    trainer.run()
+    after = params_of(trainer)
+    np.testing.assert_array_equal(after["vision.layers.1.mlp.fc2.kernel"], initial["vision.layers.1.mlp.fc2.kernel"])
+    assert np.abs(after["text.layers.1.mlp.fc2.kernel"] - initial["text.layers.1.mlp.fc2.kernel"]).max() > 0
+
+
+def test_resume_after_kill_9_continues_with_identical_losses(tmp_path):
+    env = subprocess_env()
+    steps = ["--config.phases.warmup.steps=6", "--config.phases.finetune.steps=14",
+             "--config.train.checkpoint_every=3"]
+    run(train_command(tmp_path / "straight", tmp_path / "cache", *steps), env)
+    reference = losses(tmp_path / "straight")
+    assert sorted(reference) == list(range(1, 21))
+
+    workdir = tmp_path / "killed"
+    process = subprocess.Popen(train_command(workdir, tmp_path / "cache", *steps), env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 240
+    while time.time() < deadline and not (workdir / "checkpoints" / "9").exists():
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert process.returncode == -signal.SIGKILL, "the run ended before it could be killed"
+    done_before_kill = max(losses(workdir))
+    assert done_before_kill < 20
+    result = run(train_command(workdir, tmp_path / "cache", *steps), env)
+    assert "Resumed from step" in result.stderr + result.stdout
+    resumed = losses(workdir)
+    assert sorted(resumed) == list(range(1, 21))
+    for step in range(1, 21):
+        assert resumed[step] == pytest.approx(reference[step], abs=1e-6), step
+
+
+def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tmp_path):
+    env = subprocess_env()
+    workdir = tmp_path / "run"
+    cmd = train_command(workdir, tmp_path / "cache", "--config.phases.finetune.steps=400",
+                        "--config.train.checkpoint_every=1000")
+    process = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 240
+    while time.time() < deadline and not (workdir / "checkpoints" / "3").exists():  # end of phase 1
+        time.sleep(0.05)
+    time.sleep(0.5)
+    process.send_signal(signal.SIGTERM)
+    out, err = process.communicate(timeout=120)
+    assert process.returncode == 0, err[-3000:]
+    assert "preempted=True" in out
+    steps = sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
+    assert steps[-1] > 3 and steps[-1] == max(losses(workdir))
+
+
+def test_nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(tmp_path):
+    config = tiny_config(tmp_path / "cache")
+    config.phases.finetune.learning_rates = {"head": 1e38, "vision": 1e38, "text": 1e38}
+    config.train.grad_clip_norm = 0.0
+    trainer = Trainer(config, str(tmp_path / "run"))
+    with pytest.raises(TrainingDiverged, match=r"at step 4 \(phase 'finetune'\).*checkpoint \(step 3\)"):
+        trainer.run()
+    assert (tmp_path / "run" / "checkpoints" / "3").exists()
+    assert not (tmp_path / "run" / "checkpoints" / "4").exists()  # diverged parameters are never saved
+
+
+def test_batch_and_mesh_errors_say_what_fits(tmp_path):
+    config = tiny_config(tmp_path / "cache", **{"train.batch_size": 12})
+    with pytest.raises(MeshError, match="not divisible by the 8 data-parallel devices.*e.g. 8 or 16"):
+        Trainer(config, str(tmp_path / "a"))
+    config = tiny_config(tmp_path / "cache")
+    config.mesh.axes = {"data": 3, "fsdp": 1}
+    with pytest.raises(MeshError, match="does not fit 8 devices"):
+        Trainer(config, str(tmp_path / "b"))
+
+
+def test_unknown_config_keys_are_errors_listing_valid_keys(tmp_path):
+    config = tiny_config(tmp_path / "cache")
+    config.unlock()
+    config.train.bach_size = 3
+    with pytest.raises(ValueError, match=r"Unknown config key\(s\) \['train.bach_size'\].*'batch_size'"):
+        validate(config)
+    result = subprocess.run(train_command(tmp_path / "w", tmp_path / "cache", "--config.train.bach_size=3"),
+                            env=subprocess_env(), capture_output=True, text=True, timeout=120)
+    assert result.returncode != 0
+    assert "bach_size" in result.stderr and "batch_size" in result.stderr
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_processes_match_one_process(tmp_path):
+    """A real 2-process jax.distributed run (gloo, 4 CPU devices each) = a 1-process 8-device run."""
+    extra = ["--config.phases.warmup.steps=2", "--config.phases.finetune.steps=3", "--config.mesh.axes.fsdp=2"]
+    run(train_command(tmp_path / "single", tmp_path / "cache", *extra), subprocess_env(8))
+    port = _free_port()
+    workdir = tmp_path / "multi"
+    procs = [subprocess.Popen(train_command(workdir, tmp_path / "cache", *extra, f"--coordinator=127.0.0.1:{port}",
+                                            "--num_processes=2", f"--process_id={i}"),
+                              env=subprocess_env(4), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for i in range(2)]
+    outputs = [p.communicate(timeout=300) for p in procs]
+    for p, (out, err) in zip(procs, outputs):
+        assert p.returncode == 0, err[-3000:]
+    single, multi = losses(tmp_path / "single"), losses(workdir)
+    assert sorted(multi) == sorted(single) == [1, 2, 3, 4, 5]
+    for step in single:
+        assert multi[step] == pytest.approx(single[step], abs=1e-5)
+    assert (workdir / "checkpoints" / "5").exists()
+
+
+def test_bfloat16_compute_trains(tmp_path):
+    config = tiny_config(tmp_path / "cache", **{"model.dtype": "bfloat16"})
+    summary = Trainer(config, str(tmp_path / "run")).run()
+    recorded = losses(tmp_path / "run")
+    assert summary["step"] == 6 and all(np.isfinite(v) for v in recorded.values())

@@ -1,0 +1,72 @@
+"""A tiny training config and helpers for running train.py in real subprocesses."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from clip_jax.config import HEAD, phase
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def tiny_config(cache_dir, **overrides):
+    """The demo config shrunk: 32px images, 64 training examples, 3 + 3 steps."""
+    sys.path.insert(0, str(REPO))
+    from configs.demo import get_config
+
+    c = get_config()
+    c.model.vision["image_size"] = 32
+    c.model.vision["hidden_size"] = c.model.text["hidden_size"] = 32
+    c.model.projection_dim = 16
+    c.data.cache_dir = str(cache_dir)
+    c.data.shapes.update(num_train=64, num_val=16, image_size=32)
+    c.train.update(batch_size=16, log_every=1, checkpoint_every=2, eval_batch_size=16, async_checkpoints=False)
+    c.phases.warmup = phase(3, HEAD, {"head": 1e-2})
+    c.phases.finetune = phase(3, ".*", {"head": 1e-3, "vision": 1e-3, "text": 1e-3})
+    c.mesh.fsdp_min_size = 0
+    for key, value in overrides.items():
+        node = c
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node = node[p]
+        node[leaf] = value
+    return c
+
+
+CLI_TINY = [
+    "--config.model.vision.image_size=32", "--config.model.vision.hidden_size=32",
+    "--config.model.text.hidden_size=32", "--config.model.projection_dim=16",
+    "--config.data.shapes.num_train=64", "--config.data.shapes.num_val=16", "--config.data.shapes.image_size=32",
+    "--config.train.batch_size=16", "--config.train.log_every=1", "--config.train.eval_batch_size=16",
+    "--config.mesh.fsdp_min_size=0",
+]
+
+
+def train_command(workdir, cache_dir, *extra):
+    return [sys.executable, str(REPO / "train.py"), f"--workdir={workdir}", f"--config.data.cache_dir={cache_dir}",
+            *CLI_TINY, *extra]
+
+
+def subprocess_env(devices=8):
+    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1",
+               XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", JAX_PLATFORMS="cpu")
+    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    return env
+
+
+def run(cmd, env, timeout=300):
+    result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+    assert result.returncode == 0, result.stderr[-4000:]
+    return result
+
+
+def losses(workdir):
+    """{step: loss} from metrics.jsonl; a step logged twice (re-run after a crash) keeps its last value."""
+    out = {}
+    for line in Path(workdir, "metrics.jsonl").read_text().splitlines():
+        record = json.loads(line)
+        if "train/loss" in record:
+            out[record["step"]] = record["train/loss"]
+    return out
