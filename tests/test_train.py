@@ -114,13 +114,17 @@ def test_resume_after_kill_9_continues_with_identical_losses(tmp_path):
 def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tmp_path):
     env = subprocess_env()
     workdir = tmp_path / "run"
-    cmd = train_command(workdir, tmp_path / "cache", "--config.phases.finetune.steps=400",
-                        "--config.train.checkpoint_every=1000")
+    cmd = train_command(workdir, tmp_path / "cache", "--config.phases.warmup.steps=3",
+                        "--config.phases.finetune.steps=400", "--config.train.checkpoint_every=1000")
     process = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 240
-    while time.time() < deadline and not (workdir / "checkpoints" / "3").exists():  # end of phase 1
+    while time.time() < deadline and process.poll() is None:  # wait until phase 2 runs (step 5)
+        try:
+            if max(losses(workdir), default=0) >= 5:
+                break
+        except (FileNotFoundError, json.JSONDecodeError):  # not written yet, or a line half-written
+            pass
         time.sleep(0.05)
-    time.sleep(0.5)
     process.send_signal(signal.SIGTERM)
     out, err = process.communicate(timeout=120)
     assert process.returncode == 0, err[-3000:]
