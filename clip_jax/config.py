@@ -48,10 +48,21 @@ def base_config() -> ConfigDict:
         sigmoid_scale_init=math.log(10.0),
     ))
     c.data = ConfigDict(dict(
-        source="shapes",  # shapes: the offline synthetic demo data set
+        source="shapes",  # shapes: the offline synthetic demo data set | files: listings / WebDataset shards
+        # Training sources, comma-separated, each optionally weighted: "jsonl:/d/wit.jsonl=0.4,csv:/d/cc.csv=0.6"
+        # or "wds:/d/train-{00000..00099}.tar". See clip_jax/data/sources.py.
+        train="",
+        val="",  # one source, evaluated in order with every caption
+        val_limit=5000,  # at most this many validation images (0: all)
+        image_key="",  # column/key names; default: the first of image_path, filepath, image, file_name
+        caption_key="",  # default: the first of captions, caption, title, text
+        workers=4,  # decoding threads per process
+        crop_scale=(0.9, 1.0),  # random resized crop: range of the crop's area fraction
+        horizontal_flip=False,  # off by default: captions say "a sinistra"
+        max_bad_fraction=0.1,  # stop if more of the examples than this are unusable
         cache_dir="~/.cache/clip_jax",
-        shapes=ConfigDict(dict(num_train=2048, num_val=256, image_size=64, seed=0, holdout="rosso:triangolo,blu:cerchio")),
-        val_fraction=0.0,
+        shapes=ConfigDict(dict(num_train=2048, num_val=256, image_size=64, seed=0,
+                               holdout="rosso:triangolo,blu:cerchio")),
     ))
     c.train = ConfigDict(dict(
         batch_size=128,  # global, over all devices and processes

@@ -154,3 +154,41 @@ def test_bfloat16_parameters(checkpoints):
     out = tower(jnp.asarray(ids), jnp.asarray(mask))
     # bfloat16 keeps 8 bits of mantissa: agreement to a few percent of unit-scale activations.
     assert max_diff(ref.last_hidden_state, out.last_hidden_state) <= 0.1
+
+
+def test_remat_changes_memory_plan_not_results(checkpoints):
+    from flax import nnx
+
+    import jax
+
+    tower = load_text_tower(checkpoints["paths"]["bert"])
+    ids, mask = padded_ids(TINY_BERT["vocab_size"], 0)
+    graphdef, params = nnx.split(tower)
+
+    def loss(params, remat):
+        module = nnx.merge(graphdef, params)
+        module.remat = remat
+        return jnp.sum(module(jnp.asarray(ids), jnp.asarray(mask)).last_hidden_state ** 2)
+
+    plain = jax.grad(loss)(params, False)
+    checkpointed = jax.grad(loss)(params, True)
+    for a, b in zip(jax.tree.leaves(plain), jax.tree.leaves(checkpointed)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
+
+    def primitives(remat):
+        names = set()
+
+        def walk(jaxpr):
+            for eqn in jaxpr.eqns:
+                names.add(eqn.primitive.name)
+                for value in eqn.params.values():
+                    for sub in value if isinstance(value, (tuple, list)) else [value]:
+                        inner = getattr(sub, "jaxpr", sub)
+                        if hasattr(inner, "eqns"):
+                            walk(inner)
+
+        walk(jax.make_jaxpr(jax.grad(loss), static_argnums=1)(params, remat).jaxpr)
+        return names
+
+    assert "remat2" in primitives(True)  # jax.checkpoint's primitive
+    assert "remat2" not in primitives(False)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -72,11 +72,3 @@ class BatchIterator:
         tokens = self.tokenize(texts)
         return {"pixel_values": self._pixels[rows], "index": rows.astype(np.int32), **tokens}
 
-
-def eval_batches(dataset: ArrayDataset, batch_size: int, tokenize: Callable[[list[str]], dict],
-                 image_processor: ImageProcessorConfig) -> Any:
-    """Images and their first caption in order, in batches (the last one may be short)."""
-    for start in range(0, len(dataset), batch_size):
-        stop = min(start + batch_size, len(dataset))
-        yield {"pixel_values": preprocess_images(list(dataset.images[start:stop]), image_processor),
-               **tokenize([dataset.captions[i][0] for i in range(start, stop)])}

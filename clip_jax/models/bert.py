@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from clip_jax.models.layers import MLP, Attention, DType, TowerOutput, config_fields, layer_norm, padding_mask
+from clip_jax.models.layers import run_layers, MLP, Attention, DType, TowerOutput, config_fields, layer_norm, padding_mask
 from clip_jax.weights.keymap import HEADS_BIAS, HEADS_IN, HEADS_OUT, LINEAR, KeyMap, Rule
 
 ROBERTA_FAMILY = ("roberta", "xlm-roberta", "camembert")
@@ -87,6 +87,7 @@ class BertEncoder(nnx.Module):
     def __init__(self, config: BertConfig, *, add_pooling_layer: bool = True, dtype: DType = None,
                  param_dtype: jnp.dtype = jnp.float32, rngs: nnx.Rngs):
         self.config = config
+        self.remat = False  # gradient checkpointing per layer; set by the trainer
         d = config.hidden_size
         kwargs = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         embed = lambda n: nnx.Embed(n, d, embedding_init=nnx.initializers.normal(0.02), **kwargs)
@@ -122,10 +123,7 @@ class BertEncoder(nnx.Module):
              + self.position_embeddings(position_ids))
         x = self.dropout(self.embeddings_norm(x), deterministic=deterministic, rngs=rngs)
         mask = padding_mask(attention_mask) if attention_mask is not None else None
-        hidden_states = [x]
-        for layer in self.layers:
-            x = layer(x, mask, deterministic=deterministic, rngs=rngs)
-            hidden_states.append(x)
+        x, hidden_states = run_layers(self.layers, x, mask, remat=self.remat, deterministic=deterministic, rngs=rngs)
         pooled = jnp.tanh(self.pooler(x[:, 0])) if self.pooler is not None else None
         return TowerOutput(x, pooled, tuple(hidden_states) if output_hidden_states else None)
 

@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from clip_jax.models.layers import DType, TowerOutput, config_fields, layer_norm, padding_mask
+from clip_jax.models.layers import run_layers, DType, TowerOutput, config_fields, layer_norm, padding_mask
 from clip_jax.models.vit import CLIP_ENCODER_RULES, PreNormBlock
 from clip_jax.weights.keymap import KeyMap, Rule
 
@@ -59,6 +59,7 @@ class CLIPTextTransformer(nnx.Module):
     def __init__(self, config: CLIPTextConfig, *, dtype: DType = None, param_dtype: jnp.dtype = jnp.float32,
                  rngs: nnx.Rngs):
         self.config = config
+        self.remat = False  # gradient checkpointing per layer; set by the trainer
         d = config.hidden_size
         kwargs = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         self.token_embedding = nnx.Embed(config.vocab_size, d, embedding_init=nnx.initializers.normal(0.02),
@@ -85,10 +86,7 @@ class CLIPTextTransformer(nnx.Module):
         mask = jnp.tril(jnp.ones((seq, seq), bool))[None, None]
         if attention_mask is not None:
             mask = mask & padding_mask(attention_mask)
-        hidden_states = [x]
-        for layer in self.layers:
-            x = layer(x, mask, deterministic=deterministic, rngs=rngs)
-            hidden_states.append(x)
+        x, hidden_states = run_layers(self.layers, x, mask, remat=self.remat, deterministic=deterministic, rngs=rngs)
         x = self.final_layer_norm(x)
         if self.config.eos_token_id == 2:
             eos_index = jnp.argmax(input_ids, axis=-1)

@@ -150,6 +150,23 @@ def padding_mask(attention_mask: Array) -> Array:
     return attention_mask.astype(bool)[:, None, None, :]
 
 
+def run_layers(layers, x: Array, mask: Array | None, *, remat: bool = False, deterministic: bool = True,
+               rngs: nnx.Rngs | None = None) -> tuple[Array, list[Array]]:
+    """Apply transformer layers in order; return the output and ``[input, output of each layer]``.
+
+    With ``remat`` each layer's activations are recomputed in the backward pass instead of
+    stored (gradient checkpointing per layer): memory for depth, paid with one extra forward.
+    """
+    hidden_states = [x]
+    for layer in layers:
+        if remat:
+            x = nnx.remat(lambda lyr, h, m, r: lyr(h, m, deterministic=deterministic, rngs=r))(layer, x, mask, rngs)
+        else:
+            x = layer(x, mask, deterministic=deterministic, rngs=rngs)
+        hidden_states.append(x)
+    return x, hidden_states
+
+
 def config_fields(cls: type, hf: dict) -> dict:
     """The entries of a Hugging Face config dict that name fields of dataclass ``cls``."""
     names = {f.name for f in dataclasses.fields(cls)}

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from clip_jax.models.layers import MLP, Attention, DType, TowerOutput, config_fields, layer_norm
+from clip_jax.models.layers import run_layers, MLP, Attention, DType, TowerOutput, config_fields, layer_norm
 from clip_jax.weights.keymap import CONV, HEADS_BIAS, HEADS_IN, HEADS_OUT, LINEAR, KeyMap, Rule
 
 
@@ -116,6 +116,7 @@ class CLIPVisionTransformer(nnx.Module):
         if config.image_size % config.patch_size:
             raise ValueError(f"image_size {config.image_size} is not a multiple of patch_size {config.patch_size}.")
         self.config = config
+        self.remat = False  # gradient checkpointing per layer; set by the trainer
         self.dtype = dtype
         d = config.hidden_size
         self.patch_embedding = nnx.Conv(
@@ -158,11 +159,8 @@ class CLIPVisionTransformer(nnx.Module):
         cls = jnp.broadcast_to(self.class_embedding[...].astype(patches.dtype), (batch, 1, patches.shape[-1]))
         positions = resize_position_embedding(self.position_embedding[...], (height // p, width // p))
         x = jnp.concatenate([cls, patches], axis=1) + positions.astype(patches.dtype)
-        x = self.pre_layernorm(x)
-        hidden_states = [x]
-        for layer in self.layers:
-            x = layer(x, deterministic=deterministic, rngs=rngs)
-            hidden_states.append(x)
+        x, hidden_states = run_layers(self.layers, self.pre_layernorm(x), None, remat=self.remat,
+                                      deterministic=deterministic, rngs=rngs)
         pooled = self.post_layernorm(x[:, 0])
         return TowerOutput(x, pooled, tuple(hidden_states) if output_hidden_states else None)
 

@@ -25,7 +25,9 @@ from ml_collections import ConfigDict
 
 from clip_jax.clip_model import CLIPModel
 from clip_jax.config import validate
-from clip_jax.data.memory import ArrayDataset, BatchIterator, eval_batches
+from clip_jax.data.memory import ArrayDataset, BatchIterator
+from clip_jax.data.pipeline import BadDataMonitor, ExampleStream, TrainBatches, Transform, load_eval_examples
+from clip_jax.data.preprocess import preprocess_images
 from clip_jax.data.shapes import ShapesSpec, load_or_generate, vocabulary
 from clip_jax.evaluate.retrieval import retrieval_metrics
 from clip_jax.models.dual_encoder import l2_normalize
@@ -76,22 +78,55 @@ def build_model(config: ConfigDict) -> CLIPModel:
 
         text = dict(text, vocab_size=len(AutoTokenizer.from_pretrained(tokenizer)))
     sigmoid = config.loss.kind == "sigmoid"
-    return CLIPModel.from_towers(
+    model = CLIPModel.from_towers(
         vision=tower(m.vision), text=text, projection_dim=m.projection_dim, text_pooling=m.text_pooling,
         tokenizer=tokenizer, image_size=m.image_size or None, max_length=m.max_length,
         logit_scale_init=config.loss.sigmoid_scale_init if sigmoid else m.logit_scale_init,
         logit_bias_init=config.loss.sigmoid_bias_init if sigmoid else None,
         dtype=None if m.dtype == "float32" else _dtype(m.dtype), param_dtype=_dtype(m.param_dtype),
         seed=config.train.seed)
+    model.module.vision.remat = model.module.text.remat = bool(m.remat)
+    return model
 
 
-def build_datasets(config: ConfigDict) -> dict[str, ArrayDataset]:
-    """Train and validation data sets named by ``config.data.source``."""
-    if config.data.source == "shapes":
-        spec = ShapesSpec(**config.data.shapes.to_dict())
-        data = load_or_generate(spec, config.data.cache_dir)
-        return {name: ArrayDataset(split["images"], split["captions"]) for name, split in data.items()}
-    raise ValueError(f"Unknown data.source {config.data.source!r}; available: 'shapes'.")
+@dataclasses.dataclass
+class EvalSet:
+    """Preprocessed validation images and all their captions."""
+
+    pixels: np.ndarray
+    captions: list[list[str]]
+
+    def __len__(self) -> int:
+        return len(self.pixels)
+
+
+def build_data(config: ConfigDict, model: CLIPModel, tokenize) -> tuple[Any, EvalSet | None]:
+    """This process's training batches and the validation set, as ``config.data`` says."""
+    d, batch = config.data, config.train.batch_size
+    if d.source == "shapes":
+        data = load_or_generate(ShapesSpec(**d.shapes.to_dict()), d.cache_dir)
+        train = BatchIterator(ArrayDataset(data["train"]["images"], data["train"]["captions"]), batch,
+                              tokenize=tokenize, image_processor=model.image_processor, seed=config.train.seed,
+                              process_index=jax.process_index(), process_count=jax.process_count())
+        val = EvalSet(preprocess_images(list(data["val"]["images"]), model.image_processor), data["val"]["captions"])
+        return train, val
+    if d.source == "files":
+        if not d.train:
+            raise ValueError("data.source='files' needs data.train (e.g. 'jsonl:/data/train.jsonl').")
+        keys = dict(image_key=d.image_key, caption_key=d.caption_key)
+        transform = Transform(model.image_processor, train=True, crop_scale=tuple(d.crop_scale),
+                              horizontal_flip=d.horizontal_flip)
+        stream = ExampleStream(d.train, transform, seed=config.train.seed, process_index=jax.process_index(),
+                               process_count=jax.process_count(), workers=d.workers, **keys)
+        monitor = BadDataMonitor(stream.name, max_bad_fraction=d.max_bad_fraction)
+        train = TrainBatches(stream, batch // jax.process_count(), tokenize, monitor)
+        val = None
+        if d.val:
+            pixels, captions, _ = load_eval_examples(d.val, model.image_processor, limit=d.val_limit or None,
+                                                     workers=d.workers, **keys)
+            val = EvalSet(pixels, captions)
+        return train, val
+    raise ValueError(f"Unknown data.source {d.source!r}; choose 'shapes' (offline demo) or 'files'.")
 
 
 @dataclasses.dataclass
@@ -125,12 +160,7 @@ class Trainer:
             self.phases.append(Phase(name, index, start, int(p.steps), p.trainable, p))
             start += int(p.steps)
         self.total_steps = start
-        datasets = build_datasets(config)
-        self.val = datasets.get("val")
-        self.train_iter = BatchIterator(
-            datasets["train"], config.train.batch_size, tokenize=self._tokenize,
-            image_processor=self.model.image_processor, seed=config.train.seed,
-            process_index=jax.process_index(), process_count=jax.process_count())
+        self.train_iter, self.val = build_data(config, self.model, self._tokenize)
         self.batch_sharding = batch_sharding(self.mesh)
         self.checkpointer = Checkpointer(workdir, keep=config.train.keep_checkpoints,
                                          use_async=config.train.async_checkpoints)
@@ -200,45 +230,51 @@ class Trainer:
         self._stop_requested = True
 
     # ------------------------------------------------------------------ evaluation
-    def _embed_fn(self):
-        """Jitted (image, text) embeddings for the current graph; compiled once per phase."""
+    def _embed_fns(self):
+        """Jitted image and text embedding functions for the current graph (compiled once per phase)."""
         graphdef = self.graphdef
         if getattr(self, "_embed_graphdef", None) is not graphdef:
-            def embed(params, frozen, pixels, ids, mask):
-                m = nnx.merge(graphdef, params, frozen)
-                return l2_normalize(m.image_features(pixels)), l2_normalize(m.text_features(ids, mask))
+            out = replicated(self.mesh)
 
-            self._embed, self._embed_graphdef = jax.jit(embed, out_shardings=replicated(self.mesh)), graphdef
+            def images(params, frozen, pixels):
+                return l2_normalize(nnx.merge(graphdef, params, frozen).image_features(pixels))
+
+            def texts(params, frozen, ids, mask):
+                return l2_normalize(nnx.merge(graphdef, params, frozen).text_features(ids, mask))
+
+            self._embed = (jax.jit(images, out_shardings=out), jax.jit(texts, out_shardings=out))
+            self._embed_graphdef = graphdef
         return self._embed
 
+    def _in_batches(self, fn, arrays: list[np.ndarray], batch: int) -> np.ndarray:
+        """``fn`` over fixed-size batches of ``arrays`` (the last one padded), results concatenated."""
+        out, n = [], len(arrays[0])
+        for start in range(0, n, batch):
+            chunk = [a[start:start + batch] for a in arrays]
+            size = len(chunk[0])
+            chunk = [np.concatenate([c, np.repeat(c[-1:], batch - size, axis=0)]) for c in chunk]
+            out.append(np.asarray(fn(*(jax.device_put(c, replicated(self.mesh)) for c in chunk)))[:size])
+        return np.concatenate(out)
+
     def evaluate(self, state: TrainState) -> dict[str, float]:
-        """Validation loss and retrieval recall on the held-out split (first caption of each image)."""
+        """Validation loss (each image against the first captions) and retrieval recall (all captions)."""
         if self.val is None or len(self.val) == 0:
             return {}
-        module = self._module(state)
-        bs = self.config.train.eval_batch_size
-        n_dp = math.prod(self.mesh.shape[a] for a in self.batch_sharding.spec[0])
-        bs = max(n_dp, bs - bs % n_dp)
-
-        embed = self._embed_fn()
-
-        images, texts = [], []
-        for batch in eval_batches(self.val, bs, lambda t: self.model.tokenize(t, fixed_length=True),
-                                  self.model.image_processor):
-            n = len(batch["pixel_values"])
-            padded = {k: np.concatenate([v, np.repeat(v[-1:], bs - n, axis=0)]) for k, v in batch.items()}
-            put = lambda x: jax.device_put(x, replicated(self.mesh))
-            img, txt = embed(state.params, state.frozen, put(padded["pixel_values"]), put(padded["input_ids"]),
-                             put(padded["attention_mask"]))
-            images.append(np.asarray(img)[:n])
-            texts.append(np.asarray(txt)[:n])
-        image_embeds, text_embeds = np.concatenate(images), np.concatenate(texts)
-        scale = float(module.scale())
-        logits = scale * image_embeds @ text_embeds.T
-        labels = np.arange(len(logits))
+        embed_images, embed_texts = self._embed_fns()
+        batch = max(1, self.config.train.eval_batch_size)
+        texts = [c for caps in self.val.captions for c in caps]
+        text_image = np.array([i for i, caps in enumerate(self.val.captions) for _ in caps])
+        first = np.concatenate([[0], np.cumsum([len(c) for c in self.val.captions])[:-1]])
+        tokens = self.model.tokenize(texts, fixed_length=True)
+        image_embeds = self._in_batches(lambda x: embed_images(state.params, state.frozen, x), [self.val.pixels],
+                                        batch)
+        text_embeds = self._in_batches(lambda i, m: embed_texts(state.params, state.frozen, i, m),
+                                       [tokens["input_ids"], tokens["attention_mask"]], batch)
+        logits = float(self._module(state).scale()) * image_embeds @ text_embeds[first].T
+        diag = np.diag(logits)
         lse = lambda x, axis: np.log(np.exp(x - x.max(axis, keepdims=True)).sum(axis)) + x.max(axis)
-        loss = float(((lse(logits, 1) - logits[labels, labels]).mean() + (lse(logits, 0) - logits[labels, labels]).mean()) / 2)
-        metrics = retrieval_metrics(image_embeds, text_embeds, labels, ks=(1, 5))
+        loss = float(((lse(logits, 1) - diag).mean() + (lse(logits, 0) - diag).mean()) / 2)
+        metrics = retrieval_metrics(image_embeds, text_embeds, text_image, ks=(1, 5))
         return {"val/loss": loss, **{f"val/{k}": v for k, v in metrics.items() if "MRR" not in k}}
 
     # ------------------------------------------------------------------ the loop

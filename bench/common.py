@@ -1,0 +1,54 @@
+"""Shared benchmark helpers: timing, a matrix-multiply peak measured in the same run, machine facts."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from datetime import datetime, timezone
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+
+
+def block(x):
+    return jax.tree.map(lambda a: a.block_until_ready() if hasattr(a, "block_until_ready") else a, x)
+
+
+def time_calls(fn: Callable[[], object], repeats: int, warmup: int = 1) -> list[float]:
+    """Wall-clock seconds of ``repeats`` calls after ``warmup`` (compilation) calls."""
+    for _ in range(warmup):
+        block(fn())
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        block(fn())
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def matmul_peak(dtype=jnp.float32, n: int = 2048, repeats: int = 5) -> float:
+    """Measured FLOP/s of a square matmul on the default device (the denominator of MFU)."""
+    a = jnp.ones((n, n), dtype)
+    f = jax.jit(lambda x: x @ x)
+    best = min(time_calls(lambda: f(a), repeats, warmup=2))
+    return 2 * n ** 3 / best
+
+
+def machine() -> dict:
+    device = jax.devices()[0]
+    return {"date": datetime.now(timezone.utc).strftime("%Y-%m-%d"), "platform": device.platform,
+            "device": getattr(device, "device_kind", str(device)), "device_count": jax.device_count(),
+            "cpu_count": os.cpu_count(), "processor": platform.processor() or platform.machine(),
+            "jax": jax.__version__}
+
+
+def write_result(name: str, result: dict) -> None:
+    os.makedirs("bench/results", exist_ok=True)
+    path = f"bench/results/{name}.json"
+    with open(path, "w") as f:
+        json.dump(result, f, indent=2)
+    print(json.dumps(result, indent=2))
+    print(f"written to {path}")

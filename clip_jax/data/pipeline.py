@@ -1,0 +1,335 @@
+"""The input pipeline: decode, validate, augment, tokenise and batch image–caption examples,
+deterministically and resumably, each JAX process reading its own disjoint part.
+
+Random-access sources (file listings) run through grain (``MapDataset``: global shuffle per
+epoch, per-process slice, a thread pool for decoding). WebDataset shards stream with the same
+worker parallelism, shards split between processes. Bad examples (missing or corrupt image, empty
+or non-text caption, decompression bomb) are skipped and counted by reason, never fatal alone.
+"""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures as futures
+import io
+import logging
+import math
+import warnings
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator, Sequence
+
+import numpy as np
+from PIL import Image, ImageOps
+
+from clip_jax.data.preprocess import ImageProcessorConfig, preprocess_image, to_rgb
+from clip_jax.data.sources import FileSource, WebDatasetSource, parse_mixture, parse_source
+
+logger = logging.getLogger(__name__)
+
+
+class BadExample(Exception):
+    """An example that cannot be used; ``reason`` names why (for the counts)."""
+
+    def __init__(self, reason: str, detail: str = ""):
+        super().__init__(f"{reason}: {detail}")
+        self.reason, self.detail = reason, detail
+
+
+class DataError(RuntimeError):
+    """Too much of the data is bad, or none of it is usable."""
+
+
+def decode_image(data: bytes | None, path: str = "") -> Image.Image:
+    """RGB image from encoded bytes: EXIF orientation applied, any mode (L, LA, P, RGBA, CMYK, 16-bit) to RGB."""
+    if data is None:
+        raise BadExample("missing_file", path)
+    if len(data) == 0:
+        raise BadExample("empty_file", path)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data))
+            image.load()
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
+        raise BadExample("decompression_bomb", f"{path}: {error}") from None
+    except (OSError, SyntaxError, ValueError) as error:  # PIL's errors for truncated / corrupt / unknown files
+        raise BadExample("corrupt_image", f"{path}: {error}") from None
+    image = ImageOps.exif_transpose(image)
+    if image.mode in ("I;16", "I;16B", "I;16L", "I"):  # 16/32-bit greyscale: scale to 8 bits
+        array = np.asarray(image, dtype=np.float64)
+        top = 65535.0 if image.mode.startswith("I;16") or array.max() > 255 else 255.0
+        image = Image.fromarray(np.clip(array / top * 255.0 + 0.5, 0, 255).astype(np.uint8), "L")
+    if image.mode == "P" and "transparency" in image.info:
+        image = image.convert("RGBA")
+    if image.mode == "CMYK":
+        image = image.convert("RGB")
+    return to_rgb(image)
+
+
+def valid_captions(captions: Sequence[Any], key: str) -> list[str]:
+    """The non-empty text captions; raises :class:`BadExample` if there are none."""
+    if any(c is not None and not isinstance(c, str) for c in captions):
+        raise BadExample("caption_not_text", key)
+    good = [c.strip() for c in captions if isinstance(c, str) and c.strip()]
+    if not good:
+        raise BadExample("empty_caption", key)
+    return good
+
+
+def random_resized_crop(image: Image.Image, size: int, scale: tuple[float, float], ratio: tuple[float, float],
+                        rng: np.random.Generator) -> Image.Image:
+    """A random crop of ``scale`` x area and ``ratio`` aspect, resized to ``size``² (bicubic), as torchvision's."""
+    width, height = image.size
+    area = width * height
+    for _ in range(10):
+        target = area * rng.uniform(*scale)
+        aspect = math.exp(rng.uniform(math.log(ratio[0]), math.log(ratio[1])))
+        w, h = int(round(math.sqrt(target * aspect))), int(round(math.sqrt(target / aspect)))
+        if 0 < w <= width and 0 < h <= height:
+            left, top = int(rng.integers(0, width - w + 1)), int(rng.integers(0, height - h + 1))
+            return image.resize((size, size), Image.Resampling.BICUBIC, box=(left, top, left + w, top + h))
+    side = min(width, height)  # fallback: central square
+    left, top = (width - side) // 2, (height - side) // 2
+    return image.resize((size, size), Image.Resampling.BICUBIC, box=(left, top, left + side, top + side))
+
+
+@dataclass
+class Transform:
+    """Example -> (pixels, caption) for training (augmented, random caption) or evaluation (all captions)."""
+
+    processor: ImageProcessorConfig
+    train: bool
+    crop_scale: tuple[float, float] = (0.9, 1.0)
+    crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    horizontal_flip: bool = False  # off by default: captions say "a sinistra"
+
+    def __call__(self, record: dict[str, Any], rng: np.random.Generator) -> dict[str, Any]:
+        captions = valid_captions(record["captions"], record["key"])
+        image = decode_image(record["image"], record["path"])
+        if self.train:
+            size = self.processor.crop_height
+            image = random_resized_crop(image, size, self.crop_scale, self.crop_ratio, rng)
+            if self.horizontal_flip and rng.random() < 0.5:
+                image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+            array = np.asarray(image).astype(np.float32) * np.float32(self.processor.rescale_factor)
+            pixels = (array - np.asarray(self.processor.image_mean, np.float32)) / np.asarray(
+                self.processor.image_std, np.float32)
+            return {"pixel_values": pixels, "caption": captions[int(rng.integers(len(captions)))]}
+        return {"pixel_values": preprocess_image(image, self.processor), "captions": captions}
+
+
+class BadDataMonitor:
+    """Counts skipped examples by reason; warns periodically; stops when too much is bad."""
+
+    def __init__(self, source: str, max_bad_fraction: float = 0.1, report_every: int = 10000, min_seen: int = 100):
+        self.source, self.max_bad_fraction = source, max_bad_fraction
+        self.report_every, self.min_seen = report_every, min_seen
+        self.counts: collections.Counter = collections.Counter()
+        self.seen = 0
+        self.first: list[str] = []
+
+    def good(self) -> None:
+        self.seen += 1
+        self._maybe_report()
+
+    def bad(self, error: BadExample) -> None:
+        self.seen += 1
+        self.counts[error.reason] += 1
+        if len(self.first) < 5:
+            self.first.append(str(error))
+        bad = sum(self.counts.values())
+        if self.seen >= self.min_seen and bad / self.seen > self.max_bad_fraction:
+            raise DataError(f"{bad} of {self.seen} examples from {self.source} are bad ({dict(self.counts)}), more "
+                            f"than data.max_bad_fraction={self.max_bad_fraction}. First failures: {self.first}")
+        self._maybe_report()
+
+    def _maybe_report(self) -> None:
+        if self.counts and self.seen % self.report_every == 0:
+            self.report()
+
+    def report(self) -> None:
+        if self.counts:
+            logger.warning("Skipped %d of %d examples from %s: %s", sum(self.counts.values()), self.seen,
+                           self.source, dict(self.counts))
+
+    def state(self) -> dict:
+        return {"seen": self.seen, "counts": dict(self.counts)}
+
+    def set_state(self, state: dict) -> None:
+        self.seen, self.counts = int(state["seen"]), collections.Counter(state["counts"])
+
+
+def _element_rng(seed: int, index: int) -> np.random.Generator:
+    return np.random.default_rng([seed, index])
+
+
+class _Failed:
+    def __init__(self, error: BadExample):
+        self.error = error
+
+
+def _safe(transform: Transform, record: dict, rng: np.random.Generator):
+    try:
+        return transform(record, rng)
+    except BadExample as error:
+        return _Failed(error)
+
+
+class ExampleStream:
+    """Transformed examples of this process's share of the mixture, in a deterministic order.
+
+    State: ``{"grain": ..., "wds": [...], "mix": ...}``; ``set_state`` resumes at the same example.
+    """
+
+    def __init__(self, specs: Sequence[str] | str, transform: Transform, *, seed: int = 0, process_index: int = 0,
+                 process_count: int = 1, workers: int = 4, image_key: str = "", caption_key: str = ""):
+        import grain
+
+        self.transform, self.seed, self.workers = transform, seed, workers
+        mixture = parse_mixture(specs)
+        keys = {k: v for k, v in (("image_key", image_key), ("caption_key", caption_key)) if v}
+        sources = [(parse_source(spec, **keys) if not isinstance(parse_source(spec), WebDatasetSource)
+                    else parse_source(spec), weight) for spec, weight in mixture]
+        self.name = ", ".join(spec for spec, _ in mixture)
+        if any(isinstance(s, WebDatasetSource) for s, _ in sources):
+            if len(sources) > 1:
+                raise ValueError("Mixing WebDataset shards with other sources is not supported yet; "
+                                 "convert the listings with python -m clip_jax.data.to_webdataset.")
+            self._wds = _WebDatasetStream(sources[0][0], transform, seed, process_index, process_count, workers)
+            self._iter = None
+            return
+        self._wds = None
+        datasets = [grain.MapDataset.source(s).shuffle(seed=seed + i).repeat(None) for i, (s, _) in enumerate(sources)]
+        mixed = datasets[0] if len(datasets) == 1 else grain.MapDataset.mix(datasets, [w for _, w in sources])
+        mine = mixed[process_index::process_count]
+        mapped = mine.map_with_index(lambda i, record: _safe(transform, record, _element_rng(seed, i * process_count
+                                                                                             + process_index)))
+        self._iter = iter(mapped.to_iter_dataset(grain.ReadOptions(num_threads=workers, prefetch_buffer_size=
+                                                                   max(2 * workers, 8))))
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> Any:
+        return next(self._wds) if self._wds is not None else next(self._iter)
+
+    def get_state(self) -> dict:
+        return self._wds.get_state() if self._wds is not None else {"grain": self._iter.get_state()}
+
+    def set_state(self, state: dict) -> None:
+        if self._wds is not None:
+            self._wds.set_state(state)
+        else:
+            self._iter.set_state(state["grain"])
+
+
+class _WebDatasetStream:
+    """Streams this process's shards (``shards[process_index::process_count]``), epoch after epoch,
+    shard order reshuffled per epoch; decoding in a thread pool; resumable by (epoch, shard, example)."""
+
+    def __init__(self, source: WebDatasetSource, transform: Transform, seed: int, process_index: int,
+                 process_count: int, workers: int):
+        if len(source.shards) < process_count:
+            raise ValueError(f"{len(source.shards)} shards cannot be split over {process_count} processes; "
+                             "write more shards (python -m clip_jax.data.to_webdataset --shard_size ...).")
+        self.source, self.transform, self.seed = source, transform, seed
+        self.process_index, self.process_count = process_index, process_count
+        self.pool = futures.ThreadPoolExecutor(max(1, workers))
+        self.epoch, self.shard_position, self.example = 0, 0, 0
+        self._buffer: collections.deque = collections.deque()
+        self._reader: Iterator | None = None
+
+    def _shards(self) -> list[str]:
+        order = np.random.default_rng([self.seed, self.epoch]).permutation(len(self.source.shards))
+        return [self.source.shards[i] for i in order][self.process_index::self.process_count]
+
+    def _records(self) -> Iterator[tuple[int, int, int, dict]]:
+        while True:
+            shards = self._shards()
+            while self.shard_position < len(shards):
+                for i, record in enumerate(self.source.read_shard(shards[self.shard_position])):
+                    if i >= self.example:
+                        yield self.epoch, self.shard_position, i, record
+                self.shard_position, self.example = self.shard_position + 1, 0
+            self.epoch, self.shard_position = self.epoch + 1, 0
+
+    def __next__(self) -> Any:
+        if self._reader is None:
+            self._reader = self._records()
+        while len(self._buffer) < 2 * self.pool._max_workers:
+            epoch, shard, i, record = next(self._reader)
+            rng = _element_rng(self.seed, hash((epoch, shard, i, self.process_index)) % (1 << 62))
+            self._buffer.append(((epoch, shard, i), self.pool.submit(_safe, self.transform, record, rng)))
+        (epoch, shard, i), future = self._buffer.popleft()
+        self._consumed = (epoch, shard, i + 1)
+        return future.result()
+
+    def get_state(self) -> dict:
+        epoch, shard, example = getattr(self, "_consumed", (self.epoch, self.shard_position, self.example))
+        return {"wds": {"epoch": epoch, "shard": shard, "example": example}}
+
+    def set_state(self, state: dict) -> None:
+        s = state["wds"]
+        self.epoch, self.shard_position, self.example = s["epoch"], s["shard"], s["example"]
+        self._buffer.clear()
+        self._reader = None
+        self._consumed = (self.epoch, self.shard_position, self.example)
+
+
+class TrainBatches:
+    """Per-process training batches: skipped examples are replaced by the next good ones.
+
+    Yields ``pixel_values`` float32 ``[b, S, S, 3]``, ``input_ids``, ``attention_mask``.
+    """
+
+    def __init__(self, stream: ExampleStream, local_batch: int, tokenize: Callable[[list[str]], dict],
+                 monitor: BadDataMonitor):
+        self.stream, self.local_batch, self.tokenize, self.monitor = stream, local_batch, tokenize, monitor
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> dict[str, np.ndarray]:
+        pixels, captions = [], []
+        while len(pixels) < self.local_batch:
+            example = next(self.stream)
+            if isinstance(example, _Failed):
+                self.monitor.bad(example.error)
+                continue
+            self.monitor.good()
+            pixels.append(example["pixel_values"])
+            captions.append(example["caption"])
+        return {"pixel_values": np.stack(pixels), **self.tokenize(captions)}
+
+    def get_state(self) -> dict:
+        return {"stream": self.stream.get_state(), "bad": self.monitor.state()}
+
+    def set_state(self, state: dict) -> None:
+        self.stream.set_state(state["stream"])
+        self.monitor.set_state(state["bad"])
+
+
+def load_eval_examples(spec: str, processor: ImageProcessorConfig, *, limit: int | None = None,
+                       workers: int = 4, **keys: str) -> tuple[np.ndarray, list[list[str]], dict]:
+    """All usable examples of a source in order (eval preprocessing, every caption): pixels, captions, skip counts."""
+    source = parse_source(spec, **keys) if not spec.startswith("wds:") and ".tar" not in spec else parse_source(spec)
+    transform = Transform(processor, train=False)
+    if isinstance(source, WebDatasetSource):
+        records: Iterator = (r for shard in source.shards for r in source.read_shard(shard))
+    else:
+        records = (source[i] for i in range(len(source)))
+    pixels, captions, counts = [], [], collections.Counter()
+    with futures.ThreadPoolExecutor(workers) as pool:
+        for result in pool.map(lambda r: _safe(transform, r, None), records):
+            if isinstance(result, _Failed):
+                counts[result.error.reason] += 1
+                continue
+            pixels.append(result["pixel_values"])
+            captions.append(result["captions"])
+            if limit and len(pixels) >= limit:
+                break
+    if not pixels:
+        raise DataError(f"No usable example in {spec} (skipped: {dict(counts)}).")
+    if counts:
+        logger.warning("Skipped %d examples of %s: %s", sum(counts.values()), spec, dict(counts))
+    return np.stack(pixels), captions, dict(counts)

@@ -1,0 +1,183 @@
+"""Where image–caption examples come from.
+
+A *source spec* is a string: ``jsonl:PATH``, ``json:PATH``, ``csv:PATH``, ``tsv:PATH`` (a listing of
+image paths and captions), ``wds:PATTERN`` (WebDataset tar shards, brace patterns allowed), or a bare
+path whose extension says which. Paths may be local or any fsspec URL (``gs://``, ``s3://``, ...).
+
+Records are raw: ``{"image": bytes | None, "path": str, "captions": list, "key": str}``; decoding
+and validation happen in :mod:`clip_jax.data.pipeline`, where bad examples are counted and skipped.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import re
+import tarfile
+from dataclasses import dataclass, field
+from typing import Any, Iterator, Sequence
+
+IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
+CAPTION_EXTENSIONS = ("txt", "json")
+#: Default column names tried in order: CLIP-Italian's JSON and open_clip's CSV.
+IMAGE_KEYS = ("image_path", "filepath", "image", "file_name")
+CAPTION_KEYS = ("captions", "caption", "title", "text")
+
+
+def _open(path: str, mode: str = "rb"):
+    if "://" in path:
+        import fsspec
+
+        return fsspec.open(path, mode).open()
+    return open(path, mode)
+
+
+def _join(base: str, relative: str) -> str:
+    if "://" in relative or os.path.isabs(relative):
+        return relative
+    if "://" in base:
+        return base.rsplit("/", 1)[0] + "/" + relative
+    return os.path.join(os.path.dirname(os.path.abspath(base)), relative)
+
+
+def expand_braces(pattern: str) -> list[str]:
+    """``data-{000..002}.tar`` -> ``data-000.tar, data-001.tar, data-002.tar`` (zero padding kept)."""
+    match = re.search(r"\{(\d+)\.\.(\d+)\}", pattern)
+    if not match:
+        return [pattern]
+    first, last = match.group(1), match.group(2)
+    width = len(first) if first.startswith("0") else 0
+    out = []
+    for number in range(int(first), int(last) + 1):
+        out.extend(expand_braces(pattern[:match.start()] + str(number).zfill(width) + pattern[match.end():]))
+    return out
+
+
+@dataclass
+class FileSource:
+    """A JSONL/JSON/CSV/TSV listing of image paths (relative to the listing, absolute, or URLs) and captions.
+
+    Random access: ``len(source)`` and ``source[i]`` (a grain ``MapDataset`` source).
+    """
+
+    path: str
+    fmt: str = ""
+    image_key: str = ""
+    caption_key: str = ""
+    records: list[dict[str, Any]] = field(default_factory=list, repr=False)
+
+    def __post_init__(self):
+        self.fmt = self.fmt or self.path.rsplit(".", 1)[-1].lower()
+        if self.fmt not in ("jsonl", "json", "csv", "tsv"):
+            raise ValueError(f"Cannot tell the format of {self.path}; prefix it with jsonl:, json:, csv: or tsv:.")
+        try:
+            with _open(self.path, "rb") as f:
+                text = f.read().decode("utf-8")
+        except FileNotFoundError:
+            raise FileNotFoundError(f"Data listing {self.path} does not exist.") from None
+        if self.fmt == "jsonl":
+            rows = [json.loads(line) for line in text.splitlines() if line.strip()]
+        elif self.fmt == "json":
+            rows = json.loads(text)
+            if isinstance(rows, dict):  # {"data": [...]} or {"images": [...]}
+                rows = next((v for v in rows.values() if isinstance(v, list)), [])
+        else:
+            rows = list(csv.DictReader(io.StringIO(text), delimiter="\t" if self.fmt == "tsv" else ","))
+        if not rows:
+            raise ValueError(f"Data listing {self.path} has no records.")
+        self.image_key = self.image_key or next((k for k in IMAGE_KEYS if k in rows[0]), "")
+        self.caption_key = self.caption_key or next((k for k in CAPTION_KEYS if k in rows[0]), "")
+        if not self.image_key or not self.caption_key:
+            raise ValueError(f"{self.path}: cannot find the image/caption columns among {sorted(rows[0])}; set "
+                             f"data image_key / caption_key (defaults tried: {IMAGE_KEYS} / {CAPTION_KEYS}).")
+        self.records = rows
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        row = self.records[index]
+        image = row.get(self.image_key)
+        captions = row.get(self.caption_key)
+        captions = captions if isinstance(captions, list) else [captions]
+        path = _join(self.path, image) if isinstance(image, str) and image else ""
+        data = None
+        if path:
+            try:
+                with _open(path, "rb") as f:
+                    data = f.read()
+            except (FileNotFoundError, IsADirectoryError, PermissionError):
+                data = None
+        return {"image": data, "path": path or repr(image), "captions": captions, "key": f"{self.path}:{index}"}
+
+
+@dataclass
+class WebDatasetSource:
+    """WebDataset tar shards, streamed member by member (never extracted; member names are only keys)."""
+
+    pattern: str
+    shards: list[str] = field(default_factory=list)
+
+    def __post_init__(self):
+        self.shards = [s for p in self.pattern.split("::") for s in expand_braces(p)]
+        if not self.shards:
+            raise ValueError(f"No shards match {self.pattern}.")
+
+    def read_shard(self, shard: str) -> Iterator[dict[str, Any]]:
+        """Examples of one shard in order: members sharing a key (name up to the first dot) form one."""
+        current_key, parts = None, {}
+        with _open(shard, "rb") as f, tarfile.open(fileobj=f, mode="r|*") as tar:
+            for member in tar:
+                if not member.isfile():
+                    continue
+                base = member.name.rsplit("/", 1)[-1]
+                key, _, ext = base.partition(".")
+                key = member.name[: len(member.name) - len(base)] + key
+                if key != current_key and current_key is not None:
+                    yield self._example(shard, current_key, parts)
+                    parts = {}
+                current_key = key
+                if ext.lower() in IMAGE_EXTENSIONS + CAPTION_EXTENSIONS:
+                    parts[ext.lower()] = tar.extractfile(member).read()
+            if current_key is not None:
+                yield self._example(shard, current_key, parts)
+
+    @staticmethod
+    def _example(shard: str, key: str, parts: dict[str, bytes]) -> dict[str, Any]:
+        image = next((parts[e] for e in IMAGE_EXTENSIONS if e in parts), None)
+        captions: list[Any] = []
+        if "txt" in parts:
+            captions = [parts["txt"].decode("utf-8", errors="replace")]
+        elif "json" in parts:
+            try:
+                meta = json.loads(parts["json"])
+                value = next((meta[k] for k in CAPTION_KEYS if k in meta), None)
+                captions = value if isinstance(value, list) else [value]
+            except (json.JSONDecodeError, TypeError):
+                captions = [None]
+        return {"image": image, "path": f"{shard}:{key}", "captions": captions, "key": f"{shard}:{key}"}
+
+
+def parse_source(spec: str, **keys: str) -> FileSource | WebDatasetSource:
+    """A source from its spec string (see the module docstring)."""
+    prefix, sep, rest = spec.partition(":")
+    if sep and prefix in ("jsonl", "json", "csv", "tsv"):
+        return FileSource(rest, fmt=prefix, **keys)
+    if sep and prefix == "wds":
+        return WebDatasetSource(rest)
+    if spec.endswith(".tar") or re.search(r"\.tar(\}|$)", spec) or "{" in spec and ".tar" in spec:
+        return WebDatasetSource(spec)
+    return FileSource(spec, **keys)
+
+
+def parse_mixture(specs: Sequence[str] | str) -> list[tuple[str, float]]:
+    """``["wit.jsonl=0.5", "coco.jsonl=0.3", ...]`` or one comma-separated string -> (spec, weight) pairs."""
+    if isinstance(specs, str):
+        specs = [s for s in specs.split(",") if s.strip()]
+    out = []
+    for item in specs:
+        spec, _, weight = item.strip().rpartition("=") if re.search(r"=[\d.]+$", item.strip()) else (item, "", "1")
+        out.append((spec.strip(), float(weight)))
+    return out

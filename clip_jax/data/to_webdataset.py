@@ -1,0 +1,94 @@
+"""Convert an image–caption listing (JSONL/JSON/CSV/TSV) to WebDataset tar shards.
+
+    python -m clip_jax.data.to_webdataset --input jsonl:/data/mscoco-it/train.jsonl \\
+        --output /data/shards/coco-it --shard_size 5000
+
+Each example becomes ``<key>.<ext>`` (the original image bytes) and ``<key>.json``
+(``{"captions": [...]}``); unreadable rows are skipped and counted. Prints the brace pattern to
+use as ``data.train``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import io
+import json
+import os
+import tarfile
+import time
+
+from clip_jax.data.pipeline import BadExample, decode_image, valid_captions
+from clip_jax.data.sources import FileSource, parse_source
+
+
+def _image_extension(data: bytes) -> str:
+    from PIL import Image
+
+    with Image.open(io.BytesIO(data)) as image:
+        return {"JPEG": "jpg", "PNG": "png", "WEBP": "webp"}.get(image.format, "")
+
+
+def convert(spec: str, output: str, shard_size: int = 5000, *, image_key: str = "", caption_key: str = "",
+            verify: bool = True) -> tuple[str, dict]:
+    """Write the shards; returns (brace pattern, counts: written and skipped by reason)."""
+    keys = {k: v for k, v in (("image_key", image_key), ("caption_key", caption_key)) if v}
+    source = parse_source(spec, **keys)
+    if not isinstance(source, FileSource):
+        raise ValueError(f"{spec} is already WebDataset shards.")
+    os.makedirs(os.path.dirname(os.path.abspath(output)) or ".", exist_ok=True)
+    counts: collections.Counter = collections.Counter()
+    num_shards = max(1, -(-len(source) // shard_size))
+    width = max(5, len(str(num_shards - 1)))
+    tar, shard, in_shard = None, -1, 0
+    for index in range(len(source)):
+        record = source[index]
+        try:
+            captions = valid_captions(record["captions"], record["key"])
+            if verify:
+                decode_image(record["image"], record["path"])
+            ext = _image_extension(record["image"]) if record["image"] else ""
+            if not ext:
+                raise BadExample("unsupported_image_format", record["path"])
+        except BadExample as error:
+            counts[error.reason] += 1
+            continue
+        if tar is None or in_shard >= shard_size:
+            if tar is not None:
+                tar.close()
+            shard, in_shard = shard + 1, 0
+            tar = tarfile.open(f"{output}-{shard:0{width}d}.tar", "w")
+        key = f"{index:09d}"
+        for name, payload in ((f"{key}.{ext}", record["image"]),
+                              (f"{key}.json", json.dumps({"captions": captions}, ensure_ascii=False).encode())):
+            info = tarfile.TarInfo(name)
+            info.size, info.mtime = len(payload), int(time.time())
+            tar.addfile(info, io.BytesIO(payload))
+        in_shard += 1
+        counts["written"] += 1
+    if tar is not None:
+        tar.close()
+    if shard < 0:
+        raise ValueError(f"No usable example in {spec}: {dict(counts)}")
+    pattern = f"{output}-{{{0:0{width}d}..{shard:0{width}d}}}.tar"
+    return pattern, dict(counts)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--input", required=True, help="a listing spec, e.g. jsonl:/data/train.jsonl")
+    parser.add_argument("--output", required=True, help="shard path prefix, e.g. /data/shards/train")
+    parser.add_argument("--shard_size", type=int, default=5000)
+    parser.add_argument("--image_key", default="")
+    parser.add_argument("--caption_key", default="")
+    parser.add_argument("--no_verify", action="store_true", help="do not decode images to check them")
+    args = parser.parse_args()
+    pattern, counts = convert(args.input, args.output, args.shard_size, image_key=args.image_key,
+                              caption_key=args.caption_key, verify=not args.no_verify)
+    print(f"Wrote {counts.get('written', 0)} examples; skipped: "
+          f"{ {k: v for k, v in counts.items() if k != 'written'} }")
+    print(f"Use: --config.data.train=wds:{pattern}")
+
+
+if __name__ == "__main__":
+    main()
