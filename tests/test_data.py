@@ -234,3 +234,52 @@ def test_trainer_reads_files_source(tmp_path):
 
     meta = Checkpointer(str(tmp_path / "run")).restore_meta(3)
     assert meta["phase"] == "warmup" and "grain" in meta["data"]["stream"]  # the iterator position is saved
+
+
+@pytest.fixture()
+def hf_dataset(tmp_path):
+    datasets = pytest.importorskip("datasets")
+    rows = write_images(tmp_path, n=12)
+    data = datasets.Dataset.from_dict({
+        "picture": [str(tmp_path / r["image_path"]) for r in rows],
+        "texts": [r["captions"] for r in rows],
+    }).cast_column("picture", datasets.Image())
+    data.save_to_disk(str(tmp_path / "saved"))
+    (tmp_path / "parquet").mkdir()
+    data.to_parquet(str(tmp_path / "parquet" / "train.parquet"))
+    return tmp_path, rows
+
+
+def test_hugging_face_dataset_random_access(hf_dataset):
+    root, rows = hf_dataset
+    source = parse_source(f"hf:{root / 'saved'}?image=picture&caption=texts")
+    assert len(source) == 12 and source[5]["captions"] == rows[5]["captions"]
+    assert decode_image(source[5]["image"]).size == Image.open(root / rows[5]["image_path"]).size
+    seen = []
+    for process in range(2):
+        s = stream(f"hf:{root / 'saved'}?image=picture&caption=texts", process, 2)
+        seen.append({next(s)["caption"].split()[-1] for _ in range(6)})
+    assert not seen[0] & seen[1] and seen[0] | seen[1] == {str(i) for i in range(12)}
+    with pytest.raises(ValueError, match=r"no column\(s\) \['caption'\]"):
+        parse_source(f"hf:{root / 'saved'}?image=picture")
+
+
+def test_hugging_face_streaming_dataset(hf_dataset):
+    root, rows = hf_dataset
+    spec = f"hf:{root / 'parquet'}?image=picture&caption=texts&streaming=1"
+    halves = []
+    for process in range(2):
+        s = stream(spec, process, 2)
+        halves.append({next(s)["caption"].split()[-1] for _ in range(6)})
+    assert not halves[0] & halves[1] and halves[0] | halves[1] == {str(i) for i in range(12)}
+    tokenize = lambda texts: {"n": np.array([len(t) for t in texts])}
+    batches = TrainBatches(stream(spec), 4, tokenize, BadDataMonitor(spec))
+    next(batches)
+    state = json.loads(json.dumps(batches.get_state()))
+    expected = [next(batches) for _ in range(4)]  # crosses into the second epoch
+    resumed = TrainBatches(stream(spec), 4, tokenize, BadDataMonitor(spec))
+    resumed.set_state(state)
+    for want in expected:
+        np.testing.assert_array_equal(next(resumed)["pixel_values"], want["pixel_values"])
+    pixels, captions, _ = load_eval_examples(spec, PROCESSOR)
+    assert len(pixels) == 12

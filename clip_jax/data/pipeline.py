@@ -22,7 +22,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from clip_jax.data.preprocess import ImageProcessorConfig, preprocess_image, to_rgb
-from clip_jax.data.sources import FileSource, WebDatasetSource, parse_mixture, parse_source
+from clip_jax.data.sources import FileSource, HFSource, WebDatasetSource, parse_mixture, parse_source
 
 logger = logging.getLogger(__name__)
 
@@ -159,6 +159,14 @@ class BadDataMonitor:
         self.seen, self.counts = int(state["seen"]), collections.Counter(state["counts"])
 
 
+def _source(spec: str, keys: dict[str, str]):
+    """A source; listing column names apply to file listings only."""
+    prefix = spec.partition(":")[0]
+    if prefix in ("hf", "wds") or ".tar" in spec:
+        return parse_source(spec)
+    return parse_source(spec, **keys)
+
+
 def _element_rng(seed: int, index: int) -> np.random.Generator:
     return np.random.default_rng([seed, index])
 
@@ -178,7 +186,7 @@ def _safe(transform: Transform, record: dict, rng: np.random.Generator):
 class ExampleStream:
     """Transformed examples of this process's share of the mixture, in a deterministic order.
 
-    State: ``{"grain": ..., "wds": [...], "mix": ...}``; ``set_state`` resumes at the same example.
+    State: ``{"grain": ...}`` or ``{"stream": ...}``; ``set_state`` resumes at the same example.
     """
 
     def __init__(self, specs: Sequence[str] | str, transform: Transform, *, seed: int = 0, process_index: int = 0,
@@ -188,14 +196,15 @@ class ExampleStream:
         self.transform, self.seed, self.workers = transform, seed, workers
         mixture = parse_mixture(specs)
         keys = {k: v for k, v in (("image_key", image_key), ("caption_key", caption_key)) if v}
-        sources = [(parse_source(spec, **keys) if not isinstance(parse_source(spec), WebDatasetSource)
-                    else parse_source(spec), weight) for spec, weight in mixture]
+        sources = [(_source(spec, keys), weight) for spec, weight in mixture]
         self.name = ", ".join(spec for spec, _ in mixture)
-        if any(isinstance(s, WebDatasetSource) for s, _ in sources):
+        streaming = [s for s, _ in sources if isinstance(s, WebDatasetSource) or getattr(s, "streaming", False)]
+        if streaming:
             if len(sources) > 1:
-                raise ValueError("Mixing WebDataset shards with other sources is not supported yet; "
-                                 "convert the listings with python -m clip_jax.data.to_webdataset.")
-            self._wds = _WebDatasetStream(sources[0][0], transform, seed, process_index, process_count, workers)
+                raise ValueError("Mixing streaming sources (WebDataset shards, streaming HF datasets) with others "
+                                 "is not supported yet; convert listings with python -m clip_jax.data.to_webdataset "
+                                 "and pass one shard pattern.")
+            self._wds = _SequentialStream(sources[0][0], transform, seed, process_index, process_count, workers)
             self._iter = None
             return
         self._wds = None
@@ -223,57 +232,63 @@ class ExampleStream:
             self._iter.set_state(state["grain"])
 
 
-class _WebDatasetStream:
-    """Streams this process's shards (``shards[process_index::process_count]``), epoch after epoch,
-    shard order reshuffled per epoch; decoding in a thread pool; resumable by (epoch, shard, example)."""
+class _SequentialStream:
+    """Streams a non-random-access source epoch after epoch in *units* (WebDataset: this process's
+    shards, reshuffled per epoch; streaming HF datasets: one unit per epoch), decoding in a thread
+    pool; resumable by (epoch, unit, example)."""
 
-    def __init__(self, source: WebDatasetSource, transform: Transform, seed: int, process_index: int,
+    def __init__(self, source: WebDatasetSource | HFSource, transform: Transform, seed: int, process_index: int,
                  process_count: int, workers: int):
-        if len(source.shards) < process_count:
+        if isinstance(source, WebDatasetSource) and len(source.shards) < process_count:
             raise ValueError(f"{len(source.shards)} shards cannot be split over {process_count} processes; "
                              "write more shards (python -m clip_jax.data.to_webdataset --shard_size ...).")
         self.source, self.transform, self.seed = source, transform, seed
         self.process_index, self.process_count = process_index, process_count
-        self.pool = futures.ThreadPoolExecutor(max(1, workers))
-        self.epoch, self.shard_position, self.example = 0, 0, 0
+        self.workers = max(1, workers)
+        self.pool = futures.ThreadPoolExecutor(self.workers)
+        self.epoch, self.unit, self.example = 0, 0, 0
+        self._consumed = (0, 0, 0)
         self._buffer: collections.deque = collections.deque()
         self._reader: Iterator | None = None
 
-    def _shards(self) -> list[str]:
+    def _units(self) -> list[Callable[[], Iterator[dict]]]:
+        if isinstance(self.source, HFSource):
+            return [lambda: self.source.iterate(self.epoch, self.seed, self.process_index, self.process_count)]
         order = np.random.default_rng([self.seed, self.epoch]).permutation(len(self.source.shards))
-        return [self.source.shards[i] for i in order][self.process_index::self.process_count]
+        mine = [self.source.shards[i] for i in order][self.process_index::self.process_count]
+        return [lambda shard=shard: self.source.read_shard(shard) for shard in mine]
 
-    def _records(self) -> Iterator[tuple[int, int, int, dict]]:
+    def _records(self) -> Iterator[tuple[tuple[int, int, int], dict]]:
         while True:
-            shards = self._shards()
-            while self.shard_position < len(shards):
-                for i, record in enumerate(self.source.read_shard(shards[self.shard_position])):
+            units = self._units()
+            while self.unit < len(units):
+                for i, record in enumerate(units[self.unit]()):
                     if i >= self.example:
-                        yield self.epoch, self.shard_position, i, record
-                self.shard_position, self.example = self.shard_position + 1, 0
-            self.epoch, self.shard_position = self.epoch + 1, 0
+                        yield (self.epoch, self.unit, i), record
+                self.unit, self.example = self.unit + 1, 0
+            self.epoch, self.unit = self.epoch + 1, 0
 
     def __next__(self) -> Any:
         if self._reader is None:
             self._reader = self._records()
-        while len(self._buffer) < 2 * self.pool._max_workers:
-            epoch, shard, i, record = next(self._reader)
-            rng = _element_rng(self.seed, hash((epoch, shard, i, self.process_index)) % (1 << 62))
-            self._buffer.append(((epoch, shard, i), self.pool.submit(_safe, self.transform, record, rng)))
-        (epoch, shard, i), future = self._buffer.popleft()
-        self._consumed = (epoch, shard, i + 1)
+        while len(self._buffer) < 2 * self.workers:
+            position, record = next(self._reader)
+            rng = np.random.default_rng([self.seed, *position, self.process_index])
+            self._buffer.append((position, self.pool.submit(_safe, self.transform, record, rng)))
+        (epoch, unit, i), future = self._buffer.popleft()
+        self._consumed = (epoch, unit, i + 1)
         return future.result()
 
     def get_state(self) -> dict:
-        epoch, shard, example = getattr(self, "_consumed", (self.epoch, self.shard_position, self.example))
-        return {"wds": {"epoch": epoch, "shard": shard, "example": example}}
+        epoch, unit, example = self._consumed
+        return {"stream": {"epoch": epoch, "unit": unit, "example": example}}
 
     def set_state(self, state: dict) -> None:
-        s = state["wds"]
-        self.epoch, self.shard_position, self.example = s["epoch"], s["shard"], s["example"]
+        s = state["stream"]
+        self.epoch, self.unit, self.example = s["epoch"], s["unit"], s["example"]
+        self._consumed = (self.epoch, self.unit, self.example)
         self._buffer.clear()
         self._reader = None
-        self._consumed = (self.epoch, self.shard_position, self.example)
 
 
 class TrainBatches:
@@ -312,10 +327,12 @@ class TrainBatches:
 def load_eval_examples(spec: str, processor: ImageProcessorConfig, *, limit: int | None = None,
                        workers: int = 4, **keys: str) -> tuple[np.ndarray, list[list[str]], dict]:
     """All usable examples of a source in order (eval preprocessing, every caption): pixels, captions, skip counts."""
-    source = parse_source(spec, **keys) if not spec.startswith("wds:") and ".tar" not in spec else parse_source(spec)
+    source = _source(spec, keys)
     transform = Transform(processor, train=False)
     if isinstance(source, WebDatasetSource):
         records: Iterator = (r for shard in source.shards for r in source.read_shard(shard))
+    elif isinstance(source, HFSource) and source.streaming:
+        records = source.iterate(0, 0, 0, 1)
     else:
         records = (source[i] for i in range(len(source)))
     pixels, captions, counts = [], [], collections.Counter()

@@ -1,7 +1,8 @@
 """Where image–caption examples come from.
 
 A *source spec* is a string: ``jsonl:PATH``, ``json:PATH``, ``csv:PATH``, ``tsv:PATH`` (a listing of
-image paths and captions), ``wds:PATTERN`` (WebDataset tar shards, brace patterns allowed), or a bare
+image paths and captions), ``wds:PATTERN`` (WebDataset tar shards, brace patterns allowed),
+``hf:NAME_OR_PATH?image=COL&caption=COL&split=train&streaming=1`` (a Hugging Face dataset), or a bare
 path whose extension says which. Paths may be local or any fsspec URL (``gs://``, ``s3://``, ...).
 
 Records are raw: ``{"image": bytes | None, "path": str, "captions": list, "key": str}``; decoding
@@ -160,9 +161,89 @@ class WebDatasetSource:
         return {"image": image, "path": f"{shard}:{key}", "captions": captions, "key": f"{shard}:{key}"}
 
 
-def parse_source(spec: str, **keys: str) -> FileSource | WebDatasetSource:
+@dataclass
+class HFSource:
+    """A Hugging Face dataset (hub id, local ``save_to_disk`` directory, or local data files) with an
+    image column and a caption column (text or list of texts).
+
+    Not streaming: random access (a grain source). Streaming: ``iterate(epoch, index, count)``.
+    """
+
+    name: str
+    image_column: str = "image"
+    caption_column: str = "caption"
+    split: str = "train"
+    streaming: bool = False
+    dataset: Any = field(default=None, repr=False)
+
+    def __post_init__(self):
+        try:
+            import datasets
+        except ImportError:
+            raise ImportError("Hugging Face datasets need `pip install datasets` (or the [hf] extra).") from None
+        local = os.path.isdir(self.name)
+        if local and any(os.path.exists(os.path.join(self.name, f)) for f in ("state.json", "dataset_dict.json")):
+            data = datasets.load_from_disk(self.name)
+            data = data[self.split] if isinstance(data, datasets.DatasetDict) else data
+            if self.streaming:
+                data = data.to_iterable_dataset()
+        else:
+            data = datasets.load_dataset(self.name, split=self.split, streaming=self.streaming)
+        columns = data.column_names or []
+        missing = [c for c in (self.image_column, self.caption_column) if columns and c not in columns]
+        if missing:
+            raise ValueError(f"Dataset {self.name} has no column(s) {missing}; columns: {columns}. Set them with "
+                             f"hf:{self.name}?image=COLUMN&caption=COLUMN.")
+        self.dataset = data.cast_column(self.image_column, datasets.Image(decode=False))
+
+    def _record(self, row: dict, key: str) -> dict[str, Any]:
+        image = row.get(self.image_column) or {}
+        data = image.get("bytes") if isinstance(image, dict) else None
+        path = image.get("path") if isinstance(image, dict) else None
+        if data is None and path:
+            try:
+                with _open(path, "rb") as f:
+                    data = f.read()
+            except (FileNotFoundError, IsADirectoryError, PermissionError):
+                data = None
+        captions = row.get(self.caption_column)
+        return {"image": data, "path": path or key, "captions": captions if isinstance(captions, list)
+                else [captions], "key": key}
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        return self._record(self.dataset[int(index)], f"{self.name}:{index}")
+
+    def iterate(self, epoch: int, seed: int, process_index: int, process_count: int) -> Iterator[dict]:
+        """This process's records of one epoch of a streaming dataset, shuffled with (seed, epoch)."""
+        from datasets.distributed import split_dataset_by_node
+
+        data = self.dataset.shuffle(seed=seed + epoch, buffer_size=10_000)
+        data = split_dataset_by_node(data, rank=process_index, world_size=process_count)
+        for i, row in enumerate(data):
+            yield self._record(row, f"{self.name}:{epoch}:{i}")
+
+
+def _parse_hf(rest: str) -> HFSource:
+    from urllib.parse import parse_qs
+
+    name, _, query = rest.partition("?")
+    options = {k: v[-1] for k, v in parse_qs(query).items()}
+    unknown = set(options) - {"image", "caption", "split", "streaming"}
+    if unknown:
+        raise ValueError(f"Unknown option(s) {sorted(unknown)} in hf:{rest}; valid: image, caption, split, streaming.")
+    return HFSource(name, image_column=options.get("image", "image"), caption_column=options.get("caption", "caption"),
+                    split=options.get("split", "train"),
+                    streaming=options.get("streaming", "0").lower() in ("1", "true", "yes"))
+
+
+def parse_source(spec: str, **keys: str) -> FileSource | WebDatasetSource | HFSource:
     """A source from its spec string (see the module docstring)."""
     prefix, sep, rest = spec.partition(":")
+    if sep and prefix == "hf":
+        return _parse_hf(rest)
     if sep and prefix in ("jsonl", "json", "csv", "tsv"):
         return FileSource(rest, fmt=prefix, **keys)
     if sep and prefix == "wds":
