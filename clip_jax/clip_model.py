@@ -18,6 +18,8 @@ from flax import nnx
 from PIL import Image
 
 from clip_jax.data.preprocess import ImageProcessorConfig, preprocess_images
+from clip_jax.hub import (CLIP_JAX_MODEL_TYPE, DEFAULT_MAX_SHARD_SIZE, ExportError, push_to_hub,
+                          transformers_compatible, write_weights)
 from clip_jax.models.dual_encoder import LOGIT_SCALE_INIT, DualEncoder, dual_encoder_key_map, l2_normalize
 from clip_jax.models.registry import (COMPOSITES, LoadedTower, architecture_of, build_tower, detect_prefix,
                                       load_tower, normalised_config, tower_builder, tower_config)
@@ -25,7 +27,6 @@ from clip_jax.weights.loading import flat_params, load_params
 from clip_jax.weights.readers import CheckpointError, read_config, read_state_dict, resolve_checkpoint
 
 TowerSource = str | os.PathLike | dict | Any
-SAFETENSORS_NAME = "model.safetensors"
 
 
 def _next_power_of_two(n: int) -> int:
@@ -126,6 +127,8 @@ class CLIPModel:
         """
         directory = resolve_checkpoint(path_or_id, revision=revision)
         raw = read_config(directory)
+        if raw.get("model_type") == CLIP_JAX_MODEL_TYPE:
+            raw = dict(raw, model_type="vision-text-dual-encoder")  # our own format: same layout
         if raw.get("model_type") not in COMPOSITES:
             raise CheckpointError(
                 f"{directory} holds a {raw.get('model_type')!r} model, not a dual encoder "
@@ -161,20 +164,13 @@ class CLIPModel:
         return cls(module, tokenizer=_load_tokenizer(directory),
                    image_processor=ImageProcessorConfig.from_pretrained(directory), max_length=max_length)
 
-    def save_pretrained(self, directory: str | os.PathLike) -> Path:
-        """Write config.json, model.safetensors, tokenizer and preprocessor_config.json.
-
-        The layout is transformers' ``vision-text-dual-encoder`` (PyTorch parameter names), with
-        clip_jax-only settings (text pooling, logit bias) under the config key ``clip_jax``.
-        """
-        from safetensors.numpy import save_file
-
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
+    def hub_config(self) -> dict[str, Any]:
+        """The ``config.json`` of this model in the hub format (see :mod:`clip_jax.hub`)."""
         module = self.module
+        compatible, why = transformers_compatible(module.text_pooling, module.text.config.to_hf()["model_type"])
         config = {
-            "model_type": "vision-text-dual-encoder",
-            "architectures": ["VisionTextDualEncoderModel"],
+            "model_type": "vision-text-dual-encoder" if compatible else CLIP_JAX_MODEL_TYPE,
+            "architectures": ["VisionTextDualEncoderModel"] if compatible else ["CLIPModel (clip_jax)"],
             "vision_config": module.vision.config.to_hf(),
             "text_config": module.text.config.to_hf(),
             "projection_dim": module.projection_dim,
@@ -183,14 +179,48 @@ class CLIPModel:
                          "logit_bias_init": (float(module.logit_bias[...]) if module.logit_bias is not None
                                              else None)},
         }
+        if not compatible:
+            config["clip_jax"]["why_not_transformers"] = why
+        return config
+
+    def save_pretrained(self, directory: str | os.PathLike, *, max_shard_size: str | int = DEFAULT_MAX_SHARD_SIZE,
+                        weights: bool = True, require_transformers: bool = False) -> Path:
+        """Write config.json, the weights (safetensors; sharded above ``max_shard_size``), the tokenizer
+        and preprocessor_config.json: a directory ``VisionTextDualEncoderModel.from_pretrained`` loads.
+
+        A model whose text pooling transformers cannot reproduce is written in clip_jax's own
+        ``model_type`` instead (transformers refuses it); ``require_transformers=True`` raises
+        :class:`ExportError` for such a model. ``weights=False`` writes everything but the weights.
+        """
+        config = self.hub_config()
+        if require_transformers and config["model_type"] != "vision-text-dual-encoder":
+            raise ExportError("Cannot export in transformers' format: " + config["clip_jax"]["why_not_transformers"])
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
         (directory / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-        key_map = dual_encoder_key_map(architecture_of(module.vision).key_map, architecture_of(module.text).key_map)
-        tensors = key_map.export({p: np.asarray(v) for p, v in flat_params(module).items()})
-        save_file(tensors, str(directory / SAFETENSORS_NAME), metadata={"format": "pt"})
+        if weights:
+            module = self.module
+            key_map = dual_encoder_key_map(architecture_of(module.vision).key_map,
+                                           architecture_of(module.text).key_map)
+            tensors = key_map.export({p: np.asarray(jax.device_get(v)) for p, v in flat_params(module).items()})
+            write_weights(tensors, directory, max_shard_size)
         if self.tokenizer is not None:
             self.tokenizer.save_pretrained(str(directory))
         self.image_processor.save_pretrained(directory)
         return directory
+
+    def push_to_hub(self, repo_id: str, *, private: bool = False, revision: str | None = None,
+                    commit_message: str = "Upload CLIP dual encoder (clip_jax)", token: str | None = None,
+                    model_card: str | None = None) -> str:
+        """Save to a temporary directory (with ``model_card`` as README.md) and upload it to ``repo_id``."""
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as tmp:
+            self.save_pretrained(tmp)
+            if model_card:
+                Path(tmp, "README.md").write_text(model_card)
+            return push_to_hub(tmp, repo_id, private=private, revision=revision, commit_message=commit_message,
+                               token=token)
 
     # ------------------------------------------------------------------ embedding
     @property

@@ -193,3 +193,66 @@ def test_encode_compiles_once_per_bucket(model):
     model.encode_text(CAPTIONS[:4])
     assert fn._cache_size() == compiled_before
     jax.clear_caches()
+
+
+def test_loads_clip_italian_legacy_flax_hybrid_clip(checkpoints, tmp_path):
+    """CLIP-Italian's earlier format: model_type hybrid-clip, flax_model.msgpack, a full CLIP config as vision config."""
+    import json
+
+    from flax import serialization
+
+    from test_weights import _torch_to_flax_tree
+
+    config = tf.VisionTextDualEncoderConfig.from_vision_text_configs(
+        tf.CLIPVisionConfig(**TINY_VISION), tf.BertConfig(**TINY_BERT), projection_dim=12)
+    torch.manual_seed(2)
+    reference = tf.VisionTextDualEncoderModel(config).eval()
+    state = {}
+    for key, value in reference.state_dict().items():
+        if key.endswith("position_ids"):
+            continue
+        # FlaxCLIPVisionModule nests the transformer under a second "vision_model".
+        state[key.replace("vision_model.", "vision_model.vision_model.", 1) if key.startswith("vision_model.")
+              else key] = value
+    (tmp_path / "flax_model.msgpack").write_bytes(serialization.msgpack_serialize(_torch_to_flax_tree(state)))
+    clip_config = tf.CLIPConfig(vision_config=TINY_VISION, text_config={}).to_dict()
+    (tmp_path / "config.json").write_text(json.dumps({
+        "model_type": "hybrid-clip", "projection_dim": 12, "text_config": tf.BertConfig(**TINY_BERT).to_dict(),
+        "vision_config": clip_config}))
+    ours = CLIPModel.from_pretrained(tmp_path, logit_scale=20.0)
+    assert ours.logit_scale == pytest.approx(20.0)
+    x = np.random.RandomState(0).randn(2, 3, 32, 32).astype(np.float32)
+    ids = np.random.RandomState(1).randint(5, TINY_BERT["vocab_size"], (2, 7))
+    with torch.no_grad():
+        image = reference.get_image_features(pixel_values=torch.tensor(x)).pooler_output.numpy()
+        text = reference.get_text_features(input_ids=torch.tensor(ids)).pooler_output.numpy()
+    assert np.abs(np.asarray(ours.module.image_features(jnp.asarray(x.transpose(0, 2, 3, 1)))) - image).max() <= 1e-4
+    assert np.abs(np.asarray(ours.module.text_features(jnp.asarray(ids))) - text).max() <= 1e-4
+
+
+def test_non_pooler_text_pooling_is_never_exported_as_a_transformers_model(checkpoints, tmp_path):
+    from clip_jax.hub import ExportError
+
+    model = CLIPModel.from_towers(vision=checkpoints["paths"]["vision"], text=checkpoints["paths"]["bert"],
+                                  projection_dim=8, text_pooling="mean")
+    model.save_pretrained(tmp_path)
+    with pytest.raises((ValueError, KeyError), match="clip_jax_dual_encoder"):
+        tf.AutoModel.from_pretrained(str(tmp_path))  # transformers refuses rather than computing other embeddings
+    assert CLIPModel.from_pretrained(tmp_path).module.text_pooling == "mean"
+    with pytest.raises(ExportError, match="pools text with 'mean'.*pooler_output"):
+        model.save_pretrained(tmp_path / "hf", require_transformers=True)
+
+
+def test_sharded_export_loads_in_transformers(model, tmp_path):
+    model.save_pretrained(tmp_path, max_shard_size="20KB")
+    assert (tmp_path / "model.safetensors.index.json").exists()
+    assert len(list(tmp_path.glob("model-*-of-*.safetensors"))) > 1
+    reference = tf.VisionTextDualEncoderModel.from_pretrained(str(tmp_path)).eval()
+    images = photos(2)
+    processor = tf.VisionTextDualEncoderProcessor.from_pretrained(str(tmp_path))
+    with torch.no_grad():
+        embeds = reference.get_image_features(**processor(images=images, return_tensors="pt")).pooler_output
+    embeds = torch.nn.functional.normalize(embeds, dim=-1).numpy()
+    assert np.abs(embeds - model.encode_image(images)).max() <= 1e-4
+    again = CLIPModel.from_pretrained(tmp_path)
+    np.testing.assert_array_equal(again.encode_image(images), model.encode_image(images))

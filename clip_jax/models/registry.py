@@ -77,6 +77,8 @@ ARCHITECTURES: dict[str, Architecture] = {
 COMPOSITES: dict[str, dict[Kind, tuple[str, str]]] = {
     "clip": {"vision": ("vision_config", "vision_model."), "text": ("text_config", "text_model.")},
     "vision-text-dual-encoder": {"vision": ("vision_config", "vision_model."), "text": ("text_config", "text_model.")},
+    # CLIP-Italian's earlier Flax checkpoints (transformers' jax-projects hybrid_clip).
+    "hybrid-clip": {"vision": ("vision_config", "vision_model."), "text": ("text_config", "text_model.")},
 }
 _COMPOSITE_DEFAULT_TYPES = {("clip", "vision"): "clip_vision_model", ("clip", "text"): "clip_text_model"}
 
@@ -120,6 +122,9 @@ def tower_config(hf_config: dict[str, Any], kind: Kind) -> tuple[Architecture, A
         if sub_key not in hf_config:
             raise CheckpointError(f"A {model_type!r} config.json needs '{sub_key}'.")
         sub = dict(hf_config[sub_key])
+        if sub.get("model_type") in COMPOSITES:  # hybrid-clip keeps a whole CLIP config as its vision config
+            arch, config, _ = tower_config(normalised_config(sub), kind)
+            return arch, config, outer
         sub.setdefault("model_type", _COMPOSITE_DEFAULT_TYPES.get((model_type, kind)))
         hf_config, model_type = sub, sub["model_type"]
     arch = architecture_for(model_type, kind)

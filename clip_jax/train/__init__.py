@@ -1,5 +1,5 @@
 """Two-phase sharded training."""
 
-from clip_jax.train.trainer import Trainer, TrainingDiverged, build_model, train
+from clip_jax.train.trainer import Trainer, TrainingDiverged, build_model, model_from_checkpoint, train
 
-__all__ = ["Trainer", "TrainingDiverged", "build_model", "train"]
+__all__ = ["Trainer", "TrainingDiverged", "build_model", "model_from_checkpoint", "train"]

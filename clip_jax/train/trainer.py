@@ -27,10 +27,10 @@ from clip_jax.clip_model import CLIPModel
 from clip_jax.config import validate
 from clip_jax.data.memory import ArrayDataset, BatchIterator
 from clip_jax.data.pipeline import BadDataMonitor, ExampleStream, TrainBatches, Transform, load_eval_examples
-from clip_jax.data.preprocess import preprocess_images
+from clip_jax.data.preprocess import ImageProcessorConfig, preprocess_images
 from clip_jax.data.shapes import ShapesSpec, load_or_generate, vocabulary
 from clip_jax.evaluate.retrieval import retrieval_metrics
-from clip_jax.models.dual_encoder import l2_normalize
+from clip_jax.models.dual_encoder import DualEncoder, l2_normalize
 from clip_jax.sharding import batch_sharding, check_batch_size, make_mesh, shard_params
 from clip_jax.train.checkpoint import Checkpointer
 from clip_jax.train.logging import MetricsLogger, progress_bar
@@ -153,6 +153,10 @@ class Trainer:
         check_batch_size(config.train.batch_size, self.mesh)
         self.primary = jax.process_index() == 0
         self.model = build_model(config)
+        if self.primary and "://" not in workdir:  # what export needs to rebuild the model from a checkpoint
+            Path(workdir).mkdir(parents=True, exist_ok=True)
+            Path(workdir, "config.json").write_text(json.dumps(config.to_dict(), indent=2, default=list) + "\n")
+            self.model.save_pretrained(Path(workdir, "model"), weights=False)
         self.graphdef = nnx.graphdef(self.model.module)
         self.phases, start = [], 0
         for index, name in enumerate(config.train.phases):
@@ -375,6 +379,58 @@ def _in_main_thread() -> bool:
     import threading
 
     return threading.current_thread() is threading.main_thread()
+
+
+def model_from_checkpoint(workdir: str, step: int | None = None) -> CLIPModel:
+    """The model saved in a training workdir's checkpoint (latest, or ``step``), with its tokenizer and
+    image processor. Needs no network: the architecture comes from ``<workdir>/model/config.json``."""
+    from clip_jax.models.registry import normalised_config, tower_builder, tower_config
+
+    workdir_path = Path(workdir)
+    for needed in ("config.json", "model/config.json"):
+        if not (workdir_path / needed).is_file():
+            raise FileNotFoundError(f"{workdir} is not a clip_jax training workdir: {needed} is missing.")
+    config = ConfigDict(json.loads((workdir_path / "config.json").read_text()))
+    hub = json.loads((workdir_path / "model" / "config.json").read_text())
+    hub = dict(hub, model_type="vision-text-dual-encoder")
+    normal = normalised_config(hub)
+    (v_arch, v_cfg, _), (t_arch, t_cfg, _) = (tower_config(normal, k) for k in ("vision", "text"))
+    m = config.model
+    dtype, param_dtype = (None if m.dtype == "float32" else _dtype(m.dtype)), _dtype(m.param_dtype)
+    extra = hub.get("clip_jax", {})
+
+    def build():
+        return DualEncoder(tower_builder(v_arch, v_cfg, dtype, param_dtype)(),
+                           tower_builder(t_arch, t_cfg, dtype, param_dtype)(), projection_dim=hub["projection_dim"],
+                           text_pooling=extra.get("text_pooling", "pooler"), logit_bias_init=extra.get("logit_bias_init"),
+                           dtype=dtype, param_dtype=param_dtype, rngs=nnx.Rngs(0))
+
+    checkpointer = Checkpointer(workdir, keep=1_000_000, use_async=False)
+    step = step if step is not None else checkpointer.latest_step()
+    if step is None:
+        raise FileNotFoundError(f"No checkpoint in {workdir}/checkpoints.")
+    meta = checkpointer.restore_meta(step)
+    phase = config.phases[meta["phase"]]
+    abstract = nnx.eval_shape(build)
+    graphdef, params, frozen = split_trainable(abstract, phase.trainable)
+    t = config.train
+    tx, _ = make_optimizer(params, groups=[tuple(g) for g in t.param_groups],
+                           learning_rates=phase.learning_rates.to_dict(), steps=phase.steps,
+                           warmup_steps=phase.warmup_steps, decay=phase.decay, end_factor=phase.end_factor,
+                           optimizer=t.optimizer, settings=dict(b1=t.b1, b2=t.b2, eps=t.eps, weight_decay=t.weight_decay,
+                                                                grad_clip_norm=t.grad_clip_norm, agc_clip=t.agc_clip))
+    single = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    target = jax.eval_shape(lambda p, f: TrainState(step=jnp.zeros((), jnp.int32), params=p, frozen=f,
+                                                    opt_state=tx.init(p), rng=initial_rng(0)), params, frozen)
+    target = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=single), target)
+    state = checkpointer.restore_state(step, target)
+    checkpointer.close()
+    module = nnx.merge(graphdef, state.params, state.frozen)
+    from clip_jax.clip_model import _load_tokenizer
+
+    return CLIPModel(module, tokenizer=_load_tokenizer(workdir_path / "model"),
+                     image_processor=ImageProcessorConfig.from_pretrained(workdir_path / "model"),
+                     max_length=m.max_length)
 
 
 def train(config: ConfigDict, workdir: str) -> dict[str, Any]:

@@ -1,0 +1,77 @@
+"""Export a trained model to the Hugging Face format, with a model card, and optionally push it.
+
+    python -m clip_jax.export --checkpoint runs/it --out exported/it --language it \\
+        --datasets wit mscoco-it --results results.json [--push_to_hub USER/REPO --private --revision BRANCH]
+
+``--checkpoint`` is a training workdir (its latest checkpoint, or ``--step``) or a saved model
+directory / hub id. The output loads with ``VisionTextDualEncoderModel.from_pretrained`` (PyTorch)
+and with ``clip_jax.CLIPModel.from_pretrained``. The hub token comes from ``HF_TOKEN`` or
+``huggingface-cli login`` and is never printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+
+from clip_jax.hub import DEFAULT_MAX_SHARD_SIZE, model_card, push_to_hub
+
+
+def load_for_export(checkpoint: str, step: int | None = None):
+    """(model, training config or None, base model names) from a workdir, a directory or a hub id."""
+    from clip_jax import CLIPModel
+    from clip_jax.train import model_from_checkpoint
+
+    path = Path(checkpoint)
+    if (path / "checkpoints").is_dir():
+        config = json.loads((path / "config.json").read_text())
+        bases = [config["model"][k] for k in ("vision", "text") if isinstance(config["model"][k], str)]
+        return model_from_checkpoint(checkpoint, step), config, bases
+    return CLIPModel.from_pretrained(checkpoint), None, []
+
+
+def main(argv: list[str] | None = None) -> str:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--checkpoint", required=True, help="training workdir, saved model directory or hub id")
+    parser.add_argument("--out", required=True, help="output directory")
+    parser.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
+    parser.add_argument("--results", default=None, help="eval.py's JSON output, shown in the model card")
+    parser.add_argument("--language", default=None, help="ISO code for the card's metadata, e.g. it")
+    parser.add_argument("--license", default="apache-2.0")
+    parser.add_argument("--datasets", nargs="*", default=[], help="training data sets for the card's metadata")
+    parser.add_argument("--max_shard_size", default=DEFAULT_MAX_SHARD_SIZE)
+    parser.add_argument("--logit_scale", type=float, default=None, help="override the temperature's scale")
+    parser.add_argument("--push_to_hub", default=None, metavar="USER/REPO")
+    parser.add_argument("--private", action="store_true")
+    parser.add_argument("--revision", default=None, help="branch to push to")
+    parser.add_argument("--commit_message", default="Upload CLIP dual encoder (clip_jax)")
+    args = parser.parse_args(argv)
+
+    model, config, bases = load_for_export(args.checkpoint, args.step)
+    if args.logit_scale is not None:
+        import jax.numpy as jnp
+        import math
+
+        model.module.logit_scale.set_value(jnp.asarray(math.log(args.logit_scale), jnp.float32))
+    out = model.save_pretrained(args.out, max_shard_size=args.max_shard_size)
+    results = None
+    if args.results:
+        results = json.loads(Path(args.results).read_text())
+        results = results if isinstance(results, list) else results.get("results", [results])
+    card = model_card(config=json.loads((out / "config.json").read_text()), language=args.language,
+                      license=args.license, datasets=args.datasets, base_models=bases, results=results,
+                      training_config=config, repo_id=args.push_to_hub or str(out))
+    (out / "README.md").write_text(card)
+    compatible = json.loads((out / "config.json").read_text())["model_type"] == "vision-text-dual-encoder"
+    print(f"Exported to {out} ({'transformers VisionTextDualEncoderModel' if compatible else 'clip_jax-only'} format).")
+    if args.push_to_hub:
+        url = push_to_hub(out, args.push_to_hub, private=args.private, revision=args.revision,
+                          commit_message=args.commit_message)
+        print(f"Pushed to {args.push_to_hub}: {url}")
+    return str(out)
+
+
+if __name__ == "__main__":
+    main()
