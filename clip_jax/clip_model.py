@@ -262,6 +262,29 @@ class CLIPModel:
             out.append(np.asarray(fn(state, jnp.asarray(padded)))[:n])
         return np.concatenate(out) if out else np.zeros((0, self.module.projection_dim), np.float32)
 
+    def encode_image_layers(self, images: Sequence[Image.Image] | np.ndarray, *, batch_size: int = 64) -> np.ndarray:
+        """The vision tower's class-token state after the embeddings and after each layer,
+        ``[layers + 1, N, hidden]`` float32 (for per-layer embedding maps)."""
+        if "layers" not in self._jitted:
+            graphdef = nnx.graphdef(self.module.vision)
+
+            def layers(state, pixels):
+                out = nnx.merge(graphdef, state)(pixels, output_hidden_states=True)
+                return jnp.stack([h[:, 0] for h in out.hidden_states]).astype(jnp.float32)
+
+            self._jitted["layers"] = jax.jit(layers)
+        fn, state = self._jitted["layers"], nnx.state(self.module.vision)
+        out = []
+        for start in range(0, len(images), batch_size):
+            chunk = images[start:start + batch_size]
+            pixels = (np.asarray(chunk, np.float32) if isinstance(chunk, np.ndarray) and
+                      np.issubdtype(chunk.dtype, np.floating) else preprocess_images(list(chunk), self.image_processor))
+            n = len(pixels)
+            padded = np.zeros((self._bucket(n, batch_size), *pixels.shape[1:]), np.float32)
+            padded[:n] = pixels
+            out.append(np.asarray(fn(state, jnp.asarray(padded)))[:, :n])
+        return np.concatenate(out, axis=1)
+
     def tokenize(self, texts: Sequence[str], *, fixed_length: bool = False) -> dict[str, np.ndarray]:
         """Token ids and attention mask (int32), truncated to ``max_length`` and padded to a
         power-of-two length bucket, or to ``max_length`` itself with ``fixed_length`` (training)."""

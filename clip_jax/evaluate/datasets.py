@@ -1,0 +1,79 @@
+"""Labelled image data sets for zero-shot evaluation: ``imagefolder:PATH`` (one sub-folder per
+class), ``hf:NAME?image=COL&label=COL&split=test`` and ``tfds:NAME[:split]`` (needs tensorflow-datasets)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+import numpy as np
+from PIL import Image
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
+
+
+def load_labelled(spec: str, *, limit: int | None = None) -> tuple[list[Image.Image], np.ndarray, list[str]]:
+    """(RGB images, integer labels, the data set's own class folder/label names)."""
+    kind, sep, rest = spec.partition(":")
+    if not sep:
+        raise ValueError(f"Unknown data set spec {spec!r}; use imagefolder:PATH, hf:NAME?image=..&label=.. or "
+                         "tfds:NAME.")
+    if kind == "imagefolder":
+        return _image_folder(Path(rest), limit)
+    if kind == "hf":
+        return _hf(rest, limit)
+    if kind == "tfds":
+        return _tfds(rest, limit)
+    raise ValueError(f"Unknown data set kind {kind!r} in {spec!r}; use imagefolder:, hf: or tfds:.")
+
+
+def _image_folder(root: Path, limit: int | None):
+    from clip_jax.data.preprocess import load_image
+
+    if not root.is_dir():
+        raise FileNotFoundError(f"Image folder {root} does not exist.")
+    classes = sorted(p.name for p in root.iterdir() if p.is_dir())
+    files = [(f, i) for i, c in enumerate(classes) for f in sorted((root / c).rglob("*"))
+             if f.suffix.lower() in IMAGE_SUFFIXES]
+    if not files:
+        raise ValueError(f"Image folder {root} holds no images in class sub-folders ({len(classes)} folders found).")
+    files = files[:limit] if limit else files
+    return [load_image(f) for f, _ in files], np.array([i for _, i in files]), classes
+
+
+def _hf(rest: str, limit: int | None):
+    from urllib.parse import parse_qs
+
+    import datasets
+
+    name, _, query = rest.partition("?")
+    options = {k: v[-1] for k, v in parse_qs(query).items()}
+    image_col, label_col = options.get("image", "image"), options.get("label", "label")
+    split = options.get("split", "test")
+    saved = Path(name).is_dir() and any((Path(name) / f).exists() for f in ("state.json", "dataset_dict.json"))
+    data = datasets.load_from_disk(name) if saved else datasets.load_dataset(name, split=split)
+    if isinstance(data, datasets.DatasetDict):
+        data = data[split]
+    if limit:
+        data = data.select(range(min(limit, len(data))))
+    feature = data.features.get(label_col)
+    names = list(getattr(feature, "names", []) or [])
+    images = [img.convert("RGB") for img in data[image_col]]
+    return images, np.asarray(data[label_col]), names
+
+
+def _tfds(rest: str, limit: int | None):
+    try:
+        import tensorflow_datasets as tfds
+    except ImportError:
+        raise ImportError("tfds: data sets need `pip install tensorflow-datasets tensorflow`.") from None
+    name, _, split = rest.partition(":")
+    data, info = tfds.load(name, split=split or "test", with_info=True, as_supervised=True)
+    images, labels = [], []
+    for image, label in tfds.as_numpy(data.take(limit) if limit else data):
+        image = image if image.shape[-1] == 3 else np.repeat(image, 3, axis=-1)
+        images.append(Image.fromarray(image))
+        labels.append(int(label))
+    return images, np.asarray(labels), list(info.features["label"].names)
+
+

@@ -1,0 +1,94 @@
+"""The evaluation tasks behind eval.py: zero-shot classification, retrieval and embedding maps,
+for one or several models, with CLIP_benchmark-like result records."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+
+from clip_jax.evaluate.datasets import load_labelled
+from clip_jax.evaluate.retrieval import retrieval_metrics
+from clip_jax.evaluate.zeroshot import ClassEmbeddingCache, class_embeddings, fill, load_resource, zero_shot
+
+
+
+def load_model(spec: str, *, logit_scale: float | None = None):
+    """A model from a training workdir (latest checkpoint), a saved directory or a hub id."""
+    from clip_jax import CLIPModel
+
+    path = Path(spec)
+    if (path / "checkpoints").is_dir():
+        from clip_jax.train import model_from_checkpoint
+
+        model = model_from_checkpoint(spec)
+        if logit_scale is not None:
+            import math
+
+            import jax.numpy as jnp
+
+            model.module.logit_scale.set_value(jnp.asarray(math.log(logit_scale), jnp.float32))
+        return model
+    return CLIPModel.from_pretrained(spec, logit_scale=logit_scale)
+
+
+def _language(spec: str | None) -> str:
+    return spec.partition(":")[0] if spec and ":" in spec and len(spec.partition(":")[0]) == 2 else ""
+
+
+def run_zeroshot(model, model_name: str, dataset: str, classnames: str, templates: str, *,
+                 cache: ClassEmbeddingCache, limit: int | None = None, batch_size: int = 64) -> dict[str, Any]:
+    images, labels, _ = load_labelled(dataset, limit=limit)
+    names, prompts = load_resource(classnames, "classnames"), load_resource(templates, "templates")
+    metrics = zero_shot(model, images, labels, names, prompts, cache=cache, model_id=model_name,
+                        batch_size=batch_size)
+    return {"dataset": dataset, "model": model_name, "task": "zeroshot_classification",
+            "language": _language(templates), "metrics": metrics}
+
+
+def run_retrieval(model, model_name: str, data: str, *, limit: int | None = None,
+                  batch_size: int = 64) -> dict[str, Any]:
+    from clip_jax.data.pipeline import load_eval_examples
+
+    pixels, captions, skipped = load_eval_examples(data, model.image_processor, limit=limit)
+    texts = [c for caps in captions for c in caps]
+    text_image = [i for i, caps in enumerate(captions) for _ in caps]
+    metrics = retrieval_metrics(model.encode_image(pixels, batch_size=batch_size),
+                                model.encode_text(texts, batch_size=4 * batch_size), text_image, ks=(1, 5, 10))
+    renamed = {}
+    for key, value in metrics.items():  # CLIP_benchmark's names: image_retrieval = text->image
+        direction, metric = key.split("_", 1)
+        name, k = metric.split("@")
+        prefix = "image_retrieval" if direction == "t2i" else "text_retrieval"
+        renamed[f"{prefix}_{'mrr' if name == 'MRR' else 'recall'}@{k}"] = value
+    return {"dataset": data, "model": model_name, "task": "retrieval", "language": "",
+            "metrics": {**renamed, "images": len(pixels), "texts": len(texts), "skipped": int(sum(skipped.values()))}}
+
+
+def run_embedmap(model, model_name: str, dataset: str, classnames: str, templates: str, out: str, *,
+                 layers: bool = False, limit: int | None = None, method: str = "umap",
+                 batch_size: int = 64) -> dict[str, Any]:
+    from clip_jax.evaluate.embedmap import write_embedding_map
+
+    images, labels, _ = load_labelled(dataset, limit=limit)
+    names, prompts = load_resource(classnames, "classnames"), load_resource(templates, "templates")
+    image_embeds = model.encode_image(images, batch_size=batch_size)
+    single = model.encode_text([fill(prompts[0], c) for c in names])
+    mean = class_embeddings(model, names, prompts)
+    features = list(model.encode_image_layers(images, batch_size=batch_size)) if layers else []
+    files = write_embedding_map(image_embeds, labels, names, single, mean, out, layer_features=features,
+                                method=method, title=f"{Path(model_name).name}: {Path(dataset.partition(':')[2] or dataset).name}")
+    return {"dataset": dataset, "model": model_name, "task": "embedmap", "language": _language(templates),
+            "metrics": {"files": [str(f) for f in files], "images": len(images)}}
+
+
+def format_table(results: list[dict[str, Any]]) -> str:
+    """A plain-text comparison table: one row per (model, task, dataset), one column per metric."""
+    metrics = sorted({m for r in results for m, v in r["metrics"].items() if isinstance(v, float)})
+    header = ["model", "task", "dataset"] + metrics
+    rows = [[r["model"], r["task"], r["dataset"]] + [f"{r['metrics'][m]:.4f}" if m in r["metrics"] else ""
+                                                     for m in metrics] for r in results]
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
+    line = lambda cells: "  ".join(str(c).ljust(w) for c, w in zip(cells, widths))
+    return "\n".join([line(header), line(["-" * w for w in widths])] + [line(r) for r in rows])
+

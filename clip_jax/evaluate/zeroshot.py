@@ -1,0 +1,109 @@
+"""Zero-shot classification with prompt ensembles.
+
+A class's embedding is the mean of the L2-normalised embeddings of every template filled with its
+name, renormalised (OpenAI CLIP's prompt ensembling). Images are classified by scaled cosine.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from importlib import resources
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+PLACEHOLDER = re.compile(r"\{c?\}")
+BUILTIN = ("cifar10", "cifar100")
+
+
+def load_resource(spec: str, kind: str) -> list[str]:
+    """Class names or templates from ``LANG:NAME`` (built in: en/it x cifar10/cifar100), a JSON file
+    (``{"classnames": [...], "templates": [...]}``) or a text file (one per line)."""
+    lang, sep, name = spec.partition(":")
+    if sep and not os.path.exists(spec):
+        resource = resources.files("clip_jax.evaluate") / "resources" / f"{name}_{lang}.json"
+        if not resource.is_file():
+            raise ValueError(f"No built-in {kind} {spec!r}; built in: "
+                             f"{[f'{l}:{n}' for l in ('en', 'it') for n in BUILTIN]}. Or pass a JSON/text file.")
+        values = json.loads(resource.read_text())[kind]
+    else:
+        path = Path(spec)
+        if not path.is_file():
+            raise FileNotFoundError(f"{kind} file {spec} does not exist.")
+        if path.suffix == ".json":
+            data = json.loads(path.read_text())
+            if kind not in data:
+                raise ValueError(f"{spec} has no {kind!r} list.")
+            values = data[kind]
+        else:
+            values = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    if kind == "templates":
+        bad = [t for t in values if not PLACEHOLDER.search(t)]
+        if bad:
+            raise ValueError(f"Template(s) without a {{}} / {{c}} placeholder: {bad[:3]}.")
+    if not values:
+        raise ValueError(f"{spec} holds no {kind}.")
+    return list(values)
+
+
+def fill(template: str, classname: str) -> str:
+    return PLACEHOLDER.sub(lambda _: classname, template, count=1)
+
+
+class ClassEmbeddingCache:
+    """Class embeddings per (model, class names, templates), computed once, kept in memory and on disk."""
+
+    def __init__(self, directory: str | os.PathLike | None = None):
+        self.directory = Path(directory).expanduser() if directory else None
+        self.memory: dict[str, np.ndarray] = {}
+
+    def get(self, model, model_id: str, classnames: Sequence[str], templates: Sequence[str]) -> np.ndarray:
+        key = hashlib.sha1(json.dumps([model_id, list(classnames), list(templates)]).encode()).hexdigest()[:20]
+        if key in self.memory:
+            return self.memory[key]
+        path = self.directory / f"classes-{key}.npy" if self.directory else None
+        if path is not None and path.exists():
+            value = np.load(path)
+        else:
+            value = class_embeddings(model, classnames, templates)
+            if path is not None:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                np.save(path, value)
+        self.memory[key] = value
+        return value
+
+
+def class_embeddings(model, classnames: Sequence[str], templates: Sequence[str]) -> np.ndarray:
+    """``[classes, dim]``: per class, the renormalised mean of its normalised template embeddings."""
+    texts = [fill(t, c) for c in classnames for t in templates]
+    embeds = model.encode_text(texts).reshape(len(classnames), len(templates), -1)
+    mean = embeds.mean(axis=1)
+    return mean / np.linalg.norm(mean, axis=1, keepdims=True)
+
+
+def classification_metrics(logits: np.ndarray, labels: np.ndarray, num_classes: int) -> dict[str, float]:
+    """Top-1 and top-5 accuracy and mean per-class recall (classes with no example are left out)."""
+    labels = np.asarray(labels)
+    order = np.argsort(-logits, axis=1, kind="stable")
+    top1 = order[:, 0] == labels
+    top5 = (order[:, :5] == labels[:, None]).any(axis=1)
+    present = [c for c in range(num_classes) if (labels == c).any()]
+    recall = float(np.mean([top1[labels == c].mean() for c in present]))
+    return {"acc1": float(top1.mean()), "acc5": float(top5.mean()), "mean_per_class_recall": recall}
+
+
+def zero_shot(model, images: np.ndarray | Sequence, labels: Sequence[int], classnames: Sequence[str],
+              templates: Sequence[str], *, cache: ClassEmbeddingCache | None = None, model_id: str = "",
+              batch_size: int = 64) -> dict[str, float]:
+    """Zero-shot metrics of ``model`` on images with integer labels into ``classnames``."""
+    labels = np.asarray(labels)
+    if len(labels) and (labels.min() < 0 or labels.max() >= len(classnames)):
+        raise ValueError(f"Labels go up to {labels.max()} but there are only {len(classnames)} class names; "
+                         "the class list does not match the data set.")
+    classes = (cache or ClassEmbeddingCache()).get(model, model_id or str(id(model)), classnames, templates)
+    image_embeds = model.encode_image(images, batch_size=batch_size)
+    return classification_metrics(model.logit_scale * image_embeds @ classes.T, labels, len(classnames))

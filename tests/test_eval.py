@@ -1,0 +1,177 @@
+"""eval.py: retrieval and zero-shot metrics against brute-force NumPy, resources, embedding maps, errors."""
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from clip_jax import CLIPModel
+from clip_jax.evaluate.retrieval import retrieval_metrics
+from clip_jax.evaluate.zeroshot import (ClassEmbeddingCache, class_embeddings, classification_metrics,
+                                        load_resource)
+
+
+def brute_force_ranks(scores, correct):
+    """1-based position of the first correct candidate when candidates are sorted by descending score,
+    incorrect ones placed first among equal scores (pessimistic ties)."""
+    ranks = []
+    for row, good in zip(scores, correct):
+        order = sorted(range(len(row)), key=lambda j: (-row[j], bool(good[j])))
+        ranks.append(next(pos for pos, j in enumerate(order, 1) if good[j]))
+    return np.array(ranks)
+
+
+def test_retrieval_metrics_against_brute_force():
+    rs = np.random.RandomState(0)
+    images = rs.randn(7, 4)
+    text_image = np.array([0, 0, 1, 2, 2, 2, 3, 4, 5, 6, 6])  # several captions per image
+    texts = rs.randn(len(text_image), 4)
+    texts[3] = texts[4]  # a tie between two captions
+    images[5] = images[6]  # and between two images
+    scores = images @ texts.T
+    correct = text_image[None, :] == np.arange(7)[:, None]
+    got = retrieval_metrics(images, texts, text_image, ks=(1, 5, 10))
+    for direction, (s, c) in {"i2t": (scores, correct), "t2i": (scores.T, correct.T)}.items():
+        ranks = brute_force_ranks(s, c)
+        for k in (1, 5, 10):
+            assert got[f"{direction}_R@{k}"] == pytest.approx(np.mean(ranks <= k))
+            assert got[f"{direction}_MRR@{k}"] == pytest.approx(np.mean([1 / r if r <= k else 0 for r in ranks]))
+    with pytest.raises(ValueError, match="text->image indices"):
+        retrieval_metrics(images, texts, text_image[:-1])
+
+
+def test_classification_metrics_against_brute_force():
+    rs = np.random.RandomState(1)
+    logits, labels = rs.randn(50, 8), rs.randint(0, 7, 50)  # class 7 never occurs
+    got = classification_metrics(logits, labels, 8)
+    top1 = np.array([np.argmax(row) == y for row, y in zip(logits, labels)])
+    top5 = np.array([y in np.argsort(-row)[:5] for row, y in zip(logits, labels)])
+    recall = np.mean([top1[labels == c].mean() for c in range(7)])
+    assert got == pytest.approx({"acc1": top1.mean(), "acc5": top5.mean(), "mean_per_class_recall": recall})
+
+
+def test_resources(tmp_path):
+    assert load_resource("it:cifar10", "classnames")[3] == "gatto"
+    assert len(load_resource("en:cifar100", "classnames")) == 100
+    assert all("{}" in t for t in load_resource("it:cifar100", "templates"))
+    (tmp_path / "mine.json").write_text(json.dumps({"classnames": ["a", "b"], "templates": ["foto di {c}"]}))
+    assert load_resource(str(tmp_path / "mine.json"), "templates") == ["foto di {c}"]
+    (tmp_path / "bad.txt").write_text("una foto\n")
+    with pytest.raises(ValueError, match="without a"):
+        load_resource(str(tmp_path / "bad.txt"), "templates")
+    with pytest.raises(ValueError, match="No built-in classnames 'fr:cifar10'"):
+        load_resource("fr:cifar10", "classnames")
+
+
+@pytest.fixture(scope="module")
+def saved_model(checkpoints, tmp_path_factory):
+    model = CLIPModel.from_towers(vision=checkpoints["paths"]["vision"], text=checkpoints["paths"]["bert"],
+                                  projection_dim=16)
+    return model, str(model.save_pretrained(tmp_path_factory.mktemp("model") / "m"))
+
+
+def test_class_embeddings_are_renormalised_template_means(saved_model):
+    model, _ = saved_model
+    names, templates = ["gatto", "cane"], ["una foto di {}.", "il {} blu"]
+    manual = []
+    for name in names:
+        e = model.encode_text([t.replace("{}", name) for t in templates]).mean(axis=0)
+        manual.append(e / np.linalg.norm(e))
+    np.testing.assert_allclose(class_embeddings(model, names, templates), np.stack(manual), atol=1e-6)
+
+
+def test_class_embedding_cache_computes_once(saved_model, tmp_path):
+    model, _ = saved_model
+    calls = []
+    original = model.encode_text
+    model.encode_text = lambda texts, **kw: calls.append(len(texts)) or original(texts, **kw)
+    try:
+        cache = ClassEmbeddingCache(tmp_path)
+        first = cache.get(model, "m", ["gatto"], ["una foto di {}."])
+        again = ClassEmbeddingCache(tmp_path).get(model, "m", ["gatto"], ["una foto di {}."])
+    finally:
+        model.encode_text = original
+    assert calls == [1] and np.array_equal(first, again)
+
+
+def image_folder(root, classes=("rosso", "verde", "blu"), per_class=4):
+    colours = {"rosso": (220, 30, 30), "verde": (30, 170, 40), "blu": (30, 60, 220)}
+    for name in classes:
+        (root / name).mkdir(parents=True)
+        for i in range(per_class):
+            Image.new("RGB", (40 + i, 36), colours[name]).save(root / name / f"{i}.png")
+    return root
+
+
+def test_eval_cli_zeroshot_two_models_and_json(saved_model, tmp_path, capsys):
+    import eval as eval_cli
+
+    _, path = saved_model
+    folder = image_folder(tmp_path / "folder")
+    (tmp_path / "classes.json").write_text(json.dumps({"classnames": ["rosso", "verde", "blu"],
+                                                       "templates": ["una foto {}.", "un quadrato {}"]}))
+    results = eval_cli.main(["--model", path, "--model", path, "--task", "zeroshot", "--dataset",
+                             f"imagefolder:{folder}", "--classnames", str(tmp_path / "classes.json"),
+                             "--templates", str(tmp_path / "classes.json"), "--output", str(tmp_path / "r.json"),
+                             "--cache_dir", str(tmp_path / "cache")])
+    assert len(results) == 2 and results[0]["metrics"] == results[1]["metrics"]
+    assert set(results[0]["metrics"]) == {"acc1", "acc5", "mean_per_class_recall"}
+    assert results[0]["metrics"]["acc5"] == 1.0  # 3 classes: always in the top 5
+    saved = json.loads((tmp_path / "r.json").read_text())
+    assert saved[0]["task"] == "zeroshot_classification" and saved[0]["dataset"] == f"imagefolder:{folder}"
+    assert "mean_per_class_recall" in capsys.readouterr().out
+
+
+def test_eval_cli_retrieval(saved_model, tmp_path):
+    import eval as eval_cli
+
+    _, path = saved_model
+    folder = image_folder(tmp_path / "folder", per_class=2)
+    rows = [{"image_path": str(p), "captions": [f"un quadrato {p.parent.name}", "una foto"]}
+            for p in sorted(folder.rglob("*.png"))]
+    (tmp_path / "val.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    result = eval_cli.main(["--model", path, "--task", "retrieval", "--data", str(tmp_path / "val.jsonl")])[0]
+    m = result["metrics"]
+    assert m["images"] == 6 and m["texts"] == 12
+    assert m["text_retrieval_recall@10"] == 1.0 and 0 <= m["image_retrieval_mrr@1"] <= 1
+
+
+def test_embedding_maps(saved_model, tmp_path):
+    pytest.importorskip("matplotlib")
+    from clip_jax.evaluate.run import run_embedmap
+
+    model, path = saved_model
+    folder = image_folder(tmp_path / "folder", per_class=6)
+    (tmp_path / "c.json").write_text(json.dumps({"classnames": ["blu", "rosso", "verde"], "templates": ["{}"]}))
+    for method in ("pca", "umap"):
+        if method == "umap":
+            pytest.importorskip("umap")
+        result = run_embedmap(model, path, f"imagefolder:{folder}", str(tmp_path / "c.json"), str(tmp_path / "c.json"),
+                              str(tmp_path / f"{method}.png"), layers=True, method=method)
+        png = tmp_path / f"{method}.png"
+        assert str(png) in result["metrics"]["files"]
+        with Image.open(png) as image:
+            assert image.size[0] > 1000  # 1 + 3 panels (embeddings, 2 layers + input) side by side
+    layers = model.encode_image_layers([Image.new("RGB", (32, 32))])
+    assert layers.shape == (1 + model.module.vision.config.num_hidden_layers, 1, model.module.vision.config.hidden_size)
+
+
+def test_bad_inputs(saved_model, tmp_path):
+    from clip_jax.evaluate.datasets import load_labelled
+    from clip_jax.evaluate.run import load_model
+    from clip_jax.evaluate.zeroshot import zero_shot
+    from clip_jax.weights import CheckpointError
+
+    model, _ = saved_model
+    with pytest.raises(ValueError, match="Unknown data set"):
+        load_labelled("folder:/x")
+    (tmp_path / "empty" / "a").mkdir(parents=True)
+    with pytest.raises(ValueError, match="holds no images"):
+        load_labelled(f"imagefolder:{tmp_path / 'empty'}")
+    folder = image_folder(tmp_path / "f")
+    images, labels, _ = load_labelled(f"imagefolder:{folder}")
+    with pytest.raises(ValueError, match="only 2 class names"):
+        zero_shot(model, images, labels, ["a", "b"], ["{}"])
+    with pytest.raises(CheckpointError, match="No such checkpoint directory"):
+        load_model(str(tmp_path / "missing" / "model"))
