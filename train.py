@@ -38,6 +38,10 @@ def main(argv):
     summary = train(FLAGS.config, workdir)
     import jax
 
+    if jax.process_index() == 0 and FLAGS.config.data.source == "shapes" and not summary["preempted"]:
+        from clip_jax.demo import report
+
+        summary["demo"] = report(FLAGS.config, workdir)
     if jax.process_index() == 0:
         print(f"\nDone: step {summary['step']} ({summary['phase']}), preempted={summary['preempted']}.")
         for key, value in (summary.get("val") or {}).items():

@@ -79,10 +79,19 @@ class ClassEmbeddingCache:
 
 def class_embeddings(model, classnames: Sequence[str], templates: Sequence[str]) -> np.ndarray:
     """``[classes, dim]``: per class, the renormalised mean of its normalised template embeddings."""
-    texts = [fill(t, c) for c in classnames for t in templates]
-    embeds = model.encode_text(texts).reshape(len(classnames), len(templates), -1)
-    mean = embeds.mean(axis=1)
-    return mean / np.linalg.norm(mean, axis=1, keepdims=True)
+    return ensemble_embeddings(model, [[fill(t, c) for t in templates] for c in classnames])
+
+
+def ensemble_embeddings(model, texts_per_class: Sequence[Sequence[str]]) -> np.ndarray:
+    """``[classes, dim]``: per class, the renormalised mean of the normalised embeddings of its texts."""
+    flat = [t for texts in texts_per_class for t in texts]
+    embeds = model.encode_text(flat)
+    out, start = [], 0
+    for texts in texts_per_class:
+        mean = embeds[start:start + len(texts)].mean(axis=0)
+        out.append(mean / np.linalg.norm(mean))
+        start += len(texts)
+    return np.stack(out)
 
 
 def classification_metrics(logits: np.ndarray, labels: np.ndarray, num_classes: int) -> dict[str, float]:
