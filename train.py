@@ -38,7 +38,9 @@ def main(argv):
     summary = train(FLAGS.config, workdir)
     import jax
 
-    if jax.process_index() == 0 and FLAGS.config.data.source == "shapes" and not summary["preempted"]:
+    # The demo report reloads the checkpoint on one process; in a multi-process run orbax would wait for
+    # the others, so it is skipped there.
+    if jax.process_count() == 1 and FLAGS.config.data.source == "shapes" and not summary["preempted"]:
         from clip_jax.demo import report
 
         summary["demo"] = report(FLAGS.config, workdir)

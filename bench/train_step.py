@@ -18,7 +18,6 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import nnx
 
 from bench.common import machine, matmul_peak, time_calls, write_result
 from clip_jax import CLIPModel
@@ -94,7 +93,7 @@ def main() -> None:
         flops = step_flops(VISION[args.vision], args.batch, args.tokens, phase)
         result["phases"][phase] = {"step_s": seconds, "times": times, "images_per_s": args.batch / seconds,
                                    "analytic_tflop_per_step": flops / 1e12, "mfu": flops / seconds / peak}
-        del holder, state
+
     result["phase2_over_phase1_step_time"] = result["phases"][2]["step_s"] / result["phases"][1]["step_s"]
     write_result(args.name, result)
 

@@ -63,6 +63,33 @@ def _tower(source: TowerSource, kind: str, **kwargs: Any) -> LoadedTower:
     return build_tower(source, kind, **kwargs)
 
 
+def dual_encoder_builder(raw_config: dict[str, Any], *, dtype: jnp.dtype | None = None,
+                         param_dtype: jnp.dtype = jnp.float32, has_logit_bias: bool = False, source: str = ""):
+    """From a dual encoder's ``config.json``: a function building the (random) :class:`DualEncoder`,
+    and each tower's (architecture, key prefix of its composite)."""
+    if raw_config.get("model_type") == CLIP_JAX_MODEL_TYPE:
+        raw_config = dict(raw_config, model_type="vision-text-dual-encoder")  # our own format: same layout
+    if raw_config.get("model_type") not in COMPOSITES:
+        raise CheckpointError(
+            f"{source} holds a {raw_config.get('model_type')!r} model, not a dual encoder "
+            f"({sorted(COMPOSITES)}). To pair two towers, use CLIPModel.from_towers(vision=..., text=...).")
+    hf = normalised_config(raw_config)
+    extra = raw_config.get("clip_jax", {})
+    (v_arch, v_cfg, v_outer), (t_arch, t_cfg, t_outer) = (tower_config(hf, k) for k in ("vision", "text"))
+    bias = extra.get("logit_bias_init")
+    if has_logit_bias and bias is None:
+        bias = 0.0
+
+    def build() -> DualEncoder:
+        return DualEncoder(
+            tower_builder(v_arch, v_cfg, dtype, param_dtype)(), tower_builder(t_arch, t_cfg, dtype, param_dtype)(),
+            projection_dim=int(hf.get("projection_dim", 512)), text_pooling=extra.get("text_pooling", "pooler"),
+            logit_scale_init=float(hf.get("logit_scale_init_value", LOGIT_SCALE_INIT)), logit_bias_init=bias,
+            dtype=dtype, param_dtype=param_dtype, rngs=nnx.Rngs(0))
+
+    return build, (v_arch, v_outer), (t_arch, t_outer)
+
+
 class CLIPModel:
     """A CLIP-style dual encoder with its tokenizer and image processor.
 
@@ -126,31 +153,13 @@ class CLIPModel:
         model trained with a fixed scale of 20, as CLIP-Italian).
         """
         directory = resolve_checkpoint(path_or_id, revision=revision)
-        raw = read_config(directory)
-        if raw.get("model_type") == CLIP_JAX_MODEL_TYPE:
-            raw = dict(raw, model_type="vision-text-dual-encoder")  # our own format: same layout
-        if raw.get("model_type") not in COMPOSITES:
-            raise CheckpointError(
-                f"{directory} holds a {raw.get('model_type')!r} model, not a dual encoder "
-                f"({sorted(COMPOSITES)}). To pair two towers, use CLIPModel.from_towers(vision=..., text=...).")
-        hf = normalised_config(raw)
-        extra = raw.get("clip_jax", {})
         state_dict = read_state_dict(directory)
-        (v_arch, v_cfg, v_outer), (t_arch, t_cfg, t_outer) = (tower_config(hf, k) for k in ("vision", "text"))
+        build, (v_arch, v_outer), (t_arch, t_outer) = dual_encoder_builder(
+            read_config(directory), dtype=dtype, param_dtype=param_dtype, has_logit_bias="logit_bias" in state_dict,
+            source=str(directory))
         v_prefix = detect_prefix(state_dict, v_arch, v_outer, source=str(directory))
         t_prefix = detect_prefix(state_dict, t_arch, t_outer, source=str(directory))
         key_map = dual_encoder_key_map(v_arch.key_map, t_arch.key_map, v_prefix, t_prefix)
-        bias = extra.get("logit_bias_init")
-        if "logit_bias" in state_dict and bias is None:
-            bias = 0.0
-
-        def build() -> DualEncoder:
-            return DualEncoder(
-                tower_builder(v_arch, v_cfg, dtype, param_dtype)(), tower_builder(t_arch, t_cfg, dtype, param_dtype)(),
-                projection_dim=int(hf.get("projection_dim", 512)), text_pooling=extra.get("text_pooling", "pooler"),
-                logit_scale_init=float(hf.get("logit_scale_init_value", LOGIT_SCALE_INIT)), logit_bias_init=bias,
-                dtype=dtype, param_dtype=param_dtype, rngs=nnx.Rngs(0))
-
         ignore = tuple(re.escape(v_prefix) + p for p in v_arch.ignore) + tuple(
             re.escape(t_prefix) + p for p in t_arch.ignore)
         module = load_params(build, state_dict, key_map, ignore=ignore,

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 from pathlib import Path
 
 from clip_jax.hub import DEFAULT_MAX_SHARD_SIZE, model_card, push_to_hub

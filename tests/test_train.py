@@ -17,7 +17,7 @@ from clip_jax.sharding import MeshError
 from clip_jax.train import Trainer, TrainingDiverged
 from clip_jax.weights import flat_params
 
-from train_helpers import REPO, losses, run, subprocess_env, tiny_config, train_command
+from train_helpers import losses, run, subprocess_env, tiny_config, train_command
 
 
 def params_of(trainer):
@@ -32,6 +32,9 @@ def test_one_step_on_8_devices_equals_1_device(tmp_path):
         config = tiny_config(tmp_path / "cache", **{"train.phases": ("finetune",)})
         config.mesh.axes = axes
         config.phases.finetune.steps = 1
+        # Adam's first step is lr * sign(g): for parameters whose gradient is ~0, float rounding noise
+        # would flip the sign. A larger eps makes the update proportional to g, so the comparison is meaningful.
+        config.train.eps = 1e-3
         trainer = Trainer(config, str(tmp_path / name), devices=devices)
         summary = trainer.run()
         assert summary["step"] == 1

@@ -22,7 +22,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from clip_jax.data.preprocess import ImageProcessorConfig, preprocess_image, to_rgb
-from clip_jax.data.sources import FileSource, HFSource, WebDatasetSource, parse_mixture, parse_source
+from clip_jax.data.sources import HFSource, WebDatasetSource, parse_mixture, parse_source
 
 logger = logging.getLogger(__name__)
 

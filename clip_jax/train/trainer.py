@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
 import signal
 import time
 from pathlib import Path
@@ -30,7 +29,7 @@ from clip_jax.data.pipeline import BadDataMonitor, ExampleStream, TrainBatches, 
 from clip_jax.data.preprocess import ImageProcessorConfig, preprocess_images
 from clip_jax.data.shapes import ShapesSpec, load_or_generate, vocabulary
 from clip_jax.evaluate.retrieval import retrieval_metrics
-from clip_jax.models.dual_encoder import DualEncoder, l2_normalize
+from clip_jax.models.dual_encoder import l2_normalize
 from clip_jax.sharding import batch_sharding, check_batch_size, make_mesh, shard_params
 from clip_jax.train.checkpoint import Checkpointer
 from clip_jax.train.logging import MetricsLogger, progress_bar
@@ -129,6 +128,16 @@ def build_data(config: ConfigDict, model: CLIPModel, tokenize) -> tuple[Any, Eva
     raise ValueError(f"Unknown data.source {d.source!r}; choose 'shapes' (offline demo) or 'files'.")
 
 
+def phase_optimizer(config: ConfigDict, phase: ConfigDict, params: Any):
+    """The optimizer (and per-group schedules) of one phase (``config.phases[name]``) over ``params``."""
+    t = config.train
+    return make_optimizer(params, groups=[tuple(g) for g in t.param_groups],
+                          learning_rates=phase.learning_rates.to_dict(), steps=int(phase.steps),
+                          warmup_steps=phase.warmup_steps, decay=phase.decay, end_factor=phase.end_factor,
+                          optimizer=t.optimizer, settings=dict(b1=t.b1, b2=t.b2, eps=t.eps, weight_decay=t.weight_decay,
+                                                               grad_clip_norm=t.grad_clip_norm, agc_clip=t.agc_clip))
+
+
 @dataclasses.dataclass
 class Phase:
     name: str
@@ -184,12 +193,7 @@ class Trainer:
         return self.phases[-1]
 
     def _optimizer(self, phase: Phase, params: nnx.State):
-        t, p = self.config.train, phase.settings
-        return make_optimizer(params, groups=t.param_groups, learning_rates=p.learning_rates.to_dict(),
-                              steps=phase.steps, warmup_steps=p.warmup_steps, decay=p.decay,
-                              end_factor=p.end_factor, optimizer=t.optimizer,
-                              settings=dict(b1=t.b1, b2=t.b2, eps=t.eps, weight_decay=t.weight_decay,
-                                            grad_clip_norm=t.grad_clip_norm, agc_clip=t.agc_clip))
+        return phase_optimizer(self.config, phase.settings, params)
 
     def _state_sharding(self, abstract: TrainState) -> TrainState:
         rules = [tuple(r) for r in self.config.mesh.rules]
@@ -384,27 +388,17 @@ def _in_main_thread() -> bool:
 def model_from_checkpoint(workdir: str, step: int | None = None) -> CLIPModel:
     """The model saved in a training workdir's checkpoint (latest, or ``step``), with its tokenizer and
     image processor. Needs no network: the architecture comes from ``<workdir>/model/config.json``."""
-    from clip_jax.models.registry import normalised_config, tower_builder, tower_config
+    from clip_jax.clip_model import dual_encoder_builder
 
     workdir_path = Path(workdir)
     for needed in ("config.json", "model/config.json"):
         if not (workdir_path / needed).is_file():
             raise FileNotFoundError(f"{workdir} is not a clip_jax training workdir: {needed} is missing.")
     config = ConfigDict(json.loads((workdir_path / "config.json").read_text()))
-    hub = json.loads((workdir_path / "model" / "config.json").read_text())
-    hub = dict(hub, model_type="vision-text-dual-encoder")
-    normal = normalised_config(hub)
-    (v_arch, v_cfg, _), (t_arch, t_cfg, _) = (tower_config(normal, k) for k in ("vision", "text"))
     m = config.model
-    dtype, param_dtype = (None if m.dtype == "float32" else _dtype(m.dtype)), _dtype(m.param_dtype)
-    extra = hub.get("clip_jax", {})
-
-    def build():
-        return DualEncoder(tower_builder(v_arch, v_cfg, dtype, param_dtype)(),
-                           tower_builder(t_arch, t_cfg, dtype, param_dtype)(), projection_dim=hub["projection_dim"],
-                           text_pooling=extra.get("text_pooling", "pooler"), logit_bias_init=extra.get("logit_bias_init"),
-                           dtype=dtype, param_dtype=param_dtype, rngs=nnx.Rngs(0))
-
+    build, _, _ = dual_encoder_builder(json.loads((workdir_path / "model" / "config.json").read_text()),
+                                       dtype=None if m.dtype == "float32" else _dtype(m.dtype),
+                                       param_dtype=_dtype(m.param_dtype), source=str(workdir_path / "model"))
     checkpointer = Checkpointer(workdir, keep=1_000_000, use_async=False)
     step = step if step is not None else checkpointer.latest_step()
     if step is None:
@@ -413,12 +407,7 @@ def model_from_checkpoint(workdir: str, step: int | None = None) -> CLIPModel:
     phase = config.phases[meta["phase"]]
     abstract = nnx.eval_shape(build)
     graphdef, params, frozen = split_trainable(abstract, phase.trainable)
-    t = config.train
-    tx, _ = make_optimizer(params, groups=[tuple(g) for g in t.param_groups],
-                           learning_rates=phase.learning_rates.to_dict(), steps=phase.steps,
-                           warmup_steps=phase.warmup_steps, decay=phase.decay, end_factor=phase.end_factor,
-                           optimizer=t.optimizer, settings=dict(b1=t.b1, b2=t.b2, eps=t.eps, weight_decay=t.weight_decay,
-                                                                grad_clip_norm=t.grad_clip_norm, agc_clip=t.agc_clip))
+    tx, _ = phase_optimizer(config, phase, params)
     single = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
     target = jax.eval_shape(lambda p, f: TrainState(step=jnp.zeros((), jnp.int32), params=p, frozen=f,
                                                     opt_state=tx.init(p), rng=initial_rng(0)), params, frozen)
