@@ -52,26 +52,20 @@ def step_flops(vision: dict, batch: int, tokens: int, phase: int, projection: in
     return batch * (multiplier * towers + 3 * (heads + loss))
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--vision", default="B/32", choices=sorted(VISION))
-    parser.add_argument("--batch", type=int, default=16)
-    parser.add_argument("--tokens", type=int, default=64)
-    parser.add_argument("--steps", type=int, default=3)
-    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
-    parser.add_argument("--name", default="train_step_cpu")
-    args = parser.parse_args()
-    compute = jnp.bfloat16 if args.dtype == "bfloat16" else None
-    model = CLIPModel.from_towers(vision=dict(model_type="clip_vision_model", **VISION[args.vision]),
+def measure(vision: str = "B/32", batch: int = 16, tokens: int = 64, steps: int = 3,
+            dtype: str = "float32") -> dict:
+    """Median step time, images/s and MFU of phase 1 and phase 2 for clip_jax."""
+    compute = jnp.bfloat16 if dtype == "bfloat16" else None
+    model = CLIPModel.from_towers(vision=dict(model_type="clip_vision_model", **VISION[vision]),
                                   text=BERT_BASE, projection_dim=512, dtype=compute)
     mesh = make_mesh({"data": -1})
     rs = np.random.RandomState(0)
-    batch = {"pixel_values": rs.randn(args.batch, 224, 224, 3).astype(np.float32),
-             "input_ids": rs.randint(1000, 30000, (args.batch, args.tokens)).astype(np.int32),
-             "attention_mask": np.ones((args.batch, args.tokens), np.int32)}
-    batch = jax.device_put(batch, batch_sharding(mesh))
+    data = {"pixel_values": rs.randn(batch, 224, 224, 3).astype(np.float32),
+            "input_ids": rs.randint(1000, 30000, (batch, tokens)).astype(np.int32),
+            "attention_mask": np.ones((batch, tokens), np.int32)}
+    data = jax.device_put(data, batch_sharding(mesh))
     peak = matmul_peak(jnp.bfloat16 if compute is not None else jnp.float32)
-    result = {"machine": machine(), "args": vars(args), "matmul_peak_tflops": peak / 1e12, "phases": {}}
+    result = {"matmul_peak_tflops": peak / 1e12, "phases": {}}
     for phase, trainable in ((1, HEAD), (2, ".*")):
         graphdef, params, frozen = split_trainable(model.module, trainable)
         groups = (("head", HEAD), ("vision", r"vision\..*"), ("text", r"text\..*"))
@@ -85,16 +79,29 @@ def main() -> None:
         holder = {"state": state}
 
         def call():
-            holder["state"], metrics = step(holder["state"], batch)
+            holder["state"], metrics = step(holder["state"], data)
             return metrics
 
-        times = time_calls(call, args.steps, warmup=1)
+        times = time_calls(call, steps, warmup=1)
         seconds = float(np.median(times))
-        flops = step_flops(VISION[args.vision], args.batch, args.tokens, phase)
-        result["phases"][phase] = {"step_s": seconds, "times": times, "images_per_s": args.batch / seconds,
+        flops = step_flops(VISION[vision], batch, tokens, phase)
+        result["phases"][phase] = {"step_s": seconds, "times": times, "images_per_s": batch / seconds,
                                    "analytic_tflop_per_step": flops / 1e12, "mfu": flops / seconds / peak}
-
     result["phase2_over_phase1_step_time"] = result["phases"][2]["step_s"] / result["phases"][1]["step_s"]
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--vision", default="B/32", choices=sorted(VISION))
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--tokens", type=int, default=64)
+    parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    parser.add_argument("--name", default="train_step_cpu")
+    args = parser.parse_args()
+    result = {"machine": machine(), "args": vars(args)}
+    result.update(measure(args.vision, args.batch, args.tokens, args.steps, args.dtype))
     write_result(args.name, result)
 
 

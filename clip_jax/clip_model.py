@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from PIL import Image
 
 from clip_jax.data.preprocess import ImageProcessorConfig, preprocess_images
@@ -237,6 +238,20 @@ class CLIPModel:
         """The temperature's scale, ``exp(logit_scale)`` clamped at 100."""
         return float(self.module.scale())
 
+    @property
+    def mesh(self) -> Mesh:
+        """Local devices on one ``data`` axis: embedding batches are split over them."""
+        if not hasattr(self, "_mesh"):
+            devices = jax.local_devices() if jax.process_count() == 1 else jax.local_devices()[:1]
+            self._mesh = Mesh(np.array(devices), ("data",))
+        return self._mesh
+
+    def _put_batch(self, array: np.ndarray) -> jax.Array:
+        return jax.device_put(array, NamedSharding(self.mesh, P("data")))
+
+    def _put_state(self, state: Any) -> Any:
+        return jax.device_put(state, NamedSharding(self.mesh, P()))
+
     def _compiled(self, name: str) -> Callable:
         if name not in self._jitted:
             graphdef = nnx.graphdef(self.module)
@@ -246,7 +261,10 @@ class CLIPModel:
         return self._jitted[name]
 
     def _bucket(self, n: int, batch_size: int) -> int:
-        return min(batch_size, _next_power_of_two(n))
+        """Padded batch size: a power of two (at most ``batch_size``), a multiple of the device count."""
+        devices = self.mesh.size
+        size = min(batch_size, _next_power_of_two(n))
+        return -(-max(size, n) // devices) * devices
 
     def encode_image(self, images: Sequence[Image.Image] | np.ndarray, *, batch_size: int = 64) -> np.ndarray:
         """L2-normalised image embeddings ``[N, projection_dim]`` float32.
@@ -258,7 +276,7 @@ class CLIPModel:
         is_float = isinstance(images, np.ndarray) and np.issubdtype(images.dtype, np.floating)
         if is_float and images.shape[1:] != (size, size, 3):
             raise ValueError(f"Preprocessed images must be float [N, {size}, {size}, 3]; got {images.shape}.")
-        state = nnx.state(self.module)
+        state = self._put_state(nnx.state(self.module))
         fn = self._compiled("image")
         out = []
         for start in range(0, len(images), batch_size):
@@ -268,7 +286,7 @@ class CLIPModel:
             n = len(pixels)
             padded = np.zeros((self._bucket(n, batch_size), *pixels.shape[1:]), np.float32)
             padded[:n] = pixels
-            out.append(np.asarray(fn(state, jnp.asarray(padded)))[:n])
+            out.append(np.asarray(fn(state, self._put_batch(padded)))[:n])
         return np.concatenate(out) if out else np.zeros((0, self.module.projection_dim), np.float32)
 
     def encode_image_layers(self, images: Sequence[Image.Image] | np.ndarray, *, batch_size: int = 64) -> np.ndarray:
@@ -282,7 +300,7 @@ class CLIPModel:
                 return jnp.stack([h[:, 0] for h in out.hidden_states]).astype(jnp.float32)
 
             self._jitted["layers"] = jax.jit(layers)
-        fn, state = self._jitted["layers"], nnx.state(self.module.vision)
+        fn, state = self._jitted["layers"], self._put_state(nnx.state(self.module.vision))
         out = []
         for start in range(0, len(images), batch_size):
             chunk = images[start:start + batch_size]
@@ -291,7 +309,7 @@ class CLIPModel:
             n = len(pixels)
             padded = np.zeros((self._bucket(n, batch_size), *pixels.shape[1:]), np.float32)
             padded[:n] = pixels
-            out.append(np.asarray(fn(state, jnp.asarray(padded)))[:, :n])
+            out.append(np.asarray(fn(state, self._put_batch(padded)))[:, :n])
         return np.concatenate(out, axis=1)
 
     def tokenize(self, texts: Sequence[str], *, fixed_length: bool = False) -> dict[str, np.ndarray]:
@@ -317,7 +335,7 @@ class CLIPModel:
 
     def encode_text(self, texts: Sequence[str], *, batch_size: int = 256) -> np.ndarray:
         """L2-normalised text embeddings ``[N, projection_dim]`` float32, tokenised with the text tower's tokenizer."""
-        state = nnx.state(self.module)
+        state = self._put_state(nnx.state(self.module))
         fn = self._compiled("text")
         out = []
         for start in range(0, len(texts), batch_size):
@@ -328,6 +346,6 @@ class CLIPModel:
             mask = np.zeros((rows, length), np.int32)
             ids[:n], mask[:n] = enc["input_ids"], enc["attention_mask"]
             mask[n:, 0] = 1  # padding rows attend to one token so nothing divides by zero
-            out.append(np.asarray(fn(state, jnp.asarray(ids), jnp.asarray(mask)))[:n])
+            out.append(np.asarray(fn(state, self._put_batch(ids), self._put_batch(mask)))[:n])
         return np.concatenate(out) if out else np.zeros((0, self.module.projection_dim), np.float32)
 

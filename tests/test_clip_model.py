@@ -256,3 +256,13 @@ def test_sharded_export_loads_in_transformers(model, tmp_path):
     assert np.abs(embeds - model.encode_image(images)).max() <= 1e-4
     again = CLIPModel.from_pretrained(tmp_path)
     np.testing.assert_array_equal(again.encode_image(images), model.encode_image(images))
+
+
+def test_embedding_batches_are_split_over_the_local_devices(model):
+    assert model.mesh.size == jax.device_count() == 8  # conftest: 8 fake CPU devices
+    assert [model._bucket(n, 64) for n in (1, 5, 9, 64, 70)] == [8, 8, 16, 64, 72]
+    from clip_jax.data import preprocess_images
+
+    single = model.module.image_features(jnp.asarray(preprocess_images(photos(3), model.image_processor)))
+    single = np.asarray(single) / np.linalg.norm(np.asarray(single), axis=1, keepdims=True)
+    np.testing.assert_allclose(model.encode_image(photos(3)), single, atol=1e-5)

@@ -199,11 +199,13 @@ class ExampleStream:
         sources = [(_source(spec, keys), weight) for spec, weight in mixture]
         self.name = ", ".join(spec for spec, _ in mixture)
         streaming = [s for s, _ in sources if isinstance(s, WebDatasetSource) or getattr(s, "streaming", False)]
+        if streaming and len(sources) > 1:  # weighted interleaving of one stream per source
+            streams = [ExampleStream(spec, transform, seed=seed + i, process_index=process_index,
+                                     process_count=process_count, workers=workers, image_key=image_key,
+                                     caption_key=caption_key) for i, (spec, _) in enumerate(mixture)]
+            self._wds, self._iter = _MixedStream(streams, [w for _, w in mixture], seed), None
+            return
         if streaming:
-            if len(sources) > 1:
-                raise ValueError("Mixing streaming sources (WebDataset shards, streaming HF datasets) with others "
-                                 "is not supported yet; convert listings with python -m clip_jax.data.to_webdataset "
-                                 "and pass one shard pattern.")
             self._wds = _SequentialStream(sources[0][0], transform, seed, process_index, process_count, workers)
             self._iter = None
             return
@@ -230,6 +232,30 @@ class ExampleStream:
             self._wds.set_state(state)
         else:
             self._iter.set_state(state["grain"])
+
+
+class _MixedStream:
+    """Interleaves several example streams, drawing the source of each example with probability
+    proportional to its weight from a generator seeded by (seed, draw number): deterministic, resumable."""
+
+    def __init__(self, streams: list, weights: Sequence[float], seed: int):
+        total = float(sum(weights))
+        if total <= 0 or any(w < 0 for w in weights):
+            raise ValueError(f"Mixture weights must be non-negative and not all zero; got {list(weights)}.")
+        self.streams, self.probabilities, self.seed, self.draws = streams, np.asarray(weights) / total, seed, 0
+
+    def __next__(self) -> Any:
+        choice = np.random.default_rng([self.seed, 7919, self.draws]).choice(len(self.streams), p=self.probabilities)
+        self.draws += 1
+        return next(self.streams[choice])
+
+    def get_state(self) -> dict:
+        return {"mixed": {"draws": self.draws, "streams": [s.get_state() for s in self.streams]}}
+
+    def set_state(self, state: dict) -> None:
+        self.draws = int(state["mixed"]["draws"])
+        for stream, sub in zip(self.streams, state["mixed"]["streams"]):
+            stream.set_state(sub)
 
 
 class _SequentialStream:
