@@ -103,7 +103,7 @@ def model_card(*, config: Mapping[str, Any], language: str | None = None, licens
              f"A {vision.get('model_type')} vision tower ({vision.get('hidden_size')}-d, patch "
              f"{vision.get('patch_size')}, {vision.get('image_size')} px) and a {text.get('model_type')} text "
              f"tower ({text.get('hidden_size')}-d), each projected to {config.get('projection_dim')} dimensions, "
-             "trained contrastively with [clip_jax](https://github.com/) "
+             "trained contrastively with clip_jax "
              "(frozen-backbone warm-up of the projections, then full fine-tuning).", ""]
     if bases:
         lines += ["Initialised from: " + ", ".join(f"`{b}`" for b in bases) + ".", ""]
