@@ -56,7 +56,8 @@ def base_config() -> ConfigDict:
         val_limit=5000,  # at most this many validation images (0: all)
         image_key="",  # column/key names; default: the first of image_path, filepath, image, file_name
         caption_key="",  # default: the first of captions, caption, title, text
-        workers=4,  # decoding threads per process
+        workers=4,  # decoding threads per process (per worker process, if any)
+        worker_processes=0,  # >0: decode in this many worker processes per JAX process (not bound by one GIL)
         crop_scale=(0.9, 1.0),  # random resized crop: range of the crop's area fraction
         horizontal_flip=False,  # off by default: captions say "a sinistra"
         max_bad_fraction=0.1,  # stop if more of the examples than this are unusable

@@ -25,6 +25,7 @@ def get_config():
     c.model.max_length = 95
     c.model.logit_scale_init = math.log(20.0)  # fixed: logit_scale is in no phase's trainable set below
     c.data.source = "files"
+    c.data.worker_processes = 8  # a TPU v3-8 host has 96 vCPUs; ~500 JPEG decodes/s per core at 224 px
     c.train.batch_size = 1024  # 128 per TPU v3 core x 8
     c.train.optimizer = "adabelief"
     c.train.agc_clip = 0.1

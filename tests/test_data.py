@@ -83,9 +83,9 @@ def test_webdataset_member_names_are_not_paths(tmp_path):
     assert not (tmp_path.parent.parent / "escape.png").exists()
 
 
-def stream(spec, process_index=0, process_count=1, seed=0, train=True):
+def stream(spec, process_index=0, process_count=1, seed=0, train=True, worker_processes=0):
     return ExampleStream(spec, Transform(PROCESSOR, train=train), seed=seed, process_index=process_index,
-                         process_count=process_count, workers=2)
+                         process_count=process_count, workers=2, worker_processes=worker_processes)
 
 
 def captions_of(examples):
@@ -135,6 +135,54 @@ def test_resume_yields_exactly_the_next_batches(tmp_path, kind):
     for want, got in zip(expected, (next(resumed) for _ in range(3))):
         np.testing.assert_array_equal(got["pixel_values"], want["pixel_values"])
         np.testing.assert_array_equal(got["input_ids"], want["input_ids"])
+
+
+@pytest.mark.parametrize("kind", ["files", "wds"])
+def test_worker_processes_give_the_same_examples_and_resume(tmp_path, kind):
+    """Decoding in worker processes changes nothing in what comes out, nor in resuming."""
+    write_images(tmp_path)
+    spec = str(tmp_path / "train.jsonl")
+    if kind == "wds":
+        spec = "wds:" + convert(spec, str(tmp_path / "s" / "t"), shard_size=5)[0]
+    threads = stream(spec, 1, 2)
+    expected = [next(threads) for _ in range(9)]
+    processes = stream(spec, 1, 2, worker_processes=2)
+    try:
+        got = [next(processes) for _ in range(5)]
+        state = json.loads(json.dumps(processes.get_state()))
+    finally:
+        processes.close()
+    resumed = stream(spec, 1, 2, worker_processes=2)
+    resumed.set_state(state)
+    try:
+        got += [next(resumed) for _ in range(4)]
+    finally:
+        resumed.close()
+    assert captions_of(got) == captions_of(expected)
+    for want, have in zip(expected, got):
+        np.testing.assert_array_equal(have["pixel_values"], want["pixel_values"])
+
+
+@pytest.mark.parametrize("kind", ["files", "wds"])
+def test_skip_counts_are_reported_at_the_end_of_each_epoch(tmp_path, kind, caplog):
+    rows = write_images(tmp_path, n=8)
+    rows += [{"image_path": "img/missing.jpg", "captions": ["manca"]}, {"image_path": rows[0]["image_path"],
+                                                                         "captions": [""]}]
+    (tmp_path / "train.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    spec = str(tmp_path / "train.jsonl")
+    if kind == "wds":  # the converter refuses to write the missing image and the empty caption
+        spec = "wds:" + convert(spec, str(tmp_path / "s" / "t"), shard_size=4)[0]
+        (tmp_path / "s" / "t-00001.tar").write_bytes(b"not a tar file at all")
+    monitor = BadDataMonitor(spec, max_bad_fraction=0.9, report_every=10 ** 9)
+    batches = TrainBatches(stream(spec), 4, lambda t: {}, monitor)
+    with caplog.at_level("WARNING", logger="clip_jax.data.pipeline"):
+        for _ in range(3):  # 12 good examples: the first epoch has at most 8
+            next(batches)
+    reports = [r.getMessage() for r in caplog.records if "End of epoch 0" in r.getMessage()]
+    assert len(reports) == 1, [r.getMessage() for r in caplog.records]
+    assert spec in reports[0] and "Skipped" in reports[0]
+    reason = {"files": "missing_file", "wds": "corrupt_shard"}[kind]
+    assert reason in reports[0]
 
 
 def encoded(image, fmt="PNG", **kwargs):

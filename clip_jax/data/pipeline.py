@@ -1,10 +1,13 @@
 """The input pipeline: decode, validate, augment, tokenise and batch image–caption examples,
 deterministically and resumably, each JAX process reading its own disjoint part.
 
-Random-access sources (file listings) run through grain (``MapDataset``: global shuffle per
-epoch, per-process slice, a thread pool for decoding). WebDataset shards stream with the same
-worker parallelism, shards split between processes. Bad examples (missing or corrupt image, empty
-or non-text caption, decompression bomb) are skipped and counted by reason, never fatal alone.
+Random-access sources (file listings, Hugging Face datasets) run through grain (``MapDataset``:
+global shuffle per epoch, per-process slice, decoding in a thread pool and, with
+``worker_processes``, in grain's worker processes). Streaming sources (WebDataset shards,
+streaming datasets) decode in a thread pool or a pool of worker processes, shards split between
+JAX processes. Bad examples (missing or corrupt image, empty or non-text caption, decompression
+bomb) are skipped and counted by reason, never fatal alone; the counts are reported every
+``report_every`` examples and at the end of every epoch of every source.
 """
 
 from __future__ import annotations
@@ -147,10 +150,11 @@ class BadDataMonitor:
         if self.counts and self.seen % self.report_every == 0:
             self.report()
 
-    def report(self) -> None:
+    def report(self, when: str = "") -> None:
+        """Log the skip counts so far (if any), ``when`` saying what prompted it (e.g. an epoch end)."""
         if self.counts:
-            logger.warning("Skipped %d of %d examples from %s: %s", sum(self.counts.values()), self.seen,
-                           self.source, dict(self.counts))
+            logger.warning("%sSkipped %d of %d examples from %s so far: %s", f"{when}: " if when else "",
+                           sum(self.counts.values()), self.seen, self.source, dict(self.counts))
 
     def state(self) -> dict:
         return {"seen": self.seen, "counts": dict(self.counts)}
@@ -177,23 +181,57 @@ class _Failed:
 
 
 def _safe(transform: Transform, record: dict, rng: np.random.Generator):
+    if record.get("error"):  # the source could not produce this example (e.g. a corrupt shard)
+        return _Failed(BadExample(*record["error"]))
     try:
         return transform(record, rng)
     except BadExample as error:
         return _Failed(error)
 
 
+class _Positioned:
+    """A transformed example (or a :class:`_Failed`) with the epoch of the source it came from."""
+
+    __slots__ = ("epoch", "value")
+
+    def __init__(self, epoch: int, value: Any):
+        self.epoch, self.value = epoch, value
+
+
+def _transform_at(transform: Transform, seed: int, process_index: int, process_count: int, epoch_length: int,
+                  index: int, record: dict) -> _Positioned:
+    """Transform the ``index``-th example of this process's share (picklable for worker processes)."""
+    position = index * process_count + process_index
+    return _Positioned(position // epoch_length, _safe(transform, record, _element_rng(seed, position)))
+
+
+def _transform_streamed(transform: Transform, record: dict, rng: np.random.Generator) -> Any:
+    return _safe(transform, record, rng)
+
+
 class ExampleStream:
     """Transformed examples of this process's share of the mixture, in a deterministic order.
 
-    State: ``{"grain": ...}`` or ``{"stream": ...}``; ``set_state`` resumes at the same example.
+    ``workers`` threads decode; ``worker_processes`` > 0 adds that many worker processes (each with
+    ``workers`` threads) so decoding is not bound by one interpreter. The order of examples does not
+    depend on either. State: ``{"grain": ...}``, ``{"stream": ...}`` or ``{"mixed": ...}``;
+    ``set_state`` resumes at the same example. :meth:`epoch_ends` lists the epochs of each source
+    that ended since it was last called.
     """
 
     def __init__(self, specs: Sequence[str] | str, transform: Transform, *, seed: int = 0, process_index: int = 0,
-                 process_count: int = 1, workers: int = 4, image_key: str = "", caption_key: str = ""):
+                 process_count: int = 1, workers: int = 4, worker_processes: int = 0, image_key: str = "",
+                 caption_key: str = ""):
+        import functools
+
         import grain
 
+        if worker_processes < 0 or workers < 1:
+            raise ValueError(f"data.workers must be >= 1 and data.worker_processes >= 0; got {workers} and "
+                             f"{worker_processes}.")
         self.transform, self.seed, self.workers = transform, seed, workers
+        self._epoch: int | None = None
+        self._ended: list[tuple[str, int]] = []
         mixture = parse_mixture(specs)
         keys = {k: v for k, v in (("image_key", image_key), ("caption_key", caption_key)) if v}
         sources = [(_source(spec, keys), weight) for spec, weight in mixture]
@@ -201,28 +239,59 @@ class ExampleStream:
         streaming = [s for s, _ in sources if isinstance(s, WebDatasetSource) or getattr(s, "streaming", False)]
         if streaming and len(sources) > 1:  # weighted interleaving of one stream per source
             streams = [ExampleStream(spec, transform, seed=seed + i, process_index=process_index,
-                                     process_count=process_count, workers=workers, image_key=image_key,
+                                     process_count=process_count, workers=workers,
+                                     worker_processes=worker_processes, image_key=image_key,
                                      caption_key=caption_key) for i, (spec, _) in enumerate(mixture)]
             self._wds, self._iter = _MixedStream(streams, [w for _, w in mixture], seed), None
             return
         if streaming:
-            self._wds = _SequentialStream(sources[0][0], transform, seed, process_index, process_count, workers)
+            self._wds = _SequentialStream(sources[0][0], transform, seed, process_index, process_count, workers,
+                                          worker_processes, name=self.name)
             self._iter = None
             return
         self._wds = None
         datasets = [grain.MapDataset.source(s).shuffle(seed=seed + i).repeat(None) for i, (s, _) in enumerate(sources)]
         mixed = datasets[0] if len(datasets) == 1 else grain.MapDataset.mix(datasets, [w for _, w in sources])
         mine = mixed[process_index::process_count]
-        mapped = mine.map_with_index(lambda i, record: _safe(transform, record, _element_rng(seed, i * process_count
-                                                                                             + process_index)))
-        self._iter = iter(mapped.to_iter_dataset(grain.ReadOptions(num_threads=workers, prefetch_buffer_size=
-                                                                   max(2 * workers, 8))))
+        epoch_length = max(1, sum(len(s) for s, _ in sources))  # one pass over every source's examples
+        mapped = mine.map_with_index(functools.partial(_transform_at, transform, seed, process_index, process_count,
+                                                       epoch_length))
+        dataset = mapped.to_iter_dataset(grain.ReadOptions(num_threads=workers, prefetch_buffer_size=
+                                                           max(2 * workers, 8)))
+        if worker_processes:
+            from absl import flags
+
+            if not flags.FLAGS.is_parsed():  # grain reads its absl flags; outside an absl app use their defaults
+                flags.FLAGS.mark_as_parsed()
+            dataset = dataset.mp_prefetch(grain.MultiprocessingOptions(
+                num_workers=worker_processes, per_worker_buffer_size=max(2 * workers, 8)))
+        self._iter = iter(dataset)
 
     def __iter__(self):
         return self
 
     def __next__(self) -> Any:
-        return next(self._wds) if self._wds is not None else next(self._iter)
+        if self._wds is not None:
+            return next(self._wds)
+        item = next(self._iter)
+        if self._epoch is not None and item.epoch > self._epoch:
+            self._ended.append((self.name, self._epoch))
+        self._epoch = item.epoch
+        return item.value
+
+    def epoch_ends(self) -> list[tuple[str, int]]:
+        """``(source, epoch)`` for every epoch that ended since the last call (epochs count from 0)."""
+        if self._wds is not None:
+            return self._wds.epoch_ends()
+        ended, self._ended = self._ended, []
+        return ended
+
+    def close(self) -> None:
+        """Stop worker threads and processes."""
+        if self._wds is not None:
+            self._wds.close()
+        elif hasattr(self._iter, "close"):
+            self._iter.close()
 
     def get_state(self) -> dict:
         return self._wds.get_state() if self._wds is not None else {"grain": self._iter.get_state()}
@@ -257,21 +326,36 @@ class _MixedStream:
         for stream, sub in zip(self.streams, state["mixed"]["streams"]):
             stream.set_state(sub)
 
+    def epoch_ends(self) -> list[tuple[str, int]]:
+        return [end for stream in self.streams for end in stream.epoch_ends()]
+
+    def close(self) -> None:
+        for stream in self.streams:
+            stream.close()
+
 
 class _SequentialStream:
     """Streams a non-random-access source epoch after epoch in *units* (WebDataset: this process's
     shards, reshuffled per epoch; streaming HF datasets: one unit per epoch), decoding in a thread
-    pool; resumable by (epoch, unit, example)."""
+    pool or in worker processes; resumable by (epoch, unit, example)."""
 
     def __init__(self, source: WebDatasetSource | HFSource, transform: Transform, seed: int, process_index: int,
-                 process_count: int, workers: int):
+                 process_count: int, workers: int, worker_processes: int = 0, name: str = ""):
         if isinstance(source, WebDatasetSource) and len(source.shards) < process_count:
             raise ValueError(f"{len(source.shards)} shards cannot be split over {process_count} processes; "
                              "write more shards (python -m clip_jax.data.to_webdataset --shard_size ...).")
         self.source, self.transform, self.seed = source, transform, seed
         self.process_index, self.process_count = process_index, process_count
-        self.workers = max(1, workers)
-        self.pool = futures.ThreadPoolExecutor(self.workers)
+        self.name = name or type(source).__name__
+        if worker_processes:  # spawned, not forked: the parent has JAX's threads running
+            import multiprocessing
+
+            self.workers = worker_processes
+            self.pool = futures.ProcessPoolExecutor(worker_processes, mp_context=multiprocessing.get_context("spawn"))
+        else:
+            self.workers = max(1, workers)
+            self.pool = futures.ThreadPoolExecutor(self.workers)
+        self._ended: list[tuple[str, int]] = []
         self.epoch, self.unit, self.example = 0, 0, 0
         self._consumed = (0, 0, 0)
         self._buffer: collections.deque = collections.deque()
@@ -300,10 +384,19 @@ class _SequentialStream:
         while len(self._buffer) < 2 * self.workers:
             position, record = next(self._reader)
             rng = np.random.default_rng([self.seed, *position, self.process_index])
-            self._buffer.append((position, self.pool.submit(_safe, self.transform, record, rng)))
+            self._buffer.append((position, self.pool.submit(_transform_streamed, self.transform, record, rng)))
         (epoch, unit, i), future = self._buffer.popleft()
+        if epoch > self._consumed[0]:
+            self._ended.append((self.name, self._consumed[0]))
         self._consumed = (epoch, unit, i + 1)
         return future.result()
+
+    def epoch_ends(self) -> list[tuple[str, int]]:
+        ended, self._ended = self._ended, []
+        return ended
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=False, cancel_futures=True)
 
     def get_state(self) -> dict:
         epoch, unit, example = self._consumed
@@ -334,6 +427,8 @@ class TrainBatches:
         pixels, captions = [], []
         while len(pixels) < self.local_batch:
             example = next(self.stream)
+            for source, epoch in self.stream.epoch_ends():
+                self.monitor.report(f"End of epoch {epoch} of {source}")
             if isinstance(example, _Failed):
                 self.monitor.bad(example.error)
                 continue
@@ -348,6 +443,9 @@ class TrainBatches:
     def set_state(self, state: dict) -> None:
         self.stream.set_state(state["stream"])
         self.monitor.set_state(state["bad"])
+
+    def close(self) -> None:
+        self.stream.close()
 
 
 def load_eval_examples(spec: str, processor: ImageProcessorConfig, *, limit: int | None = None,

@@ -127,23 +127,32 @@ class WebDatasetSource:
             raise ValueError(f"No shards match {self.pattern}.")
 
     def read_shard(self, shard: str) -> Iterator[dict[str, Any]]:
-        """Examples of one shard in order: members sharing a key (name up to the first dot) form one."""
+        """Examples of one shard in order: members sharing a key (name up to the first dot) form one.
+
+        A shard that is missing, not a tar file, or cut short ends with one record carrying
+        ``error=(reason, detail)`` instead of raising: the pipeline counts it and moves on."""
         current_key, parts = None, {}
-        with _open(shard, "rb") as f, tarfile.open(fileobj=f, mode="r|*") as tar:
-            for member in tar:
-                if not member.isfile():
-                    continue
-                base = member.name.rsplit("/", 1)[-1]
-                key, _, ext = base.partition(".")
-                key = member.name[: len(member.name) - len(base)] + key
-                if key != current_key and current_key is not None:
-                    yield self._example(shard, current_key, parts)
-                    parts = {}
-                current_key = key
-                if ext.lower() in IMAGE_EXTENSIONS + CAPTION_EXTENSIONS:
-                    parts[ext.lower()] = tar.extractfile(member).read()
-            if current_key is not None:
-                yield self._example(shard, current_key, parts)
+        try:
+            with _open(shard, "rb") as f, tarfile.open(fileobj=f, mode="r|*") as tar:
+                for member in tar:
+                    if not member.isfile():
+                        continue
+                    base = member.name.rsplit("/", 1)[-1]
+                    key, _, ext = base.partition(".")
+                    key = member.name[: len(member.name) - len(base)] + key
+                    if key != current_key and current_key is not None:
+                        yield self._example(shard, current_key, parts)
+                        parts = {}
+                    current_key = key
+                    if ext.lower() in IMAGE_EXTENSIONS + CAPTION_EXTENSIONS:
+                        parts[ext.lower()] = tar.extractfile(member).read()
+        except (tarfile.TarError, EOFError, OSError) as error:
+            reason = "missing_shard" if isinstance(error, FileNotFoundError) else "corrupt_shard"
+            yield {"image": None, "path": shard, "captions": [], "key": shard,
+                   "error": (reason, f"{shard} after {current_key!r}: {error}")}
+            return
+        if current_key is not None:
+            yield self._example(shard, current_key, parts)
 
     @staticmethod
     def _example(shard: str, key: str, parts: dict[str, bytes]) -> dict[str, Any]:

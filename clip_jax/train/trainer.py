@@ -116,7 +116,8 @@ def build_data(config: ConfigDict, model: CLIPModel, tokenize) -> tuple[Any, Eva
         transform = Transform(model.image_processor, train=True, crop_scale=tuple(d.crop_scale),
                               horizontal_flip=d.horizontal_flip)
         stream = ExampleStream(d.train, transform, seed=config.train.seed, process_index=jax.process_index(),
-                               process_count=jax.process_count(), workers=d.workers, **keys)
+                               process_count=jax.process_count(), workers=d.workers,
+                               worker_processes=d.worker_processes, **keys)
         monitor = BadDataMonitor(stream.name, max_bad_fraction=d.max_bad_fraction)
         train = TrainBatches(stream, batch // jax.process_count(), tokenize, monitor)
         val = None
@@ -329,6 +330,8 @@ class Trainer:
         finally:
             self.checkpointer.close()
             self.logger.close()
+            if hasattr(self.train_iter, "close"):
+                self.train_iter.close()
             if previous_handler is not None:
                 signal.signal(signal.SIGTERM, previous_handler)
 
