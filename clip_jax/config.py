@@ -19,10 +19,14 @@ HEAD = r"(visual_projection|text_projection|logit_scale|logit_bias)(\..*)?"
 
 
 def phase(steps: int, trainable: str, learning_rates: dict[str, float], warmup_steps: int = 0,
-          decay: str = "cosine", end_factor: float = 0.0) -> ConfigDict:
-    """One training phase: how long, which parameters train (regex on paths), and their learning rates."""
+          decay: str = "cosine", end_factor: float = 0.0, cache_features: bool = False) -> ConfigDict:
+    """One training phase: how long, which parameters train (regex on paths), and their learning rates.
+
+    ``cache_features`` (only for phases that leave both towers frozen): compute the towers' pooled
+    features once, then train the heads on them (LiT-style; see ``clip_jax.train.features``)."""
     return ConfigDict(dict(steps=steps, trainable=trainable, learning_rates=ConfigDict(learning_rates),
-                           warmup_steps=warmup_steps, decay=decay, end_factor=end_factor))
+                           warmup_steps=warmup_steps, decay=decay, end_factor=end_factor,
+                           cache_features=cache_features))
 
 
 def base_config() -> ConfigDict:

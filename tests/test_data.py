@@ -12,7 +12,7 @@ from PIL import Image
 
 from clip_jax.data import ImageProcessorConfig
 from clip_jax.data.pipeline import (BadDataMonitor, DataError, ExampleStream, TrainBatches, Transform,
-                                    decode_image, load_eval_examples)
+                                    decode_image, load_eval_examples, process_examples)
 from clip_jax.data.sources import FileSource, WebDatasetSource, expand_braces, parse_source
 from clip_jax.data.to_webdataset import convert
 
@@ -135,6 +135,25 @@ def test_resume_yields_exactly_the_next_batches(tmp_path, kind):
     for want, got in zip(expected, (next(resumed) for _ in range(3))):
         np.testing.assert_array_equal(got["pixel_values"], want["pixel_values"])
         np.testing.assert_array_equal(got["input_ids"], want["input_ids"])
+
+
+@pytest.mark.parametrize("kind", ["files", "wds"])
+def test_one_pass_over_each_process_part_for_feature_caching(tmp_path, kind):
+    """What a cached-features phase reads: every example once, split between processes, all captions."""
+    rows = write_images(tmp_path)
+    spec = str(tmp_path / "train.jsonl")
+    if kind == "wds":
+        spec = "wds:" + convert(spec, str(tmp_path / "s" / "t"), shard_size=3)[0]
+    parts = []
+    for process in range(2):
+        chunks = list(process_examples(spec, PROCESSOR, process_index=process, process_count=2, chunk=4))
+        assert all(len(pixels) == len(caps) <= 4 for pixels, caps in chunks)
+        parts.append([tuple(c) for _, caps in chunks for c in caps])
+    assert not set(parts[0]) & set(parts[1])
+    assert sorted(parts[0] + parts[1]) == sorted(tuple(r["captions"]) for r in rows)
+    pixels, _ = next(process_examples(spec, PROCESSOR, chunk=100))
+    expected, _, _ = load_eval_examples(spec, PROCESSOR)
+    np.testing.assert_array_equal(pixels, expected)  # evaluation preprocessing, no augmentation
 
 
 @pytest.mark.parametrize("kind", ["files", "wds"])

@@ -448,17 +448,53 @@ class TrainBatches:
         self.stream.close()
 
 
+def _process_records(source, process_index: int = 0, process_count: int = 1) -> Iterator[dict]:
+    """One pass over this process's part of ``source``'s records, in source order."""
+    if isinstance(source, WebDatasetSource):
+        return (r for shard in source.shards[process_index::process_count] for r in source.read_shard(shard))
+    if isinstance(source, HFSource) and source.streaming:
+        return source.iterate(0, 0, process_index, process_count)
+    return (source[i] for i in range(process_index, len(source), process_count))
+
+
+def process_examples(specs: Sequence[str] | str, processor: ImageProcessorConfig, *, process_index: int = 0,
+                     process_count: int = 1, chunk: int = 64, workers: int = 4, **keys: str
+                     ) -> Iterator[tuple[np.ndarray, list[list[str]]]]:
+    """One pass over this process's part of every source of a mixture (weights ignored), with eval
+    preprocessing and every caption: chunks of ``(pixels, captions)``. Bad examples are skipped and
+    counted (a warning at the end); none usable is a :class:`DataError`."""
+    transform = Transform(processor, train=False)
+    counts: collections.Counter = collections.Counter()
+    total = 0
+    for spec, _ in parse_mixture(specs):
+        records = _process_records(_source(spec, keys), process_index, process_count)
+        pixels, captions = [], []
+        with futures.ThreadPoolExecutor(workers) as pool:
+            for result in pool.map(lambda r: _safe(transform, r, None), records):
+                if isinstance(result, _Failed):
+                    counts[result.error.reason] += 1
+                    continue
+                pixels.append(result["pixel_values"])
+                captions.append(result["captions"])
+                if len(pixels) == chunk:
+                    total += chunk
+                    yield np.stack(pixels), captions
+                    pixels, captions = [], []
+        if pixels:
+            total += len(pixels)
+            yield np.stack(pixels), captions
+    if counts:
+        logger.warning("Skipped %d examples of %s: %s", sum(counts.values()), specs, dict(counts))
+    if not total:
+        raise DataError(f"No usable example in this process's part of {specs} (skipped: {dict(counts)}).")
+
+
 def load_eval_examples(spec: str, processor: ImageProcessorConfig, *, limit: int | None = None,
                        workers: int = 4, **keys: str) -> tuple[np.ndarray, list[list[str]], dict]:
     """All usable examples of a source in order (eval preprocessing, every caption): pixels, captions, skip counts."""
     source = _source(spec, keys)
     transform = Transform(processor, train=False)
-    if isinstance(source, WebDatasetSource):
-        records: Iterator = (r for shard in source.shards for r in source.read_shard(shard))
-    elif isinstance(source, HFSource) and source.streaming:
-        records = source.iterate(0, 0, 0, 1)
-    else:
-        records = (source[i] for i in range(len(source)))
+    records = _process_records(source)
     pixels, captions, counts = [], [], collections.Counter()
     with futures.ThreadPoolExecutor(workers) as pool:
         for result in pool.map(lambda r: _safe(transform, r, None), records):

@@ -25,12 +25,14 @@ from ml_collections import ConfigDict
 from clip_jax.clip_model import CLIPModel
 from clip_jax.config import validate
 from clip_jax.data.memory import ArrayDataset, BatchIterator
-from clip_jax.data.pipeline import BadDataMonitor, ExampleStream, TrainBatches, Transform, load_eval_examples
+from clip_jax.data.pipeline import (BadDataMonitor, ExampleStream, TrainBatches, Transform, load_eval_examples,
+                                    process_examples)
 from clip_jax.data.preprocess import ImageProcessorConfig, preprocess_images
 from clip_jax.data.shapes import ShapesSpec, load_or_generate, vocabulary
 from clip_jax.evaluate.retrieval import retrieval_metrics
 from clip_jax.models.dual_encoder import l2_normalize
 from clip_jax.sharding import batch_sharding, check_batch_size, make_mesh, shard_params
+from clip_jax.train import features as feature_cache
 from clip_jax.train.checkpoint import Checkpointer
 from clip_jax.train.logging import MetricsLogger, progress_bar
 from clip_jax.train.optim import learning_rates_at, make_optimizer
@@ -152,6 +154,10 @@ class Phase:
     def end(self) -> int:
         return self.start + self.steps
 
+    @property
+    def cache_features(self) -> bool:
+        return bool(self.settings.get("cache_features", False))
+
 
 class Trainer:
     """Runs the phases of a config in a workdir, resuming from the latest checkpoint there."""
@@ -182,6 +188,8 @@ class Trainer:
                                     config=config.to_dict())
         self._stop_requested = False
         self.last_val: dict[str, float] = {}
+        self._feature_batches: dict[str, feature_cache.FeatureBatches] = {}
+        self._restored_feature_state: dict[str, dict] = {}
 
     # ------------------------------------------------------------------ helpers
     def _tokenize(self, texts: list[str]) -> dict[str, np.ndarray]:
@@ -208,6 +216,8 @@ class Trainer:
         _, params, frozen = split_trainable(module, phase.trainable)
         if not jax.tree.leaves(params):
             raise ValueError(f"Phase {phase.name!r}: trainable regex {phase.trainable!r} matches no parameter.")
+        if phase.cache_features:
+            feature_cache.check_cacheable(phase.name, params)
         tx, schedules = self._optimizer(phase, params)
         rng = initial_rng(self.config.train.seed) if rng is None else rng
 
@@ -219,9 +229,12 @@ class Trainer:
         sharding = self._state_sharding(abstract)
         state = jax.jit(make_state, out_shardings=sharding)(params, frozen)
         graphdef = nnx.graphdef(module)
-        step_fn = jit_train_step(make_train_step(graphdef, tx, self.mesh, loss_kind=self.config.loss.kind,
-                                                 dropout=self.config.model.dropout),
-                                 sharding, self.batch_sharding, self.mesh)
+        if phase.cache_features:
+            step = feature_cache.make_feature_train_step(graphdef, tx, self.mesh, loss_kind=self.config.loss.kind)
+        else:
+            step = make_train_step(graphdef, tx, self.mesh, loss_kind=self.config.loss.kind,
+                                   dropout=self.config.model.dropout)
+        step_fn = jit_train_step(step, sharding, self.batch_sharding, self.mesh)
         self.graphdef = graphdef
         return state, step_fn, {"schedules": schedules, "sharding": sharding, "abstract": abstract}
 
@@ -233,7 +246,50 @@ class Trainer:
                 for k, v in batch.items() if k != "index"}
 
     def _meta(self, phase: Phase, step: int) -> dict:
-        return {"step": step, "phase": phase.name, "phase_index": phase.index, "data": self.train_iter.get_state()}
+        meta = {"step": step, "phase": phase.name, "phase_index": phase.index, "data": self.train_iter.get_state()}
+        if self._feature_batches:
+            meta["features"] = {name: it.get_state() for name, it in self._feature_batches.items()}
+        return meta
+
+    def _cache_examples(self):
+        """Chunks of (eval-preprocessed pixels, all captions) of this process's training examples."""
+        local_batch = self.config.train.batch_size // jax.process_count()
+        if isinstance(self.train_iter, BatchIterator):  # in-memory data: already preprocessed without augmentation
+            rows = np.arange(jax.process_index(), len(self.train_iter.dataset), jax.process_count())
+            for start in range(0, len(rows), local_batch):
+                chunk = rows[start:start + local_batch]
+                yield self.train_iter._pixels[chunk], [self.train_iter.dataset.captions[i] for i in chunk]
+            return
+        d = self.config.data
+        keys = {k: v for k, v in (("image_key", d.image_key), ("caption_key", d.caption_key)) if v}
+        yield from process_examples(d.train, self.model.image_processor, process_index=jax.process_index(),
+                                    process_count=jax.process_count(), chunk=local_batch, workers=d.workers, **keys)
+
+    def _batches(self, phase: Phase, state: TrainState):
+        """The batch iterator of ``phase``: the data pipeline, or cached features (computed on first use)."""
+        if not phase.cache_features:
+            return self.train_iter
+        if phase.name not in self._feature_batches:
+            path = feature_cache.feature_cache_path(self.workdir, phase.name, jax.process_index())
+            store = feature_cache.FeatureStore.load(path)
+            if store is None:
+                self.logger.message(f"Phase {phase.name!r}: caching the frozen towers' features "
+                                    "(one pass over the training data)...")
+                tick = time.perf_counter()
+                image_fn, text_fn = feature_cache.pooled_feature_fns(self.graphdef, self.mesh)
+                store = feature_cache.compute_features(
+                    lambda x: image_fn(state.params, state.frozen, x),
+                    lambda i, m: text_fn(state.params, state.frozen, i, m), self._cache_examples, self._tokenize,
+                    self.config.train.batch_size // jax.process_count(), self.mesh)
+                store.save(path)
+                self.logger.message(f"Cached {feature_cache.describe(store)} in {time.perf_counter() - tick:.1f}s "
+                                    f"at {path}.")
+            batches = feature_cache.FeatureBatches(store, self.config.train.batch_size // jax.process_count(),
+                                                   self.config.train.seed, jax.process_index())
+            if phase.name in self._restored_feature_state:
+                batches.set_state(self._restored_feature_state[phase.name])
+            self._feature_batches[phase.name] = batches
+        return self._feature_batches[phase.name]
 
     def _handle_sigterm(self, signum, frame) -> None:
         self._stop_requested = True
@@ -304,6 +360,7 @@ class Trainer:
                                   info["abstract"], info["sharding"])
             state = self.checkpointer.restore_state(latest, target)
             self.train_iter.set_state(meta["data"])
+            self._restored_feature_state = meta.get("features", {})
             step = latest
             self.logger.message(f"Resumed from step {step} ({phase.name}) in {self.workdir}.")
         previous_handler = signal.signal(signal.SIGTERM, self._handle_sigterm) if _in_main_thread() else None
@@ -338,12 +395,14 @@ class Trainer:
     def _run_phase(self, phase: Phase, state: TrainState, step_fn, info: dict, step: int
                    ) -> tuple[int, TrainState]:
         t = self.config.train
-        bar = progress_bar(phase.end, step, f"{phase.name}", self.primary)
+        batches = self._batches(phase, state)
+        bar = progress_bar(phase.end, step, f"{phase.name}" + (" (cached features)" if phase.cache_features else ""),
+                           self.primary)
         images = 0
         tick = time.perf_counter()
         try:
             while step < phase.end and not self._stop_requested:
-                batch = self._global_batch(next(self.train_iter))
+                batch = self._global_batch(next(batches))
                 state, metrics = step_fn(state, batch)
                 step += 1
                 metrics = jax.device_get(metrics)

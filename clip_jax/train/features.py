@@ -1,0 +1,242 @@
+"""LiT-style feature caching for phases that train only the heads.
+
+While both towers are frozen, the pooled tower outputs of an example never change. A phase with
+``cache_features=True`` computes them once per example (images with evaluation preprocessing and no
+dropout, every caption of every image) in a first pass over this process's part of the data, keeps
+them on the host (and in ``<workdir>/feature_cache``), and then trains on them: each step costs only
+the projections and the loss, and no image is decoded again. As in LiT, the cached image features
+see no augmentation; each epoch still draws one caption per image at random. Mixture weights do not
+apply to cached epochs: every cached example is drawn once per epoch.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+from jax.experimental import multihost_utils
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from clip_jax.loss import contrastive_loss
+from clip_jax.models.dual_encoder import l2_normalize, pool_text
+from clip_jax.sharding import batch_axes
+from clip_jax.train.state import TrainState
+
+TOWERS = re.compile(r"(vision|text)\.")
+
+
+def check_cacheable(phase_name: str, params: nnx.State) -> None:
+    """Raise ``ValueError`` if a trainable parameter lies inside a tower (its features would change)."""
+    inside = sorted(".".join(map(str, path)) for path, _ in nnx.to_flat_state(params)
+                    if TOWERS.match(".".join(map(str, path))))
+    if inside:
+        raise ValueError(f"phases.{phase_name}.cache_features needs the towers frozen, but the phase trains "
+                         f"{len(inside)} tower parameter(s), e.g. {inside[:3]}. Narrow phases.{phase_name}.trainable "
+                         "to the projections and logit scale, or set cache_features=False.")
+
+
+@dataclass
+class FeatureStore:
+    """Pooled tower outputs of one process's examples: ``image [N, Dv]``, ``text [M, Dt]``, and
+    ``owner [M]`` (the image of each caption)."""
+
+    image: np.ndarray
+    text: np.ndarray
+    owner: np.ndarray
+
+    def __post_init__(self):
+        if len(self.image) == 0:
+            raise ValueError("The feature cache is empty: this process has no usable training example.")
+        if len(self.text) != len(self.owner) or self.owner.max(initial=0) >= len(self.image):
+            raise ValueError("Corrupt feature cache: captions and owners do not match the images.")
+        if len(np.unique(self.owner)) != len(self.image):
+            raise ValueError("Corrupt feature cache: some image has no caption.")
+
+    def save(self, path: str) -> None:
+        """Write to ``path`` (local or fsspec URL) as an ``.npz``, atomically where the filesystem allows."""
+        import fsspec
+
+        buffer = io.BytesIO()
+        np.savez(buffer, image=self.image, text=self.text, owner=self.owner)
+        with fsspec.open(path + ".partial", "wb") as f:
+            f.write(buffer.getvalue())
+        fs, _, (partial,) = fsspec.get_fs_token_paths(path + ".partial")
+        fs.mv(partial, fs._strip_protocol(path))
+
+    @classmethod
+    def load(cls, path: str) -> "FeatureStore | None":
+        """The store saved at ``path``, or ``None`` if there is none."""
+        import fsspec
+
+        fs, _, (local,) = fsspec.get_fs_token_paths(path)
+        if not fs.exists(local):
+            return None
+        with fsspec.open(path, "rb") as f:
+            arrays = np.load(io.BytesIO(f.read()), allow_pickle=False)
+            return cls(arrays["image"], arrays["text"], arrays["owner"])
+
+
+class FeatureBatches:
+    """This process's batches of cached features: each epoch a fresh permutation of the images (seeded),
+    one of each image's captions drawn at random; resumable by ``(epoch, position)``."""
+
+    def __init__(self, store: FeatureStore, local_batch: int, seed: int, process_index: int = 0):
+        if local_batch > len(store.image):
+            raise ValueError(f"The per-process batch ({local_batch}) exceeds the {len(store.image)} cached examples "
+                             "of this process; lower train.batch_size or disable cache_features.")
+        self.store, self.local_batch, self.seed, self.process_index = store, local_batch, seed, process_index
+        self.captions_of = [np.flatnonzero(store.owner == i) for i in range(len(store.image))]
+        self.epoch, self.position = 0, 0
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return len(self.store.image) // self.local_batch
+
+    def get_state(self) -> dict[str, int]:
+        return {"epoch": self.epoch, "position": self.position}
+
+    def set_state(self, state: dict[str, int]) -> None:
+        self.epoch, self.position = int(state["epoch"]), int(state["position"])
+
+    def __iter__(self) -> "FeatureBatches":
+        return self
+
+    def __next__(self) -> dict[str, np.ndarray]:
+        if self.position >= self.steps_per_epoch:
+            self.epoch, self.position = self.epoch + 1, 0
+        rng = np.random.default_rng([self.seed, self.process_index, self.epoch])
+        order = rng.permutation(len(self.store.image))
+        draws = rng.integers(0, 1 << 30, len(self.store.image))
+        rows = order[self.position * self.local_batch:(self.position + 1) * self.local_batch]
+        self.position += 1
+        texts = np.array([self.captions_of[i][draws[i] % len(self.captions_of[i])] for i in rows])
+        return {"image_features": self.store.image[rows], "text_features": self.store.text[texts]}
+
+
+def make_feature_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, mesh: Mesh, *,
+                            loss_kind: str) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
+    """The (un-jitted) step on cached features: projections, global contrastive loss, update."""
+    axes = batch_axes(mesh)
+
+    def step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
+        def loss_fn(params):
+            model = nnx.merge(graphdef, params, state.frozen)
+            image = l2_normalize(model.visual_projection(batch["image_features"]))
+            text = l2_normalize(model.text_projection(batch["text_features"]))
+            bias = model.logit_bias[...] if model.logit_bias is not None else None
+            return contrastive_loss(image, text, model.scale(), mesh=mesh, batch_axes=axes, kind=loss_kind,
+                                    logit_bias=bias)
+
+        (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        metrics["grad_norm"] = optax.tree.norm(grads)
+        metrics["param_norm"] = optax.tree.norm(params)
+        return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
+
+    return step
+
+
+def pooled_feature_fns(graphdef: nnx.GraphDef, mesh: Mesh) -> tuple[Callable, Callable]:
+    """Jitted ``(params, frozen, pixels) -> pooled image features`` and ``(params, frozen, ids, mask) ->
+    pooled text features``, batch-sharded in and out."""
+    sharding = NamedSharding(mesh, P(batch_axes(mesh)))
+
+    def images(params, frozen, pixels):
+        return nnx.merge(graphdef, params, frozen).vision(pixels).pooler_output.astype(jnp.float32)
+
+    def texts(params, frozen, ids, mask):
+        model = nnx.merge(graphdef, params, frozen)
+        return pool_text(model.text(ids, mask), mask, model.text_pooling).astype(jnp.float32)
+
+    return (jax.jit(images, out_shardings=sharding), jax.jit(texts, out_shardings=sharding))
+
+
+def embed_local_rows(fn: Callable[..., jax.Array], chunks: Iterator[list[np.ndarray]], local_batch: int,
+                     mesh: Mesh) -> np.ndarray:
+    """``fn`` over this process's rows, ``local_batch`` at a time, in lock-step with the other processes
+    (a process that has run out feeds padding until all have): the rows' outputs, in order."""
+    sharding = NamedSharding(mesh, P(batch_axes(mesh)))
+    out: list[np.ndarray] = []
+    pending: list[list[np.ndarray]] = []
+    template: list[np.ndarray] | None = None
+    exhausted = False
+    while True:
+        rows = 0
+        while not exhausted and sum(len(p[0]) for p in pending) < local_batch:
+            try:
+                pending.append(next(chunks))
+            except StopIteration:
+                exhausted = True
+        if pending:
+            arrays = [np.concatenate([p[j] for p in pending]) for j in range(len(pending[0]))]
+            take = [a[:local_batch] for a in arrays]
+            rest = [a[local_batch:] for a in arrays]
+            pending = [rest] if len(rest[0]) else []
+            rows = len(take[0])
+            template = template or [a[:1] for a in take]
+        done = exhausted and not pending and rows == 0
+        if jax.process_count() > 1:
+            everyone_done = bool(np.all(multihost_utils.process_allgather(np.array(done))))
+            shape_known = multihost_utils.process_allgather(np.array(template is not None))
+            if everyone_done:
+                break
+            if template is None:  # this process has no data at all; borrow shapes is impossible
+                raise ValueError(f"Process {jax.process_index()} has no training example to cache features of "
+                                 f"(processes with data: {np.flatnonzero(shape_known).tolist()}).")
+        elif done:
+            break
+        if rows == 0:
+            take = [np.zeros((0, *t.shape[1:]), t.dtype) for t in template]
+        padded = [np.concatenate([a, np.repeat(t, local_batch - rows, axis=0)]) for a, t in zip(take, template)]
+        global_arrays = [jax.make_array_from_process_local_data(sharding, a) for a in padded]
+        result = fn(*global_arrays)
+        local = multihost_utils.global_array_to_host_local_array(result, mesh, P(batch_axes(mesh)))
+        out.append(np.asarray(local)[:rows])
+    if not out:
+        raise ValueError("No example to cache features of.")
+    return np.concatenate(out)
+
+
+def compute_features(image_fn: Callable, text_fn: Callable, examples: Callable[[], Iterator[tuple[np.ndarray,
+                     list[list[str]]]]], tokenize: Callable[[list[str]], dict], local_batch: int,
+                     mesh: Mesh) -> FeatureStore:
+    """Pooled features of every image and caption ``examples()`` yields (chunks of eval-preprocessed
+    pixels and their caption lists), in two lock-step passes over the mesh."""
+    captions: list[str] = []
+    owner: list[int] = []
+
+    def image_chunks():
+        count = 0
+        for pixels, caption_lists in examples():
+            for caps in caption_lists:
+                captions.extend(caps)
+                owner.extend([count] * len(caps))
+                count += 1
+            yield [pixels]
+
+    image = embed_local_rows(image_fn, image_chunks(), local_batch, mesh)
+
+    def text_chunks():
+        for start in range(0, len(captions), local_batch):
+            tokens = tokenize(captions[start:start + local_batch])
+            yield [tokens["input_ids"], tokens["attention_mask"]]
+
+    text = embed_local_rows(text_fn, text_chunks(), local_batch, mesh)
+    return FeatureStore(image, text, np.asarray(owner, np.int64))
+
+
+def feature_cache_path(workdir: str, phase: str, process_index: int) -> str:
+    return f"{workdir.rstrip('/')}/feature_cache/{phase}-process{process_index:05d}.npz"
+
+
+def describe(store: FeatureStore) -> dict[str, Any]:
+    return {"images": len(store.image), "captions": len(store.text), "image_dim": store.image.shape[1],
+            "text_dim": store.text.shape[1]}
