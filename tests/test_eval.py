@@ -1,6 +1,8 @@
-"""eval.py: retrieval and zero-shot metrics against brute-force NumPy, resources, embedding maps, errors."""
+"""eval.py: retrieval and zero-shot metrics against brute-force NumPy, resources, embedding maps, TFDS, errors."""
 
+import collections
 import json
+from importlib import resources
 
 import numpy as np
 import pytest
@@ -8,8 +10,14 @@ from PIL import Image
 
 from clip_jax import CLIPModel
 from clip_jax.evaluate.retrieval import retrieval_metrics
-from clip_jax.evaluate.zeroshot import (ClassEmbeddingCache, class_embeddings, classification_metrics,
-                                        load_resource)
+from clip_jax.evaluate.zeroshot import (
+    PLACEHOLDER,
+    ClassEmbeddingCache,
+    builtin,
+    class_embeddings,
+    classification_metrics,
+    load_resource,
+)
 
 
 def brute_force_ranks(scores, correct):
@@ -62,6 +70,52 @@ def test_resources(tmp_path):
         load_resource(str(tmp_path / "bad.txt"), "templates")
     with pytest.raises(ValueError, match="No built-in classnames 'fr:cifar10'"):
         load_resource("fr:cifar10", "classnames")
+
+
+def resource_file(spec):
+    lang, _, name = spec.partition(":")
+    return json.loads((resources.files("clip_jax.evaluate") / "resources" / f"{name}_{lang}.json").read_text())
+
+
+def duplicates(values):
+    counts = collections.Counter(values)
+    return {v: [i for i, x in enumerate(values) if x == v] for v in sorted(counts) if counts[v] > 1}
+
+
+def test_every_builtin_resource():
+    specs = builtin()
+    assert {"en:cifar10", "it:cifar10", "en:cifar100", "it:cifar100", "en:imagenet", "it:imagenet"} <= set(specs)
+    for spec in specs:
+        data = resource_file(spec)
+        names, templates = load_resource(spec, "classnames"), load_resource(spec, "templates")
+        assert data["provenance"] and names == data["classnames"] and templates == data["templates"]
+        assert all(isinstance(n, str) and n and n == n.strip() for n in names)
+        assert all(len(PLACEHOLDER.findall(t)) == 1 for t in templates), spec
+        lang, _, name = spec.partition(":")
+        assert len(names) == len(load_resource(f"{'it' if lang == 'en' else 'en'}:{name}", "classnames"))
+        recorded = data["provenance"].get("duplicates", {}) if isinstance(data["provenance"], dict) else {}
+        assert duplicates(names) == recorded.get("classnames", {}), spec  # only the sources' own duplicates
+        assert duplicates(templates) == recorded.get("templates", {}), spec
+
+
+def test_imagenet_resources():
+    en, it = load_resource("en:imagenet", "classnames"), load_resource("it:imagenet", "classnames")
+    assert len(en) == len(it) == 1000
+    en_templates, it_templates = load_resource("en:imagenet", "templates"), load_resource("it:imagenet", "templates")
+    assert len(en_templates) == len(set(en_templates)) == 80  # OpenAI's 80 ImageNet templates
+    assert en_templates[0] == "a bad photo of a {}." and en_templates[-1] == "a tattoo of the {}."
+    assert len(it_templates) == 49 and it_templates[0] == "una brutta foto di {}"
+    # The standard ImageNet-1k class order in both languages (well-known indices).
+    for index, english, italian in [(0, "tench", "una tinca"), (1, "goldfish", "un pesce rosso"),
+                                    (207, "Golden Retriever", "un golden retriever"), (281, "tabby cat", "un soriano"),
+                                    (340, "zebra", "una zebra"), (388, "giant panda", "un panda gigante"),
+                                    (954, "banana", "una banana"), (999, "toilet paper", "una carta igienica")]:
+        assert (en[index], it[index]) == (english, italian)
+    for spec in ("en:imagenet", "it:imagenet"):
+        provenance = resource_file(spec)["provenance"]
+        assert (provenance["package"], provenance["version"]) == ("clip-benchmark", "1.6.2")
+        assert "Copyright (c) 2022, Mehdi Cherti" in provenance["license_notice"][0]
+    assert "Copyright (c) 2021 OpenAI" in resource_file("en:imagenet")["provenance"]["license_notice"][1]
 
 
 @pytest.fixture(scope="module")
@@ -123,6 +177,18 @@ def test_eval_cli_zeroshot_two_models_and_json(saved_model, tmp_path, capsys):
     assert "mean_per_class_recall" in capsys.readouterr().out
 
 
+def test_eval_cli_zeroshot_builtin_imagenet(saved_model, tmp_path):
+    import eval as eval_cli
+
+    _, path = saved_model
+    folder = image_folder(tmp_path / "folder", per_class=1)  # labels 0-2 of the 1000 classes
+    result = eval_cli.main(["--model", path, "--task", "zeroshot", "--dataset", f"imagefolder:{folder}",
+                            "--classnames", "it:imagenet", "--templates", "it:imagenet",
+                            "--cache_dir", str(tmp_path / "cache")])[0]
+    assert result["language"] == "it" and set(result["metrics"]) == {"acc1", "acc5", "mean_per_class_recall"}
+    assert np.load(next((tmp_path / "cache").glob("classes-*.npy"))).shape == (1000, 16)
+
+
 def test_eval_cli_retrieval(saved_model, tmp_path):
     import eval as eval_cli
 
@@ -175,3 +241,49 @@ def test_bad_inputs(saved_model, tmp_path):
         zero_shot(model, images, labels, ["a", "b"], ["{}"])
     with pytest.raises(CheckpointError, match="No such checkpoint directory"):
         load_model(str(tmp_path / "missing" / "model"))
+
+
+@pytest.mark.parametrize("file_format", ["array_record", "tfrecord"])
+def test_tfds_dataset_built_on_disk(saved_model, tmp_path, file_format):
+    """A real TFDS data set, built into a temporary data_dir (no download), read back through
+    ``tfds:NAME:SPLIT?data_dir=...`` and evaluated with eval.py. array_record is read without TensorFlow
+    (tfds.data_source); tfrecord, tfds's default, with tf.data."""
+    tfds = pytest.importorskip("tensorflow_datasets", reason="tfds: data sets need the [tfds] extra")
+    if file_format == "tfrecord":
+        pytest.importorskip("tensorflow", reason="tfrecord TFDS data needs tensorflow (not in any extra)")
+    import eval as eval_cli
+    from clip_jax.evaluate.datasets import load_labelled
+
+    colours = {"rosso": (220, 30, 30), "verde": (30, 170, 40), "blu": (30, 60, 220)}
+
+    class TinyColours(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+        VERSION = tfds.core.Version("1.0.0")
+
+        def _info(self):
+            features = tfds.features.FeaturesDict({"image": tfds.features.Image(shape=(None, None, 3)),
+                                                   "label": tfds.features.ClassLabel(names=list(colours))})
+            return tfds.core.DatasetInfo(builder=self, features=features, supervised_keys=("image", "label"))
+
+        def _split_generators(self, dl_manager):
+            return {"train": self._generate_examples(2), "test": self._generate_examples(7)}
+
+        def _generate_examples(self, n):
+            for i in range(n):  # width 24 + i tells the examples apart
+                yield i, {"image": Image.new("RGB", (24 + i, 20), list(colours.values())[i % 3]), "label": i % 3}
+
+    data_dir = tmp_path / "tfds"
+    TinyColours(data_dir=data_dir, file_format=file_format).download_and_prepare()
+    assert list(data_dir.rglob(f"*.{file_format}*"))
+    spec = f"tfds:tiny_colours:test?data_dir={data_dir}"  # read by a builder that only knows the files
+    images, labels, names = load_labelled(spec)
+    assert names == ["rosso", "verde", "blu"] and labels.dtype.kind == "i"
+    got = sorted((image.size, image.mode, image.getpixel((0, 0)), int(label)) for image, label in zip(images, labels))
+    assert got == [((24 + i, 20), "RGB", list(colours.values())[i % 3], i % 3) for i in range(7)]
+    assert len(load_labelled(spec, limit=3)[0]) == 3
+    assert len(load_labelled(f"tfds:tiny_colours:train?data_dir={data_dir}")[0]) == 2
+
+    _, path = saved_model
+    (tmp_path / "c.json").write_text(json.dumps({"classnames": names, "templates": ["un quadrato {}"]}))
+    result = eval_cli.main(["--model", path, "--task", "zeroshot", "--dataset", spec, "--classnames",
+                            str(tmp_path / "c.json"), "--templates", str(tmp_path / "c.json")])[0]
+    assert result["dataset"] == spec and result["metrics"]["acc5"] == 1.0

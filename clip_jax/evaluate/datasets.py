@@ -1,10 +1,10 @@
 """Labelled image data sets for zero-shot evaluation: ``imagefolder:PATH`` (one sub-folder per
-class), ``hf:NAME?image=COL&label=COL&split=test`` and ``tfds:NAME[:split]`` (needs tensorflow-datasets)."""
+class), ``hf:NAME?image=COL&label=COL&split=test`` and ``tfds:NAME[:SPLIT][?data_dir=DIR]`` (needs
+tensorflow-datasets; TensorFlow too unless the data set was prepared as array_record)."""
 
 from __future__ import annotations
 
 from pathlib import Path
-
 
 import numpy as np
 from PIL import Image
@@ -63,17 +63,42 @@ def _hf(rest: str, limit: int | None):
 
 
 def _tfds(rest: str, limit: int | None):
+    """``NAME[:SPLIT][?data_dir=DIR&image=KEY&label=KEY]``: a prepared TFDS data set (an unprepared one is
+    downloaded and prepared into ``data_dir``, default ``$TFDS_DATA_DIR`` or ~/tensorflow_datasets). Data prepared
+    as array_record (``tfds build --file_format=array_record``) is read without TensorFlow through
+    ``tfds.data_source``; tfrecord data (tfds's default) is read with tf.data and needs ``tensorflow``."""
+    from urllib.parse import parse_qs
+
     try:
         import tensorflow_datasets as tfds
     except ImportError:
-        raise ImportError("tfds: data sets need `pip install tensorflow-datasets tensorflow`.") from None
-    name, _, split = rest.partition(":")
-    data, info = tfds.load(name, split=split or "test", with_info=True, as_supervised=True)
+        raise ImportError("tfds: data sets need `pip install clip_jax[tfds]` (tensorflow-datasets).") from None
+    spec, _, query = rest.partition("?")
+    name, _, split = spec.partition(":")
+    options = {k: v[-1] for k, v in parse_qs(query).items()}
+    builder = tfds.builder(name, data_dir=options.get("data_dir"))
+    if not builder.is_prepared():
+        builder.download_and_prepare()
+    keys = builder.info.supervised_keys
+    image_key, label_key = keys if keys and all(isinstance(k, str) for k in keys) else ("image", "label")
+    image_key, label_key = options.get("image", image_key), options.get("label", label_key)
+    split = split or "test"
+    random_access = tfds.core.file_adapters.FileFormat.with_random_access()
+    if builder.info.available_file_formats() & random_access:
+        source = builder.as_data_source(split=split)
+        examples = (source[i] for i in range(min(limit or len(source), len(source))))
+    else:
+        try:
+            import tensorflow  # noqa: F401
+        except ImportError:
+            raise ImportError(f"tfds:{name} is stored as {builder.info.file_format.value}, which needs `pip install "
+                              "tensorflow` to read; or prepare it with file_format=array_record.") from None
+        data = builder.as_dataset(split=split)
+        examples = tfds.as_numpy(data.take(limit) if limit else data)
     images, labels = [], []
-    for image, label in tfds.as_numpy(data.take(limit) if limit else data):
-        image = image if image.shape[-1] == 3 else np.repeat(image, 3, axis=-1)
-        images.append(Image.fromarray(image))
-        labels.append(int(label))
-    return images, np.asarray(labels), list(info.features["label"].names)
-
-
+    for example in examples:
+        image = np.asarray(example[image_key])
+        images.append(Image.fromarray(image if image.shape[-1] == 3 else np.repeat(image, 3, axis=-1)))
+        labels.append(int(example[label_key]))
+    names = list(getattr(builder.info.features[label_key], "names", None) or [])
+    return images, np.asarray(labels), names

@@ -10,25 +10,29 @@ import hashlib
 import json
 import os
 import re
+from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
 PLACEHOLDER = re.compile(r"\{c?\}")
-BUILTIN = ("cifar10", "cifar100")
+
+
+def builtin() -> list[str]:
+    """The built-in ``LANG:NAME`` specs: one ``resources/NAME_LANG.json`` each (provenance inside)."""
+    files = (resources.files("clip_jax.evaluate") / "resources").iterdir()
+    return sorted(":".join(f.name[:-len(".json")].rsplit("_", 1)[::-1]) for f in files if f.name.endswith(".json"))
 
 
 def load_resource(spec: str, kind: str) -> list[str]:
-    """Class names or templates from ``LANG:NAME`` (built in: en/it x cifar10/cifar100), a JSON file
+    """Class names or templates from ``LANG:NAME`` (built in: en/it x cifar10/cifar100/imagenet), a JSON file
     (``{"classnames": [...], "templates": [...]}``) or a text file (one per line)."""
     lang, sep, name = spec.partition(":")
     if sep and not os.path.exists(spec):
         resource = resources.files("clip_jax.evaluate") / "resources" / f"{name}_{lang}.json"
         if not resource.is_file():
-            raise ValueError(f"No built-in {kind} {spec!r}; built in: "
-                             f"{[f'{l}:{n}' for l in ('en', 'it') for n in BUILTIN]}. Or pass a JSON/text file.")
+            raise ValueError(f"No built-in {kind} {spec!r}; built in: {builtin()}. Or pass a JSON/text file.")
         values = json.loads(resource.read_text())[kind]
     else:
         path = Path(spec)
