@@ -23,9 +23,10 @@ def load_for_export(checkpoint: str, step: int | None = None):
     from clip_jax import CLIPModel
     from clip_jax.train import model_from_checkpoint
 
-    path = Path(checkpoint)
-    if (path / "checkpoints").is_dir():
-        config = json.loads((path / "config.json").read_text())
+    from clip_jax import workdir
+
+    if workdir.is_training_workdir(checkpoint):
+        config = json.loads(workdir.read_text(workdir.join(checkpoint, "config.json")))
         bases = [config["model"][k] for k in ("vision", "text") if isinstance(config["model"][k], str)]
         return model_from_checkpoint(checkpoint, step), config, bases
     return CLIPModel.from_pretrained(checkpoint), None, []

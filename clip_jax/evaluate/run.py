@@ -17,8 +17,9 @@ def load_model(spec: str, *, logit_scale: float | None = None):
     """A model from a training workdir (latest checkpoint), a saved directory or a hub id."""
     from clip_jax import CLIPModel
 
-    path = Path(spec)
-    if (path / "checkpoints").is_dir():
+    from clip_jax.workdir import is_training_workdir
+
+    if is_training_workdir(spec):
         from clip_jax.train import model_from_checkpoint
 
         model = model_from_checkpoint(spec)

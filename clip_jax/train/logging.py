@@ -1,37 +1,56 @@
-"""Training logs: a tqdm progress bar, ``metrics.jsonl`` and TensorBoard event files in the workdir,
-and optionally Weights & Biases. Only process 0 writes."""
+"""Training logs: a tqdm progress bar, ``metrics.jsonl`` and TensorBoard event files in the workdir
+(local or ``gs://``), and optionally Weights & Biases. Only process 0 writes."""
 
 from __future__ import annotations
 
 import json
 import math
 import os
+import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
 from tqdm import tqdm
 
+from clip_jax import workdir as workdirs
+
 
 class MetricsLogger:
-    """Writes scalar metrics by step; a no-op on processes other than 0."""
+    """Writes scalar metrics by step; a no-op on processes other than 0.
 
-    def __init__(self, workdir: str, *, enabled: bool, wandb_project: str = "", config: dict | None = None):
+    For a remote workdir, ``metrics.jsonl`` and the TensorBoard events are kept in a local spool
+    (``metrics.jsonl`` seeded with the remote file when resuming) and uploaded at most every
+    ``upload_every_s`` seconds and on close."""
+
+    def __init__(self, workdir: str, *, enabled: bool, wandb_project: str = "", config: dict | None = None,
+                 upload_every_s: float = 60.0):
         self.enabled = enabled
         self.workdir = workdir
-        self._tb = self._wandb = self._jsonl = None
+        self.upload_every_s = upload_every_s
+        self._tb = self._wandb = self._jsonl = self._spool = None
+        self._uploaded = 0.0
         if not enabled:
             return
-        os.makedirs(workdir, exist_ok=True) if "://" not in workdir else None
         from tensorboardX import SummaryWriter
 
-        self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
-        if "://" not in workdir:
-            self._jsonl = open(Path(workdir) / "metrics.jsonl", "a")
+        remote = workdirs.is_remote(workdir)
+        metrics_path = workdirs.join(workdir, "metrics.jsonl")
+        if remote:  # spooled locally, uploaded periodically: object stores cannot append
+            self._spool = tempfile.TemporaryDirectory(prefix="clip_jax-logs-")
+            local = Path(self._spool.name, "metrics.jsonl")
+            local.write_text(workdirs.read_text(metrics_path) if workdirs.exists(metrics_path) else "")
+            metrics_path = str(local)
+            self._tb = SummaryWriter(os.path.join(self._spool.name, "tensorboard"))
+        else:
+            os.makedirs(workdir, exist_ok=True)
+            self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+        self._jsonl = open(metrics_path, "a")  # noqa: SIM115 (kept open for the run)
         if wandb_project:
             import wandb
 
-            self._wandb = wandb.init(project=wandb_project, config=config, dir=workdir if "://" not in workdir
-                                     else None, resume="allow")
+            self._wandb = wandb.init(project=wandb_project, config=config, dir=None if remote else workdir,
+                                     resume="allow")
 
     def write(self, step: int, metrics: dict[str, Any]) -> None:
         if not self.enabled:
@@ -43,18 +62,30 @@ class MetricsLogger:
         if self._jsonl is not None:
             self._jsonl.write(json.dumps({"step": step, **scalars}) + "\n")
             self._jsonl.flush()
+            if self._spool is not None and time.monotonic() - self._uploaded > self.upload_every_s:
+                self._upload()
         if self._wandb is not None:
             self._wandb.log(scalars, step=step)
+
+    def _upload(self) -> None:
+        self._tb.flush()
+        workdirs.upload_file(self._jsonl.name, workdirs.join(self.workdir, "metrics.jsonl"))
+        workdirs.upload_dir(Path(self._spool.name, "tensorboard"), workdirs.join(self.workdir, "tensorboard"))
+        self._uploaded = time.monotonic()
 
     def message(self, text: str) -> None:
         if self.enabled:
             tqdm.write(text)
 
     def close(self) -> None:
-        if self._tb is not None:
-            self._tb.close()
         if self._jsonl is not None:
             self._jsonl.close()
+            if self._spool is not None:
+                self._upload()
+        if self._tb is not None:
+            self._tb.close()
+        if self._spool is not None:
+            self._spool.cleanup()
         if self._wandb is not None:
             self._wandb.finish()
 

@@ -12,6 +12,7 @@ import dataclasses
 import json
 import math
 import signal
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ import numpy as np
 from flax import nnx
 from ml_collections import ConfigDict
 
+from clip_jax import workdir as workdirs
 from clip_jax.clip_model import CLIPModel
 from clip_jax.config import validate
 from clip_jax.data.memory import ArrayDataset, BatchIterator
@@ -169,10 +171,15 @@ class Trainer:
         check_batch_size(config.train.batch_size, self.mesh)
         self.primary = jax.process_index() == 0
         self.model = build_model(config)
-        if self.primary and "://" not in workdir:  # what export needs to rebuild the model from a checkpoint
-            Path(workdir).mkdir(parents=True, exist_ok=True)
-            Path(workdir, "config.json").write_text(json.dumps(config.to_dict(), indent=2, default=list) + "\n")
-            self.model.save_pretrained(Path(workdir, "model"), weights=False)
+        if self.primary:  # what export and evaluation need to rebuild the model from a checkpoint
+            workdirs.write_text(workdirs.join(workdir, "config.json"),
+                                json.dumps(config.to_dict(), indent=2, default=list) + "\n")
+            if workdirs.is_remote(workdir):
+                with tempfile.TemporaryDirectory() as local:
+                    self.model.save_pretrained(local, weights=False)
+                    workdirs.upload_dir(local, workdirs.join(workdir, "model"))
+            else:
+                self.model.save_pretrained(Path(workdir, "model"), weights=False)
         self.graphdef = nnx.graphdef(self.model.module)
         self.phases, start = [], 0
         for index, name in enumerate(config.train.phases):
@@ -452,42 +459,41 @@ def model_from_checkpoint(workdir: str, step: int | None = None) -> CLIPModel:
     image processor. Needs no network: the architecture comes from ``<workdir>/model/config.json``."""
     from clip_jax.clip_model import dual_encoder_builder
 
-    workdir_path = Path(workdir)
     for needed in ("config.json", "model/config.json"):
-        if not (workdir_path / needed).is_file():
+        if not workdirs.exists(workdirs.join(workdir, *needed.split("/"))):
             raise FileNotFoundError(f"{workdir} is not a clip_jax training workdir: {needed} is missing.")
-    config = ConfigDict(json.loads((workdir_path / "config.json").read_text()))
+    config = ConfigDict(json.loads(workdirs.read_text(workdirs.join(workdir, "config.json"))))
     m = config.model
-    build, _, _ = dual_encoder_builder(json.loads((workdir_path / "model" / "config.json").read_text()),
-                                       dtype=None if m.dtype == "float32" else _dtype(m.dtype),
-                                       param_dtype=_dtype(m.param_dtype), source=str(workdir_path / "model"))
-    checkpointer = Checkpointer(workdir, keep=1_000_000, use_async=False)
-    step = step if step is not None else checkpointer.latest_step()
-    if step is None:
-        raise FileNotFoundError(f"No checkpoint in {workdir}/checkpoints.")
-    meta = checkpointer.restore_meta(step)
-    phase = config.phases[meta["phase"]]
-    abstract = nnx.eval_shape(build)
-    graphdef, params, frozen = split_trainable(abstract, phase.trainable)
-    tx, _ = phase_optimizer(config, phase, params)
-    single = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-    target = jax.eval_shape(lambda p, f: TrainState(step=jnp.zeros((), jnp.int32), params=p, frozen=f,
-                                                    opt_state=tx.init(p), rng=initial_rng(0)), params, frozen)
-    target = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=single), target)
-    state = checkpointer.restore_state(step, target)
-    checkpointer.close()
-    module = nnx.merge(graphdef, state.params, state.frozen)
-    from clip_jax.clip_model import _load_tokenizer
+    with workdirs.local_copy(workdirs.join(workdir, "model")) as model_dir:
+        build, _, _ = dual_encoder_builder(json.loads((model_dir / "config.json").read_text()),
+                                           dtype=None if m.dtype == "float32" else _dtype(m.dtype),
+                                           param_dtype=_dtype(m.param_dtype), source=str(model_dir))
+        checkpointer = Checkpointer(workdir, keep=1_000_000, use_async=False)
+        step = step if step is not None else checkpointer.latest_step()
+        if step is None:
+            raise FileNotFoundError(f"No checkpoint in {workdir}/checkpoints.")
+        meta = checkpointer.restore_meta(step)
+        phase = config.phases[meta["phase"]]
+        abstract = nnx.eval_shape(build)
+        graphdef, params, frozen = split_trainable(abstract, phase.trainable)
+        tx, _ = phase_optimizer(config, phase, params)
+        single = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+        target = jax.eval_shape(lambda p, f: TrainState(step=jnp.zeros((), jnp.int32), params=p, frozen=f,
+                                                        opt_state=tx.init(p), rng=initial_rng(0)), params, frozen)
+        target = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=single), target)
+        state = checkpointer.restore_state(step, target)
+        checkpointer.close()
+        module = nnx.merge(graphdef, state.params, state.frozen)
+        from clip_jax.clip_model import _load_tokenizer
 
-    return CLIPModel(module, tokenizer=_load_tokenizer(workdir_path / "model"),
-                     image_processor=ImageProcessorConfig.from_pretrained(workdir_path / "model"),
-                     max_length=m.max_length)
+        return CLIPModel(module, tokenizer=_load_tokenizer(model_dir),
+                         image_processor=ImageProcessorConfig.from_pretrained(model_dir), max_length=m.max_length)
 
 
 def train(config: ConfigDict, workdir: str) -> dict[str, Any]:
     """Train as ``config`` says in ``workdir`` (resuming if it holds checkpoints); returns a summary."""
     trainer = Trainer(config, workdir)
     summary = trainer.run()
-    if trainer.primary and "://" not in workdir:
-        Path(workdir, "summary.json").write_text(json.dumps(summary, indent=2, default=float) + "\n")
+    if trainer.primary:
+        workdirs.write_text(workdirs.join(workdir, "summary.json"), json.dumps(summary, indent=2, default=float) + "\n")
     return summary

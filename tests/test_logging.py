@@ -1,0 +1,37 @@
+"""Training logs: metrics.jsonl and TensorBoard events locally, and a Weights & Biases run (offline mode:
+the real client writing its run file in the workdir, nothing sent anywhere)."""
+
+import json
+
+import pytest
+
+from clip_jax.train.logging import MetricsLogger
+
+
+def test_metrics_go_to_jsonl_tensorboard_and_wandb(tmp_path, monkeypatch):
+    pytest.importorskip("wandb", reason="train.wandb_project needs wandb (the [wandb] extra)")
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    logger = MetricsLogger(str(tmp_path), enabled=True, wandb_project="clip-jax-test",
+                           config={"train": {"batch_size": 16}})
+    logger.write(1, {"train/loss": 2.5, "lr/head": 1e-3})
+    logger.write(2, {"train/loss": 2.25, "val/i2t_R@1": 0.5, "train/grad_norm": float("nan")})
+    logger.close()
+
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert records[0] == {"step": 1, "train/loss": 2.5, "lr/head": 1e-3}
+    assert records[1]["val/i2t_R@1"] == 0.5
+    assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
+
+    runs = list((tmp_path / "wandb").glob("offline-run-*/run-*.wandb"))
+    assert len(runs) == 1
+    log = runs[0].read_bytes()  # the run's protobuf record log: keys and config are stored as strings
+    for key in (b"train/loss", b"lr/head", b"val/i2t_R@1", b"batch_size"):
+        assert key in log, key
+
+
+def test_only_process_zero_writes(tmp_path):
+    logger = MetricsLogger(str(tmp_path / "other"), enabled=False)
+    logger.write(1, {"train/loss": 1.0})
+    logger.close()
+    assert not (tmp_path / "other").exists()
