@@ -98,3 +98,28 @@ def test_run_in_a_gcs_bucket_resumes_and_is_evaluated_from_it(tmp_path, bucket):
                                np.asarray(local_model.encode_image(pixels)), atol=1e-5)
     config = json.loads(fs.cat_file("clip-jax-test/runs/it/config.json"))
     assert config["train"]["batch_size"] == 16
+
+
+def test_listings_and_shards_are_read_from_the_bucket(tmp_path, bucket):
+    """Data sources through fsspec: a JSONL listing with relative image paths and WebDataset shards in gs://."""
+    from clip_jax.data.pipeline import ExampleStream, Transform, load_eval_examples
+    from clip_jax.data.to_webdataset import convert
+
+    from test_data import PROCESSOR, write_images
+
+    root, fs = bucket
+    write_images(tmp_path / "data")
+    convert(str(tmp_path / "data" / "train.jsonl"), str(tmp_path / "data" / "shards" / "t"), shard_size=5)
+    fs.put(str(tmp_path / "data"), "clip-jax-test/data", recursive=True)
+    for local, remote in ((f"jsonl:{tmp_path}/data/train.jsonl", f"jsonl:{root}/data/train.jsonl"),
+                          (f"wds:{tmp_path}/data/shards/t-{{00000..00002}}.tar",
+                           f"wds:{root}/data/shards/t-{{00000..00002}}.tar")):
+        pixels, captions, skipped = load_eval_examples(remote, PROCESSOR)
+        expected_pixels, expected_captions, _ = load_eval_examples(local, PROCESSOR)
+        assert captions == expected_captions and not skipped
+        np.testing.assert_array_equal(pixels, expected_pixels)
+        streams = [ExampleStream(spec, Transform(PROCESSOR, train=True), workers=2) for spec in (local, remote)]
+        for _ in range(14):  # past the first epoch
+            a, b = (next(s) for s in streams)
+            assert a["caption"] == b["caption"]
+            np.testing.assert_array_equal(a["pixel_values"], b["pixel_values"])
