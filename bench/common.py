@@ -6,8 +6,7 @@ import json
 import os
 import platform
 import time
-from datetime import datetime, timezone
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -39,15 +38,18 @@ def matmul_peak(dtype=jnp.float32, n: int = 2048, repeats: int = 5) -> float:
 
 def machine() -> dict:
     device = jax.devices()[0]
-    return {"date": datetime.now(timezone.utc).strftime("%Y-%m-%d"), "platform": device.platform,
+    return {"date": time.strftime("%Y-%m-%d", time.gmtime()), "platform": device.platform,
             "device": getattr(device, "device_kind", str(device)), "device_count": jax.device_count(),
             "cpu_count": os.cpu_count(), "processor": platform.processor() or platform.machine(),
             "jax": jax.__version__}
 
 
-def write_result(name: str, result: dict) -> None:
-    os.makedirs("bench/results", exist_ok=True)
-    path = f"bench/results/{name}.json"
+def write_result(name: str, result: dict, directory: str | None = None) -> None:
+    """Print ``result`` and write it to ``<directory>/<name>.json`` (default ``bench/results``; ``--smoke``
+    runs pass a temporary folder so that CI never touches the recorded results)."""
+    directory = directory or "bench/results"
+    os.makedirs(directory, exist_ok=True)
+    path = os.path.join(directory, f"{name}.json")
     with open(path, "w") as f:
         json.dump(result, f, indent=2)
     print(json.dumps(result, indent=2))

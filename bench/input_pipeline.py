@@ -1,7 +1,8 @@
 """Input-pipeline throughput: JPEG decode + random resized crop to 224 px + normalise + tokenise,
-in images/s, with one decoding thread and with one per core.
+in images/s, with one decoding thread, one thread per core, and one worker process per core.
 
     python bench/input_pipeline.py --images 400
+    python bench/input_pipeline.py --smoke   # 16 images, a few seconds, result in a temporary folder
 
 Photos are synthetic 500x375 JPEGs (the typical MSCOCO size); captions are tokenised with the
 all-MiniLM-L6-v2 WordPiece tokenizer if installed (else the demo tokenizer), padded to 64 tokens.
@@ -23,7 +24,12 @@ from PIL import Image
 
 from bench.common import machine, write_result
 from clip_jax.data import ImageProcessorConfig
-from clip_jax.data.pipeline import BadDataMonitor, ExampleStream, TrainBatches, Transform
+from clip_jax.data.pipeline import (
+    BadDataMonitor,
+    ExampleStream,
+    TrainBatches,
+    Transform,
+)
 
 
 def make_listing(directory: str, n: int) -> str:
@@ -59,25 +65,37 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--images", type=int, default=400)
     parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--smoke", action="store_true",
+                        help="16 images in batches of 8; writes into --out or a temporary folder, not bench/results")
+    parser.add_argument("--out", default=None, help="folder for the result JSON (default bench/results)")
     args = parser.parse_args()
+    if args.smoke:
+        args.images, args.batch = 16, 8
+        args.out = args.out or tempfile.mkdtemp(prefix="bench_smoke_")
     tok = tokenizer()
     tokenize = lambda texts: dict(tok(texts, padding="max_length", truncation=True, max_length=64, return_tensors="np"))
     processor = ImageProcessorConfig.for_image_size(224)
     result = {"machine": machine(), "args": vars(args), "runs": []}
     with tempfile.TemporaryDirectory() as directory:
         listing = make_listing(directory, args.images)
-        for workers in sorted({1, os.cpu_count() or 1}):
-            stream = ExampleStream(listing, Transform(processor, train=True), workers=workers)
+        cores = os.cpu_count() or 1
+        # (decoding threads, worker processes): one thread; one thread per core; one process per core.
+        for threads, processes in sorted({(1, 0), (cores, 0), (1, cores)}):
+            stream = ExampleStream(listing, Transform(processor, train=True), workers=threads,
+                                   worker_processes=processes)
             batches = TrainBatches(stream, args.batch, tokenize, BadDataMonitor(listing))
-            next(batches)  # start-up
+            next(batches)  # start-up (spawning worker processes included)
             count, start = 0, time.perf_counter()
             while count < args.images:
                 count += len(next(batches)["pixel_values"])
             seconds = time.perf_counter() - start
-            result["runs"].append({"workers": workers, "images_per_s": count / seconds,
+            batches.close()
+            workers = max(threads, processes)
+            result["runs"].append({"workers": workers, "threads": threads, "worker_processes": processes,
+                                   "images_per_s": count / seconds,
                                    "images_per_s_per_worker": count / seconds / workers})
             print(result["runs"][-1], flush=True)
-    write_result("input_pipeline", result)
+    write_result("input_pipeline", result, args.out)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """Train-step throughput of a full-size dual encoder in phase 1 (projections only) and phase 2 (all).
 
     python bench/train_step.py --vision B/32 --batch 16 --tokens 64 --steps 3
+    python bench/train_step.py --smoke   # tiny towers, a few seconds, result in a temporary folder
 
 Random weights with the real architectures (ViT-B/32 or B/16 at 224 px + BERT-base), AdamW, the
 global softmax loss. Reports images/s, the phase-2 / phase-1 step-time ratio, and model FLOPs
@@ -10,26 +11,43 @@ utilisation: analytic FLOPs of the step over its time, against a matmul peak mea
 from __future__ import annotations
 
 import argparse
-import sys
 import os
+import sys
+import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from bench.common import machine, matmul_peak, time_calls, write_result
 from clip_jax import CLIPModel
 from clip_jax.config import HEAD
 from clip_jax.sharding import batch_sharding, make_mesh
 from clip_jax.train.optim import make_optimizer
-from clip_jax.train.state import TrainState, initial_rng, make_train_step, split_trainable
+from clip_jax.train.state import (
+    TrainState,
+    initial_rng,
+    make_train_step,
+    split_trainable,
+)
 
-VISION = {"B/32": dict(patch_size=32), "B/16": dict(patch_size=16),
-          "L/14": dict(hidden_size=1024, intermediate_size=4096, num_attention_heads=16, num_hidden_layers=24,
-                       patch_size=14)}
-BERT_BASE = dict(model_type="bert", vocab_size=32102)
+VISION = {
+    "B/32": {"patch_size": 32},
+    "B/16": {"patch_size": 16},
+    "L/14": {"hidden_size": 1024, "intermediate_size": 4096, "num_attention_heads": 16, "num_hidden_layers": 24,
+             "patch_size": 14},
+}
+BERT_BASE = {"model_type": "bert", "vocab_size": 32102}
+#: ``--smoke`` towers: the same code paths in a few seconds (CI runs them so the script does not rot).
+TINY_VISION = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2,
+               "patch_size": 16, "image_size": 32}
+TINY_TEXT = {"model_type": "bert", "vocab_size": 1000, "hidden_size": 32, "intermediate_size": 64,
+             "num_hidden_layers": 2, "num_attention_heads": 2, "max_position_embeddings": 64}
+SMOKE = {"batch": 4, "tokens": 8, "steps": 2}
 
 
 def tower_forward_flops(hidden: int, intermediate: int, layers: int, tokens: int) -> float:
@@ -38,53 +56,80 @@ def tower_forward_flops(hidden: int, intermediate: int, layers: int, tokens: int
     return layers * per_layer
 
 
-def step_flops(vision: dict, batch: int, tokens: int, phase: int, projection: int = 512) -> float:
+def step_flops(vision: dict, batch: int, tokens: int, phase: int, projection: int = 512,
+               text: dict | None = None) -> float:
     """Analytic FLOPs of one train step: forward (x1) + backward (x2) where gradients are needed."""
-    v = dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, patch_size=32, image_size=224) | vision
+    base = {"hidden_size": 768, "intermediate_size": 3072, "num_hidden_layers": 12}
+    v = base | {"patch_size": 32, "image_size": 224} | vision
+    t = base | (text or {})
     patches = (v["image_size"] // v["patch_size"]) ** 2
     vis = tower_forward_flops(v["hidden_size"], v["intermediate_size"], v["num_hidden_layers"], patches + 1)
     vis += 2 * patches * 3 * v["patch_size"] ** 2 * v["hidden_size"]
-    txt = tower_forward_flops(768, 3072, 12, tokens)
-    heads = 2 * (v["hidden_size"] + 768) * projection
+    txt = tower_forward_flops(t["hidden_size"], t["intermediate_size"], t["num_hidden_layers"], tokens)
+    heads = 2 * (v["hidden_size"] + t["hidden_size"]) * projection
     loss = 2 * 2 * batch * projection  # per example: its row of logits in each direction
     towers = vis + txt
     multiplier = 3 if phase == 2 else 1
     return batch * (multiplier * towers + 3 * (heads + loss))
 
 
-def measure(vision: str = "B/32", batch: int = 16, tokens: int = 64, steps: int = 3,
-            dtype: str = "float32") -> dict:
-    """Median step time, images/s and MFU of phase 1 and phase 2 for clip_jax."""
-    compute = jnp.bfloat16 if dtype == "bfloat16" else None
-    model = CLIPModel.from_towers(vision=dict(model_type="clip_vision_model", **VISION[vision]),
-                                  text=BERT_BASE, projection_dim=512, dtype=compute)
-    mesh = make_mesh({"data": -1})
+def fake_batch(batch: int, tokens: int, image_size: int = 224, vocab_size: int = 32102) -> dict:
+    """Random pixels (NHWC) and token ids, the same for every script that asks with the same sizes."""
     rs = np.random.RandomState(0)
-    data = {"pixel_values": rs.randn(batch, 224, 224, 3).astype(np.float32),
-            "input_ids": rs.randint(1000, 30000, (batch, tokens)).astype(np.int32),
+    return {"pixel_values": rs.randn(batch, image_size, image_size, 3).astype(np.float32),
+            "input_ids": rs.randint(min(1000, vocab_size // 2), min(30000, vocab_size),
+                                    (batch, tokens)).astype(np.int32),
             "attention_mask": np.ones((batch, tokens), np.int32)}
+
+
+def make_model(vision: dict, text: dict = BERT_BASE, dtype: str = "float32", projection_dim: int = 512) -> CLIPModel:
+    """A randomly initialised dual encoder from tower configs (no download)."""
+    compute = jnp.bfloat16 if dtype == "bfloat16" else None
+    return CLIPModel.from_towers(vision=dict(model_type="clip_vision_model", **vision), text=text,
+                                 projection_dim=projection_dim, dtype=compute)
+
+
+def phase_step(model: CLIPModel, mesh, data: dict, phase: int):
+    """A zero-argument callable running one jitted, state-donating train step of ``phase`` (1: heads, 2: all)
+    on ``data`` (already on the mesh); it returns the step's metrics. The first call compiles."""
+    graphdef, params, frozen = split_trainable(model.module, HEAD if phase == 1 else ".*")
+    groups = (("head", HEAD), ("vision", r"vision\..*"), ("text", r"text\..*"))
+    tx, _ = make_optimizer(params, groups=groups, learning_rates={"head": 1e-3, "vision": 1e-5, "text": 1e-5},
+                           steps=1000, warmup_steps=0, decay="cosine", end_factor=0.0, optimizer="adamw",
+                           settings={"b1": 0.9, "b2": 0.98, "eps": 1e-6, "weight_decay": 0.2, "grad_clip_norm": 1.0})
+    state = TrainState(step=jnp.zeros((), jnp.int32), params=params, frozen=frozen, opt_state=tx.init(params),
+                       rng=initial_rng(0))
+    # The step donates its state: keep the model's own arrays. Placing the copy on the mesh gives the first
+    # call the input types later calls see, so the warm-up call is the only compilation.
+    state = jax.device_put(jax.tree.map(jnp.copy, state), NamedSharding(mesh, P()))
+    step = jax.jit(make_train_step(graphdef, tx, mesh, loss_kind="softmax", dropout=True), donate_argnums=(0,))
+    holder = {"state": state}
+
+    def call():
+        holder["state"], metrics = step(holder["state"], data)
+        return metrics
+
+    return call
+
+
+def measure(vision: str | dict = "B/32", batch: int = 16, tokens: int = 64, steps: int = 3,
+            dtype: str = "float32", text: dict = BERT_BASE) -> dict:
+    """Median step time, images/s and MFU of phase 1 and phase 2 for clip_jax.
+
+    ``vision`` is a key of :data:`VISION` (224 px) or a vision config dict (``--smoke``: :data:`TINY_VISION`).
+    """
+    vision_config = VISION[vision] if isinstance(vision, str) else dict(vision)
+    model = make_model(vision_config, text, dtype)
+    mesh = make_mesh({"data": -1})
+    data = fake_batch(batch, tokens, vision_config.get("image_size", 224), text.get("vocab_size", 32102))
     data = jax.device_put(data, batch_sharding(mesh))
-    peak = matmul_peak(jnp.bfloat16 if compute is not None else jnp.float32)
+    peak = matmul_peak(jnp.bfloat16 if dtype == "bfloat16" else jnp.float32,
+                       n=2048 if isinstance(vision, str) else 256)  # smoke: a small matmul
     result = {"matmul_peak_tflops": peak / 1e12, "phases": {}}
-    for phase, trainable in ((1, HEAD), (2, ".*")):
-        graphdef, params, frozen = split_trainable(model.module, trainable)
-        groups = (("head", HEAD), ("vision", r"vision\..*"), ("text", r"text\..*"))
-        tx, _ = make_optimizer(params, groups=groups, learning_rates={"head": 1e-3, "vision": 1e-5, "text": 1e-5},
-                               steps=1000, warmup_steps=0, decay="cosine", end_factor=0.0, optimizer="adamw",
-                               settings=dict(b1=0.9, b2=0.98, eps=1e-6, weight_decay=0.2, grad_clip_norm=1.0))
-        state = TrainState(step=jnp.zeros((), jnp.int32), params=params, frozen=frozen, opt_state=tx.init(params),
-                           rng=initial_rng(0))
-        state = jax.tree.map(jnp.copy, state)  # the step donates its state; keep the model's own arrays
-        step = jax.jit(make_train_step(graphdef, tx, mesh, loss_kind="softmax", dropout=True), donate_argnums=(0,))
-        holder = {"state": state}
-
-        def call():
-            holder["state"], metrics = step(holder["state"], data)
-            return metrics
-
-        times = time_calls(call, steps, warmup=1)
+    for phase in (1, 2):
+        times = time_calls(phase_step(model, mesh, data, phase), steps, warmup=1)
         seconds = float(np.median(times))
-        flops = step_flops(VISION[vision], batch, tokens, phase)
+        flops = step_flops(vision_config, batch, tokens, phase, text=text)
         result["phases"][phase] = {"step_s": seconds, "times": times, "images_per_s": batch / seconds,
                                    "analytic_tflop_per_step": flops / 1e12, "mfu": flops / seconds / peak}
     result["phase2_over_phase1_step_time"] = result["phases"][2]["step_s"] / result["phases"][1]["step_s"]
@@ -99,10 +144,19 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     parser.add_argument("--name", default="train_step_cpu")
+    parser.add_argument("--smoke", action="store_true",
+                        help="tiny towers, batch 4, 2 steps; result into --out or a temporary folder")
+    parser.add_argument("--out", default=None, help="folder for the result JSON (default bench/results)")
     args = parser.parse_args()
+    if args.smoke:
+        args.batch, args.tokens, args.steps = SMOKE["batch"], SMOKE["tokens"], SMOKE["steps"]
+        args.out = args.out or tempfile.mkdtemp(prefix="bench_smoke_")
     result = {"machine": machine(), "args": vars(args)}
-    result.update(measure(args.vision, args.batch, args.tokens, args.steps, args.dtype))
-    write_result(args.name, result)
+    if args.smoke:
+        result.update(measure(TINY_VISION, args.batch, args.tokens, args.steps, args.dtype, text=TINY_TEXT))
+    else:
+        result.update(measure(args.vision, args.batch, args.tokens, args.steps, args.dtype))
+    write_result(args.name, result, args.out)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,99 @@
+"""Every benchmark script runs in ``--smoke`` mode (tiny configs, a few seconds) and writes real numbers.
+
+No benchmark is a test; these only keep the scripts from rotting. Each runs as a subprocess, as a user
+would run it, with its result JSON sent to a temporary folder (never ``bench/results``). The scripts share
+a persistent JAX compilation cache: three of them compile the same tiny clip_jax train steps.
+"""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def recorded_results() -> dict:
+    return {p.name: p.stat().st_mtime_ns for p in (ROOT / "bench" / "results").iterdir()}
+
+
+@pytest.fixture(scope="module")
+def jax_cache(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("jax_compilation_cache")
+
+
+def run_smoke(script: str, tmp_path: Path, name: str, cache: Path) -> dict:
+    env = dict(os.environ, HF_HUB_OFFLINE="1", JAX_COMPILATION_CACHE_DIR=str(cache),
+               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
+    env.pop("XLA_FLAGS", None)  # the tests' 8 fake devices are not the scripts' default
+    before = recorded_results()
+    proc = subprocess.run([sys.executable, f"bench/{script}", "--smoke", "--out", str(tmp_path)], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=300, check=False)
+    assert proc.returncode == 0, f"{script} --smoke failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
+    assert recorded_results() == before, "a smoke run must not write bench/results"
+    path = tmp_path / f"{name}.json"
+    assert path.exists(), f"{script} --smoke wrote no {path.name}; stdout:\n{proc.stdout[-2000:]}"
+    result = json.loads(path.read_text())
+    assert result["args"]["smoke"] is True
+    assert result["machine"]["platform"] == "cpu"
+    return result
+
+
+def check_phases(phases: dict) -> None:
+    for phase in ("1", "2"):
+        assert phases[phase]["step_s"] > 0
+        assert phases[phase]["images_per_s"] > 0
+
+
+def test_train_step_smoke(tmp_path, jax_cache):
+    result = run_smoke("train_step.py", tmp_path, "train_step_cpu", jax_cache)
+    check_phases(result["phases"])
+    assert result["phases"]["2"]["analytic_tflop_per_step"] > result["phases"]["1"]["analytic_tflop_per_step"] > 0
+    assert 0 < result["phases"]["1"]["mfu"] and result["matmul_peak_tflops"] > 0
+    assert result["phase2_over_phase1_step_time"] > 0
+
+
+def test_loss_memory_smoke(tmp_path, jax_cache):
+    result = run_smoke("loss_memory.py", tmp_path, "loss_memory", jax_cache)
+    assert result["devices"] == 8
+    assert [row["global_batch"] for row in result["rows"]] == [64, 128]
+    for row in result["rows"]:
+        assert 0 < row["ours_bytes_per_device"] and 0 < row["naive_bytes_one_device"]
+        assert row["ours_s"] > 0 and row["naive_s"] > 0
+
+
+def test_input_pipeline_smoke(tmp_path, jax_cache):
+    result = run_smoke("input_pipeline.py", tmp_path, "input_pipeline", jax_cache)
+    assert result["runs"] and all(run["images_per_s"] > 0 for run in result["runs"])
+    assert any(run["worker_processes"] > 0 for run in result["runs"])  # the worker-process path ran too
+
+
+def test_vs_pytorch_smoke(tmp_path, jax_cache):
+    result = run_smoke("vs_pytorch.py", tmp_path, "vs_pytorch_cpu", jax_cache)
+    check_phases(result["clip_jax"])
+    check_phases(result["pytorch"])
+    assert all(ratio > 0 for ratio in result["pytorch_over_clip_jax"].values())
+
+
+def test_vs_legacy_flax_smoke(tmp_path, jax_cache):
+    result = run_smoke("vs_legacy_flax.py", tmp_path, "vs_legacy_flax_cpu", jax_cache)
+    check_phases(result["clip_jax"])
+    assert "skipped" in result["legacy"]  # smoke never builds the legacy virtualenv
+    negatives = result["negatives"]
+    assert negatives["devices"] == 8 and negatives["global_batch"] == 64
+    legacy, ours = negatives["legacy_per_device_loss"], negatives["clip_jax_global_loss"]
+    assert legacy["every_positive_seen"] and ours["every_positive_seen"]
+    assert legacy["negatives_per_example"] == {"min": 7, "max": 7, "mean": 7.0}  # local batch 8 - 1
+    assert legacy["negatives_from_other_devices"]["max"] == 0
+    assert ours["negatives_per_example"] == {"min": 63, "max": 63, "mean": 63.0}  # global batch 64 - 1
+    assert ours["negatives_from_other_devices"]["min"] == 56
+
+
+
+def test_feature_cache_smoke(tmp_path, jax_cache):
+    result = run_smoke("feature_cache.py", tmp_path, "feature_cache", jax_cache)
+    for key in ("phase1_full_step_s", "caching_pass_s_per_batch", "cached_step_s", "full_over_cached_step_time"):
+        assert result[key] > 0, key
