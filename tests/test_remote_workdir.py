@@ -37,9 +37,10 @@ from train_helpers import losses, tiny_config  # noqa: E402
 
 
 @pytest.fixture(scope="module")
-def bucket():
+def bucket(tmp_path_factory):
+    log = open(tmp_path_factory.mktemp("gcs") / "server.log", "w+")  # a file, not a pipe nobody drains
     server = subprocess.Popen([sys.executable, str(Path(__file__).with_name("gcs_server.py")), str(PORT),
-                               "clip-jax-test"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                               "clip-jax-test"], stdout=log, stderr=subprocess.STDOUT, text=True)
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         try:
@@ -49,12 +50,14 @@ def bucket():
             time.sleep(0.2)
     else:
         server.kill()
-        pytest.fail(f"GCS emulator did not start: {server.stdout.read()}")
+        log.seek(0)
+        pytest.fail(f"GCS emulator did not start: {log.read()}")
     import gcsfs
 
     yield "gs://clip-jax-test", gcsfs.GCSFileSystem(token="anon")
     server.terminate()
     server.wait(10)
+    log.close()
 
 
 def test_run_in_a_gcs_bucket_resumes_and_is_evaluated_from_it(tmp_path, bucket):
