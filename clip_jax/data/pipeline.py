@@ -457,29 +457,47 @@ def _process_records(source, process_index: int = 0, process_count: int = 1) -> 
     return (source[i] for i in range(process_index, len(source), process_count))
 
 
+def _eval_examples(records: Iterator[dict], processor: ImageProcessorConfig, workers: int,
+                   counts: collections.Counter) -> Iterator[tuple[np.ndarray, list[str]]]:
+    """``(pixels, captions)`` of the usable records in order (eval preprocessing), decoded ``workers`` at a
+    time with at most ``4 * workers`` in flight (memory stays bounded on any data size); skips counted."""
+    transform = Transform(processor, train=False)
+    window = 4 * max(1, workers)
+    with futures.ThreadPoolExecutor(max(1, workers)) as pool:
+        pending: collections.deque = collections.deque()
+        records = iter(records)
+        while True:
+            for record in records:
+                pending.append(pool.submit(_safe, transform, record, None))
+                if len(pending) >= window:
+                    break
+            if not pending:
+                return
+            result = pending.popleft().result()
+            if isinstance(result, _Failed):
+                counts[result.error.reason] += 1
+                continue
+            yield result["pixel_values"], result["captions"]
+
+
 def process_examples(specs: Sequence[str] | str, processor: ImageProcessorConfig, *, process_index: int = 0,
                      process_count: int = 1, chunk: int = 64, workers: int = 4, **keys: str
                      ) -> Iterator[tuple[np.ndarray, list[list[str]]]]:
     """One pass over this process's part of every source of a mixture (weights ignored), with eval
     preprocessing and every caption: chunks of ``(pixels, captions)``. Bad examples are skipped and
     counted (a warning at the end); none usable is a :class:`DataError`."""
-    transform = Transform(processor, train=False)
     counts: collections.Counter = collections.Counter()
     total = 0
     for spec, _ in parse_mixture(specs):
         records = _process_records(_source(spec, keys), process_index, process_count)
         pixels, captions = [], []
-        with futures.ThreadPoolExecutor(workers) as pool:
-            for result in pool.map(lambda r: _safe(transform, r, None), records):
-                if isinstance(result, _Failed):
-                    counts[result.error.reason] += 1
-                    continue
-                pixels.append(result["pixel_values"])
-                captions.append(result["captions"])
-                if len(pixels) == chunk:
-                    total += chunk
-                    yield np.stack(pixels), captions
-                    pixels, captions = [], []
+        for image, caps in _eval_examples(records, processor, workers, counts):
+            pixels.append(image)
+            captions.append(caps)
+            if len(pixels) == chunk:
+                total += chunk
+                yield np.stack(pixels), captions
+                pixels, captions = [], []
         if pixels:
             total += len(pixels)
             yield np.stack(pixels), captions
@@ -492,19 +510,12 @@ def process_examples(specs: Sequence[str] | str, processor: ImageProcessorConfig
 def load_eval_examples(spec: str, processor: ImageProcessorConfig, *, limit: int | None = None,
                        workers: int = 4, **keys: str) -> tuple[np.ndarray, list[list[str]], dict]:
     """All usable examples of a source in order (eval preprocessing, every caption): pixels, captions, skip counts."""
-    source = _source(spec, keys)
-    transform = Transform(processor, train=False)
-    records = _process_records(source)
     pixels, captions, counts = [], [], collections.Counter()
-    with futures.ThreadPoolExecutor(workers) as pool:
-        for result in pool.map(lambda r: _safe(transform, r, None), records):
-            if isinstance(result, _Failed):
-                counts[result.error.reason] += 1
-                continue
-            pixels.append(result["pixel_values"])
-            captions.append(result["captions"])
-            if limit and len(pixels) >= limit:
-                break
+    for image, caps in _eval_examples(_process_records(_source(spec, keys)), processor, workers, counts):
+        pixels.append(image)
+        captions.append(caps)
+        if limit and len(pixels) >= limit:
+            break
     if not pixels:
         raise DataError(f"No usable example in {spec} (skipped: {dict(counts)}).")
     if counts:
