@@ -279,6 +279,11 @@ class Trainer:
         if phase.name not in self._feature_batches:
             path = feature_cache.feature_cache_path(self.workdir, phase.name, jax.process_index())
             store = feature_cache.FeatureStore.load(path)
+            if jax.process_count() > 1:  # recompute together unless every process has its part (lock-step pass)
+                from jax.experimental import multihost_utils
+
+                if not np.all(multihost_utils.process_allgather(np.array(store is not None))):
+                    store = None
             if store is None:
                 self.logger.message(f"Phase {phase.name!r}: caching the frozen towers' features "
                                     "(one pass over the training data)...")
