@@ -20,37 +20,14 @@ import tempfile
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import jax
-import jax.numpy as jnp
 import numpy as np
-from jax.sharding import NamedSharding
-from jax.sharding import PartitionSpec as P
 
 from bench.common import machine, time_calls, write_result
 from bench.train_step import BERT_BASE, SMOKE, TINY_TEXT, TINY_VISION, VISION, fake_batch, make_model, phase_step
 from clip_jax.config import HEAD
 from clip_jax.sharding import batch_sharding, make_mesh
-from clip_jax.train.features import make_feature_train_step, pooled_feature_fns
-from clip_jax.train.optim import make_optimizer
-from clip_jax.train.state import TrainState, initial_rng, split_trainable
-
-
-def cached_step(model, mesh, features: dict):
-    """A zero-argument callable running one jitted phase-1 step on cached features."""
-    graphdef, params, frozen = split_trainable(model.module, HEAD)
-    tx, _ = make_optimizer(params, groups=(("head", HEAD),), learning_rates={"head": 1e-3}, steps=1000,
-                           warmup_steps=0, decay="cosine", end_factor=0.0, optimizer="adamw",
-                           settings={"b1": 0.9, "b2": 0.98, "eps": 1e-6, "weight_decay": 0.2, "grad_clip_norm": 1.0})
-    state = TrainState(step=jnp.zeros((), jnp.int32), params=params, frozen=frozen, opt_state=tx.init(params),
-                       rng=initial_rng(0))
-    state = jax.device_put(jax.tree.map(jnp.copy, state), NamedSharding(mesh, P()))
-    step = jax.jit(make_feature_train_step(graphdef, tx, mesh, loss_kind="softmax"), donate_argnums=(0,))
-    holder = {"state": state}
-
-    def call():
-        holder["state"], metrics = step(holder["state"], features)
-        return metrics
-
-    return call
+from clip_jax.train.features import pooled_feature_fns
+from clip_jax.train.state import split_trainable
 
 
 def measure(vision: str | dict = "B/32", batch: int = 16, tokens: int = 64, steps: int = 3,
@@ -69,7 +46,7 @@ def measure(vision: str | dict = "B/32", batch: int = 16, tokens: int = 64, step
                            warmup=1)
     features = {"image_features": image_fn(params, frozen, data["pixel_values"]),
                 "text_features": text_fn(params, frozen, data["input_ids"], data["attention_mask"])}
-    cached = time_calls(cached_step(model, mesh, features), max(steps, 10), warmup=1)
+    cached = time_calls(phase_step(model, mesh, features, 1, cached_features=True), max(steps, 10), warmup=1)
 
     full_s, cached_s = float(np.median(full)), float(np.median(cached))
     pass_s = float(np.median(image_pass)) + float(np.median(text_pass))  # one caption per image here

@@ -27,6 +27,7 @@ from bench.common import machine, matmul_peak, time_calls, write_result
 from clip_jax import CLIPModel
 from clip_jax.config import HEAD
 from clip_jax.sharding import batch_sharding, make_mesh
+from clip_jax.train.features import make_feature_train_step
 from clip_jax.train.optim import make_optimizer
 from clip_jax.train.state import (
     TrainState,
@@ -89,9 +90,11 @@ def make_model(vision: dict, text: dict = BERT_BASE, dtype: str = "float32", pro
                                  projection_dim=projection_dim, dtype=compute)
 
 
-def phase_step(model: CLIPModel, mesh, data: dict, phase: int):
+def phase_step(model: CLIPModel, mesh, data: dict, phase: int, cached_features: bool = False):
     """A zero-argument callable running one jitted, state-donating train step of ``phase`` (1: heads, 2: all)
-    on ``data`` (already on the mesh); it returns the step's metrics. The first call compiles."""
+    on ``data`` (already on the mesh); it returns the step's metrics. The first call compiles.
+    ``cached_features``: the phase-1 step on cached pooled features (``data`` holds ``image_features`` and
+    ``text_features``) instead of pixels and tokens."""
     graphdef, params, frozen = split_trainable(model.module, HEAD if phase == 1 else ".*")
     groups = (("head", HEAD), ("vision", r"vision\..*"), ("text", r"text\..*"))
     tx, _ = make_optimizer(params, groups=groups, learning_rates={"head": 1e-3, "vision": 1e-5, "text": 1e-5},
@@ -102,7 +105,11 @@ def phase_step(model: CLIPModel, mesh, data: dict, phase: int):
     # The step donates its state: keep the model's own arrays. Placing the copy on the mesh gives the first
     # call the input types later calls see, so the warm-up call is the only compilation.
     state = jax.device_put(jax.tree.map(jnp.copy, state), NamedSharding(mesh, P()))
-    step = jax.jit(make_train_step(graphdef, tx, mesh, loss_kind="softmax", dropout=True), donate_argnums=(0,))
+    if cached_features:
+        step_fn = make_feature_train_step(graphdef, tx, mesh, loss_kind="softmax")
+    else:
+        step_fn = make_train_step(graphdef, tx, mesh, loss_kind="softmax", dropout=True)
+    step = jax.jit(step_fn, donate_argnums=(0,))
     holder = {"state": state}
 
     def call():

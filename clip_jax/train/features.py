@@ -184,13 +184,11 @@ def embed_local_rows(fn: Callable[..., jax.Array], chunks: Iterator[list[np.ndar
             template = template or [a[:1] for a in take]
         done = exhausted and not pending and rows == 0
         if jax.process_count() > 1:
-            everyone_done = bool(np.all(multihost_utils.process_allgather(np.array(done))))
-            shape_known = multihost_utils.process_allgather(np.array(template is not None))
-            if everyone_done:
+            if np.all(multihost_utils.process_allgather(np.array(done))):
                 break
-            if template is None:  # this process has no data at all; borrow shapes is impossible
-                raise ValueError(f"Process {jax.process_index()} has no training example to cache features of "
-                                 f"(processes with data: {np.flatnonzero(shape_known).tolist()}).")
+            if template is None:  # this process has no data at all: nothing to pad with
+                raise ValueError(f"Process {jax.process_index()} has no training example to cache features of; "
+                                 "give every process data (more shards or a longer listing).")
         elif done:
             break
         if rows == 0:
