@@ -33,7 +33,7 @@ def base_config() -> ConfigDict:
     """Every configurable key with its default value."""
     c = ConfigDict()
     c.model = ConfigDict(dict(
-        vision="openai/clip-vit-base-patch32",  # local dir, hub id, or a dict config (random init)
+        vision="openai/clip-vit-base-patch32",  # local dir, hub id, a dict config (random init), or demo:NAME
         text="dbmdz/bert-base-italian-xxl-cased",
         tokenizer="",  # default: the text tower's own
         projection_dim=512,
@@ -67,7 +67,7 @@ def base_config() -> ConfigDict:
         max_bad_fraction=0.1,  # stop if more of the examples than this are unusable
         cache_dir="~/.cache/clip_jax",
         shapes=ConfigDict(dict(num_train=2048, num_val=256, image_size=64, seed=0,
-                               holdout="rosso:triangolo,blu:cerchio")),
+                               holdout="rosso:triangolo,blu:cerchio", language="it")),
     ))
     c.train = ConfigDict(dict(
         batch_size=128,  # global, over all devices and processes

@@ -12,11 +12,10 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def tiny_config(cache_dir, **overrides):
-    """The demo config shrunk: 32px images, 64 training examples, 3 + 3 steps."""
-    sys.path.insert(0, str(REPO))
-    from configs.demo import get_config
+    """Tiny random towers (tests/tiny_config.py) shrunk: 32px images, 64 training examples, 3 + 3 steps."""
+    from clip_jax.demo import random_towers_config
 
-    c = get_config()
+    c = random_towers_config()
     c.model.vision["image_size"] = 32
     c.model.vision["hidden_size"] = c.model.text["hidden_size"] = 32
     c.model.projection_dim = 16
@@ -45,8 +44,8 @@ CLI_TINY = [
 
 
 def train_command(workdir, cache_dir, *extra):
-    return [sys.executable, str(REPO / "train.py"), f"--workdir={workdir}", f"--config.data.cache_dir={cache_dir}",
-            *CLI_TINY, *extra]
+    return [sys.executable, str(REPO / "train.py"), f"--config={REPO / 'tests' / 'tiny_config.py'}",
+            f"--workdir={workdir}", f"--config.data.cache_dir={cache_dir}", *CLI_TINY, *extra]
 
 
 def subprocess_env(devices=8):

@@ -14,7 +14,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-# noun: (singular, plural); colour: (masculine singular, masculine plural)
+# Scenes are described by Italian ids (colour, shape, count, position); each language says them its own way.
+# noun: (singular, plural); colour: (RGB, masculine singular, masculine plural)
 SHAPES = {"cerchio": ("cerchio", "cerchi"), "quadrato": ("quadrato", "quadrati"),
           "triangolo": ("triangolo", "triangoli")}
 COLOURS = {"rosso": ((220, 30, 30), "rosso", "rossi"), "verde": ((30, 170, 40), "verde", "verdi"),
@@ -22,6 +23,50 @@ COLOURS = {"rosso": ((220, 30, 30), "rosso", "rossi"), "verde": ((30, 170, 40), 
 COUNTS = {1: "un", 2: "due", 3: "tre"}
 POSITIONS = {"a sinistra": (0.0, 0.0, 0.5, 1.0), "a destra": (0.5, 0.0, 1.0, 1.0),
              "in alto": (0.0, 0.0, 1.0, 0.5), "in basso": (0.0, 0.5, 1.0, 1.0)}
+LANGUAGES = ("it", "en")
+
+#: English words for the same scenes.
+SHAPES_EN = {"cerchio": ("circle", "circles"), "quadrato": ("square", "squares"), "triangolo": ("triangle", "triangles")}
+COLOURS_EN = {"rosso": "red", "verde": "green", "blu": "blue", "giallo": "yellow"}
+COUNTS_EN = {1: "one", 2: "two", 3: "three"}
+POSITIONS_EN = {"a sinistra": "on the left", "a destra": "on the right", "in alto": "at the top",
+                "in basso": "at the bottom"}
+
+
+def _italian(colour: str, shape: str, count: int, position: str) -> list[str]:
+    noun = SHAPES[shape][0 if count == 1 else 1]
+    adjective = COLOURS[colour][1 if count == 1 else 2]
+    number = COUNTS[count]
+    there = f"{position} c'è un {noun} {adjective}" if count == 1 else f"{position} ci sono {number} {noun} {adjective}"
+    return [f"{number} {noun} {adjective} {position}", there, f"una foto di {number} {noun} {adjective} {position}",
+            f"{number} {noun} di colore {COLOURS[colour][1]} {position}"]
+
+
+def _english(colour: str, shape: str, count: int, position: str) -> list[str]:
+    noun = SHAPES_EN[shape][0 if count == 1 else 1]
+    number, adjective, where = COUNTS_EN[count], COLOURS_EN[colour], POSITIONS_EN[position]
+    be = "is" if count == 1 else "are"
+    return [f"{number} {adjective} {noun} {where}", f"{where} there {be} {number} {adjective} {noun}",
+            f"a photo of {number} {adjective} {noun} {where}", f"{number} {noun} coloured {adjective} {where}"]
+
+
+def captions(colour: str, shape: str, count: int, position: str, language: str = "it") -> list[str]:
+    """Every phrasing of a scene in ``language`` ('it' or 'en'); the first is the canonical caption."""
+    if language == "it":
+        return _italian(colour, shape, count, position)
+    if language == "en":
+        return _english(colour, shape, count, position)
+    raise ValueError(f"Unknown caption language {language!r}; choose one of {LANGUAGES}.")
+
+
+def caption(colour: str, shape: str, count: int, position: str, language: str = "it") -> str:
+    """The canonical caption, e.g. ``due cerchi rossi a sinistra`` / ``two red circles on the left``."""
+    return captions(colour, shape, count, position, language)[0]
+
+
+def all_scenes() -> list[tuple[str, str, int, str]]:
+    """Every (colour, shape, count, position) the generator can draw."""
+    return [(c, s, n, p) for c in COLOURS for s in SHAPES for n in COUNTS for p in POSITIONS]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,6 +77,8 @@ class ShapesSpec:
     seed: int = 0
     #: colour:shape pairs never shown in training, comma-separated
     holdout: str = "rosso:triangolo,blu:cerchio"
+    #: the captions' language: 'it' or 'en'
+    language: str = "it"
 
     def holdout_pairs(self) -> set[tuple[str, str]]:
         pairs = {tuple(p.split(":")) for p in self.holdout.split(",") if p}
@@ -40,13 +87,6 @@ class ShapesSpec:
                 raise ValueError(f"Held-out pair {colour}:{shape} is not a colour:shape of {sorted(COLOURS)} x "
                                  f"{sorted(SHAPES)}.")
         return pairs
-
-
-def caption(colour: str, shape: str, count: int, position: str) -> str:
-    """The Italian caption, e.g. ``due cerchi rossi a sinistra``."""
-    noun = SHAPES[shape][0 if count == 1 else 1]
-    adjective = COLOURS[colour][1 if count == 1 else 2]
-    return f"{COUNTS[count]} {noun} {adjective} {position}"
 
 
 def draw(colour: str, shape: str, count: int, position: str, size: int, rs: np.random.RandomState) -> np.ndarray:
@@ -77,34 +117,43 @@ def draw(colour: str, shape: str, count: int, position: str, size: int, rs: np.r
 
 
 def generate(spec: ShapesSpec) -> dict[str, object]:
-    """Train, validation and held-out splits: uint8 images, captions and attribute labels."""
+    """Train, validation and held-out splits: uint8 images, every phrasing of their caption (the canonical
+    one first) and attribute labels."""
+    if spec.language not in LANGUAGES:
+        raise ValueError(f"Unknown caption language {spec.language!r}; choose one of {LANGUAGES}.")
     rs = np.random.RandomState(spec.seed)
     holdout = spec.holdout_pairs()
     combos = [(c, s) for c in COLOURS for s in SHAPES]
     seen = [p for p in combos if p not in holdout]
 
     def split(n: int, pairs: list[tuple[str, str]]):
-        images, captions, labels = [], [], []
+        images, texts, labels = [], [], []
         for _ in range(n):
             colour, shape = pairs[rs.randint(len(pairs))]
             count = int(rs.randint(1, 4))
             position = list(POSITIONS)[rs.randint(len(POSITIONS))]
             images.append(draw(colour, shape, count, position, spec.image_size, rs))
-            captions.append([caption(colour, shape, count, position)])
+            texts.append(captions(colour, shape, count, position, spec.language))
             labels.append({"colour": colour, "shape": shape, "count": count, "position": position})
-        return {"images": np.stack(images), "captions": captions, "labels": labels}
+        return {"images": np.stack(images), "captions": texts, "labels": labels}
 
     return {"train": split(spec.num_train, seen), "val": split(spec.num_val, seen),
             "heldout": split(max(spec.num_val, 64), sorted(holdout)) if holdout else None}
 
 
-def vocabulary() -> list[str]:
-    """Every word the captions use (for building a demo tokenizer)."""
-    words = set(COUNTS.values()) | {w for forms in SHAPES.values() for w in forms}
-    words |= {w for _, sg, pl in COLOURS.values() for w in (sg, pl)}
-    words |= {w for p in POSITIONS for w in p.split()}
-    words |= {"una", "foto", "di", "immagine", "con", "forme", "colore", "forma"}
-    return sorted(words)
+def vocabulary(language: str = "it") -> list[str]:
+    """Every word the captions of ``language`` use, as BERT's basic tokenizer splits them (for a demo tokenizer)."""
+    from tokenizers.normalizers import BertNormalizer
+    from tokenizers.pre_tokenizers import BertPreTokenizer
+
+    from clip_jax.demo.corpus import sentences
+
+    normalizer, pre_tokenizer = BertNormalizer(lowercase=True), BertPreTokenizer()
+    split = lambda text: [w for w, _ in pre_tokenizer.pre_tokenize_str(normalizer.normalize_str(text))]
+    texts = [text for scene in all_scenes() for text in captions(*scene, language)]
+    if language == "it":
+        texts += sentences(np.random.RandomState(0), 2000) + ["una immagine con forme di colore e forma"]
+    return sorted({w for text in texts for w in split(text)})
 
 
 def load_or_generate(spec: ShapesSpec, cache_dir: str | os.PathLike) -> dict[str, object]:

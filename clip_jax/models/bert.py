@@ -14,7 +14,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from clip_jax.models.layers import run_layers, MLP, Attention, DType, TowerOutput, config_fields, layer_norm, padding_mask
+from clip_jax.models.layers import (MLP, Attention, DType, TowerOutput, activation, config_fields, layer_norm, normal,
+                                   padding_mask, run_layers)
 from clip_jax.weights.keymap import HEADS_BIAS, HEADS_IN, HEADS_OUT, LINEAR, KeyMap, Rule
 
 ROBERTA_FAMILY = ("roberta", "xlm-roberta", "camembert")
@@ -37,6 +38,7 @@ class BertConfig:
     layer_norm_eps: float = 1e-12
     pad_token_id: int = 0
     position_embedding_type: str = "absolute"
+    initializer_range: float = 0.02
     model_type: str = "bert"
 
     def __post_init__(self):
@@ -67,10 +69,11 @@ class PostNormBlock(nnx.Module):
     def __init__(self, config: BertConfig, *, dtype: DType, param_dtype: jnp.dtype, rngs: nnx.Rngs):
         kwargs = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         d = config.hidden_size
+        init = normal(config.initializer_range)
         self.attention = Attention(d, config.num_attention_heads, dropout=config.attention_probs_dropout_prob,
-                                   **kwargs)
+                                   in_init=init, out_init=init, **kwargs)
         self.attention_norm = layer_norm(d, config.layer_norm_eps, **kwargs)
-        self.mlp = MLP(d, config.intermediate_size, config.hidden_act, **kwargs)
+        self.mlp = MLP(d, config.intermediate_size, config.hidden_act, fc1_init=init, fc2_init=init, **kwargs)
         self.mlp_norm = layer_norm(d, config.layer_norm_eps, **kwargs)
         self.dropout = nnx.Dropout(config.hidden_dropout_prob)
 
@@ -82,7 +85,12 @@ class PostNormBlock(nnx.Module):
 
 
 class BertEncoder(nnx.Module):
-    """Embeddings, post-norm encoder and (optionally) the tanh pooler."""
+    """Embeddings, post-norm encoder and (optionally) the tanh pooler.
+
+    Built from a config alone, it is initialised as transformers' ``BertPreTrainedModel._init_weights``:
+    every dense kernel and embedding from ``normal(initializer_range)``, the padding token's word
+    embedding zero, biases zero, LayerNorms one/zero.
+    """
 
     def __init__(self, config: BertConfig, *, add_pooling_layer: bool = True, dtype: DType = None,
                  param_dtype: jnp.dtype = jnp.float32, rngs: nnx.Rngs):
@@ -90,15 +98,18 @@ class BertEncoder(nnx.Module):
         self.remat = False  # gradient checkpointing per layer; set by the trainer
         d = config.hidden_size
         kwargs = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-        embed = lambda n: nnx.Embed(n, d, embedding_init=nnx.initializers.normal(0.02), **kwargs)
+        init = normal(config.initializer_range)
+        embed = lambda n: nnx.Embed(n, d, embedding_init=init, **kwargs)
         self.word_embeddings = embed(config.vocab_size)
+        if 0 <= config.pad_token_id < config.vocab_size:  # nn.Embedding(padding_idx=pad_token_id) starts at zero
+            table = self.word_embeddings.embedding
+            table.set_value(table.get_value().at[config.pad_token_id].set(0))
         self.position_embeddings = embed(config.max_position_embeddings)
         self.token_type_embeddings = embed(config.type_vocab_size)
         self.embeddings_norm = layer_norm(d, config.layer_norm_eps, **kwargs)
         self.dropout = nnx.Dropout(config.hidden_dropout_prob)
         self.layers = nnx.List([PostNormBlock(config, **kwargs) for _ in range(config.num_hidden_layers)])
-        self.pooler = (nnx.Linear(d, d, kernel_init=nnx.initializers.normal(0.02), **kwargs)
-                       if add_pooling_layer else None)
+        self.pooler = nnx.Linear(d, d, kernel_init=init, **kwargs) if add_pooling_layer else None
 
     def position_ids(self, input_ids: jax.Array) -> jax.Array:
         """Positions as transformers numbers them for this model type."""
@@ -151,4 +162,62 @@ KEY_MAP = KeyMap([
     Rule(_LAYER + "output.LayerNorm.bias", "layers.{i}.mlp_norm.bias"),
     Rule("pooler.dense.weight", "pooler.kernel", LINEAR),
     Rule("pooler.dense.bias", "pooler.bias"),
+])
+
+
+class BertForMaskedLM(nnx.Module):
+    """A BERT encoder (no pooler) with transformers' masked-language-modelling head: dense, activation,
+    LayerNorm, then logits through the word embeddings (tied, as ``BertForMaskedLM``) plus a bias.
+
+    Saved with :meth:`save_pretrained` in the ``BertForMaskedLM`` layout (``bert.*`` and
+    ``cls.predictions.*``), so transformers loads it and ``load_text_tower`` takes its encoder.
+    """
+
+    def __init__(self, config: BertConfig, *, dtype: DType = None, param_dtype: jnp.dtype = jnp.float32,
+                 rngs: nnx.Rngs):
+        self.config = config
+        self.bert = BertEncoder(config, add_pooling_layer=False, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        d = config.hidden_size
+        kwargs = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        self.transform = nnx.Linear(d, d, kernel_init=normal(config.initializer_range), **kwargs)
+        self.transform_norm = layer_norm(d, config.layer_norm_eps, **kwargs)
+        self.bias = nnx.Param(jnp.zeros((config.vocab_size,), param_dtype))
+        self.act = activation(config.hidden_act)
+
+    def __call__(self, input_ids: jax.Array, attention_mask: jax.Array | None = None, *,
+                 deterministic: bool = True, rngs: nnx.Rngs | None = None) -> jax.Array:
+        """Vocabulary logits ``[batch, seq, vocab_size]`` (float32)."""
+        hidden = self.bert(input_ids, attention_mask, deterministic=deterministic, rngs=rngs).last_hidden_state
+        hidden = self.transform_norm(self.act(self.transform(hidden)))
+        logits = self.bert.word_embeddings.attend(hidden)
+        return logits.astype(jnp.float32) + self.bias[...].astype(jnp.float32)
+
+    def save_pretrained(self, directory, *, tokenizer=None) -> None:
+        """config.json (``architectures: [BertForMaskedLM]``), model.safetensors and the tokenizer."""
+        import json
+        from pathlib import Path
+
+        import numpy as np
+
+        from clip_jax.hub import write_weights
+        from clip_jax.weights.loading import flat_params
+
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        config = {**self.config.to_hf(), "architectures": ["BertForMaskedLM"], "tie_word_embeddings": True}
+        (directory / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+        params = {p: np.asarray(jax.device_get(v)) for p, v in flat_params(self).items()}
+        write_weights(MLM_KEY_MAP.export(params), directory)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(str(directory))
+
+
+#: ``BertForMaskedLM`` (transformers) <-> :class:`BertForMaskedLM`; the decoder weight is tied to the word
+#: embeddings and the decoder bias to ``cls.predictions.bias``, so neither is stored separately.
+MLM_KEY_MAP = KEY_MAP.prefixed("bert.", "bert.") + KeyMap([
+    Rule("cls.predictions.transform.dense.weight", "transform.kernel", LINEAR),
+    Rule("cls.predictions.transform.dense.bias", "transform.bias"),
+    Rule("cls.predictions.transform.LayerNorm.weight", "transform_norm.scale"),
+    Rule("cls.predictions.transform.LayerNorm.bias", "transform_norm.bias"),
+    Rule("cls.predictions.bias", "bias"),
 ])

@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from clip_jax.models.layers import run_layers, DType, TowerOutput, config_fields, layer_norm, padding_mask
+from clip_jax.models.layers import DType, TowerOutput, config_fields, layer_norm, normal, padding_mask, run_layers
 from clip_jax.models.vit import CLIP_ENCODER_RULES, PreNormBlock
 from clip_jax.weights.keymap import KeyMap, Rule
 
@@ -35,6 +35,8 @@ class CLIPTextConfig:
     bos_token_id: int = 49406
     eos_token_id: int = 49407
     projection_dim: int = 512
+    initializer_range: float = 0.02
+    initializer_factor: float = 1.0
 
     model_type = "clip_text_model"
 
@@ -54,21 +56,25 @@ class CLIPTextConfig:
 
 
 class CLIPTextTransformer(nnx.Module):
-    """Token + position embeddings, causal pre-norm encoder, final LayerNorm, EOS pooling."""
+    """Token + position embeddings, causal pre-norm encoder, final LayerNorm, EOS pooling.
+
+    Built from a config alone, it is initialised as transformers initialises ``CLIPTextModel``:
+    both embeddings ``normal(0.02 f)``, the layers as :class:`~clip_jax.models.vit.PreNormBlock` says.
+    """
 
     def __init__(self, config: CLIPTextConfig, *, dtype: DType = None, param_dtype: jnp.dtype = jnp.float32,
                  rngs: nnx.Rngs):
         self.config = config
         self.remat = False  # gradient checkpointing per layer; set by the trainer
-        d = config.hidden_size
+        d, factor = config.hidden_size, config.initializer_factor
         kwargs = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-        self.token_embedding = nnx.Embed(config.vocab_size, d, embedding_init=nnx.initializers.normal(0.02),
-                                         **kwargs)
-        self.position_embedding = nnx.Embed(config.max_position_embeddings, d,
-                                            embedding_init=nnx.initializers.normal(0.01), **kwargs)
+        self.token_embedding = nnx.Embed(config.vocab_size, d, embedding_init=normal(0.02 * factor), **kwargs)
+        self.position_embedding = nnx.Embed(config.max_position_embeddings, d, embedding_init=normal(0.02 * factor),
+                                            **kwargs)
         self.layers = nnx.List([
             PreNormBlock(d, config.intermediate_size, config.num_attention_heads, config.hidden_act,
-                         config.layer_norm_eps, config.attention_dropout, **kwargs)
+                         config.layer_norm_eps, config.attention_dropout, num_layers=config.num_hidden_layers,
+                         initializer_factor=factor, **kwargs)
             for _ in range(config.num_hidden_layers)])
         self.final_layer_norm = layer_norm(d, config.layer_norm_eps, **kwargs)
 

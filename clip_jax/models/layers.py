@@ -22,6 +22,11 @@ DType = jnp.dtype | None
 DEFAULT_INIT = nnx.initializers.normal(stddev=0.02)
 
 
+def normal(std: float) -> nnx.Initializer:
+    """``normal(0, std)``: how transformers' ``_init_weights`` draws weights (biases start at zero)."""
+    return nnx.initializers.normal(stddev=std)
+
+
 def quick_gelu(x: Array) -> Array:
     """OpenAI CLIP's sigmoid approximation of GELU."""
     return x * jax.nn.sigmoid(1.702 * x)
@@ -66,8 +71,8 @@ class HeadsProjection(nnx.Module):
     """Dense map ``[..., embed] -> [..., heads, head_dim]`` (a query, key or value projection)."""
 
     def __init__(self, embed_dim: int, num_heads: int, head_dim: int, *, dtype: DType,
-                 param_dtype: jnp.dtype, rngs: nnx.Rngs):
-        self.kernel = nnx.Param(DEFAULT_INIT(rngs.params(), (embed_dim, num_heads, head_dim), param_dtype))
+                 param_dtype: jnp.dtype, rngs: nnx.Rngs, init: nnx.Initializer = DEFAULT_INIT):
+        self.kernel = nnx.Param(init(rngs.params(), (embed_dim, num_heads, head_dim), param_dtype))
         self.bias = nnx.Param(jnp.zeros((num_heads, head_dim), param_dtype))
         self.dtype = dtype
 
@@ -82,8 +87,8 @@ class HeadsMerge(nnx.Module):
     """Dense map ``[..., heads, head_dim] -> [..., embed]`` (the attention output projection)."""
 
     def __init__(self, num_heads: int, head_dim: int, embed_dim: int, *, dtype: DType,
-                 param_dtype: jnp.dtype, rngs: nnx.Rngs):
-        self.kernel = nnx.Param(DEFAULT_INIT(rngs.params(), (num_heads, head_dim, embed_dim), param_dtype))
+                 param_dtype: jnp.dtype, rngs: nnx.Rngs, init: nnx.Initializer = DEFAULT_INIT):
+        self.kernel = nnx.Param(init(rngs.params(), (num_heads, head_dim, embed_dim), param_dtype))
         self.bias = nnx.Param(jnp.zeros((embed_dim,), param_dtype))
         self.dtype = dtype
 
@@ -98,19 +103,21 @@ class Attention(nnx.Module):
     """Multi-head scaled dot-product self-attention with an optional boolean mask.
 
     ``mask`` is broadcastable to ``[batch, heads, query, key]``; True means "may attend".
-    Softmax runs in float32 whatever the compute dtype.
+    Softmax runs in float32 whatever the compute dtype. ``in_init`` draws the query/key/value
+    kernels, ``out_init`` the output projection's.
     """
 
     def __init__(self, embed_dim: int, num_heads: int, *, dropout: float = 0.0, dtype: DType = None,
-                 param_dtype: jnp.dtype = jnp.float32, rngs: nnx.Rngs):
+                 param_dtype: jnp.dtype = jnp.float32, rngs: nnx.Rngs, in_init: nnx.Initializer = DEFAULT_INIT,
+                 out_init: nnx.Initializer = DEFAULT_INIT):
         if embed_dim % num_heads:
             raise ValueError(f"hidden_size {embed_dim} is not divisible by num_attention_heads {num_heads}.")
         head_dim = embed_dim // num_heads
         kwargs = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-        self.query = HeadsProjection(embed_dim, num_heads, head_dim, **kwargs)
-        self.key = HeadsProjection(embed_dim, num_heads, head_dim, **kwargs)
-        self.value = HeadsProjection(embed_dim, num_heads, head_dim, **kwargs)
-        self.out = HeadsMerge(num_heads, head_dim, embed_dim, **kwargs)
+        self.query = HeadsProjection(embed_dim, num_heads, head_dim, init=in_init, **kwargs)
+        self.key = HeadsProjection(embed_dim, num_heads, head_dim, init=in_init, **kwargs)
+        self.value = HeadsProjection(embed_dim, num_heads, head_dim, init=in_init, **kwargs)
+        self.out = HeadsMerge(num_heads, head_dim, embed_dim, init=out_init, **kwargs)
         self.dropout = nnx.Dropout(dropout)
         self.scale = 1.0 / math.sqrt(head_dim)
 
@@ -129,10 +136,11 @@ class MLP(nnx.Module):
     """Two dense layers with an activation between them (``fc1 -> act -> fc2``)."""
 
     def __init__(self, embed_dim: int, hidden_dim: int, act: str, *, dtype: DType = None,
-                 param_dtype: jnp.dtype = jnp.float32, rngs: nnx.Rngs):
-        kwargs = dict(dtype=dtype, param_dtype=param_dtype, kernel_init=DEFAULT_INIT, rngs=rngs)
-        self.fc1 = nnx.Linear(embed_dim, hidden_dim, **kwargs)
-        self.fc2 = nnx.Linear(hidden_dim, embed_dim, **kwargs)
+                 param_dtype: jnp.dtype = jnp.float32, rngs: nnx.Rngs, fc1_init: nnx.Initializer = DEFAULT_INIT,
+                 fc2_init: nnx.Initializer = DEFAULT_INIT):
+        kwargs = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        self.fc1 = nnx.Linear(embed_dim, hidden_dim, kernel_init=fc1_init, **kwargs)
+        self.fc2 = nnx.Linear(hidden_dim, embed_dim, kernel_init=fc2_init, **kwargs)
         self.act = activation(act)
 
     def __call__(self, x: Array) -> Array:

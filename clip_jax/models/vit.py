@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from clip_jax.models.layers import run_layers, MLP, Attention, DType, TowerOutput, config_fields, layer_norm
+from clip_jax.models.layers import MLP, Attention, DType, TowerOutput, config_fields, layer_norm, normal, run_layers
 from clip_jax.weights.keymap import CONV, HEADS_BIAS, HEADS_IN, HEADS_OUT, LINEAR, KeyMap, Rule
 
 
@@ -35,6 +35,8 @@ class CLIPVisionConfig:
     layer_norm_eps: float = 1e-5
     attention_dropout: float = 0.0
     projection_dim: int = 512
+    initializer_range: float = 0.02
+    initializer_factor: float = 1.0
 
     model_type = "clip_vision_model"
 
@@ -92,15 +94,24 @@ def resize_position_embedding(table: jax.Array | np.ndarray, grid: tuple[int, in
 
 
 class PreNormBlock(nnx.Module):
-    """A CLIP transformer layer: ``x + attn(ln1(x))`` then ``x + mlp(ln2(x))``."""
+    """A CLIP transformer layer: ``x + attn(ln1(x))`` then ``x + mlp(ln2(x))``.
+
+    Random initialisation as transformers' ``CLIPPreTrainedModel._init_weights``: query/key/value
+    and fc2 draw from ``normal(d^-0.5 (2 L)^-0.5 f)``, the output projection from ``normal(d^-0.5 f)``,
+    fc1 from ``normal((2 d)^-0.5 f)`` (``d`` the width, ``L`` the depth, ``f`` ``initializer_factor``).
+    """
 
     def __init__(self, hidden_size: int, intermediate_size: int, num_heads: int, act: str, eps: float,
-                 attention_dropout: float, *, dtype: DType, param_dtype: jnp.dtype, rngs: nnx.Rngs):
+                 attention_dropout: float, *, num_layers: int, initializer_factor: float = 1.0, dtype: DType,
+                 param_dtype: jnp.dtype, rngs: nnx.Rngs):
         kwargs = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        in_std = hidden_size ** -0.5 * (2 * num_layers) ** -0.5 * initializer_factor
         self.layer_norm1 = layer_norm(hidden_size, eps, **kwargs)
-        self.attention = Attention(hidden_size, num_heads, dropout=attention_dropout, **kwargs)
+        self.attention = Attention(hidden_size, num_heads, dropout=attention_dropout, in_init=normal(in_std),
+                                   out_init=normal(hidden_size ** -0.5 * initializer_factor), **kwargs)
         self.layer_norm2 = layer_norm(hidden_size, eps, **kwargs)
-        self.mlp = MLP(hidden_size, intermediate_size, act, **kwargs)
+        self.mlp = MLP(hidden_size, intermediate_size, act, fc1_init=normal((2 * hidden_size) ** -0.5 * initializer_factor),
+                       fc2_init=normal(in_std), **kwargs)
 
     def __call__(self, x: jax.Array, mask: jax.Array | None = None, *, deterministic: bool = True,
                  rngs: nnx.Rngs | None = None) -> jax.Array:
@@ -109,7 +120,11 @@ class PreNormBlock(nnx.Module):
 
 
 class CLIPVisionTransformer(nnx.Module):
-    """CLIP ViT: patch embedding, class token, position embedding, pre-norm encoder, pooled CLS."""
+    """CLIP ViT: patch embedding, class token, position embedding, pre-norm encoder, pooled CLS.
+
+    Built from a config alone, it is initialised as transformers initialises ``CLIPVisionModel``
+    (``initializer_range`` and ``initializer_factor`` honoured; see :class:`PreNormBlock`).
+    """
 
     def __init__(self, config: CLIPVisionConfig, *, dtype: DType = None, param_dtype: jnp.dtype = jnp.float32,
                  rngs: nnx.Rngs):
@@ -118,19 +133,20 @@ class CLIPVisionTransformer(nnx.Module):
         self.config = config
         self.remat = False  # gradient checkpointing per layer; set by the trainer
         self.dtype = dtype
-        d = config.hidden_size
+        d, factor = config.hidden_size, config.initializer_factor
+        std = config.initializer_range * factor
         self.patch_embedding = nnx.Conv(
             config.num_channels, d, kernel_size=(config.patch_size,) * 2, strides=(config.patch_size,) * 2,
-            padding="VALID", use_bias=False, dtype=dtype, param_dtype=param_dtype,
-            kernel_init=nnx.initializers.normal(0.02), rngs=rngs)
-        self.class_embedding = nnx.Param(nnx.initializers.normal(d ** -0.5)(rngs.params(), (d,), param_dtype))
-        self.position_embedding = nnx.Param(
-            nnx.initializers.normal(0.02)(rngs.params(), (config.grid_size ** 2 + 1, d), param_dtype))
+            padding="VALID", use_bias=False, dtype=dtype, param_dtype=param_dtype, kernel_init=normal(std),
+            rngs=rngs)
+        self.class_embedding = nnx.Param(normal(d ** -0.5 * factor)(rngs.params(), (d,), param_dtype))
+        self.position_embedding = nnx.Param(normal(std)(rngs.params(), (config.grid_size ** 2 + 1, d), param_dtype))
         kwargs = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         self.pre_layernorm = layer_norm(d, config.layer_norm_eps, **kwargs)
         self.layers = nnx.List([
             PreNormBlock(d, config.intermediate_size, config.num_attention_heads, config.hidden_act,
-                         config.layer_norm_eps, config.attention_dropout, **kwargs)
+                         config.layer_norm_eps, config.attention_dropout, num_layers=config.num_hidden_layers,
+                         initializer_factor=factor, **kwargs)
             for _ in range(config.num_hidden_layers)])
         self.post_layernorm = layer_norm(d, config.layer_norm_eps, **kwargs)
 

@@ -27,6 +27,10 @@ class Checkpointer:
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
 
+    def all_steps(self) -> list[int]:
+        """The steps that have a checkpoint, in increasing order."""
+        return sorted(self.manager.all_steps())
+
     def save(self, step: int, state: Any, meta: dict[str, Any]) -> None:
         """Save ``step`` (asynchronously if configured); a step already saved is left as it is."""
         if step in self.manager.all_steps():

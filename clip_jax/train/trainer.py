@@ -56,25 +56,25 @@ def _dtype(name: str) -> Any:
 
 
 def demo_tokenizer(cache_dir: str) -> str:
-    """A WordPiece tokenizer over the shapes data set's words, written once into ``cache_dir``."""
-    from transformers import BertTokenizer
+    """A WordPiece tokenizer over the shapes data set's Italian words, written once into ``cache_dir``."""
+    from clip_jax.demo.standins import write_wordpiece_tokenizer
 
-    directory = Path(cache_dir).expanduser() / "shapes-tokenizer"
+    directory = Path(cache_dir).expanduser() / "shapes-tokenizer-v2"
     if not (directory / "tokenizer_config.json").exists():
-        directory.mkdir(parents=True, exist_ok=True)
-        words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + vocabulary()
-        (directory / "vocab.txt").write_text("\n".join(words) + "\n")
-        BertTokenizer(str(directory / "vocab.txt"), do_lower_case=True).save_pretrained(str(directory))
+        write_wordpiece_tokenizer(vocabulary("it"), directory)
     return str(directory)
 
 
 def build_model(config: ConfigDict) -> CLIPModel:
-    """The dual encoder a config describes: pretrained towers (paths/hub ids) or random ones (dicts)."""
+    """The dual encoder a config describes: pretrained towers (paths/hub ids; ``demo:NAME`` for the offline
+    demo's stand-ins, built on first use) or random ones (dicts)."""
+    from clip_jax.demo.standins import resolve
+
     m = config.model
     tokenizer = m.tokenizer or None
     if tokenizer == "shapes":
         tokenizer = demo_tokenizer(config.data.cache_dir)
-    tower = lambda spec: spec.to_dict() if isinstance(spec, ConfigDict) else spec
+    tower = lambda spec: spec.to_dict() if isinstance(spec, ConfigDict) else resolve(spec, config.data.cache_dir)
     text = tower(m.text)
     if isinstance(text, dict) and tokenizer and text.get("vocab_size") == "tokenizer":
         from transformers import AutoTokenizer
