@@ -34,7 +34,7 @@ def base_config() -> ConfigDict:
     c = ConfigDict()
     c.model = ConfigDict(dict(
         vision="openai/clip-vit-base-patch32",  # local dir, hub id, a dict config (random init), or demo:NAME
-        text="dbmdz/bert-base-italian-xxl-cased",
+        text="dbmdz/bert-base-italian-xxl-uncased",
         tokenizer="",  # default: the text tower's own
         projection_dim=512,
         text_pooling="pooler",  # pooler | cls | mean | eos
@@ -50,6 +50,7 @@ def base_config() -> ConfigDict:
         kind="softmax",  # softmax (CLIP) | sigmoid (SigLIP)
         sigmoid_bias_init=-10.0,
         sigmoid_scale_init=math.log(10.0),
+        negatives="global",  # global: the whole global batch (recommended) | local: own device only (CLIP-Italian)
     ))
     c.data = ConfigDict(dict(
         source="shapes",  # shapes: the offline synthetic demo data set | files: listings / WebDataset shards
@@ -125,6 +126,8 @@ def validate(config: ConfigDict) -> ConfigDict:
         extra = set(config.phases[name].keys()) - phase_keys
         if extra:
             raise ValueError(f"Unknown key(s) {sorted(extra)} in phases.{name}; valid: {sorted(phase_keys)}.")
+    if config.loss.negatives not in ("global", "local"):
+        raise ValueError(f"loss.negatives must be 'global' or 'local', not {config.loss.negatives!r}.")
     if config.loss.kind not in ("softmax", "sigmoid"):
         raise ValueError(f"loss.kind must be 'softmax' or 'sigmoid', not {config.loss.kind!r}.")
     return config

@@ -47,8 +47,13 @@ def _block_sigmoid(img: jax.Array, all_txt: jax.Array, scale: jax.Array, bias: j
 
 def contrastive_loss(image_embeds: jax.Array, text_embeds: jax.Array, logit_scale: jax.Array, *,
                      mesh: Mesh | None = None, batch_axes: Sequence[str] = ("data", "fsdp"),
-                     kind: str = "softmax", logit_bias: jax.Array | None = None) -> tuple[jax.Array, Metrics]:
+                     kind: str = "softmax", logit_bias: jax.Array | None = None,
+                     negatives: str = "global") -> tuple[jax.Array, Metrics]:
     """CLIP's symmetric softmax loss (``kind='softmax'``) or SigLIP's sigmoid loss (``'sigmoid'``).
+
+    ``negatives='global'`` (the default, and the point of this function): every example is contrasted
+    with the whole global batch. ``'local'``: only with the examples on its own device, as CLIP-Italian's
+    per-device loss did (kept to measure what that costs; see bench/recipe.py).
 
     ``image_embeds``/``text_embeds`` are L2-normalised ``[B, d]`` arrays sharded over
     ``batch_axes`` of ``mesh`` (``mesh=None``: one device); ``logit_scale`` is the multiplier
@@ -57,6 +62,8 @@ def contrastive_loss(image_embeds: jax.Array, text_embeds: jax.Array, logit_scal
     """
     if kind not in ("softmax", "sigmoid"):
         raise ValueError(f"Unknown loss kind {kind!r}; choose 'softmax' or 'sigmoid'.")
+    if negatives not in ("global", "local"):
+        raise ValueError(f"negatives must be 'global' or 'local', not {negatives!r}.")
     if kind == "sigmoid" and logit_bias is None:
         raise ValueError("The sigmoid loss needs a logit_bias (build the model with logit_bias_init=...).")
     global_batch = image_embeds.shape[0]
@@ -64,7 +71,7 @@ def contrastive_loss(image_embeds: jax.Array, text_embeds: jax.Array, logit_scal
     bias = jnp.zeros((), jnp.float32) if logit_bias is None else logit_bias
 
     def local(img, txt, scale, bias):
-        if axes:
+        if axes and negatives == "global":
             all_img = jax.lax.all_gather(img, axes, tiled=True)
             all_txt = jax.lax.all_gather(txt, axes, tiled=True)
             offset = jax.lax.axis_index(axes) * img.shape[0]

@@ -3,7 +3,8 @@
 import nbformat as nbf
 
 SETUP = """\
-# The demo model: trained on first use (about 1.5 minutes on 2 CPU cores), offline.
+# The demo model: a stand-in English CLIP's vision tower + an Italian BERT, taught Italian captions.
+# Trained on first use (a few minutes on 2 CPU cores, stand-ins included), offline.
 import numpy as np
 from clip_jax.demo import demo_model
 
@@ -21,10 +22,12 @@ def notebook(title, cells):
 
 ZERO_SHOT = notebook("""# Zero-shot classification with prompt ensembles, Italian and English side by side
 
-The demo model learned Italian captions of coloured shapes. Here it classifies pictures of *held-out*
-colour–shape combinations (never seen together in training) by colour, using prompt ensembles: each
-class embedding is the renormalised mean of the embeddings of several prompts. The same classes are
-then tried with English prompts, which the model never saw: the gap is what teaching CLIP a language is about.""", [
+The demo taught a (stand-in) English CLIP Italian: its vision tower was paired with an Italian BERT that
+never saw an image, and the pair was trained on Italian captions of coloured shapes. Here it classifies
+pictures of *held-out* colour–shape combinations (never seen together in that training) by colour, using
+prompt ensembles: each class embedding is the renormalised mean of the embeddings of several prompts. The
+same classes are then tried with English prompts: the Italian text tower does not know English (most English
+words are unknown tokens to its vocabulary), so the gap is what teaching CLIP a language is about.""", [
     SETUP,
     """\
 from clip_jax.evaluate.zeroshot import class_embeddings, classification_metrics

@@ -85,3 +85,27 @@ def checkpoints(tmp_path_factory, torch_seed):
         paths[name] = save_torch_model(model, root / name)
     write_bert_tokenizer(paths["bert"])
     return {"root": root, "paths": paths, "models": models}
+
+
+@pytest.fixture(scope="session")
+def small_standins(tmp_path_factory):
+    """The demo's stand-ins at test size (32 px, width 32, a few hundred steps), built once per session:
+    ``(cache_dir, english_clip_dir, italian_bert_dir)``."""
+    from clip_jax.demo import standins
+
+    cache = str(tmp_path_factory.mktemp("standins"))
+    english = standins.english_clip(cache, SMALL_ENGLISH)
+    italian = standins.italian_bert(cache, SMALL_ITALIAN)
+    return cache, english, italian
+
+
+def _small_settings():
+    from clip_jax.demo import standins
+
+    english = standins.EnglishCLIPSettings(image_size=32, patch_size=8, vision_width=32, text_width=32,
+                                           projection_dim=32, num_train=1024, steps=300, batch_size=32)
+    italian = standins.ItalianBertSettings(width=32, num_other_sentences=1000, steps=300, batch_size=64)
+    return english, italian
+
+
+SMALL_ENGLISH, SMALL_ITALIAN = _small_settings()

@@ -11,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -97,3 +98,12 @@ def test_feature_cache_smoke(tmp_path, jax_cache):
     result = run_smoke("feature_cache.py", tmp_path, "feature_cache", jax_cache)
     for key in ("phase1_full_step_s", "caching_pass_s_per_batch", "cached_step_s", "full_over_cached_step_time"):
         assert result[key] > 0, key
+
+
+def test_recipe_smoke(tmp_path, jax_cache):
+    result = run_smoke("recipe.py", tmp_path, "recipe_cpu", jax_cache)
+    assert set(result["recipes"]) == {"e_per_device_loss", "f_cached_phase1"}
+    for summary in result["recipes"].values():
+        assert set(summary["zero_shot"]) == {"colour", "shape", "count", "colour+shape"}
+        assert summary["wall_s"]["mean"] > 0 and np.isfinite(summary["final_loss"]["mean"])
+    assert "| (e)" in result["markdown"]

@@ -23,7 +23,7 @@ def test_clip_italian_recipe():
     from configs.clip_italian import get_config
 
     c = get_config()
-    assert (c.model.vision, c.model.text) == ("openai/clip-vit-base-patch32", "dbmdz/bert-base-italian-xxl-cased")
+    assert (c.model.vision, c.model.text) == ("openai/clip-vit-base-patch32", "dbmdz/bert-base-italian-xxl-uncased")
     assert c.model.projection_dim == 512 and math.exp(c.model.logit_scale_init) == pytest.approx(20.0)
     warmup, finetune = (c.phases[n] for n in c.train.phases)
     for path in ("vision.layers.0.mlp.fc1.kernel", "text.word_embeddings.embedding", "logit_scale"):

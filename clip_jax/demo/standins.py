@@ -45,7 +45,7 @@ class EnglishCLIPSettings:
     projection_dim: int = 64
     max_length: int = 24
     num_train: int = 4096
-    steps: int = 1200
+    steps: int = 800
     batch_size: int = 64
     learning_rate: float = 2e-3
     seed: int = 1  # other pictures than the Italian data set (seed 0)
@@ -60,7 +60,7 @@ class ItalianBertSettings:
     heads: int = 4
     max_length: int = 24
     num_other_sentences: int = 4000
-    steps: int = 1000
+    steps: int = 600
     batch_size: int = 128
     learning_rate: float = 2e-3
     mask_probability: float = 0.15

@@ -121,7 +121,7 @@ class FeatureBatches:
 
 
 def make_feature_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, mesh: Mesh, *,
-                            loss_kind: str) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
+                            loss_kind: str, negatives: str = "global") -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
     """The (un-jitted) step on cached features: projections, global contrastive loss, update."""
     axes = batch_axes(mesh)
 
@@ -132,7 +132,7 @@ def make_feature_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransforma
             text = l2_normalize(model.text_projection(batch["text_features"]))
             bias = model.logit_bias[...] if model.logit_bias is not None else None
             return contrastive_loss(image, text, model.scale(), mesh=mesh, batch_axes=axes, kind=loss_kind,
-                                    logit_bias=bias)
+                                    logit_bias=bias, negatives=negatives)
 
         (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)

@@ -43,7 +43,7 @@ def split_trainable(module: nnx.Module, pattern: str) -> tuple[nnx.GraphDef, nnx
 
 
 def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, mesh: Mesh, *, loss_kind: str,
-                    dropout: bool) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
+                    dropout: bool, negatives: str = "global") -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
     """The (un-jitted) step: forward, global contrastive loss, gradients of trainable params, update."""
     axes = batch_axes(mesh)
 
@@ -55,7 +55,7 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, me
             out = model(batch["pixel_values"], batch["input_ids"], batch["attention_mask"],
                         deterministic=not dropout, rngs=nnx.Rngs(dropout=rng))
             return contrastive_loss(out.image_embeds, out.text_embeds, out.logit_scale, mesh=mesh,
-                                    batch_axes=axes, kind=loss_kind, logit_bias=out.logit_bias)
+                                    batch_axes=axes, kind=loss_kind, logit_bias=out.logit_bias, negatives=negatives)
 
         (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)

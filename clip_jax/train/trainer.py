@@ -237,9 +237,11 @@ class Trainer:
         state = jax.jit(make_state, out_shardings=sharding)(params, frozen)
         graphdef = nnx.graphdef(module)
         if phase.cache_features:
-            step = feature_cache.make_feature_train_step(graphdef, tx, self.mesh, loss_kind=self.config.loss.kind)
+            step = feature_cache.make_feature_train_step(graphdef, tx, self.mesh, loss_kind=self.config.loss.kind,
+                                                         negatives=self.config.loss.negatives)
         else:
             step = make_train_step(graphdef, tx, self.mesh, loss_kind=self.config.loss.kind,
+                                   negatives=self.config.loss.negatives,
                                    dropout=self.config.model.dropout)
         step_fn = jit_train_step(step, sharding, self.batch_sharding, self.mesh)
         self.graphdef = graphdef
