@@ -4,6 +4,7 @@ save and load. The ``nnx`` module is ``model.module``; training works on that.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import itertools
 import json
@@ -106,6 +107,26 @@ def _load_tokenizer(source: Any) -> Any:
         return None
 
     return AutoTokenizer.from_pretrained(str(source), trust_remote_code=False)
+
+
+#: Loading-time arguments a tokenizer remembers in ``init_kwargs``: not part of what an export should carry.
+RUNTIME_TOKENIZER_KWARGS = ("is_local", "local_files_only", "_commit_hash", "cache_dir", "force_download", "token",
+                            "use_auth_token", "revision", "trust_remote_code", "subfolder")
+
+
+def save_tokenizer(tokenizer: Any, directory: str | os.PathLike, max_length: int) -> None:
+    """Write ``tokenizer`` as a fresh copy: no truncation or padding state from earlier calls, no loading
+    arguments, and ``model_max_length`` set to the model's ``max_length`` (so ``truncation=True`` without a
+    length truncates where the model does)."""
+    fresh = copy.deepcopy(tokenizer)
+    backend = getattr(fresh, "backend_tokenizer", None) or getattr(fresh, "_tokenizer", None)
+    if backend is not None and hasattr(backend, "no_truncation"):
+        backend.no_truncation()
+        backend.no_padding()
+    fresh.model_max_length = max_length
+    fresh.init_kwargs = {k: v for k, v in fresh.init_kwargs.items() if k not in RUNTIME_TOKENIZER_KWARGS}
+    fresh.init_kwargs["model_max_length"] = max_length
+    fresh.save_pretrained(str(directory))
 
 
 def _tower(source: TowerSource, kind: str, **kwargs: Any) -> LoadedTower:
@@ -250,7 +271,7 @@ class CLIPModel:
     def save_pretrained(self, directory: str | os.PathLike, *, max_shard_size: str | int = DEFAULT_MAX_SHARD_SIZE,
                         weights: bool = True, require_transformers: bool = False) -> Path:
         """Write config.json, the weights (safetensors; sharded above ``max_shard_size``), the tokenizer
-        and preprocessor_config.json: a directory ``VisionTextDualEncoderModel.from_pretrained`` loads.
+        (a fresh copy whose ``model_max_length`` is this model's ``max_length``) and preprocessor_config.json: a directory ``VisionTextDualEncoderModel.from_pretrained`` loads.
 
         A model whose text pooling transformers cannot reproduce is written in clip_jax's own
         ``model_type`` instead (transformers refuses it); ``require_transformers=True`` raises
@@ -269,7 +290,7 @@ class CLIPModel:
             tensors = key_map.export({p: np.asarray(jax.device_get(v)) for p, v in flat_params(module).items()})
             write_weights(tensors, directory, max_shard_size)
         if self.tokenizer is not None:
-            self.tokenizer.save_pretrained(str(directory))
+            save_tokenizer(self.tokenizer, directory, self.max_length)
         self.image_processor.save_pretrained(directory)
         return directory
 

@@ -208,6 +208,45 @@ def test_classify_ensembles_prompts_as_a_numpy_reference(model):
         model.classify(images, [])
 
 
+LONG_LABEL = " ".join(["gatto rosso"] * 30)  # 62 tokens with [CLS] and [SEP]: beyond BERT's 40 positions
+
+
+def test_exported_tokenizer_is_fresh_and_knows_the_models_max_length(checkpoints, tmp_path):
+    import json
+
+    model = CLIPModel.from_towers(vision=checkpoints["paths"]["vision"], text=checkpoints["paths"]["bert"],
+                                  projection_dim=8, max_length=16)
+    ours = model.encode_text([LONG_LABEL, "un gatto"])  # leaves truncation/padding state in the Rust tokenizer
+    assert model.tokenizer.backend_tokenizer.truncation is not None
+    model.save_pretrained(tmp_path)
+    saved = json.loads((tmp_path / "tokenizer.json").read_text())
+    assert saved["truncation"] is None and saved["padding"] is None
+    config = json.loads((tmp_path / "tokenizer_config.json").read_text())
+    assert config["model_max_length"] == 16
+    assert not {"is_local", "local_files_only", "token"} & config.keys()
+    assert model.tokenizer.backend_tokenizer.truncation is not None  # the model's own tokenizer is left alone
+    # transformers with truncation=True (no length) now cuts where clip_jax does, with equal embeddings
+    reference = tf.VisionTextDualEncoderModel.from_pretrained(str(tmp_path)).eval()
+    processor = tf.VisionTextDualEncoderProcessor.from_pretrained(str(tmp_path))
+    inputs = processor(text=[LONG_LABEL, "un gatto"], return_tensors="pt", padding=True, truncation=True)
+    assert inputs["input_ids"].shape[1] == 16
+    with torch.no_grad():
+        text = reference.get_text_features(**inputs).pooler_output
+    text = torch.nn.functional.normalize(text, dim=-1).numpy()
+    assert np.abs(text - ours).max() <= 1e-4
+
+
+@pytest.mark.xfail(strict=True, raises=RuntimeError, reason=(
+    "transformers 5.24's zero-shot-image-classification pipeline tokenizes with padding=True and no truncation, "
+    "and its _sanitize_parameters drops tokenizer_kwargs, so no tokenizer file can make it truncate; a label "
+    "longer than the text tower's positions crashes. Strict: this starts failing when transformers fixes it."))
+def test_transformers_pipeline_with_a_too_long_label(model, tmp_path):
+    model.save_pretrained(tmp_path)
+    classifier = tf.pipeline("zero-shot-image-classification", model=str(tmp_path))
+    classifier(photos(1)[0], candidate_labels=["gatto", LONG_LABEL], hypothesis_template="una foto di {}",
+               tokenizer_kwargs={"truncation": True})
+
+
 def test_save_and_load_round_trip_is_exact(checkpoints, tmp_path):
     original = CLIPModel.from_towers(vision=checkpoints["paths"]["vision"], text=checkpoints["paths"]["bert"],
                                      projection_dim=8, text_pooling="mean", logit_bias_init=-10.0, seed=3)
