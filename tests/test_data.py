@@ -296,7 +296,7 @@ def test_trainer_reads_files_source(tmp_path):
     config.data.val = str(tmp_path / "data" / "train.jsonl")
     config.data.val_limit = 16
     summary = Trainer(config, str(tmp_path / "run")).run()
-    assert summary["step"] == 3 and "val/i2t_R@1" in summary["val"]
+    assert summary["step"] == 3 and "val/text_retrieval_recall@1" in summary["val"]
     from clip_jax.train.checkpoint import Checkpointer
 
     meta = Checkpointer(str(tmp_path / "run")).restore_meta(3)
