@@ -24,7 +24,7 @@ from PIL import Image
 
 from clip_jax.data.preprocess import ImageProcessorConfig, preprocess_images
 from clip_jax.hub import (CLIP_JAX_MODEL_TYPE, DEFAULT_MAX_SHARD_SIZE, ExportError, push_to_hub,
-                          transformers_compatible, write_weights)
+                          transformers_compatible, write_model_card, write_weights)
 from clip_jax.models.dual_encoder import LOGIT_SCALE_INIT, DualEncoder, dual_encoder_key_map, l2_normalize
 from clip_jax.models.registry import (COMPOSITES, LoadedTower, architecture_of, build_tower, detect_prefix,
                                       load_tower, normalised_config, tower_builder, tower_config)
@@ -185,6 +185,8 @@ class CLIPModel:
                              f"{self.image_processor.crop_width} but the vision tower takes {image_size}px images.")
         tower_max = module.text.config.max_length
         self.max_length = min(max_length or tower_max, tower_max)
+        #: What the model was initialised from (hub ids or paths): the model card's ``base_model``.
+        self.base_models: list[str] = []
         self._jitted: dict[str, Callable] = {}
 
     # ------------------------------------------------------------------ construction
@@ -216,7 +218,9 @@ class CLIPModel:
             if tokenizer is None:
                 raise ValueError(f"No tokenizer files ({', '.join(TOKENIZER_FILES)}) in {path}.")
         processor = ImageProcessorConfig.from_pretrained(v.directory) if v.directory and image_size is None else None
-        return cls(module, tokenizer=tokenizer, image_processor=processor, max_length=max_length)
+        model = cls(module, tokenizer=tokenizer, image_processor=processor, max_length=max_length)
+        model.base_models = [str(source) for source in (vision, text) if isinstance(source, (str, os.PathLike))]
+        return model
 
     @classmethod
     def from_pretrained(cls, path_or_id: str | os.PathLike, *, logit_scale: float | None = None,
@@ -246,8 +250,10 @@ class CLIPModel:
             if logit_scale <= 0:
                 raise ValueError(f"logit_scale must be positive (it is exp of the stored value); got {logit_scale}.")
             module.logit_scale.set_value(jnp.asarray(math.log(logit_scale), jnp.float32))
-        return cls(module, tokenizer=_load_tokenizer(directory),
-                   image_processor=ImageProcessorConfig.from_pretrained(directory), max_length=max_length)
+        model = cls(module, tokenizer=_load_tokenizer(directory),
+                    image_processor=ImageProcessorConfig.from_pretrained(directory), max_length=max_length)
+        model.base_models = [str(path_or_id)]
+        return model
 
     def hub_config(self) -> dict[str, Any]:
         """The ``config.json`` of this model in the hub format (see :mod:`clip_jax.hub`)."""
@@ -269,13 +275,18 @@ class CLIPModel:
         return config
 
     def save_pretrained(self, directory: str | os.PathLike, *, max_shard_size: str | int = DEFAULT_MAX_SHARD_SIZE,
-                        weights: bool = True, require_transformers: bool = False) -> Path:
+                        weights: bool = True, require_transformers: bool = False,
+                        card: Mapping[str, Any] | None = None) -> Path:
         """Write config.json, the weights (safetensors; sharded above ``max_shard_size``), the tokenizer
         (a fresh copy whose ``model_max_length`` is this model's ``max_length``) and preprocessor_config.json: a directory ``VisionTextDualEncoderModel.from_pretrained`` loads.
 
         A model whose text pooling transformers cannot reproduce is written in clip_jax's own
         ``model_type`` instead (transformers refuses it); ``require_transformers=True`` raises
         :class:`ExportError` for such a model. ``weights=False`` writes everything but the weights.
+
+        ``card`` (a dict of :func:`clip_jax.hub.model_card`'s arguments: ``language``, ``results`` — eval.py's
+        records —, ``datasets``, ``license``, ``training_config``, ``repo_id``, ...) also writes the model card,
+        ``README.md``; ``base_models`` defaults to the hub ids this model was built from.
         """
         config = self.hub_config()
         if require_transformers and config["model_type"] != "vision-text-dual-encoder":
@@ -292,17 +303,21 @@ class CLIPModel:
         if self.tokenizer is not None:
             save_tokenizer(self.tokenizer, directory, self.max_length)
         self.image_processor.save_pretrained(directory)
+        if card is not None:
+            write_model_card(directory, **{"base_models": self.base_models, **card})
         return directory
 
     def push_to_hub(self, repo_id: str, *, private: bool = False, revision: str | None = None,
                     commit_message: str = "Upload CLIP dual encoder (clip_jax)", token: str | None = None,
-                    model_card: str | None = None) -> str:
-        """Save to a temporary directory (with ``model_card`` as README.md) and upload it to ``repo_id``."""
+                    model_card: str | Mapping[str, Any] | None = None) -> str:
+        """Save to a temporary directory and upload it to ``repo_id``. ``model_card``: the README.md text, or
+        :meth:`save_pretrained`'s ``card`` arguments (default: a card with no results; ``repo_id`` filled in)."""
         import tempfile
 
         with tempfile.TemporaryDirectory() as tmp:
-            self.save_pretrained(tmp)
-            if model_card:
+            card = None if isinstance(model_card, str) else {"repo_id": repo_id, **(model_card or {})}
+            self.save_pretrained(tmp, card=card)
+            if isinstance(model_card, str):
                 Path(tmp, "README.md").write_text(model_card)
             return push_to_hub(tmp, repo_id, private=private, revision=revision, commit_message=commit_message,
                                token=token)

@@ -77,6 +77,25 @@ def write_results(results: list[dict[str, Any]], output: str | os.PathLike) -> l
     return [Path(output)]
 
 
+def read_results(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """Result records written by :func:`write_results` (a JSON list, one record, or a directory of
+    CLIP_benchmark result files, which may come from CLIP_benchmark itself)."""
+    path = Path(path)
+    if path.is_dir():
+        files = sorted(path.glob("*.json"))
+        if not files:
+            raise FileNotFoundError(f"No .json result files in {path}.")
+        return [json.loads(f.read_text()) for f in files]
+    if not path.is_file():
+        raise FileNotFoundError(f"No results file {path}: pass the --output of eval.py.")
+    data = json.loads(path.read_text())
+    records = data if isinstance(data, list) else [data]
+    bad = [i for i, r in enumerate(records) if not isinstance(r, dict) or "metrics" not in r]
+    if bad:
+        raise ValueError(f"{path} is not eval.py's --output: records {bad[:5]} have no 'metrics'.")
+    return records
+
+
 def _language(spec: str | None) -> str:
     return spec.partition(":")[0] if spec and ":" in spec and len(spec.partition(":")[0]) == 2 else ""
 
