@@ -80,8 +80,8 @@ def _text_list(texts: Texts) -> list[str]:
     texts = list(texts)
     bad = [i for i, t in enumerate(texts) if not isinstance(t, str)]
     if bad:
-        raise TypeError(f"Texts must be strings; items {bad[:5]} are not "
-                        f"(the first is a {type(texts[bad[0]]).__name__}).")
+        raise TypeError(f"Texts must be strings; items {bad[:5]} are not (item {bad[0]}: "
+                        f"{type(texts[bad[0]]).__name__}).")
     return texts
 
 

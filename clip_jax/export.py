@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 
 from clip_jax.evaluate.run import read_results
 from clip_jax.hub import DEFAULT_MAX_SHARD_SIZE, push_to_hub

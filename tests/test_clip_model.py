@@ -109,7 +109,7 @@ def test_text_input_forms(model):
     np.testing.assert_allclose(model.encode_text(CAPTIONS[1]), several[1:2], atol=1e-6)
     np.testing.assert_allclose(model.encode_text(tuple(CAPTIONS)), several, atol=1e-6)
     np.testing.assert_allclose(model.encode_text(c for c in CAPTIONS), several, atol=1e-6)
-    with pytest.raises(TypeError, match=r"items \[1\] are not \(the first is a int\)"):
+    with pytest.raises(TypeError, match=r"items \[1\] are not \(item 1: int\)"):
         model.encode_text(["una foto", 3])
     with pytest.raises(TypeError, match="string or a sequence of strings; got int"):
         model.encode_text(3)

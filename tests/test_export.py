@@ -178,3 +178,20 @@ def test_push_uploads_a_loadable_folder_and_never_prints_the_token(trained, tmp_
 def test_export_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="not a clip_jax training workdir"):
         model_from_checkpoint(str(tmp_path))
+
+
+def test_card_dataset_names_carry_no_local_paths():
+    from clip_jax.hub import dataset_entry, hub_ids
+
+    assert dataset_entry("hf:clip-benchmark/wds_mscoco_captions?image=jpg&caption=txt&split=test") == (
+        "clip-benchmark/wds_mscoco_captions", "test")
+    assert dataset_entry("tfds:cifar10") == ("cifar10", "test")
+    assert dataset_entry("tfds:imagenet2012:validation?data_dir=/home/me/tfds") == ("imagenet2012", "validation")
+    assert dataset_entry("jsonl:/home/me/data/mscoco-it/val.jsonl") == ("mscoco-it", "val")
+    assert dataset_entry("wds:/home/me/shards/wit/train-{00000..00099}.tar") == ("wit", "train")
+    assert dataset_entry("imagefolder:/home/me/cifar10/test/") == ("cifar10", "test")
+    assert dataset_entry("imagefolder:/home/me/my-photos") == ("my-photos", None)
+    assert dataset_entry("mscoco-it: 2017 val") == ("mscoco-it: 2017 val", None)  # a plain name, kept
+    assert hub_ids(["openai/clip-vit-base-patch32", "/abs/dir", "../rel", "a/b/c", {"model_type": "bert"},
+                    "xlm-roberta-base", "openai/clip-vit-base-patch32"]) == ["openai/clip-vit-base-patch32",
+                                                                             "xlm-roberta-base"]
