@@ -32,7 +32,8 @@ def parse_args(argv=None):
     parser.add_argument("--projection", default="umap", choices=["umap", "pca"])
     parser.add_argument("--map_out", default="embedding_map.png")
     parser.add_argument("--cache_dir", default="~/.cache/clip_jax/class_embeddings")
-    parser.add_argument("--output", default=None, help="write the results as JSON here")
+    parser.add_argument("--output", default=None, help="write the results as a JSON list to this file, or into this "
+                        "directory (existing, or ending in /) one CLIP_benchmark JSON file per result")
     args = parser.parse_args(argv)
     needs = {"zeroshot": ("dataset", "classnames", "templates"), "retrieval": ("data",),
              "embedmap": ("dataset", "classnames", "templates")}[args.task]
@@ -68,8 +69,10 @@ def main(argv=None) -> list:
         if r["task"] == "embedmap":
             print(f"{r['model']}: wrote {', '.join(r['metrics']['files'])}")
     if args.output:
-        Path(args.output).write_text(json.dumps(results, indent=2) + "\n")
-        print(f"Results written to {args.output}")
+        from clip_jax.evaluate.run import write_results
+
+        written = write_results(results, args.output)
+        print(f"Results written to {args.output}" + (f" ({len(written)} files)" if len(written) > 1 else ""))
     return results
 
 

@@ -4,10 +4,14 @@ save and load. The ``nnx`` module is ``model.module``; training works on that.
 
 from __future__ import annotations
 
+import copy
+import dataclasses
+import itertools
 import json
 import math
 import os
 import re
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -20,7 +24,7 @@ from PIL import Image
 
 from clip_jax.data.preprocess import ImageProcessorConfig, preprocess_images
 from clip_jax.hub import (CLIP_JAX_MODEL_TYPE, DEFAULT_MAX_SHARD_SIZE, ExportError, push_to_hub,
-                          transformers_compatible, write_weights)
+                          transformers_compatible, write_model_card, write_weights)
 from clip_jax.models.dual_encoder import LOGIT_SCALE_INIT, DualEncoder, dual_encoder_key_map, l2_normalize
 from clip_jax.models.registry import (COMPOSITES, LoadedTower, architecture_of, build_tower, detect_prefix,
                                       load_tower, normalised_config, tower_builder, tower_config)
@@ -28,6 +32,57 @@ from clip_jax.weights.loading import flat_params, load_params
 from clip_jax.weights.readers import CheckpointError, read_config, read_state_dict, resolve_checkpoint
 
 TowerSource = str | os.PathLike | dict | Any
+#: What ``encode_image`` accepts: one PIL image, a sequence or iterator of PIL images (or uint8
+#: ``[H, W, 3]`` arrays), a uint8 ``[N, H, W, 3]`` array, preprocessed float pixels ``[N, S, S, 3]`` or
+#: ``[N, 3, S, S]`` (numpy, torch or jax), or a mapping with ``pixel_values`` (transformers' processor output).
+Images = Any
+#: What ``encode_text`` accepts: one string or a sequence / iterator of strings.
+Texts = str | Iterable[str]
+
+
+@dataclasses.dataclass(frozen=True)
+class Classification:
+    """Zero-shot classification of a batch of images among candidate ``classes``.
+
+    ``probs[i, j]`` is the softmax over the classes of image ``i``'s logits; ``top_k[i]`` lists image
+    ``i``'s best ``(class, probability)`` pairs, most probable first.
+    """
+
+    classes: list[str]
+    logits: np.ndarray
+    probs: np.ndarray
+    top_k: list[list[tuple[str, float]]]
+
+    @property
+    def predictions(self) -> list[str]:
+        """The most probable class of each image."""
+        return [best[0][0] for best in self.top_k]
+
+
+def _to_numpy(value: Any) -> np.ndarray | None:
+    """A numpy view of a numpy, jax or torch array; None for anything else."""
+    if isinstance(value, np.ndarray):
+        return value
+    if isinstance(value, jax.Array):
+        return np.asarray(value)
+    if type(value).__module__.split(".")[0] == "torch" and hasattr(value, "detach"):
+        tensor = value.detach().cpu()
+        return (tensor.float() if tensor.is_floating_point() else tensor).numpy()
+    return None
+
+
+def _text_list(texts: Texts) -> list[str]:
+    """``texts`` as a list of strings (one string becomes a list of one), or a TypeError saying what is wrong."""
+    if isinstance(texts, str):
+        return [texts]
+    if isinstance(texts, (bytes, Mapping)) or not isinstance(texts, Iterable):
+        raise TypeError(f"Texts must be a string or a sequence of strings; got {type(texts).__name__}.")
+    texts = list(texts)
+    bad = [i for i, t in enumerate(texts) if not isinstance(t, str)]
+    if bad:
+        raise TypeError(f"Texts must be strings; items {bad[:5]} are not (item {bad[0]}: "
+                        f"{type(texts[bad[0]]).__name__}).")
+    return texts
 
 
 def _next_power_of_two(n: int) -> int:
@@ -52,6 +107,26 @@ def _load_tokenizer(source: Any) -> Any:
         return None
 
     return AutoTokenizer.from_pretrained(str(source), trust_remote_code=False)
+
+
+#: Loading-time arguments a tokenizer remembers in ``init_kwargs``: not part of what an export should carry.
+RUNTIME_TOKENIZER_KWARGS = ("is_local", "local_files_only", "_commit_hash", "cache_dir", "force_download", "token",
+                            "use_auth_token", "revision", "trust_remote_code", "subfolder")
+
+
+def save_tokenizer(tokenizer: Any, directory: str | os.PathLike, max_length: int) -> None:
+    """Write ``tokenizer`` as a fresh copy: no truncation or padding state from earlier calls, no loading
+    arguments, and ``model_max_length`` set to the model's ``max_length`` (so ``truncation=True`` without a
+    length truncates where the model does)."""
+    fresh = copy.deepcopy(tokenizer)
+    backend = getattr(fresh, "backend_tokenizer", None) or getattr(fresh, "_tokenizer", None)
+    if backend is not None and hasattr(backend, "no_truncation"):
+        backend.no_truncation()
+        backend.no_padding()
+    fresh.model_max_length = max_length
+    fresh.init_kwargs = {k: v for k, v in fresh.init_kwargs.items() if k not in RUNTIME_TOKENIZER_KWARGS}
+    fresh.init_kwargs["model_max_length"] = max_length
+    fresh.save_pretrained(str(directory))
 
 
 def _tower(source: TowerSource, kind: str, **kwargs: Any) -> LoadedTower:
@@ -110,6 +185,8 @@ class CLIPModel:
                              f"{self.image_processor.crop_width} but the vision tower takes {image_size}px images.")
         tower_max = module.text.config.max_length
         self.max_length = min(max_length or tower_max, tower_max)
+        #: What the model was initialised from (hub ids or paths): the model card's ``base_model``.
+        self.base_models: list[str] = []
         self._jitted: dict[str, Callable] = {}
 
     # ------------------------------------------------------------------ construction
@@ -141,7 +218,9 @@ class CLIPModel:
             if tokenizer is None:
                 raise ValueError(f"No tokenizer files ({', '.join(TOKENIZER_FILES)}) in {path}.")
         processor = ImageProcessorConfig.from_pretrained(v.directory) if v.directory and image_size is None else None
-        return cls(module, tokenizer=tokenizer, image_processor=processor, max_length=max_length)
+        model = cls(module, tokenizer=tokenizer, image_processor=processor, max_length=max_length)
+        model.base_models = [str(source) for source in (vision, text) if isinstance(source, (str, os.PathLike))]
+        return model
 
     @classmethod
     def from_pretrained(cls, path_or_id: str | os.PathLike, *, logit_scale: float | None = None,
@@ -171,8 +250,10 @@ class CLIPModel:
             if logit_scale <= 0:
                 raise ValueError(f"logit_scale must be positive (it is exp of the stored value); got {logit_scale}.")
             module.logit_scale.set_value(jnp.asarray(math.log(logit_scale), jnp.float32))
-        return cls(module, tokenizer=_load_tokenizer(directory),
-                   image_processor=ImageProcessorConfig.from_pretrained(directory), max_length=max_length)
+        model = cls(module, tokenizer=_load_tokenizer(directory),
+                    image_processor=ImageProcessorConfig.from_pretrained(directory), max_length=max_length)
+        model.base_models = [str(path_or_id)]
+        return model
 
     def hub_config(self) -> dict[str, Any]:
         """The ``config.json`` of this model in the hub format (see :mod:`clip_jax.hub`)."""
@@ -194,13 +275,18 @@ class CLIPModel:
         return config
 
     def save_pretrained(self, directory: str | os.PathLike, *, max_shard_size: str | int = DEFAULT_MAX_SHARD_SIZE,
-                        weights: bool = True, require_transformers: bool = False) -> Path:
+                        weights: bool = True, require_transformers: bool = False,
+                        card: Mapping[str, Any] | None = None) -> Path:
         """Write config.json, the weights (safetensors; sharded above ``max_shard_size``), the tokenizer
-        and preprocessor_config.json: a directory ``VisionTextDualEncoderModel.from_pretrained`` loads.
+        (a fresh copy whose ``model_max_length`` is this model's ``max_length``) and preprocessor_config.json: a directory ``VisionTextDualEncoderModel.from_pretrained`` loads.
 
         A model whose text pooling transformers cannot reproduce is written in clip_jax's own
         ``model_type`` instead (transformers refuses it); ``require_transformers=True`` raises
         :class:`ExportError` for such a model. ``weights=False`` writes everything but the weights.
+
+        ``card`` (a dict of :func:`clip_jax.hub.model_card`'s arguments: ``language``, ``results`` — eval.py's
+        records —, ``datasets``, ``license``, ``training_config``, ``repo_id``, ...) also writes the model card,
+        ``README.md``; ``base_models`` defaults to the hub ids this model was built from.
         """
         config = self.hub_config()
         if require_transformers and config["model_type"] != "vision-text-dual-encoder":
@@ -215,29 +301,54 @@ class CLIPModel:
             tensors = key_map.export({p: np.asarray(jax.device_get(v)) for p, v in flat_params(module).items()})
             write_weights(tensors, directory, max_shard_size)
         if self.tokenizer is not None:
-            self.tokenizer.save_pretrained(str(directory))
+            save_tokenizer(self.tokenizer, directory, self.max_length)
         self.image_processor.save_pretrained(directory)
+        if card is not None:
+            write_model_card(directory, **{"base_models": self.base_models, **card})
         return directory
 
     def push_to_hub(self, repo_id: str, *, private: bool = False, revision: str | None = None,
                     commit_message: str = "Upload CLIP dual encoder (clip_jax)", token: str | None = None,
-                    model_card: str | None = None) -> str:
-        """Save to a temporary directory (with ``model_card`` as README.md) and upload it to ``repo_id``."""
+                    model_card: str | Mapping[str, Any] | None = None) -> str:
+        """Save to a temporary directory and upload it to ``repo_id``. ``model_card``: the README.md text, or
+        :meth:`save_pretrained`'s ``card`` arguments (default: a card with no results; ``repo_id`` filled in)."""
         import tempfile
 
         with tempfile.TemporaryDirectory() as tmp:
-            self.save_pretrained(tmp)
-            if model_card:
+            card = None if isinstance(model_card, str) else {"repo_id": repo_id, **(model_card or {})}
+            self.save_pretrained(tmp, card=card)
+            if isinstance(model_card, str):
                 Path(tmp, "README.md").write_text(model_card)
             return push_to_hub(tmp, repo_id, private=private, revision=revision, commit_message=commit_message,
                                token=token)
 
-    # ------------------------------------------------------------------ embedding
+    # ------------------------------------------------------------------ temperature
     @property
-    def logit_scale(self) -> float:
-        """The temperature's scale, ``exp(logit_scale)`` clamped at 100."""
+    def logit_multiplier(self) -> float:
+        """What cosine similarities are multiplied by to give logits: ``exp`` of the stored
+        log-space parameter, clamped at 100 (CLIP's ``1 / temperature``; e.g. 100 for OpenAI CLIP)."""
         return float(self.module.scale())
 
+    @logit_multiplier.setter
+    def logit_multiplier(self, value: float) -> None:
+        if not value > 0:
+            raise ValueError(f"The logit multiplier must be positive (it is exp of the stored log); got {value}.")
+        self.module.logit_scale.set_value(jnp.asarray(math.log(value), jnp.float32))
+
+    @property
+    def log_logit_multiplier(self) -> float:
+        """The stored log-space parameter (transformers' ``model.logit_scale``), before clamping at ln 100."""
+        return float(self.module.logit_scale[...])
+
+    @property
+    def logit_scale(self) -> float:
+        """The same as :attr:`logit_multiplier` (the multiplier, not the log; kept for compatibility).
+
+        Note that transformers' ``model.logit_scale`` is the log: that is :attr:`log_logit_multiplier` here.
+        """
+        return self.logit_multiplier
+
+    # ------------------------------------------------------------------ embedding
     @property
     def mesh(self) -> Mesh:
         """Local devices on one ``data`` axis: embedding batches are split over them."""
@@ -252,13 +363,15 @@ class CLIPModel:
     def _put_state(self, state: Any) -> Any:
         return jax.device_put(state, NamedSharding(self.mesh, P()))
 
-    def _compiled(self, name: str) -> Callable:
-        if name not in self._jitted:
+    def _compiled(self, name: str, normalize: bool = True) -> Callable:
+        key = name if normalize else f"{name}-raw"
+        if key not in self._jitted:
             graphdef = nnx.graphdef(self.module)
             method = {"image": lambda m, x: m.image_features(x),
                       "text": lambda m, ids, mask: m.text_features(ids, mask)}[name]
-            self._jitted[name] = jax.jit(lambda state, *args: l2_normalize(method(nnx.merge(graphdef, state), *args)))
-        return self._jitted[name]
+            post = l2_normalize if normalize else (lambda x: x.astype(jnp.float32))
+            self._jitted[key] = jax.jit(lambda state, *args: post(method(nnx.merge(graphdef, state), *args)))
+        return self._jitted[key]
 
     def _bucket(self, n: int, batch_size: int) -> int:
         """Padded batch size: a power of two (at most ``batch_size``), a multiple of the device count."""
@@ -266,30 +379,84 @@ class CLIPModel:
         size = min(batch_size, _next_power_of_two(n))
         return -(-max(size, n) // devices) * devices
 
-    def encode_image(self, images: Sequence[Image.Image] | np.ndarray, *, batch_size: int = 64) -> np.ndarray:
-        """L2-normalised image embeddings ``[N, projection_dim]`` float32.
-
-        ``images``: a list of PIL images or a uint8 array ``[N, H, W, 3]`` (both preprocessed as
-        ``CLIPImageProcessor``), or an already preprocessed float array ``[N, S, S, 3]``.
-        """
+    def pixel_batches(self, images: Images, batch_size: int = 64) -> Iterator[np.ndarray]:
+        """``images`` (any form :meth:`encode_image` takes) as preprocessed float32 ``[n, S, S, 3]`` batches
+        of at most ``batch_size``; an iterator of images is read one batch at a time."""
         size = self.module.vision.config.image_size
-        is_float = isinstance(images, np.ndarray) and np.issubdtype(images.dtype, np.floating)
-        if is_float and images.shape[1:] != (size, size, 3):
-            raise ValueError(f"Preprocessed images must be float [N, {size}, {size}, 3]; got {images.shape}.")
+        if isinstance(images, Mapping):
+            if "pixel_values" not in images:
+                raise TypeError(f"A mapping of images needs a 'pixel_values' entry (as transformers' processors "
+                                f"return); got keys {sorted(images)[:5]}.")
+            images = images["pixel_values"]
+        if isinstance(images, Image.Image):
+            images = [images]
+        array = _to_numpy(images)
+        if array is not None:
+            if array.ndim == 3:
+                array = array[None]
+            if array.dtype == np.uint8:
+                if array.ndim != 4 or array.shape[-1] != 3:
+                    raise ValueError(f"uint8 image arrays must be channels-last [N, H, W, 3] or [H, W, 3]; got "
+                                     f"shape {array.shape}" + (" (channels first: transpose to [N, H, W, 3])"
+                                                               if array.ndim == 4 and array.shape[1] == 3 else "")
+                                     + ".")
+                for start in range(0, len(array), batch_size):
+                    yield preprocess_images(list(array[start:start + batch_size]), self.image_processor)
+                return
+            if not jnp.issubdtype(array.dtype, jnp.floating):
+                raise TypeError(f"Image arrays must be uint8 (raw pixels) or floating point (preprocessed pixels); "
+                                f"got {array.dtype}.")
+            if array.ndim == 4 and array.shape[1:] == (3, size, size) and array.shape[-1] != 3:
+                array = array.transpose(0, 2, 3, 1)  # transformers' pixel_values are channels-first
+            if array.ndim != 4 or array.shape[1:] != (size, size, 3):
+                raise ValueError(
+                    f"Float image arrays must be preprocessed pixels [N, {size}, {size}, 3] (channels last) or "
+                    f"[N, 3, {size}, {size}] (transformers' pixel_values); got shape {array.shape}. Pass PIL "
+                    "images or uint8 arrays to have them resized, cropped and normalised.")
+            for start in range(0, len(array), batch_size):
+                yield np.asarray(array[start:start + batch_size], np.float32)
+            return
+        if isinstance(images, (str, bytes, os.PathLike)):
+            raise TypeError(f"encode_image takes images, not file names ({str(images)[:80]!r}): open them first, "
+                            "e.g. PIL.Image.open(path).")
+        if not isinstance(images, Iterable):
+            raise TypeError(f"encode_image takes a PIL image, a sequence of them, or a pixel array (numpy, torch "
+                            f"or jax); got {type(images).__name__}.")
+        iterator, seen = iter(images), 0
+        while chunk := list(itertools.islice(iterator, batch_size)):
+            items = []
+            for i, item in enumerate(chunk):
+                raw = item if isinstance(item, Image.Image) else _to_numpy(item)
+                if not (isinstance(raw, Image.Image) or (raw is not None and raw.dtype == np.uint8
+                                                         and raw.ndim == 3 and raw.shape[-1] == 3)):
+                    described = (f"a {raw.dtype} array of shape {raw.shape}" if raw is not None
+                                 else f"a {type(item).__name__}")
+                    raise TypeError(f"Image {seen + i} is {described}; a sequence of images must hold PIL images "
+                                    "or uint8 [H, W, 3] arrays (stack preprocessed pixels into one float array).")
+                items.append(raw)
+            yield preprocess_images(items, self.image_processor)
+            seen += len(chunk)
+
+    def encode_image(self, images: Images, *, batch_size: int = 64, normalize: bool = True) -> np.ndarray:
+        """Image embeddings ``[N, projection_dim]`` float32, L2-normalised unless ``normalize=False``.
+
+        ``images``: one PIL image (N = 1), a sequence or iterator of PIL images or uint8 ``[H, W, 3]``
+        arrays, or a uint8 array ``[N, H, W, 3]`` — all preprocessed exactly as transformers'
+        ``CLIPImageProcessor`` —, or already preprocessed float pixels ``[N, S, S, 3]`` (ours) or
+        ``[N, 3, S, S]`` (transformers' ``pixel_values``), as numpy, torch or jax arrays, or a processor's
+        output with ``pixel_values``.
+        """
         state = self._put_state(nnx.state(self.module))
-        fn = self._compiled("image")
+        fn = self._compiled("image", normalize)
         out = []
-        for start in range(0, len(images), batch_size):
-            chunk = images[start:start + batch_size]
-            pixels = np.asarray(chunk, np.float32) if is_float else preprocess_images(list(chunk),
-                                                                                       self.image_processor)
+        for pixels in self.pixel_batches(images, batch_size):
             n = len(pixels)
             padded = np.zeros((self._bucket(n, batch_size), *pixels.shape[1:]), np.float32)
             padded[:n] = pixels
             out.append(np.asarray(fn(state, self._put_batch(padded)))[:n])
         return np.concatenate(out) if out else np.zeros((0, self.module.projection_dim), np.float32)
 
-    def encode_image_layers(self, images: Sequence[Image.Image] | np.ndarray, *, batch_size: int = 64) -> np.ndarray:
+    def encode_image_layers(self, images: Images, *, batch_size: int = 64) -> np.ndarray:
         """The vision tower's class-token state after the embeddings and after each layer,
         ``[layers + 1, N, hidden]`` float32 (for per-layer embedding maps)."""
         if "layers" not in self._jitted:
@@ -302,27 +469,20 @@ class CLIPModel:
             self._jitted["layers"] = jax.jit(layers)
         fn, state = self._jitted["layers"], self._put_state(nnx.state(self.module.vision))
         out = []
-        for start in range(0, len(images), batch_size):
-            chunk = images[start:start + batch_size]
-            pixels = (np.asarray(chunk, np.float32) if isinstance(chunk, np.ndarray) and
-                      np.issubdtype(chunk.dtype, np.floating) else preprocess_images(list(chunk), self.image_processor))
+        for pixels in self.pixel_batches(images, batch_size):
             n = len(pixels)
             padded = np.zeros((self._bucket(n, batch_size), *pixels.shape[1:]), np.float32)
             padded[:n] = pixels
             out.append(np.asarray(fn(state, self._put_batch(padded)))[:, :n])
         return np.concatenate(out, axis=1)
 
-    def tokenize(self, texts: Sequence[str], *, fixed_length: bool = False) -> dict[str, np.ndarray]:
+    def tokenize(self, texts: Texts, *, fixed_length: bool = False) -> dict[str, np.ndarray]:
         """Token ids and attention mask (int32), truncated to ``max_length`` and padded to a
         power-of-two length bucket, or to ``max_length`` itself with ``fixed_length`` (training)."""
         if self.tokenizer is None:
             raise ValueError("This model has no tokenizer: pass tokenizer=PATH_OR_OBJECT to CLIPModel.from_towers.")
-        if isinstance(texts, str):
-            raise TypeError("encode_text takes a list of strings, not a single string.")
-        bad = [i for i, t in enumerate(texts) if not isinstance(t, str)]
-        if bad:
-            raise TypeError(f"Texts must be strings; items {bad[:5]} are not.")
-        enc = self.tokenizer(list(texts), padding="longest", truncation=True, max_length=self.max_length,
+        texts = _text_list(texts)
+        enc = self.tokenizer(texts, padding="longest", truncation=True, max_length=self.max_length,
                              return_tensors="np")
         ids, mask = enc["input_ids"], enc["attention_mask"]
         length = self.max_length if fixed_length else min(max(8, _next_power_of_two(ids.shape[1])), self.max_length)
@@ -333,10 +493,15 @@ class CLIPModel:
             mask = np.pad(mask, ((0, 0), (0, extra)), constant_values=0)
         return {"input_ids": ids.astype(np.int32), "attention_mask": mask.astype(np.int32)}
 
-    def encode_text(self, texts: Sequence[str], *, batch_size: int = 256) -> np.ndarray:
-        """L2-normalised text embeddings ``[N, projection_dim]`` float32, tokenised with the text tower's tokenizer."""
+    def encode_text(self, texts: Texts, *, batch_size: int = 256, normalize: bool = True) -> np.ndarray:
+        """Text embeddings ``[N, projection_dim]`` float32, L2-normalised unless ``normalize=False``.
+
+        ``texts``: one string (N = 1) or a sequence of strings, tokenised with the text tower's tokenizer
+        and truncated to ``max_length`` tokens.
+        """
+        texts = _text_list(texts)
         state = self._put_state(nnx.state(self.module))
-        fn = self._compiled("text")
+        fn = self._compiled("text", normalize)
         out = []
         for start in range(0, len(texts), batch_size):
             enc = self.tokenize(texts[start:start + batch_size])
@@ -349,3 +514,48 @@ class CLIPModel:
             out.append(np.asarray(fn(state, self._put_batch(ids), self._put_batch(mask)))[:n])
         return np.concatenate(out) if out else np.zeros((0, self.module.projection_dim), np.float32)
 
+    def get_image_features(self, images: Images, *, batch_size: int = 64) -> np.ndarray:
+        """transformers-style name: projected image features *before* L2 normalisation (as
+        ``VisionTextDualEncoderModel.get_image_features(...).pooler_output``); takes what :meth:`encode_image` takes."""
+        return self.encode_image(images, batch_size=batch_size, normalize=False)
+
+    def get_text_features(self, texts: Texts, *, batch_size: int = 256) -> np.ndarray:
+        """transformers-style name: projected text features *before* L2 normalisation (as
+        ``VisionTextDualEncoderModel.get_text_features(...).pooler_output``); takes what :meth:`encode_text` takes."""
+        return self.encode_text(texts, batch_size=batch_size, normalize=False)
+
+    # ------------------------------------------------------------------ zero-shot
+    def similarity(self, images: Images, texts: Texts, *, batch_size: int = 64) -> np.ndarray:
+        """Logits ``[images, texts]``: cosine similarity times :attr:`logit_multiplier` (plus the learned bias
+        of a sigmoid-loss model), as transformers' ``logits_per_image``. Not probabilities: see :meth:`classify`."""
+        logits = self.logit_multiplier * (self.encode_image(images, batch_size=batch_size)
+                                          @ self.encode_text(texts).T)
+        if self.module.logit_bias is not None:
+            logits = logits + float(self.module.logit_bias[...])
+        return logits.astype(np.float32)
+
+    def classify(self, images: Images, labels: Sequence[str], templates: str | Sequence[str] | None = None,
+                 language: str | None = None, *, top_k: int = 5, batch_size: int = 64) -> Classification:
+        """Zero-shot classification of ``images`` among ``labels`` (class names in the model's language).
+
+        Each label's embedding is the renormalised mean of the embeddings of every template filled with
+        it (prompt ensembling). ``templates``: a list of prompts with ``{}`` where the label goes, one such
+        prompt, or a built-in / file spec as in ``eval.py --templates`` (``it:cifar10``); ``language``
+        (``en``, ``it``, ...) picks the built-in general-purpose ensemble of that language instead; with
+        neither, the labels are embedded as given. Returns probabilities (softmax over the labels) and the
+        ``top_k`` labels per image.
+        """
+        from clip_jax.evaluate.zeroshot import class_embeddings, resolve_templates
+
+        labels = _text_list(labels)
+        if not labels:
+            raise ValueError("classify needs at least one label.")
+        prompts = resolve_templates(templates, language)
+        logits = self.logit_multiplier * (self.encode_image(images, batch_size=batch_size)
+                                          @ class_embeddings(self, labels, prompts).T)
+        shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
+        probs = shifted / shifted.sum(axis=1, keepdims=True)
+        order = np.argsort(-probs, axis=1, kind="stable")[:, :max(1, top_k)]
+        best = [[(labels[j], float(row[j])) for j in idx] for row, idx in zip(probs, order)]
+        return Classification(classes=labels, logits=logits.astype(np.float32), probs=probs.astype(np.float32),
+                              top_k=best)

@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 
-from clip_jax.hub import DEFAULT_MAX_SHARD_SIZE, model_card, push_to_hub
+from clip_jax.evaluate.run import read_results
+from clip_jax.hub import DEFAULT_MAX_SHARD_SIZE, push_to_hub
 
 
 def load_for_export(checkpoint: str, step: int | None = None):
@@ -37,7 +37,8 @@ def main(argv: list[str] | None = None) -> str:
     parser.add_argument("--checkpoint", required=True, help="training workdir, saved model directory or hub id")
     parser.add_argument("--out", required=True, help="output directory")
     parser.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
-    parser.add_argument("--results", default=None, help="eval.py's JSON output, shown in the model card")
+    parser.add_argument("--results", default=None, help="eval.py's --output (a JSON file or a directory of "
+                        "CLIP_benchmark result files): the model card's model-index")
     parser.add_argument("--language", default=None, help="ISO code for the card's metadata, e.g. it")
     parser.add_argument("--license", default="apache-2.0")
     parser.add_argument("--datasets", nargs="*", default=[], help="training data sets for the card's metadata")
@@ -55,15 +56,11 @@ def main(argv: list[str] | None = None) -> str:
         import math
 
         model.module.logit_scale.set_value(jnp.asarray(math.log(args.logit_scale), jnp.float32))
-    out = model.save_pretrained(args.out, max_shard_size=args.max_shard_size)
-    results = None
-    if args.results:
-        results = json.loads(Path(args.results).read_text())
-        results = results if isinstance(results, list) else results.get("results", [results])
-    card = model_card(config=json.loads((out / "config.json").read_text()), language=args.language,
-                      license=args.license, datasets=args.datasets, base_models=bases, results=results,
-                      training_config=config, repo_id=args.push_to_hub or str(out))
-    (out / "README.md").write_text(card)
+    results = read_results(args.results) if args.results else None
+    out = model.save_pretrained(args.out, max_shard_size=args.max_shard_size,
+                                card=dict(language=args.language, license=args.license, datasets=args.datasets,
+                                          base_models=bases or model.base_models, results=results,
+                                          training_config=config, repo_id=args.push_to_hub))
     compatible = json.loads((out / "config.json").read_text())["model_type"] == "vision-text-dual-encoder"
     print(f"Exported to {out} ({'transformers VisionTextDualEncoderModel' if compatible else 'clip_jax-only'} format).")
     if args.push_to_hub:

@@ -79,64 +79,195 @@ def write_weights(tensors: Mapping[str, np.ndarray], directory: Path,
     return names
 
 
+#: Data source schemes (eval.py / training specs) whose rest is a path or a hub / TFDS name.
+_SCHEMES = ("imagefolder", "hf", "tfds", "jsonl", "json", "csv", "tsv", "wds")
+_SPLITS = ("train", "val", "valid", "validation", "dev", "test")
+#: eval.py's tasks -> (model-index task type, task name).
+_TASKS = {"zeroshot_classification": ("zero-shot-image-classification", "Zero-shot image classification"),
+          "zeroshot_retrieval": ("image-text-retrieval", "Image-text retrieval"),
+          "retrieval": ("image-text-retrieval", "Image-text retrieval")}
+_METRIC = re.compile(r"(acc1|acc5|mean_per_class_recall|(image|text)_retrieval_(recall|mrr)@\d+)")
+
+
+def _metric_name(key: str) -> str:
+    fixed = {"acc1": "Top-1 accuracy", "acc5": "Top-5 accuracy", "mean_per_class_recall": "Mean per-class recall"}
+    if key in fixed:
+        return fixed[key]
+    kind, rest = key.split("_retrieval_")
+    metric, k = rest.split("@")
+    direction = "text->image" if kind == "image" else "image->text"
+    return f"{direction} {'Recall' if metric == 'recall' else 'MRR'}@{k}"
+
+
+def hub_ids(names: Iterable[Any]) -> list[str]:
+    """The names that are Hugging Face hub ids (``user/name`` or ``name``), not local paths or configs."""
+    out = []
+    for name in names:
+        if (isinstance(name, str) and re.fullmatch(r"[\w.-]+(/[\w.-]+)?", name) and not name.startswith(".")
+                and not os.path.exists(name) and name not in out):
+            out.append(name)
+    return out
+
+
+def dataset_entry(spec: str) -> tuple[str, str | None]:
+    """(data set id, split) for a model card from an eval.py data spec, without local paths:
+    ``hf:NAME?split=test`` -> (NAME, test); ``tfds:NAME:SPLIT``; ``jsonl:/data/mscoco-it/val.jsonl`` ->
+    (mscoco-it, val); ``imagefolder:/data/cifar10/test`` -> (cifar10, test); any other text is a name."""
+    scheme, sep, rest = spec.partition(":")
+    if not sep or scheme not in _SCHEMES:
+        return spec, None
+    rest, _, query = rest.partition("?")
+    params = dict(part.partition("=")[::2] for part in query.split("&") if part)
+    if scheme == "hf":
+        return rest, params.get("split")
+    if scheme == "tfds":
+        name, _, split = rest.partition(":")
+        return name, split or "test"
+    path = rest.rstrip("/")
+    parts = [p for p in path.split("/") if p]
+    stem = re.sub(r"\{[^}]*\}", "", parts[-1] if parts else path).split(".")[0].strip("-_") if path else ""
+    parent = parts[-2] if len(parts) > 1 else ""
+    if stem.lower() in _SPLITS or re.sub(r"[-_]?\d+$", "", stem.lower()) in _SPLITS:
+        return parent or stem, re.sub(r"[-_]?\d+$", "", stem.lower())
+    return stem or parent or scheme, None
+
+
+def eval_results(results: Iterable[Mapping[str, Any]], language: str | None = None) -> list[Any]:
+    """``huggingface_hub.EvalResult`` entries (the card's ``model-index``) from eval.py's result records:
+    one per metric of CLIP_benchmark's vocabulary; counts (images, skipped, ...) and embedding maps left out."""
+    from huggingface_hub import EvalResult
+
+    out = []
+    for record in results:
+        if record.get("task") not in _TASKS:
+            continue
+        task_type, task_name = _TASKS[record["task"]]
+        dataset, split = dataset_entry(str(record.get("dataset", "")))
+        for key, value in sorted(record.get("metrics", {}).items()):
+            if _METRIC.fullmatch(key) and isinstance(value, (int, float)) and not isinstance(value, bool):
+                out.append(EvalResult(task_type=task_type, task_name=task_name, dataset_type=dataset,
+                                      dataset_name=dataset, dataset_split=split,
+                                      dataset_config=record.get("language") or language or None,
+                                      metric_type=key, metric_name=_metric_name(key), metric_value=float(value)))
+    return out
+
+
+def _examples(language: str | None) -> tuple[list[str], str]:
+    """Two labels and a prompt in ``language`` for the usage snippets (CIFAR-10's cat and dog, first template)."""
+    from importlib import resources
+
+    resource = resources.files("clip_jax.evaluate") / "resources" / f"cifar10_{language or 'en'}.json"
+    if not resource.is_file():
+        resource = resources.files("clip_jax.evaluate") / "resources" / "cifar10_en.json"
+    data = json.loads(resource.read_text())
+    return [data["classnames"][3], data["classnames"][5]], data["templates"][0]
+
+
+def training_recipe(config: Mapping[str, Any]) -> dict[str, Any]:
+    """The parts of a clip_jax training config that describe the recipe: towers (hub ids only), heads,
+    loss, optimizer and phases. Data paths, work and cache directories are left out."""
+    model, train = config.get("model", {}), config.get("train", {})
+    tower = lambda v: v if hub_ids([v]) else ("random init" if isinstance(v, Mapping) else "local checkpoint")
+    recipe = {
+        "model": {"vision": tower(model.get("vision")), "text": tower(model.get("text")),
+                  **{k: model[k] for k in ("projection_dim", "text_pooling", "max_length", "dtype") if k in model}},
+        "loss": config.get("loss", {}).get("kind"),
+        "train": {k: train[k] for k in ("batch_size", "optimizer", "b1", "b2", "eps", "weight_decay",
+                                        "grad_clip_norm", "agc_clip") if k in train},
+        "phases": {name: {k: v for k, v in config.get("phases", {}).get(name, {}).items()
+                          if k in ("steps", "trainable", "learning_rates", "warmup_steps", "decay",
+                                   "cache_features")}
+                   for name in train.get("phases", ())},
+    }
+    return recipe
+
+
 def model_card(*, config: Mapping[str, Any], language: str | None = None, license: str = "apache-2.0",
-               datasets: Iterable[str] = (), base_models: Iterable[str] = (), results: list[dict] | None = None,
-               training_config: Mapping[str, Any] | None = None, repo_id: str = "PATH_OR_REPO_ID") -> str:
-    """A hub README: YAML metadata, what the model is, evaluation results, the recipe and usage snippets."""
+               datasets: Iterable[str] = (), base_models: Iterable[str] = (),
+               results: Iterable[Mapping[str, Any]] | None = None, training_config: Mapping[str, Any] | None = None,
+               repo_id: str | None = None, model_name: str | None = None, max_length: int | None = None) -> Any:
+    """A ``huggingface_hub.ModelCard`` for an exported dual encoder.
+
+    Metadata: languages, license, ``library_name``, ``pipeline_tag: zero-shot-image-classification``, tags,
+    training data sets, ``base_model`` (the hub ids among ``base_models``) and a ``model-index`` from eval.py's
+    result records. Body: what the model is, its results, usage with transformers (model and ``pipeline``
+    with a prompt in ``language``) and clip_jax, and the training recipe. Local paths are never written:
+    ``repo_id`` names the model in the snippets (a placeholder without it). ``max_length``: the text length
+    the model was trained with (the tokenizer's ``model_max_length``).
+    """
+    from huggingface_hub import ModelCard, ModelCardData
+
     compatible = config.get("model_type") == "vision-text-dual-encoder"
-    meta = ["---"]
-    if language:
-        meta.append(f"language: {language}")
-    meta.append(f"license: {license}")
-    meta.append(f"library_name: {'transformers' if compatible else 'clip_jax'}")
-    meta.append("pipeline_tag: zero-shot-image-classification")
-    meta.append("tags:\n" + "\n".join(f"- {t}" for t in ["clip", "vision-text-dual-encoder", "clip_jax",
-                                                          "zero-shot-image-classification", "image-retrieval"]))
-    if datasets:
-        meta.append("datasets:\n" + "\n".join(f"- {d}" for d in datasets))
-    bases = [b for b in base_models if b]
-    if bases:
-        meta.append("base_model:\n" + "\n".join(f"- {b}" for b in bases))
-    meta.append("---")
+    bases = hub_ids(base_models)
+    name = model_name or (repo_id.split("/")[-1] if repo_id else f"clip-jax-{language or 'dual-encoder'}")
+    evals = eval_results(results or [], language)
+    data = ModelCardData(
+        language=language, license=license, library_name="transformers" if compatible else "clip_jax",
+        pipeline_tag="zero-shot-image-classification",
+        tags=["clip", "vision-text-dual-encoder", "clip_jax", "zero-shot-image-classification", "image-retrieval"],
+        datasets=[d for d in (dataset_entry(d)[0] for d in datasets) if d] or None, base_model=bases or None,
+        model_name=name if evals else None, eval_results=evals or None)
     vision, text = config["vision_config"], config["text_config"]
-    lines = ["\n".join(meta), "", f"# CLIP dual encoder ({language or 'multilingual'})", "",
-             f"A {vision.get('model_type')} vision tower ({vision.get('hidden_size')}-d, patch "
-             f"{vision.get('patch_size')}, {vision.get('image_size')} px) and a {text.get('model_type')} text "
-             f"tower ({text.get('hidden_size')}-d), each projected to {config.get('projection_dim')} dimensions, "
-             "trained contrastively with clip_jax "
-             "(frozen-backbone warm-up of the projections, then full fine-tuning).", ""]
+    labels, template = _examples(language)
+    ref = repo_id or "REPO_ID"
+    lines = [f"# {name}", "",
+             f"A CLIP-style dual encoder{f' for `{language}`' if language else ''}: a {vision.get('model_type')} "
+             f"vision tower ({vision.get('hidden_size')}-d, patch {vision.get('patch_size')}, "
+             f"{vision.get('image_size')} px) and a {text.get('model_type')} text tower "
+             f"({text.get('hidden_size')}-d), each projected to {config.get('projection_dim')} dimensions, trained "
+             "contrastively with clip_jax (the projections first with frozen towers, then "
+             "everything).", ""]
     if bases:
-        lines += ["Initialised from: " + ", ".join(f"`{b}`" for b in bases) + ".", ""]
-    if results:
-        lines += ["## Evaluation", "", "| dataset | task | language | metric | value |", "|---|---|---|---|---|"]
-        for r in results:
-            for metric, value in sorted(r.get("metrics", {}).items()):
-                shown = f"{value:.4f}" if isinstance(value, float) else str(value)
-                lines.append(f"| {r.get('dataset', '')} | {r.get('task', '')} | {r.get('language', '')} | "
-                             f"{metric} | {shown} |")
+        lines += ["Initialised from " + " and ".join(f"[`{b}`](https://huggingface.co/{b})" for b in bases) + ".", ""]
+    if evals:
+        lines += ["## Evaluation", "", "| task | data set | split | language | metric | value |", "|---|---|---|---|---|---|"]
+        lines += [f"| {e.task_name} | {e.dataset_name} | {e.dataset_split or ''} | {e.dataset_config or ''} | "
+                  f"{e.metric_name} | {e.metric_value:.4f} |" for e in evals]
         lines.append("")
+    if not repo_id:
+        lines += ["`REPO_ID` below: this model's hub id or local directory.", ""]
     lines += ["## Usage", ""]
     if compatible:
-        lines += ["With transformers (PyTorch):", "", "```python", "import torch", "from PIL import Image",
+        lines += ["With transformers (PyTorch), no custom code:", "", "```python", "from PIL import Image",
+                  "from transformers import pipeline", "",
+                  f'classifier = pipeline("zero-shot-image-classification", model="{ref}")',
+                  f'classifier(Image.open("photo.jpg"), candidate_labels={labels!r},',
+                  f'           hypothesis_template={template!r})', "```", "",
+                  "or the model itself:", "", "```python", "import torch", "from PIL import Image",
                   "from transformers import VisionTextDualEncoderModel, VisionTextDualEncoderProcessor", "",
-                  f'model = VisionTextDualEncoderModel.from_pretrained("{repo_id}")',
-                  f'processor = VisionTextDualEncoderProcessor.from_pretrained("{repo_id}")',
-                  'inputs = processor(text=["una foto di un gatto", "una foto di un cane"],',
-                  '                   images=Image.open("photo.jpg"), return_tensors="pt", padding=True)',
-                  "with torch.no_grad():", "    probs = model(**inputs).logits_per_image.softmax(dim=-1)",
-                  "```", ""]
+                  f'model = VisionTextDualEncoderModel.from_pretrained("{ref}")',
+                  f'processor = VisionTextDualEncoderProcessor.from_pretrained("{ref}")',
+                  f"inputs = processor(text={[template.format(label) for label in labels]!r},",
+                  '                   images=Image.open("photo.jpg"), return_tensors="pt", padding=True, '
+                  'truncation=True)',
+                  "with torch.no_grad():", "    probs = model(**inputs).logits_per_image.softmax(dim=-1)", "```", "",
+                  f"`truncation=True` cuts texts at {max_length or 'the tokenizer’s `model_max_length`'} tokens, as "
+                  "the model was trained; transformers' pipeline does not truncate, so keep its labels short.", ""]
     else:
         lines += [f"This model pools text with `{config.get('clip_jax', {}).get('text_pooling')}`, which "
                   "transformers' VisionTextDualEncoderModel does not reproduce; load it with clip_jax.", ""]
     lines += ["With clip_jax (JAX):", "", "```python", "from PIL import Image", "from clip_jax import CLIPModel", "",
-              f'model = CLIPModel.from_pretrained("{repo_id}")',
-              'image = model.encode_image([Image.open("photo.jpg")])',
-              'texts = model.encode_text(["una foto di un gatto", "una foto di un cane"])',
-              "probs = (model.logit_scale * image @ texts.T)", "```", ""]
+              f'model = CLIPModel.from_pretrained("{ref}")',
+              f'result = model.classify(Image.open("photo.jpg"), {labels!r}, templates=[{template!r}])',
+              "result.top_k[0]     # [(label, probability), ...], most probable first",
+              f"embeddings = model.encode_text({labels!r})  # L2-normalised", "```", ""]
     if training_config:
-        lines += ["## Training recipe", "", "The clip_jax config this model was trained with:", "", "```json",
-                  json.dumps(training_config, indent=2, default=str), "```", ""]
-    return "\n".join(lines)
+        lines += ["## Training recipe", "", "```json", json.dumps(training_recipe(training_config), indent=2,
+                                                                 default=str), "```", ""]
+    return ModelCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(lines))
+
+
+def write_model_card(directory: str | os.PathLike, **card: Any) -> Path:
+    """Write ``README.md`` (:func:`model_card`) into an exported model directory, reading its ``config.json``;
+    ``card`` takes :func:`model_card`'s arguments but ``config``."""
+    directory = Path(directory)
+    tokenizer_config = directory / "tokenizer_config.json"
+    if "max_length" not in card and tokenizer_config.is_file():
+        length = json.loads(tokenizer_config.read_text()).get("model_max_length")
+        card["max_length"] = length if isinstance(length, int) and length < 1_000_000 else None
+    path = directory / "README.md"
+    model_card(config=json.loads((directory / "config.json").read_text()), **card).save(path)
+    return path
 
 
 def push_to_hub(directory: str | os.PathLike, repo_id: str, *, private: bool = False, revision: str | None = None,

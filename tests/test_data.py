@@ -5,6 +5,7 @@ import csv
 import io
 import json
 import tarfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -67,6 +68,50 @@ def test_webdataset_conversion_round_trip(tmp_path):
     assert [e["captions"] for e in examples] == [r["captions"] for r in rows]
     assert examples[4]["image"] == (tmp_path / rows[4]["image_path"]).read_bytes()
     assert expand_braces("a-{08..11}.tar") == ["a-08.tar", "a-09.tar", "a-10.tar", "a-11.tar"]
+
+
+def test_brace_patterns_expand_as_webdataset_does():
+    """Against braceexpand, the expansion webdataset itself uses for shard URLs."""
+    from braceexpand import braceexpand
+
+    for pattern in ("a-{08..11}.tar", "/d/{train,val}-{000..002}.tar", "gs://b/{wit,cc}/part-{0..3}.tar",
+                    "x-{a,b,c}.tar", "plain.tar", "{train,val}.tar"):
+        assert expand_braces(pattern) == list(braceexpand(pattern)), pattern
+
+
+def test_converter_writes_txt_captions_and_json_for_several(tmp_path):
+    """One caption: <key>.txt (the WebDataset convention; webdataset's own reader sees it); several: <key>.json."""
+    import webdataset
+
+    rows = write_images(tmp_path)
+    rows = [dict(r, captions=r["captions"][:1]) if i % 3 else r for i, r in enumerate(rows)]
+    (tmp_path / "mixed.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    pattern, _ = convert(str(tmp_path / "mixed.jsonl"), str(tmp_path / "shards" / "t"), shard_size=5)
+    with tarfile.open(tmp_path / "shards" / "t-00000.tar") as tar:
+        names = tar.getnames()
+    assert names[:4] == ["000000000.png", "000000000.json", "000000001.jpg", "000000001.txt"]
+    theirs = list(webdataset.WebDataset(pattern, shardshuffle=False))
+    assert [s["txt"].decode() for s in theirs if "txt" in s] == [r["captions"][0] for i, r in enumerate(rows) if i % 3]
+    assert [json.loads(s["json"])["captions"] for s in theirs if "json" in s] == [r["captions"] for i, r in
+                                                                                  enumerate(rows) if not i % 3]
+    source = parse_source(f"wds:{pattern}")
+    assert [e["captions"] for shard in source.shards for e in source.read_shard(shard)] == [r["captions"] for r in rows]
+
+
+def test_shard_brace_lists_in_a_mixture(tmp_path):
+    from clip_jax.data.sources import parse_mixture
+
+    write_images(tmp_path / "train", n=4)
+    write_images(tmp_path / "val", n=3)
+    for split in ("train", "val"):
+        convert(str(tmp_path / split / "train.jsonl"), str(tmp_path / "shards" / split), shard_size=2)
+    spec = f"wds:{tmp_path}/shards/{{train,val}}-{{00000..00001}}.tar=2,{tmp_path / 'val' / 'train.jsonl'}"
+    mixture = parse_mixture(spec)
+    assert [w for _, w in mixture] == [2.0, 1.0] and mixture[0][0].endswith("{train,val}-{00000..00001}.tar")
+    source = parse_source(mixture[0][0])
+    assert [Path(s).name for s in source.shards] == ["train-00000.tar", "train-00001.tar", "val-00000.tar",
+                                                     "val-00001.tar"]
+    assert sum(1 for shard in source.shards for _ in source.read_shard(shard)) == 7
 
 
 def test_webdataset_member_names_are_not_paths(tmp_path):
@@ -296,7 +341,7 @@ def test_trainer_reads_files_source(tmp_path):
     config.data.val = str(tmp_path / "data" / "train.jsonl")
     config.data.val_limit = 16
     summary = Trainer(config, str(tmp_path / "run")).run()
-    assert summary["step"] == 3 and "val/i2t_R@1" in summary["val"]
+    assert summary["step"] == 3 and "val/text_retrieval_recall@1" in summary["val"]
     from clip_jax.train.checkpoint import Checkpointer
 
     meta = Checkpointer(str(tmp_path / "run")).restore_meta(3)

@@ -2,6 +2,7 @@
 
 import collections
 import json
+from pathlib import Path
 from importlib import resources
 
 import numpy as np
@@ -201,6 +202,59 @@ def test_eval_cli_retrieval(saved_model, tmp_path):
     m = result["metrics"]
     assert m["images"] == 6 and m["texts"] == 12
     assert m["text_retrieval_recall@10"] == 1.0 and 0 <= m["image_retrieval_mrr@1"] <= 1
+
+
+def clip_benchmark_build():
+    """clip_benchmark's own `build` command (``clip_benchmark.cli.main_build``, the reader of its result files),
+    taken from the installed package's source: importing ``clip_benchmark.cli`` needs torchvision and
+    open_clip, which its results reader never uses (CI installs it with ``pip install --no-deps``)."""
+    import ast
+    import csv
+    import importlib.util
+    import os
+
+    spec = importlib.util.find_spec("clip_benchmark")
+    if spec is None:
+        pytest.skip("clip_benchmark is not installed: pip install --no-deps clip-benchmark==1.6.2")
+    source = Path(spec.origin).with_name("cli.py").read_text()
+    function = next(node for node in ast.parse(source).body
+                    if isinstance(node, ast.FunctionDef) and node.name == "main_build")
+    namespace = {"json": json, "csv": csv, "os": os}
+    exec(compile(ast.Module(body=[function], type_ignores=[]), "clip_benchmark/cli.py", "exec"), namespace)
+    return namespace["main_build"]
+
+
+def test_clip_benchmark_build_reads_eval_output(saved_model, tmp_path):
+    import argparse
+    import csv
+
+    import eval as eval_cli
+
+    build = clip_benchmark_build()
+    _, path = saved_model
+    folder = image_folder(tmp_path / "folder", per_class=2)
+    rows = [{"image_path": str(p), "captions": [f"un quadrato {p.parent.name}", "una foto"]}
+            for p in sorted(folder.rglob("*.png"))]
+    (tmp_path / "val.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    out = str(tmp_path / "results") + "/"
+    retrieval = eval_cli.main(["--model", path, "--task", "retrieval", "--data", str(tmp_path / "val.jsonl"),
+                               "--output", out])[0]
+    zeroshot = eval_cli.main(["--model", path, "--task", "zeroshot", "--dataset", f"imagefolder:{folder}",
+                              "--classnames", "it:cifar10", "--templates", "it:cifar10", "--output", out,
+                              "--cache_dir", str(tmp_path / "cache")])[0]
+    assert len(list((tmp_path / "results").glob("*.json"))) == 2
+    build(argparse.Namespace(files=[str(tmp_path / "results")], output=str(tmp_path / "benchmark.csv")))
+    with open(tmp_path / "benchmark.csv") as f:
+        table = {row["task"]: row for row in csv.DictReader(f)}
+    assert set(table) == {"zeroshot_retrieval", "zeroshot_classification"}
+    for task, record in (("zeroshot_retrieval", retrieval), ("zeroshot_classification", zeroshot)):
+        row = table[task]
+        assert row["pretrained"] == path and row["model"].startswith("clip_vision_model-2L-32d-p8-32px+bert-2L")
+        assert row["model_fullname"] == f"{row['model']} {path}"
+        for metric, value in record["metrics"].items():
+            assert float(row[metric]) == pytest.approx(value)
+    assert table["zeroshot_classification"]["language"] == "it"
+    assert float(table["zeroshot_retrieval"]["text_retrieval_recall@10"]) == 1.0
 
 
 def test_embedding_maps(saved_model, tmp_path):

@@ -60,9 +60,84 @@ def test_export_loads_in_transformers_with_equal_embeddings(trained, tmp_path):
     for path, value in flat_params(restored.module).items():  # round trip: identical parameters
         np.testing.assert_array_equal(np.asarray(flat_params(ours.module)[path]), np.asarray(value))
     card = (tmp_path / "out" / "README.md").read_text()
-    assert card.startswith("---\nlanguage: it\nlicense: apache-2.0\nlibrary_name: transformers")
-    assert "- shapes" in card and "| shapes-val | retrieval | it | image_retrieval_recall@5 | 0.5000 |" in card
+    assert "image->text" not in card and "text->image Recall@5 | 0.5000 |" in card
     assert "VisionTextDualEncoderModel.from_pretrained" in card and '"batch_size": 16' in card
+
+
+def test_model_card_metadata_and_model_index(trained, tmp_path):
+    from huggingface_hub import ModelCard
+
+    root, _ = trained
+    results = [  # eval.py's records: a zero-shot result, a retrieval one with counts, an embedding map
+        {"dataset": f"imagefolder:{tmp_path}/data/cifar10/test", "model": "arch", "pretrained": str(root / "run"),
+         "task": "zeroshot_classification", "language": "it",
+         "metrics": {"acc1": 0.25, "acc5": 0.75, "mean_per_class_recall": 0.3}},
+        {"dataset": "mscoco-it: 2017 val", "model": "arch", "pretrained": str(root / "run"), "task": "zeroshot_retrieval",
+         "language": "", "metrics": {"text_retrieval_recall@5": 0.5, "image_retrieval_mrr@1": 0.125, "images": 6,
+                                     "texts": 12, "skipped": 3}},
+        {"dataset": "imagefolder:/x", "model": "arch", "pretrained": "m", "task": "embedmap", "language": "it",
+         "metrics": {"files": [str(tmp_path / "map.png")], "images": 6}},
+    ]
+    (tmp_path / "results").mkdir()
+    from clip_jax.evaluate.run import write_results
+
+    write_results(results, str(tmp_path / "results") + "/")  # a directory of CLIP_benchmark files
+    out = tmp_path / "out"
+    export_main(["--checkpoint", str(root / "run"), "--out", str(out), "--language", "it", "--datasets",
+                 "wit", "mscoco-it: 2017 train", "--results", str(tmp_path / "results")])
+    card = ModelCard.load(out / "README.md")
+    data = card.data
+    assert data.language == "it" and data.license == "apache-2.0" and data.library_name == "transformers"
+    assert data.pipeline_tag == "zero-shot-image-classification" and "clip" in data.tags
+    assert data.datasets == ["wit", "mscoco-it: 2017 train"]  # YAML-escaped, read back as strings
+    assert data.base_model is None  # the tiny config's towers are random, not hub models
+    got = {(e.task_type, e.dataset_type, e.dataset_split, e.dataset_config, e.metric_type): e.metric_value
+           for e in data.eval_results}
+    assert got == {
+        ("zero-shot-image-classification", "cifar10", "test", "it", "acc1"): 0.25,
+        ("zero-shot-image-classification", "cifar10", "test", "it", "acc5"): 0.75,
+        ("zero-shot-image-classification", "cifar10", "test", "it", "mean_per_class_recall"): 0.3,
+        ("image-text-retrieval", "mscoco-it: 2017 val", None, "it", "text_retrieval_recall@5"): 0.5,
+        ("image-text-retrieval", "mscoco-it: 2017 val", None, "it", "image_retrieval_mrr@1"): 0.125,
+    }
+    text = (out / "README.md").read_text()
+    assert str(tmp_path) not in text and str(root) not in text  # no local paths
+    assert "| 3 |" not in text and "skipped" not in text  # no skip counts
+    assert 'hypothesis_template=\'una foto di {}.\'' in text and "['gatto', 'cane']" in text
+    assert "truncation=True` cuts texts at 16 tokens" in text
+
+
+def test_model_card_usage_snippets_run(trained, tmp_path):
+    """The card's code blocks, with REPO_ID and photo.jpg filled in, run as written (transformers and clip_jax)."""
+    import re
+
+    root, _ = trained
+    out = tmp_path / "out"
+    export_main(["--checkpoint", str(root / "run"), "--out", str(out), "--language", "it"])
+    pictures(1)[0].save(tmp_path / "photo.jpg")
+    blocks = re.findall(r"```python\n(.*?)```", (out / "README.md").read_text(), re.S)
+    assert len(blocks) == 3
+    for block in blocks:
+        namespace = {}
+        exec(block.replace("REPO_ID", str(out)).replace("photo.jpg", str(tmp_path / "photo.jpg")), namespace)
+        if "probs" in namespace:
+            assert tuple(namespace["probs"].shape) == (1, 2)
+        if "result" in namespace:
+            assert [label for label, _ in namespace["result"].top_k[0]] in (["gatto", "cane"], ["cane", "gatto"])
+
+
+def test_save_pretrained_with_card_keeps_only_hub_ids_as_base_models(trained, tmp_path):
+    from huggingface_hub import ModelCard
+
+    model = model_from_checkpoint(str(trained[0] / "run"))
+    model.save_pretrained(tmp_path / "m", weights=False, card=dict(
+        language="it", base_models=["openai/clip-vit-base-patch32", str(tmp_path), "./bert", {"model_type": "bert"}],
+        repo_id="me/clip-it"))
+    card = ModelCard.load(tmp_path / "m" / "README.md")
+    assert card.data.base_model == ["openai/clip-vit-base-patch32"] and card.data.eval_results is None
+    assert 'pipeline("zero-shot-image-classification", model="me/clip-it")' in card.text
+    model.save_pretrained(tmp_path / "plain", weights=False)
+    assert not (tmp_path / "plain" / "README.md").exists()  # no card unless asked for
 
 
 def test_push_uploads_a_loadable_folder_and_never_prints_the_token(trained, tmp_path, monkeypatch, capsys, caplog):
@@ -103,3 +178,20 @@ def test_push_uploads_a_loadable_folder_and_never_prints_the_token(trained, tmp_
 def test_export_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="not a clip_jax training workdir"):
         model_from_checkpoint(str(tmp_path))
+
+
+def test_card_dataset_names_carry_no_local_paths():
+    from clip_jax.hub import dataset_entry, hub_ids
+
+    assert dataset_entry("hf:clip-benchmark/wds_mscoco_captions?image=jpg&caption=txt&split=test") == (
+        "clip-benchmark/wds_mscoco_captions", "test")
+    assert dataset_entry("tfds:cifar10") == ("cifar10", "test")
+    assert dataset_entry("tfds:imagenet2012:validation?data_dir=/home/me/tfds") == ("imagenet2012", "validation")
+    assert dataset_entry("jsonl:/home/me/data/mscoco-it/val.jsonl") == ("mscoco-it", "val")
+    assert dataset_entry("wds:/home/me/shards/wit/train-{00000..00099}.tar") == ("wit", "train")
+    assert dataset_entry("imagefolder:/home/me/cifar10/test/") == ("cifar10", "test")
+    assert dataset_entry("imagefolder:/home/me/my-photos") == ("my-photos", None)
+    assert dataset_entry("mscoco-it: 2017 val") == ("mscoco-it: 2017 val", None)  # a plain name, kept
+    assert hub_ids(["openai/clip-vit-base-patch32", "/abs/dir", "../rel", "a/b/c", {"model_type": "bert"},
+                    "xlm-roberta-base", "openai/clip-vit-base-patch32"]) == ["openai/clip-vit-base-patch32",
+                                                                             "xlm-roberta-base"]

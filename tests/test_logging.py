@@ -7,6 +7,8 @@ import pytest
 
 from clip_jax.train.logging import MetricsLogger
 
+from train_helpers import tensorboard_scalars
+
 
 def test_metrics_go_to_jsonl_tensorboard_and_wandb(tmp_path, monkeypatch):
     pytest.importorskip("wandb", reason="train.wandb_project needs wandb (the [wandb] extra)")
@@ -15,18 +17,20 @@ def test_metrics_go_to_jsonl_tensorboard_and_wandb(tmp_path, monkeypatch):
     logger = MetricsLogger(str(tmp_path), enabled=True, wandb_project="clip-jax-test",
                            config={"train": {"batch_size": 16}})
     logger.write(1, {"train/loss": 2.5, "lr/head": 1e-3})
-    logger.write(2, {"train/loss": 2.25, "val/i2t_R@1": 0.5, "train/grad_norm": float("nan")})
+    logger.write(2, {"train/loss": 2.25, "val/text_retrieval_recall@1": 0.5, "train/grad_norm": float("nan")})
     logger.close()
 
     records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert records[0] == {"step": 1, "train/loss": 2.5, "lr/head": 1e-3}
-    assert records[1]["val/i2t_R@1"] == 0.5
-    assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
+    assert records[1]["val/text_retrieval_recall@1"] == 0.5
+    # TensorBoard: the same names (no '@' rewriting), non-finite values left out
+    assert tensorboard_scalars(tmp_path / "tensorboard") == {
+        "train/loss": {1: 2.5, 2: 2.25}, "lr/head": {1: pytest.approx(1e-3)}, "val/text_retrieval_recall@1": {2: 0.5}}
 
     runs = list((tmp_path / "wandb").glob("offline-run-*/run-*.wandb"))
     assert len(runs) == 1
     log = runs[0].read_bytes()  # the run's protobuf record log: keys and config are stored as strings
-    for key in (b"train/loss", b"lr/head", b"val/i2t_R@1", b"batch_size"):
+    for key in (b"train/loss", b"lr/head", b"val/text_retrieval_recall@1", b"batch_size"):
         assert key in log, key
 
 

@@ -17,7 +17,7 @@ from clip_jax.sharding import MeshError
 from clip_jax.train import Trainer, TrainingDiverged
 from clip_jax.weights import flat_params
 
-from train_helpers import losses, run, subprocess_env, tiny_config, train_command
+from train_helpers import losses, run, subprocess_env, tensorboard_scalars, tiny_config, train_command
 
 
 def params_of(trainer):
@@ -67,13 +67,21 @@ def test_phase_one_freezes_backbones_and_phase_two_unfreezes(tmp_path):
 
     config = tiny_config(tmp_path / "cache")  # warmup then finetune
     trainer = Trainer(config, str(tmp_path / "run2"))
-    trainer.run()
+    summary = trainer.run()
     after = params_of(trainer)
     assert np.abs(after["vision.layers.0.mlp.fc1.kernel"] - initial["vision.layers.0.mlp.fc1.kernel"]).max() > 0
     assert np.abs(after["text.layers.0.attention.query.kernel"] - initial["text.layers.0.attention.query.kernel"]).max() > 0
     records = [json.loads(l) for l in Path(tmp_path / "run2" / "metrics.jsonl").read_text().splitlines()]
     assert [r["phase"] for r in records if "phase" in r] == [0, 0, 0, 1, 1, 1]
     assert {"lr/head", "train/i2t_accuracy", "train/logit_scale", "train/grad_norm"} <= set(records[-1]) | set(records[-2])
+    # one vocabulary: validation metrics under CLIP_benchmark's names in metrics.jsonl, TensorBoard and the summary
+    val = {"val/loss"} | {f"val/{d}_retrieval_recall@{k}" for d in ("image", "text") for k in (1, 5)}
+    assert set(summary["val"]) == val
+    assert {k for r in records for k in r if k.startswith("val/")} == val
+    scalars = tensorboard_scalars(tmp_path / "run2" / "tensorboard")
+    assert {k for k in scalars if k.startswith("val/")} == val
+    last = max(r["step"] for r in records if "val/loss" in r)
+    assert all(scalars[k][last] == pytest.approx(summary["val"][k]) for k in val)
 
 
 def test_lit_config_keeps_vision_locked_in_phase_two(tmp_path):

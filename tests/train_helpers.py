@@ -69,3 +69,22 @@ def losses(workdir):
         if "train/loss" in record:
             out[record["step"]] = record["train/loss"]
     return out
+
+
+def tensorboard_scalars(directory) -> dict[str, dict[int, float]]:
+    """Every scalar in the TensorBoard event files under ``directory``, read back from the TFRecord
+    framing (u64 length, u32 crc, payload, u32 crc): {tag: {step: value}}."""
+    import struct
+
+    from tensorboardX.proto.event_pb2 import Event
+
+    out: dict[str, dict[int, float]] = {}
+    for path in sorted(Path(directory).rglob("events.out.tfevents.*")):
+        data, offset = path.read_bytes(), 0
+        while offset < len(data):
+            (length,) = struct.unpack("<Q", data[offset:offset + 8])
+            event = Event.FromString(data[offset + 12:offset + 12 + length])
+            offset += 12 + length + 4
+            for value in event.summary.value:
+                out.setdefault(value.tag, {})[event.step] = value.simple_value
+    return out

@@ -1,7 +1,7 @@
 """Where image–caption examples come from.
 
 A *source spec* is a string: ``jsonl:PATH``, ``json:PATH``, ``csv:PATH``, ``tsv:PATH`` (a listing of
-image paths and captions), ``wds:PATTERN`` (WebDataset tar shards, brace patterns allowed),
+image paths and captions), ``wds:PATTERN`` (WebDataset tar shards, brace ranges ``{000..099}`` and lists ``{train,val}``),
 ``hf:NAME_OR_PATH?image=COL&caption=COL&split=train&streaming=1`` (a Hugging Face dataset), or a bare
 path whose extension says which. Paths may be local or any fsspec URL (``gs://``, ``s3://``, ...).
 
@@ -43,17 +43,42 @@ def _join(base: str, relative: str) -> str:
     return os.path.join(os.path.dirname(os.path.abspath(base)), relative)
 
 
+_BRACE = re.compile(r"\{(\d+\.\.\d+|[^{}]*,[^{}]*)\}")
+
+
 def expand_braces(pattern: str) -> list[str]:
-    """``data-{000..002}.tar`` -> ``data-000.tar, data-001.tar, data-002.tar`` (zero padding kept)."""
-    match = re.search(r"\{(\d+)\.\.(\d+)\}", pattern)
+    """Brace patterns as WebDataset (and the shell) write them, left to right: ranges
+    ``data-{000..002}.tar`` -> ``data-000.tar, data-001.tar, data-002.tar`` (zero padding kept) and lists
+    ``{train,val}-{0..1}.tar`` -> ``train-0.tar, train-1.tar, val-0.tar, val-1.tar``. Other braces stay as
+    they are."""
+    match = _BRACE.search(pattern)
     if not match:
         return [pattern]
-    first, last = match.group(1), match.group(2)
-    width = len(first) if first.startswith("0") else 0
+    body = match.group(1)
+    if ".." in body and "," not in body:
+        first, last = body.split("..")
+        width = len(first) if first.startswith("0") else 0
+        choices = [str(number).zfill(width) for number in range(int(first), int(last) + 1)]
+    else:
+        choices = body.split(",")
     out = []
-    for number in range(int(first), int(last) + 1):
-        out.extend(expand_braces(pattern[:match.start()] + str(number).zfill(width) + pattern[match.end():]))
+    for choice in choices:
+        out.extend(expand_braces(pattern[:match.start()] + choice + pattern[match.end():]))
     return out
+
+
+def split_outside_braces(text: str, separator: str = ",") -> list[str]:
+    """``text`` split at ``separator`` where it is not inside ``{...}`` (a WebDataset brace list)."""
+    parts, depth, current = [], 0, []
+    for char in text:
+        depth += (char == "{") - (char == "}")
+        if char == separator and depth == 0:
+            parts.append("".join(current))
+            current = []
+        else:
+            current.append(char)
+    parts.append("".join(current))
+    return parts
 
 
 @dataclass
@@ -265,7 +290,7 @@ def parse_source(spec: str, **keys: str) -> FileSource | WebDatasetSource | HFSo
 def parse_mixture(specs: Sequence[str] | str) -> list[tuple[str, float]]:
     """``["wit.jsonl=0.5", "coco.jsonl=0.3", ...]`` or one comma-separated string -> (spec, weight) pairs."""
     if isinstance(specs, str):
-        specs = [s for s in specs.split(",") if s.strip()]
+        specs = [s for s in split_outside_braces(specs) if s.strip()]  # "wds:{train,extra}-{0..9}.tar,x.jsonl"
     out = []
     for item in specs:
         spec, _, weight = item.strip().rpartition("=") if re.search(r"=[\d.]+$", item.strip()) else (item, "", "1")

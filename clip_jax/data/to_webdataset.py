@@ -3,8 +3,9 @@
     python -m clip_jax.data.to_webdataset --input jsonl:/data/mscoco-it/train.jsonl \\
         --output /data/shards/coco-it --shard_size 5000
 
-Each example becomes ``<key>.<ext>`` (the original image bytes) and ``<key>.json``
-(``{"captions": [...]}``); unreadable rows are skipped and counted. Prints the brace pattern to
+Each example becomes ``<key>.<ext>`` (the original image bytes) and, as the WebDataset convention
+has it, ``<key>.txt`` (UTF-8) for its caption, or ``<key>.json`` (``{"captions": [...]}``) when it has
+several; unreadable rows are skipped and counted. Prints the brace pattern to
 use as ``data.train``.
 """
 
@@ -59,8 +60,9 @@ def convert(spec: str, output: str, shard_size: int = 5000, *, image_key: str = 
             shard, in_shard = shard + 1, 0
             tar = tarfile.open(f"{output}-{shard:0{width}d}.tar", "w")
         key = f"{index:09d}"
-        for name, payload in ((f"{key}.{ext}", record["image"]),
-                              (f"{key}.json", json.dumps({"captions": captions}, ensure_ascii=False).encode())):
+        text = ((f"{key}.txt", captions[0].encode()) if len(captions) == 1 else
+                (f"{key}.json", json.dumps({"captions": captions}, ensure_ascii=False).encode()))
+        for name, payload in ((f"{key}.{ext}", record["image"]), text):
             info = tarfile.TarInfo(name)
             info.size, info.mtime = len(payload), int(time.time())
             tar.addfile(info, io.BytesIO(payload))

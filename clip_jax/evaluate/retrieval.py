@@ -3,6 +3,11 @@
 Recall@k (CLIP-style): a query is a hit if any correct item is among its top k. MRR@k
 (CLIP-Italian's metric): the mean over queries of 1/rank of the first correct item, 0 beyond k.
 Ties are broken pessimistically: an item scoring the same as the correct one counts as ranked above it.
+
+Reported names are CLIP_benchmark's, everywhere (TensorBoard, ``metrics.jsonl``, ``summary.json``,
+``eval.py --output``): ``text_retrieval_recall@k`` / ``text_retrieval_mrr@k`` rank the captions for each
+image (image->text), ``image_retrieval_recall@k`` / ``image_retrieval_mrr@k`` the images for each caption
+(text->image).
 """
 
 from __future__ import annotations
@@ -16,6 +21,18 @@ def _first_correct_rank(scores: np.ndarray, correct: np.ndarray) -> np.ndarray:
     """1-based rank of the best-scoring correct candidate for each query row (ties count against it)."""
     best_correct = np.where(correct, scores, -np.inf).max(axis=1, keepdims=True)
     return (np.where(correct, -np.inf, scores) >= best_correct).sum(axis=1) + 1
+
+
+def benchmark_names(metrics: dict[str, float]) -> dict[str, float]:
+    """:func:`retrieval_metrics`' ``i2t_R@k`` / ``t2i_MRR@k`` keys renamed as CLIP_benchmark names them
+    (``text_retrieval_recall@k``, ``image_retrieval_mrr@k``): the names clip_jax reports everywhere."""
+    renamed = {}
+    for key, value in metrics.items():
+        direction, metric = key.split("_", 1)
+        name, k = metric.split("@")
+        prefix = "image_retrieval" if direction == "t2i" else "text_retrieval"
+        renamed[f"{prefix}_{'mrr' if name == 'MRR' else 'recall'}@{k}"] = value
+    return renamed
 
 
 def retrieval_metrics(image_embeds: np.ndarray, text_embeds: np.ndarray, text_image: Sequence[int],

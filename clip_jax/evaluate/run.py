@@ -1,14 +1,24 @@
 """The evaluation tasks behind eval.py: zero-shot classification, retrieval and embedding maps,
-for one or several models, with CLIP_benchmark-like result records."""
+for one or several models, with result records in CLIP_benchmark's format.
+
+A record is ``{"dataset", "model", "pretrained", "task", "metrics", "language"}`` as CLIP_benchmark writes
+them: ``model`` names the architecture, ``pretrained`` the weights (the ``--model`` given to eval.py: a
+workdir, a directory or a hub id), metric names are CLIP_benchmark's (``acc1``, ``acc5``,
+``mean_per_class_recall``, ``text_retrieval_recall@5``, ...). ``clip_benchmark build`` reads them when
+written one per file (:func:`write_results` with a directory).
+"""
 
 from __future__ import annotations
 
+import json
+import os
+import re
 from pathlib import Path
 from typing import Any
 
 
 from clip_jax.evaluate.datasets import load_labelled
-from clip_jax.evaluate.retrieval import retrieval_metrics
+from clip_jax.evaluate.retrieval import benchmark_names, retrieval_metrics
 from clip_jax.evaluate.zeroshot import ClassEmbeddingCache, class_embeddings, fill, load_resource, zero_shot
 
 
@@ -33,6 +43,59 @@ def load_model(spec: str, *, logit_scale: float | None = None):
     return CLIPModel.from_pretrained(spec, logit_scale=logit_scale)
 
 
+def architecture_name(model) -> str:
+    """A short name of a model's architecture, e.g. ``clip_vision_model-12L-768d-p32-224px+bert-12L-768d``
+    (CLIP_benchmark's ``model`` field; the weights go in ``pretrained``)."""
+    v, t = model.module.vision.config, model.module.text.config
+    return (f"{v.to_hf()['model_type']}-{v.num_hidden_layers}L-{v.hidden_size}d-p{v.patch_size}-{v.image_size}px"
+            f"+{t.to_hf()['model_type']}-{t.num_hidden_layers}L-{t.hidden_size}d")
+
+
+def result_record(model, model_name: str, dataset: str, task: str, language: str,
+                  metrics: dict[str, Any]) -> dict[str, Any]:
+    """One result in CLIP_benchmark's format (its key order)."""
+    return {"dataset": dataset, "model": architecture_name(model), "pretrained": model_name, "task": task,
+            "metrics": metrics, "language": language}
+
+
+def write_results(results: list[dict[str, Any]], output: str | os.PathLike) -> list[Path]:
+    """Write result records: into an existing directory (or a path ending in ``/``) one
+    ``{dataset}_{pretrained}_{model}_{language}_{task}.json`` per record, as CLIP_benchmark does (what
+    ``clip_benchmark build`` reads); otherwise all of them as one JSON list in the file ``output``."""
+    output = str(output)
+    if output.endswith(("/", os.sep)) or Path(output).is_dir():
+        directory = Path(output)
+        directory.mkdir(parents=True, exist_ok=True)
+        paths = []
+        for r in results:
+            name = "_".join(str(r[k]) for k in ("dataset", "pretrained", "model", "language", "task"))
+            path = directory / (re.sub(r"[^\w.@+-]+", "-", name).strip("-")[:200] + ".json")
+            path.write_text(json.dumps(r, indent=2) + "\n")
+            paths.append(path)
+        return paths
+    Path(output).write_text(json.dumps(results, indent=2) + "\n")
+    return [Path(output)]
+
+
+def read_results(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """Result records written by :func:`write_results` (a JSON list, one record, or a directory of
+    CLIP_benchmark result files, which may come from CLIP_benchmark itself)."""
+    path = Path(path)
+    if path.is_dir():
+        files = sorted(path.glob("*.json"))
+        if not files:
+            raise FileNotFoundError(f"No .json result files in {path}.")
+        return [json.loads(f.read_text()) for f in files]
+    if not path.is_file():
+        raise FileNotFoundError(f"No results file {path}: pass the --output of eval.py.")
+    data = json.loads(path.read_text())
+    records = data if isinstance(data, list) else [data]
+    bad = [i for i, r in enumerate(records) if not isinstance(r, dict) or "metrics" not in r]
+    if bad:
+        raise ValueError(f"{path} is not eval.py's --output: records {bad[:5]} have no 'metrics'.")
+    return records
+
+
 def _language(spec: str | None) -> str:
     return spec.partition(":")[0] if spec and ":" in spec and len(spec.partition(":")[0]) == 2 else ""
 
@@ -43,8 +106,7 @@ def run_zeroshot(model, model_name: str, dataset: str, classnames: str, template
     names, prompts = load_resource(classnames, "classnames"), load_resource(templates, "templates")
     metrics = zero_shot(model, images, labels, names, prompts, cache=cache, model_id=model_name,
                         batch_size=batch_size)
-    return {"dataset": dataset, "model": model_name, "task": "zeroshot_classification",
-            "language": _language(templates), "metrics": metrics}
+    return result_record(model, model_name, dataset, "zeroshot_classification", _language(templates), metrics)
 
 
 def run_retrieval(model, model_name: str, data: str, *, limit: int | None = None,
@@ -56,14 +118,10 @@ def run_retrieval(model, model_name: str, data: str, *, limit: int | None = None
     text_image = [i for i, caps in enumerate(captions) for _ in caps]
     metrics = retrieval_metrics(model.encode_image(pixels, batch_size=batch_size),
                                 model.encode_text(texts, batch_size=4 * batch_size), text_image, ks=(1, 5, 10))
-    renamed = {}
-    for key, value in metrics.items():  # CLIP_benchmark's names: image_retrieval = text->image
-        direction, metric = key.split("_", 1)
-        name, k = metric.split("@")
-        prefix = "image_retrieval" if direction == "t2i" else "text_retrieval"
-        renamed[f"{prefix}_{'mrr' if name == 'MRR' else 'recall'}@{k}"] = value
-    return {"dataset": data, "model": model_name, "task": "retrieval", "language": "",
-            "metrics": {**renamed, "images": len(pixels), "texts": len(texts), "skipped": int(sum(skipped.values()))}}
+    renamed = benchmark_names(metrics)
+    return result_record(model, model_name, data, "zeroshot_retrieval", "",
+                         {**renamed, "images": len(pixels), "texts": len(texts),
+                          "skipped": int(sum(skipped.values()))})
 
 
 def run_embedmap(model, model_name: str, dataset: str, classnames: str, templates: str, out: str, *,
@@ -79,15 +137,15 @@ def run_embedmap(model, model_name: str, dataset: str, classnames: str, template
     features = list(model.encode_image_layers(images, batch_size=batch_size)) if layers else []
     files = write_embedding_map(image_embeds, labels, names, single, mean, out, layer_features=features,
                                 method=method, title=f"{Path(model_name).name}: {Path(dataset.partition(':')[2] or dataset).name}")
-    return {"dataset": dataset, "model": model_name, "task": "embedmap", "language": _language(templates),
-            "metrics": {"files": [str(f) for f in files], "images": len(images)}}
+    return result_record(model, model_name, dataset, "embedmap", _language(templates),
+                         {"files": [str(f) for f in files], "images": len(images)})
 
 
 def format_table(results: list[dict[str, Any]]) -> str:
     """A plain-text comparison table: one row per (model, task, dataset), one column per metric."""
     metrics = sorted({m for r in results for m, v in r["metrics"].items() if isinstance(v, float)})
     header = ["model", "task", "dataset"] + metrics
-    rows = [[r["model"], r["task"], r["dataset"]] + [f"{r['metrics'][m]:.4f}" if m in r["metrics"] else ""
+    rows = [[r["pretrained"], r["task"], r["dataset"]] + [f"{r['metrics'][m]:.4f}" if m in r["metrics"] else ""
                                                      for m in metrics] for r in results]
     widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
     line = lambda cells: "  ".join(str(c).ljust(w) for c, w in zip(cells, widths))

@@ -58,6 +58,37 @@ def fill(template: str, classname: str) -> str:
     return PLACEHOLDER.sub(lambda _: classname, template, count=1)
 
 
+#: The built-in general-purpose prompt ensemble of each language: its ImageNet templates.
+GENERAL_TEMPLATES = "imagenet"
+
+
+def resolve_templates(templates: str | Sequence[str] | None = None, language: str | None = None) -> list[str]:
+    """The prompts for a zero-shot classifier.
+
+    ``templates``: prompts with ``{}`` (or ``{c}``) where the class name goes, one such prompt, or a spec
+    for :func:`load_resource` (``it:cifar10``, a file). ``language``: the built-in general-purpose
+    ensemble of that language (``LANG:imagenet``). Neither: ``["{}"]``, the class names as given.
+    """
+    if templates is not None and language is not None:
+        raise ValueError("Give templates or language, not both: language only picks the built-in templates.")
+    if language is not None:
+        spec = f"{language}:{GENERAL_TEMPLATES}"
+        if spec not in builtin():
+            languages = sorted({s.split(":")[0] for s in builtin() if s.endswith(f":{GENERAL_TEMPLATES}")})
+            raise ValueError(f"No built-in templates for language {language!r}; built in: {languages}. "
+                             "Pass your own: templates=['una foto di {}', ...].")
+        return load_resource(spec, "templates")
+    if templates is None:
+        return ["{}"]
+    if isinstance(templates, str):
+        return [templates] if PLACEHOLDER.search(templates) else load_resource(templates, "templates")
+    templates = list(templates)
+    bad = [t for t in templates if not isinstance(t, str) or not PLACEHOLDER.search(t)]
+    if bad or not templates:
+        raise ValueError(f"Templates must be strings with a {{}} where the class name goes; got {bad[:3] or 'none'}.")
+    return templates
+
+
 class ClassEmbeddingCache:
     """Class embeddings per (model, class names, templates), computed once, kept in memory and on disk."""
 

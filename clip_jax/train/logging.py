@@ -32,7 +32,7 @@ class MetricsLogger:
         self._uploaded = 0.0
         if not enabled:
             return
-        from tensorboardX import SummaryWriter
+        from tensorboardX import FileWriter
 
         remote = workdirs.is_remote(workdir)
         metrics_path = workdirs.join(workdir, "metrics.jsonl")
@@ -41,10 +41,10 @@ class MetricsLogger:
             local = Path(self._spool.name, "metrics.jsonl")
             local.write_text(workdirs.read_text(metrics_path) if workdirs.exists(metrics_path) else "")
             metrics_path = str(local)
-            self._tb = SummaryWriter(os.path.join(self._spool.name, "tensorboard"))
+            self._tb = FileWriter(os.path.join(self._spool.name, "tensorboard"))
         else:
             os.makedirs(workdir, exist_ok=True)
-            self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+            self._tb = FileWriter(os.path.join(workdir, "tensorboard"))
         self._jsonl = open(metrics_path, "a")  # noqa: SIM115 (kept open for the run)
         if wandb_project:
             import wandb
@@ -55,10 +55,13 @@ class MetricsLogger:
     def write(self, step: int, metrics: dict[str, Any]) -> None:
         if not self.enabled:
             return
+        from tensorboardX.proto.summary_pb2 import Summary
+
         scalars = {k: float(v) for k, v in metrics.items()}
-        for key, value in scalars.items():
-            if math.isfinite(value):
-                self._tb.add_scalar(key.replace("@", "_at_"), value, step)  # '@' is not a legal tag character
+        # Tags exactly as in metrics.jsonl (``val/text_retrieval_recall@1``): SummaryWriter.add_scalar would
+        # rewrite '@' (a character TensorFlow op names lack, not TensorBoard tags), so write the summary itself.
+        self._tb.add_summary(Summary(value=[Summary.Value(tag=key, simple_value=value)
+                                            for key, value in scalars.items() if math.isfinite(value)]), step)
         if self._jsonl is not None:
             self._jsonl.write(json.dumps({"step": step, **scalars}) + "\n")
             self._jsonl.flush()

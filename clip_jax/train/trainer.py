@@ -31,7 +31,7 @@ from clip_jax.data.pipeline import (BadDataMonitor, ExampleStream, TrainBatches,
                                     process_examples)
 from clip_jax.data.preprocess import ImageProcessorConfig, preprocess_images
 from clip_jax.data.shapes import ShapesSpec, load_or_generate, vocabulary
-from clip_jax.evaluate.retrieval import retrieval_metrics
+from clip_jax.evaluate.retrieval import benchmark_names, retrieval_metrics
 from clip_jax.models.dual_encoder import l2_normalize
 from clip_jax.sharding import batch_sharding, check_batch_size, make_mesh, shard_params
 from clip_jax.train import features as feature_cache
@@ -354,7 +354,7 @@ class Trainer:
         lse = lambda x, axis: np.log(np.exp(x - x.max(axis, keepdims=True)).sum(axis)) + x.max(axis)
         loss = float(((lse(logits, 1) - diag).mean() + (lse(logits, 0) - diag).mean()) / 2)
         metrics = retrieval_metrics(image_embeds, text_embeds, text_image, ks=(1, 5))
-        return {"val/loss": loss, **{f"val/{k}": v for k, v in metrics.items() if "MRR" not in k}}
+        return {"val/loss": loss, **{f"val/{k}": v for k, v in benchmark_names(metrics).items() if "mrr" not in k}}
 
     # ------------------------------------------------------------------ the loop
     def run(self) -> dict[str, Any]:
