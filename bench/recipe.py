@@ -102,7 +102,8 @@ def run_recipe(name: str, seed: int, settings: dict, cache_dir: str, workdir: st
     losses = [json.loads(line) for line in Path(workdir, "metrics.jsonl").read_text().splitlines()]
     losses = [r["train/loss"] for r in losses if "train/loss" in r]
     return {"zero_shot": {k: final["heldout_zero_shot"][k]["acc1"] for k in COLUMNS},
-            "retrieval": {k: final["val_retrieval"][k] for k in ("i2t_R@1", "i2t_R@5", "t2i_R@1", "t2i_R@5")},
+            "retrieval": {k: final["val_retrieval"][k] for k in ("text_retrieval_recall@1", "text_retrieval_recall@5",
+                                                                 "image_retrieval_recall@1", "image_retrieval_recall@5")},
             "forgetting_en": {k: final["forgetting_en"][k]["acc1"] for k in COLUMNS},
             "reference_en": {k: rows["english_clip_en"]["heldout_zero_shot"][k]["acc1"] for k in COLUMNS},
             "first_loss": float(np.mean(losses[:2])), "final_loss": float(np.mean(losses[-4:])),
@@ -123,12 +124,12 @@ def summarise(runs: list[dict]) -> dict:
 
 def markdown(result: dict) -> str:
     fmt = lambda s: f"{s['mean']:.3f} ± {s['std']:.3f}"
-    lines = ["| recipe | colour | shape | count | colour+shape | i2t R@1 | i2t R@5 | forgetting: EN colour+shape "
+    lines = ["| recipe | colour | shape | count | colour+shape | i→t R@1 | i→t R@5 | forgetting: EN colour+shape "
              "(EN shape) | final loss | wall (s) |", "|---" * 10 + "|"]
     for name, summary in result["recipes"].items():
         z, r, f = summary["zero_shot"], summary["retrieval"], summary["forgetting_en"]
-        lines.append(f"| {RECIPES[name][0]} | " + " | ".join(fmt(z[k]) for k in COLUMNS) + f" | {fmt(r['i2t_R@1'])} | "
-                     f"{fmt(r['i2t_R@5'])} | {fmt(f['colour+shape'])} ({fmt(f['shape'])}) | "
+        lines.append(f"| {RECIPES[name][0]} | " + " | ".join(fmt(z[k]) for k in COLUMNS) + f" | {fmt(r['text_retrieval_recall@1'])} | "
+                     f"{fmt(r['text_retrieval_recall@5'])} | {fmt(f['colour+shape'])} ({fmt(f['shape'])}) | "
                      f"{fmt(summary['final_loss'])} | {summary['wall_s']['mean']:.0f} |")
     reference = next(iter(result["recipes"].values()))["reference_en"]
     lines.append("| English CLIP itself, English prompts (reference) | " + " | ".join(

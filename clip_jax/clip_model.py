@@ -103,10 +103,18 @@ def _load_tokenizer(source: Any) -> Any:
         return source
     from transformers import AutoTokenizer
 
+    from transformers.utils import logging as hf_logging
+
     if Path(source).is_dir() and not any((Path(source) / name).is_file() for name in TOKENIZER_FILES):
         return None
-
-    return AutoTokenizer.from_pretrained(str(source), trust_remote_code=False)
+    # Beside our own config.json (model_type clip_jax_dual_encoder) transformers warns that it does not know
+    # the model type; the tokenizer files are what is loaded, so the warning is noise.
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        return AutoTokenizer.from_pretrained(str(source), trust_remote_code=False)
+    finally:
+        hf_logging.set_verbosity(verbosity)
 
 
 #: Loading-time arguments a tokenizer remembers in ``init_kwargs``: not part of what an export should carry.

@@ -21,7 +21,7 @@ import numpy as np
 from ml_collections import ConfigDict
 
 from clip_jax.data.shapes import COLOURS, COUNTS, POSITIONS, SHAPES, ShapesSpec, captions, load_or_generate
-from clip_jax.evaluate.retrieval import retrieval_metrics
+from clip_jax.evaluate.retrieval import benchmark_names, retrieval_metrics
 from clip_jax.evaluate.zeroshot import classification_metrics, ensemble_embeddings
 
 ATTRIBUTES = {"colour": list(COLOURS), "shape": list(SHAPES), "count": list(COUNTS)}
@@ -58,8 +58,8 @@ def zero_shot_heldout(model, split: dict, language: str = "it") -> dict[str, dic
 
 
 def retrieval_on(model, split: dict, language: str = "it") -> dict[str, float]:
-    """Recall@k on a split with each image's canonical caption in ``language``; identical captions of
-    different images all count as correct."""
+    """Recall@k on a split with each image's canonical caption in ``language`` (CLIP_benchmark's names:
+    ``text_retrieval_recall@k`` is image->text); identical captions of different images all count as correct."""
     own_texts = [captions(*_scene(lab), language)[0] for lab in split["labels"]]
     unique = sorted(set(own_texts))
     image_embeds, text_embeds = model.encode_image(split["images"]), model.encode_text(unique)
@@ -67,10 +67,9 @@ def retrieval_on(model, split: dict, language: str = "it") -> dict[str, float]:
     own = np.array([unique.index(t) for t in own_texts])
     i2t_rank = (scores > scores[np.arange(len(own)), own][:, None]).sum(axis=1) + 1
     metrics = {f"i2t_R@{k}": float(np.mean(i2t_rank <= k)) for k in (1, 5)}
-    metrics["i2t_chance@1"] = 1 / len(unique)
     t2i = retrieval_metrics(image_embeds, text_embeds[own], np.arange(len(own)), ks=(1, 5))
     metrics.update({k: v for k, v in t2i.items() if k.startswith("t2i_R")})
-    return metrics
+    return {**benchmark_names(metrics), "text_retrieval_chance@1": 1 / len(unique)}
 
 
 def demo_config() -> ConfigDict:
@@ -205,7 +204,7 @@ def _metrics(model, data: dict, language: str) -> dict[str, Any]:
 def format_table(rows: dict[str, dict], holdout: str = "") -> str:
     """The report's rows as an aligned text table (zero-shot accuracy on held-out pairs, retrieval)."""
     columns = ["colour", "shape", "count", "colour+shape"]
-    header = f"  {'':34s}" + "".join(f"{c:>13s}" for c in columns) + f"{'i2t R@1':>10s}{'i2t R@5':>10s}"
+    header = f"  {'':34s}" + "".join(f"{c:>13s}" for c in columns) + f"{'i->t R@1':>10s}{'i->t R@5':>10s}"
     lines = [header]
     names = {"english_clip_en": "English CLIP, English prompts (ref.)"}
     for key, row in rows.items():
@@ -213,7 +212,8 @@ def format_table(rows: dict[str, dict], holdout: str = "") -> str:
         zs = row.get("heldout_zero_shot", {})
         r = row["val_retrieval"]
         lines.append(f"  {label:34s}" + "".join(f"{zs[c]['acc1']:13.3f}" if c in zs else f"{'-':>13s}"
-                                                 for c in columns) + f"{r['i2t_R@1']:10.3f}{r['i2t_R@5']:10.3f}")
+                                                 for c in columns) + f"{r['text_retrieval_recall@1']:10.3f}"
+                     f"{r['text_retrieval_recall@5']:10.3f}")
         if "forgetting_en" in row:
             f = row["forgetting_en"]
             lines.append(f"  {'  English CLIP w/ this vision tower':34s}" + "".join(f"{f[c]['acc1']:13.3f}" for c in columns))
