@@ -97,3 +97,11 @@ def test_feature_cache_smoke(tmp_path, jax_cache):
     result = run_smoke("feature_cache.py", tmp_path, "feature_cache", jax_cache)
     for key in ("phase1_full_step_s", "caching_pass_s_per_batch", "cached_step_s", "full_over_cached_step_time"):
         assert result[key] > 0, key
+
+
+def test_grad_cache_smoke(tmp_path, jax_cache):
+    result = run_smoke("grad_cache.py", tmp_path, "grad_cache_cpu", jax_cache)
+    rows = {(r["batch"], r["micro_batch_size"]): r for r in result["memory"]}
+    assert set(rows) == {(8, 0), (8, 4), (32, 0), (32, 4)}
+    assert all(r["temp_mib"] > 0 and r["argument_mib"] > 0 for r in rows.values())
+    assert set(result["time"]) == {"0", "4"} and all(t["step_s"] > 0 for t in result["time"].values())
