@@ -24,18 +24,21 @@ def random_batch(size, rs):
             "attention_mask": (np.arange(12)[None, :] < rs.randint(4, 13, (size, 1))).astype(np.int32)}
 
 
-@pytest.mark.parametrize("kind", ["softmax", "sigmoid"])
-def test_micro_batched_step_equals_full_batch_step_on_8_devices(tmp_path, kind):
+@pytest.mark.parametrize("kind,remat,phases", [("softmax", False, (0, 1)), ("sigmoid", False, (0, 1)),
+                                               ("softmax", True, (1,))])
+def test_micro_batched_step_equals_full_batch_step_on_8_devices(tmp_path, kind, remat, phases):
     """One phase-1 step and one phase-2 step (FSDP over 2 x data over 4 devices, dropout off): the same
-    updated parameters with micro-batches of 8 (1 example per device at a time) as with the batch of 32."""
+    updated parameters with micro-batches of 8 (1 example per device at a time) as with the batch of 32;
+    also with per-layer remat inside each micro-batch."""
     batch = random_batch(32, np.random.RandomState(0))
-    for phase_index in (0, 1):
+    for phase_index in phases:
         updated = {}
         for micro in (0, 8):
             config = tiny_config(tmp_path / "cache", **{"train.batch_size": 32, "train.micro_batch_size": micro,
-                                                        "loss.kind": kind, "model.dropout": False})
+                                                        "loss.kind": kind, "model.dropout": False,
+                                                        "model.remat": remat})
             config.mesh.axes = {"data": 4, "fsdp": 2}
-            trainer = Trainer(config, str(tmp_path / f"{kind}-{phase_index}-{micro}"))
+            trainer = Trainer(config, str(tmp_path / f"{kind}-{remat}-{phase_index}-{micro}"))
             phase = trainer.phases[phase_index]
             initial = {".".join(map(str, k)): np.asarray(v) for k, v in flat_params(trainer.model.module).items()}
             state, step_fn, _ = trainer._prepare_phase(phase, trainer.model.module, 0)
@@ -71,6 +74,14 @@ def test_training_with_micro_batches_logs_the_same_losses(tmp_path):
     assert sorted(runs["micro"]) == [1, 2, 3, 4]
     for step in runs["full"]:
         assert runs["micro"][step] == pytest.approx(runs["full"][step], abs=1e-5)
+
+
+def test_bfloat16_training_with_micro_batches(tmp_path):
+    config = tiny_config(tmp_path / "cache", **{"train.micro_batch_size": 8, "model.dtype": "bfloat16"})
+    config.phases.warmup.steps = 1
+    assert Trainer(config, str(tmp_path / "run")).run()["step"] == 4
+    recorded = losses(tmp_path / "run")
+    assert sorted(recorded) == [1, 2, 3, 4] and all(np.isfinite(v) for v in recorded.values())
 
 
 def test_split_and_merge_keep_every_row_on_its_device():

@@ -53,7 +53,8 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, me
 
     def step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
         def embed(params, batch, rng):
-            model = nnx.merge(graphdef, params, state.frozen)
+            # copy: fresh Variables at the current trace level (in a scan body, remat writes back into them)
+            model = nnx.merge(graphdef, params, state.frozen, copy=True)
             out = model(batch["pixel_values"], batch["input_ids"], batch["attention_mask"],
                         deterministic=not dropout, rngs=nnx.Rngs(dropout=rng))
             return out.image_embeds, out.text_embeds
