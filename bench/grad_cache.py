@@ -87,7 +87,7 @@ def main() -> None:
     parser.add_argument("--out", default=None, help="folder for the result JSON (default bench/results)")
     args = parser.parse_args()
     if args.smoke:
-        args.tokens, args.batches, args.micro, args.time_batch, args.time_micro, args.rounds = 8, "8,32", "4", 8, "4", 2
+        args.tokens, args.batches, args.micro, args.time_batch, args.time_micro, args.rounds = 8, "16", "4", 8, "4", 2
         args.out = args.out or tempfile.mkdtemp(prefix="bench_smoke_")
         vision, text = TINY_VISION, TINY_TEXT
     else:
