@@ -5,7 +5,8 @@
 
 Random weights with the real architectures (ViT-B/32 or B/16 at 224 px + BERT-base), AdamW, the
 global softmax loss. Reports images/s, the phase-2 / phase-1 step-time ratio, and model FLOPs
-utilisation: analytic FLOPs of the step over its time, against a matmul peak measured in the same run.
+utilisation (MFU): the analytic matmul FLOPs of the step (:func:`step_flops` says what is counted) over
+its median time, against the FLOP/s of a square matmul in the same dtype measured in the same run.
 """
 
 from __future__ import annotations
@@ -59,19 +60,23 @@ def tower_forward_flops(hidden: int, intermediate: int, layers: int, tokens: int
 
 def step_flops(vision: dict, batch: int, tokens: int, phase: int, projection: int = 512,
                text: dict | None = None) -> float:
-    """Analytic FLOPs of one train step: forward (x1) + backward (x2) where gradients are needed."""
+    """Analytic matmul FLOPs of one train step (2 per multiply-add): forward x1, plus x2 for the backward
+    where gradients are needed (input and weight gradients), except the patch embedding, whose backward
+    has no input gradient (x1: weights only). Counted: the transformer layers' dense maps and attention
+    products, the patch embedding, projections, logits. Not counted: element-wise work (softmax,
+    LayerNorm, GELU, dropout), embedding lookups, the optimizer update. Phase 1 trains only the
+    projections and the logit scale, so the towers run forward only."""
     base = {"hidden_size": 768, "intermediate_size": 3072, "num_hidden_layers": 12}
     v = base | {"patch_size": 32, "image_size": 224} | vision
     t = base | (text or {})
     patches = (v["image_size"] // v["patch_size"]) ** 2
-    vis = tower_forward_flops(v["hidden_size"], v["intermediate_size"], v["num_hidden_layers"], patches + 1)
-    vis += 2 * patches * 3 * v["patch_size"] ** 2 * v["hidden_size"]
-    txt = tower_forward_flops(t["hidden_size"], t["intermediate_size"], t["num_hidden_layers"], tokens)
+    layers = tower_forward_flops(v["hidden_size"], v["intermediate_size"], v["num_hidden_layers"], patches + 1)
+    layers += tower_forward_flops(t["hidden_size"], t["intermediate_size"], t["num_hidden_layers"], tokens)
+    patch_embedding = 2 * patches * 3 * v["patch_size"] ** 2 * v["hidden_size"]
     heads = 2 * (v["hidden_size"] + t["hidden_size"]) * projection
     loss = 2 * 2 * batch * projection  # per example: its row of logits in each direction
-    towers = vis + txt
-    multiplier = 3 if phase == 2 else 1
-    return batch * (multiplier * towers + 3 * (heads + loss))
+    towers = 3 * layers + 2 * patch_embedding if phase == 2 else layers + patch_embedding
+    return batch * (towers + 3 * (heads + loss))
 
 
 def fake_batch(batch: int, tokens: int, image_size: int = 224, vocab_size: int = 32102) -> dict:
@@ -90,11 +95,12 @@ def make_model(vision: dict, text: dict = BERT_BASE, dtype: str = "float32", pro
                                  projection_dim=projection_dim, dtype=compute)
 
 
-def phase_step(model: CLIPModel, mesh, data: dict, phase: int, cached_features: bool = False):
+def phase_step(model: CLIPModel, mesh, data: dict, phase: int, cached_features: bool = False,
+               micro_batch_size: int = 0):
     """A zero-argument callable running one jitted, state-donating train step of ``phase`` (1: heads, 2: all)
     on ``data`` (already on the mesh); it returns the step's metrics. The first call compiles.
     ``cached_features``: the phase-1 step on cached pooled features (``data`` holds ``image_features`` and
-    ``text_features``) instead of pixels and tokens."""
+    ``text_features``) instead of pixels and tokens. ``micro_batch_size``: gradient caching (0: off)."""
     graphdef, params, frozen = split_trainable(model.module, HEAD if phase == 1 else ".*")
     groups = (("head", HEAD), ("vision", r"vision\..*"), ("text", r"text\..*"))
     tx, _ = make_optimizer(params, groups=groups, learning_rates={"head": 1e-3, "vision": 1e-5, "text": 1e-5},
@@ -108,7 +114,8 @@ def phase_step(model: CLIPModel, mesh, data: dict, phase: int, cached_features: 
     if cached_features:
         step_fn = make_feature_train_step(graphdef, tx, mesh, loss_kind="softmax")
     else:
-        step_fn = make_train_step(graphdef, tx, mesh, loss_kind="softmax", dropout=True)
+        step_fn = make_train_step(graphdef, tx, mesh, loss_kind="softmax", dropout=True,
+                                  micro_batch_size=micro_batch_size)
     step = jax.jit(step_fn, donate_argnums=(0,))
     holder = {"state": state}
 

@@ -1,12 +1,15 @@
 """clip_jax against transformers' PyTorch VisionTextDualEncoderModel: the same train step, same machine, one run.
 
-    python bench/vs_pytorch.py --batch 16 --tokens 64 --steps 3
+    python bench/vs_pytorch.py --batch 16 --tokens 64 --steps 4
     python bench/vs_pytorch.py --smoke   # tiny towers on both sides, result in a temporary folder
 
 Both sides: CLIP ViT-B/32 (224 px) + BERT-base (Italian xxl vocabulary), 512-d projections, random
-weights, AdamW, the symmetric contrastive loss, dropout on, float32, the same batch shapes. Phase 1 in
-PyTorch sets ``requires_grad=False`` on both backbones (the usual way); phase 2 trains everything.
-Prints step times and the PyTorch / clip_jax ratio per phase.
+weights, AdamW, the symmetric contrastive loss, gradient clipping at 1.0, dropout on, float32, the same
+batch shapes. Phase 1 in PyTorch sets ``requires_grad=False`` on both backbones (the usual way); phase 2
+trains everything. Per phase, one warm-up (compiling) step per side, then the two sides' timed steps
+alternate A B B A A B ... (``--steps`` each), so that the load of a shared machine hits both sides alike.
+Prints per side the median step time and its spread (min..max), and the ratio of the medians
+PyTorch / clip_jax (> 1: clip_jax is faster).
 """
 
 from __future__ import annotations
@@ -15,18 +18,18 @@ import argparse
 import os
 import sys
 import tempfile
+import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np
 
-from bench.common import machine, write_result
+from bench.common import block, machine, write_result
 
 
-def measure_torch(batch: int, tokens: int, steps: int, vision: dict | None = None, text: dict | None = None) -> dict:
-    """Median step time of both phases in PyTorch; ``vision``/``text`` override the tower configs (``--smoke``)."""
-    import time
-
+def torch_phase_steps(batch: int, tokens: int, vision: dict | None = None, text: dict | None = None) -> dict:
+    """``{phase: () -> None}``: one PyTorch train step of each phase; ``vision``/``text`` override the tower
+    configs (``--smoke``). Call a phase's steps only after the previous phase's (it sets ``requires_grad``)."""
     import torch
     import transformers as tf
 
@@ -43,14 +46,16 @@ def measure_torch(batch: int, tokens: int, steps: int, vision: dict | None = Non
     ids = torch.tensor(rs.randint(min(1000, vocab // 2), min(30000, vocab), (batch, tokens)))
     mask = torch.ones_like(ids)
     labels = torch.arange(batch)
-    result = {}
-    for phase in (1, 2):
-        for p in list(model.vision_model.parameters()) + list(model.text_model.parameters()):
-            p.requires_grad_(phase == 2)
-        trainable = [p for p in model.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(trainable, lr=1e-5, weight_decay=0.2)
+    optimizers: dict = {}
 
-        def step(optimizer=optimizer, trainable=trainable):
+    def make(phase: int):
+        def step():
+            if phase not in optimizers:  # first call of this phase: freeze or unfreeze the backbones
+                for p in list(model.vision_model.parameters()) + list(model.text_model.parameters()):
+                    p.requires_grad_(phase == 2)
+                trainable = [p for p in model.parameters() if p.requires_grad]
+                optimizers[phase] = (torch.optim.AdamW(trainable, lr=1e-5, weight_decay=0.2), trainable)
+            optimizer, trainable = optimizers[phase]
             out = model(input_ids=ids, attention_mask=mask, pixel_values=pixels)
             logits = out.logits_per_image
             loss = (torch.nn.functional.cross_entropy(logits, labels)
@@ -60,38 +65,64 @@ def measure_torch(batch: int, tokens: int, steps: int, vision: dict | None = Non
             torch.nn.utils.clip_grad_norm_(trainable, 1.0)
             optimizer.step()
 
-        step()  # warm-up
-        times = []
-        for _ in range(steps):
+        return step
+
+    return {1: make(1), 2: make(2)}
+
+
+def alternate(sides: dict, steps: int) -> dict:
+    """Time ``steps`` calls of each zero-argument callable in ``sides``, alternating A B B A A B ...,
+    after one warm-up call each; per side the times, their median and spread."""
+    names = list(sides)
+    for name in names:
+        block(sides[name]())
+    times: dict = {name: [] for name in names}
+    for r in range(steps):
+        for name in (names if r % 2 == 0 else names[::-1]):
             start = time.perf_counter()
-            step()
-            times.append(time.perf_counter() - start)
-        seconds = float(np.median(times))
-        result[phase] = {"step_s": seconds, "times": times, "images_per_s": batch / seconds}
-    return result
+            block(sides[name]())
+            times[name].append(time.perf_counter() - start)
+    return {name: {"step_s": float(np.median(t)), "min_s": min(t), "max_s": max(t), "times": t} for name, t in
+            times.items()}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--tokens", type=int, default=64)
-    parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=4, help="timed steps per side and phase (alternating)")
     parser.add_argument("--smoke", action="store_true",
                         help="tiny towers, batch 4, 2 steps; result into --out or a temporary folder")
     parser.add_argument("--out", default=None, help="folder for the result JSON (default bench/results)")
     args = parser.parse_args()
-    from bench.train_step import SMOKE, TINY_TEXT, TINY_VISION, measure
+    import jax
+
+    from bench.train_step import BERT_BASE, SMOKE, TINY_TEXT, TINY_VISION, VISION, fake_batch, make_model, phase_step
+    from clip_jax.sharding import batch_sharding, make_mesh
 
     if args.smoke:
         args.batch, args.tokens, args.steps = SMOKE["batch"], SMOKE["tokens"], SMOKE["steps"]
         args.out = args.out or tempfile.mkdtemp(prefix="bench_smoke_")
-        ours = measure(TINY_VISION, args.batch, args.tokens, args.steps, text=TINY_TEXT)
-        theirs = measure_torch(args.batch, args.tokens, args.steps, TINY_VISION, TINY_TEXT)
+        vision, text, torch_vision, torch_text = TINY_VISION, TINY_TEXT, TINY_VISION, TINY_TEXT
     else:
-        ours = measure("B/32", args.batch, args.tokens, args.steps)
-        theirs = measure_torch(args.batch, args.tokens, args.steps)
-    result = {"machine": machine(), "args": vars(args), "clip_jax": ours["phases"], "pytorch": theirs,
-              "pytorch_over_clip_jax": {p: theirs[p]["step_s"] / ours["phases"][p]["step_s"] for p in (1, 2)}}
+        vision, text, torch_vision, torch_text = VISION["B/32"], BERT_BASE, None, None
+    model = make_model(vision, text)
+    mesh = make_mesh({"data": -1})
+    data = jax.device_put(fake_batch(args.batch, args.tokens, vision.get("image_size", 224),
+                                     text.get("vocab_size", 32102)), batch_sharding(mesh))
+    torch_steps = torch_phase_steps(args.batch, args.tokens, torch_vision, torch_text)
+    ours, theirs = {}, {}
+    for phase in (1, 2):
+        jax_step = phase_step(model, mesh, data, phase)
+        timed = alternate({"clip_jax": jax_step, "pytorch": torch_steps[phase]}, args.steps)
+        for side, out in (("clip_jax", ours), ("pytorch", theirs)):
+            out[phase] = dict(timed[side], images_per_s=args.batch / timed[side]["step_s"])
+        print(f"phase {phase}: clip_jax {ours[phase]['step_s']:.2f}s ({ours[phase]['min_s']:.2f}.."
+              f"{ours[phase]['max_s']:.2f}), PyTorch {theirs[phase]['step_s']:.2f}s ({theirs[phase]['min_s']:.2f}.."
+              f"{theirs[phase]['max_s']:.2f})", flush=True)
+    result = {"machine": machine(), "args": vars(args), "order": "alternating A B B A per phase",
+              "clip_jax": ours, "pytorch": theirs,
+              "pytorch_over_clip_jax": {p: theirs[p]["step_s"] / ours[p]["step_s"] for p in (1, 2)}}
     write_result("vs_pytorch_cpu", result, args.out)
 
 

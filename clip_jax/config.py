@@ -72,6 +72,9 @@ def base_config() -> ConfigDict:
     ))
     c.train = ConfigDict(dict(
         batch_size=128,  # global, over all devices and processes
+        # >0: exact gradient caching, tower activations for only this many examples at once (a multiple of
+        # the data-parallel device count dividing batch_size); costs one extra forward pass. 0: off.
+        micro_batch_size=0,
         seed=0,
         phases=("warmup", "finetune"),  # the order of the entries of `phases`
         param_groups=(("head", HEAD), ("vision", r"vision\..*"), ("text", r"text\..*")),
@@ -128,6 +131,10 @@ def validate(config: ConfigDict) -> ConfigDict:
             raise ValueError(f"Unknown key(s) {sorted(extra)} in phases.{name}; valid: {sorted(phase_keys)}.")
     if config.loss.negatives not in ("global", "local"):
         raise ValueError(f"loss.negatives must be 'global' or 'local', not {config.loss.negatives!r}.")
+    micro, batch = config.train.micro_batch_size, config.train.batch_size
+    if not isinstance(micro, int) or micro < 0 or (micro and batch % micro):
+        raise ValueError(f"train.micro_batch_size={micro!r} must be 0 (off) or a positive divisor of "
+                         f"train.batch_size={batch}, e.g. {batch // 2 if batch % 2 == 0 else batch}.")
     if config.loss.kind not in ("softmax", "sigmoid"):
         raise ValueError(f"loss.kind must be 'softmax' or 'sigmoid', not {config.loss.kind!r}.")
     return config

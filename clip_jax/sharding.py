@@ -75,6 +75,15 @@ def check_batch_size(global_batch: int, mesh: Mesh, process_count: int | None = 
                         f"(and {process_count} processes); use a multiple of {n}, e.g. {lower or n} or {upper}.")
 
 
+def check_micro_batch_size(micro_batch_size: int, mesh: Mesh) -> None:
+    """Raise :class:`MeshError` unless a gradient-caching micro-batch splits evenly over the devices."""
+    n = data_parallel_size(mesh)
+    if micro_batch_size % n:
+        raise MeshError(f"train.micro_batch_size {micro_batch_size} is not divisible by the {n} data-parallel "
+                        f"devices (each device embeds micro_batch_size / {n} examples at a time); use a multiple "
+                        f"of {n}, e.g. {max(n, micro_batch_size // n * n)}.")
+
+
 def _fsdp_spec(shape: tuple[int, ...], mesh: Mesh, min_size: int = FSDP_MIN_SIZE) -> P:
     """Shard the largest axis divisible by the 'fsdp' size; replicate small or indivisible arrays."""
     size = mesh.shape.get("fsdp", 1)

@@ -27,7 +27,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from clip_jax.loss import contrastive_loss
 from clip_jax.models.dual_encoder import l2_normalize, pool_text
 from clip_jax.sharding import batch_axes
-from clip_jax.train.state import TrainState
+from clip_jax.train.state import TrainState, apply_gradients
 
 TOWERS = re.compile(r"(vision|text)\.")
 
@@ -135,11 +135,7 @@ def make_feature_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransforma
                                     logit_bias=bias, negatives=negatives)
 
         (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-        updates, opt_state = tx.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
-        metrics["grad_norm"] = optax.tree.norm(grads)
-        metrics["param_norm"] = optax.tree.norm(params)
-        return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
+        return apply_gradients(state, tx, grads, metrics)
 
     return step
 

@@ -17,7 +17,7 @@ from flax import nnx, struct
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from clip_jax.loss import contrastive_loss
-from clip_jax.sharding import batch_axes
+from clip_jax.sharding import batch_axes, data_parallel_size
 
 
 @struct.dataclass
@@ -43,28 +43,114 @@ def split_trainable(module: nnx.Module, pattern: str) -> tuple[nnx.GraphDef, nnx
 
 
 def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, mesh: Mesh, *, loss_kind: str,
-                    dropout: bool, negatives: str = "global") -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
-    """The (un-jitted) step: forward, global contrastive loss, gradients of trainable params, update."""
+                    dropout: bool, micro_batch_size: int = 0, negatives: str = "global"
+                    ) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
+    """The (un-jitted) step: forward, global contrastive loss, gradients of trainable params, update.
+
+    ``micro_batch_size`` (0: off): exact gradient caching (:func:`cached_value_and_grad`), with tower
+    activations for only that many examples of the global batch live at once.
+    """
     axes = batch_axes(mesh)
 
     def step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
-        rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
-
-        def loss_fn(params):
-            model = nnx.merge(graphdef, params, state.frozen)
+        def embed(params, batch, rng):
+            # copy: fresh Variables at the current trace level (in a scan body, remat writes back into them)
+            model = nnx.merge(graphdef, params, state.frozen, copy=True)
             out = model(batch["pixel_values"], batch["input_ids"], batch["attention_mask"],
                         deterministic=not dropout, rngs=nnx.Rngs(dropout=rng))
-            return contrastive_loss(out.image_embeds, out.text_embeds, out.logit_scale, mesh=mesh,
-                                    batch_axes=axes, kind=loss_kind, logit_bias=out.logit_bias, negatives=negatives)
+            return out.image_embeds, out.text_embeds
 
-        (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-        updates, opt_state = tx.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
-        metrics["grad_norm"] = optax.tree.norm(grads)
-        metrics["param_norm"] = optax.tree.norm(params)  # non-finite => diverged: never checkpointed
-        return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
+        def loss_of_embeds(params, image_embeds, text_embeds):
+            model = nnx.merge(graphdef, params, state.frozen)
+            bias = model.logit_bias[...] if model.logit_bias is not None else None
+            return contrastive_loss(image_embeds, text_embeds, model.scale(), mesh=mesh, batch_axes=axes,
+                                    kind=loss_kind, logit_bias=bias, negatives=negatives)
+
+        rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
+        if micro_batch_size and micro_batch_size < batch["input_ids"].shape[0]:
+            (loss, metrics), grads = cached_value_and_grad(embed, loss_of_embeds, state.params, batch, rng,
+                                                           micro_batch_size=micro_batch_size, mesh=mesh)
+        else:
+            def loss_fn(params):
+                return loss_of_embeds(params, *embed(params, batch, rng))
+
+            (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        return apply_gradients(state, tx, grads, metrics)
 
     return step
+
+
+def apply_gradients(state: TrainState, tx: optax.GradientTransformation, grads: nnx.State,
+                    metrics: dict) -> tuple[TrainState, dict]:
+    """The update tail every train step shares: optimizer update, gradient and parameter norms, step + 1."""
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    metrics["grad_norm"] = optax.tree.norm(grads)
+    metrics["param_norm"] = optax.tree.norm(params)  # non-finite => diverged: never checkpointed
+    return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
+
+
+def split_micro_batches(x: jax.Array, count: int, mesh: Mesh) -> jax.Array:
+    """``[B, ...]`` batch-sharded -> ``[count, B / count, ...]``, micro-batch ``k`` holding the ``k``-th slice
+    of every device's own rows (so no example changes device), each micro-batch batch-sharded."""
+    devices = data_parallel_size(mesh)
+    rows = x.shape[0] // (count * devices)
+    x = x.reshape(devices, count, rows, *x.shape[1:]).swapaxes(0, 1).reshape(count, devices * rows, *x.shape[1:])
+    return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, P(None, batch_axes(mesh))))
+
+
+def merge_micro_batches(x: jax.Array, mesh: Mesh) -> jax.Array:
+    """The inverse of :func:`split_micro_batches`: ``[count, B / count, ...]`` -> ``[B, ...]`` in batch order."""
+    devices, count = data_parallel_size(mesh), x.shape[0]
+    rows = x.shape[1] // devices
+    x = x.reshape(count, devices, rows, *x.shape[2:]).swapaxes(0, 1).reshape(count * devices * rows, *x.shape[2:])
+    return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, P(batch_axes(mesh))))
+
+
+def cached_value_and_grad(embed: Callable, loss_of_embeds: Callable, params: nnx.State, batch: dict,
+                          rng: jax.Array, *, micro_batch_size: int, mesh: Mesh) -> tuple[tuple[jax.Array, dict],
+                                                                                          nnx.State]:
+    """``((loss, metrics), grads)`` of the full-batch loss, exactly, with one micro-batch's activations live.
+
+    Gradient caching (Gao et al. 2021): (1) embed the global batch micro-batch by micro-batch, keeping
+    only the embeddings; (2) the global loss and its gradient with respect to the embeddings (and to the
+    parameters it reads directly: logit scale and bias); (3) re-run each micro-batch's towers and pull
+    that embedding gradient back through them (a VJP), summing parameter gradients. Both loops are
+    ``lax.scan``s, so XLA keeps one micro-batch of activations; the price is a second forward pass.
+
+    ``embed(params, micro_batch, rng) -> (image_embeds, text_embeds)`` runs the towers; micro-batch ``k``
+    gets the dropout key ``fold_in(rng, k)`` in both passes, so the re-run sees the same masks.
+    ``loss_of_embeds(params, image_embeds, text_embeds) -> (loss, metrics)``.
+    """
+    global_batch = jax.tree.leaves(batch)[0].shape[0]
+    devices = data_parallel_size(mesh)
+    if micro_batch_size % devices or global_batch % micro_batch_size:
+        raise ValueError(f"micro_batch_size {micro_batch_size} must be a multiple of the {devices} data-parallel "
+                         f"devices and divide the global batch {global_batch}.")
+    count = global_batch // micro_batch_size
+    micro = jax.tree.map(lambda x: split_micro_batches(x, count, mesh), batch)
+    keys = jax.vmap(lambda k: jax.random.fold_in(rng, k))(jnp.arange(count))
+
+    def forward(_, xs):
+        key, mb = xs
+        return None, embed(params, mb, key)
+
+    _, (image, text) = jax.lax.scan(forward, None, (keys, micro))
+    image, text = merge_micro_batches(image, mesh), merge_micro_batches(text, mesh)
+    (loss, metrics), (grads, d_image, d_text) = jax.value_and_grad(loss_of_embeds, argnums=(0, 1, 2),
+                                                                   has_aux=True)(params, image, text)
+    cotangents = (split_micro_batches(d_image, count, mesh), split_micro_batches(d_text, count, mesh))
+
+    def backward(total, xs):
+        key, mb, d_img, d_txt = xs
+        _, pull = jax.vjp(lambda p: embed(p, mb, key), params)
+        (g,) = pull((d_img, d_txt))
+        return jax.tree.map(lambda t, x: t + x.astype(jnp.float32), total, g), None
+
+    total = jax.tree.map(lambda g: g.astype(jnp.float32), grads)  # summed in float32 whatever the param dtype
+    total, _ = jax.lax.scan(backward, total, (keys, micro, *cotangents))
+    grads = jax.tree.map(lambda t, g: t.astype(g.dtype), total, grads)
+    return (loss, metrics), grads
 
 
 def replicated(mesh: Mesh) -> NamedSharding:

@@ -33,7 +33,7 @@ from clip_jax.data.preprocess import ImageProcessorConfig, preprocess_images
 from clip_jax.data.shapes import ShapesSpec, load_or_generate, vocabulary
 from clip_jax.evaluate.retrieval import benchmark_names, retrieval_metrics
 from clip_jax.models.dual_encoder import l2_normalize
-from clip_jax.sharding import batch_sharding, check_batch_size, make_mesh, shard_params
+from clip_jax.sharding import batch_sharding, check_batch_size, check_micro_batch_size, make_mesh, shard_params
 from clip_jax.train import features as feature_cache
 from clip_jax.train.checkpoint import Checkpointer
 from clip_jax.train.logging import MetricsLogger, progress_bar
@@ -169,6 +169,7 @@ class Trainer:
         self.workdir = workdir
         self.mesh = make_mesh(config.mesh.axes.to_dict(), devices)
         check_batch_size(config.train.batch_size, self.mesh)
+        check_micro_batch_size(config.train.micro_batch_size, self.mesh)
         self.primary = jax.process_index() == 0
         self.model = build_model(config)
         if self.primary:  # what export and evaluation need to rebuild the model from a checkpoint
@@ -236,13 +237,13 @@ class Trainer:
         sharding = self._state_sharding(abstract)
         state = jax.jit(make_state, out_shardings=sharding)(params, frozen)
         graphdef = nnx.graphdef(module)
-        if phase.cache_features:
+        if phase.cache_features:  # projections on cached features: no tower activations, no micro-batches needed
             step = feature_cache.make_feature_train_step(graphdef, tx, self.mesh, loss_kind=self.config.loss.kind,
                                                          negatives=self.config.loss.negatives)
         else:
             step = make_train_step(graphdef, tx, self.mesh, loss_kind=self.config.loss.kind,
-                                   negatives=self.config.loss.negatives,
-                                   dropout=self.config.model.dropout)
+                                   negatives=self.config.loss.negatives, dropout=self.config.model.dropout,
+                                   micro_batch_size=self.config.train.micro_batch_size)
         step_fn = jit_train_step(step, sharding, self.batch_sharding, self.mesh)
         self.graphdef = graphdef
         return state, step_fn, {"schedules": schedules, "sharding": sharding, "abstract": abstract}
