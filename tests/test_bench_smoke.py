@@ -101,7 +101,8 @@ def test_feature_cache_smoke(tmp_path, jax_cache):
 
 
 def test_recipe_smoke(tmp_path, jax_cache):
-    result = run_smoke("recipe.py", tmp_path, "recipe_cpu", jax_cache)
+    # builds two tiny stand-ins and trains two recipes (~2.5 min of CPU time)
+    result = run_smoke("recipe.py", tmp_path, "recipe_cpu", jax_cache, timeout=600)
     assert set(result["recipes"]) == {"e_per_device_loss", "f_cached_phase1"}
     for summary in result["recipes"].values():
         assert set(summary["zero_shot"]) == {"colour", "shape", "count", "colour+shape"}
