@@ -1,11 +1,4 @@
-"""The offline demo: tiny towers trained on generated Italian captions of coloured shapes.
+"""The offline demo recipe; it lives in the package (clip_jax/configs/demo.py) so that
+`clip-jax train --config demo` works after pip install. This file keeps `--config configs/demo.py` working."""
 
-Runs on a laptop CPU in about 1.5 minutes with no network: `python train.py`. The settings live in
-clip_jax.demo.demo_config (the notebooks use them too).
-"""
-
-from clip_jax.demo import demo_config
-
-
-def get_config():
-    return demo_config()
+from clip_jax.configs.demo import get_config  # noqa: F401

@@ -1,6 +1,6 @@
 """Convert an image–caption listing (JSONL/JSON/CSV/TSV) to WebDataset tar shards.
 
-    python -m clip_jax.data.to_webdataset --input jsonl:/data/mscoco-it/train.jsonl \\
+    clip-jax to-webdataset --input jsonl:/data/mscoco-it/train.jsonl \\
         --output /data/shards/coco-it --shard_size 5000
 
 Each example becomes ``<key>.<ext>`` (the original image bytes) and ``<key>.json``
@@ -74,15 +74,18 @@ def convert(spec: str, output: str, shard_size: int = 5000, *, image_key: str = 
     return pattern, dict(counts)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def main(argv: list[str] | None = None) -> None:
+    """``clip-jax to-webdataset``: convert a listing and print the ``data.train`` spec to use."""
+    parser = argparse.ArgumentParser(prog="clip-jax to-webdataset", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--input", required=True, help="a listing spec, e.g. jsonl:/data/train.jsonl")
     parser.add_argument("--output", required=True, help="shard path prefix, e.g. /data/shards/train")
     parser.add_argument("--shard_size", type=int, default=5000)
     parser.add_argument("--image_key", default="")
     parser.add_argument("--caption_key", default="")
     parser.add_argument("--no_verify", action="store_true", help="do not decode images to check them")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    if args.shard_size < 1:
+        parser.error(f"--shard_size must be at least 1, not {args.shard_size}")
     pattern, counts = convert(args.input, args.output, args.shard_size, image_key=args.image_key,
                               caption_key=args.caption_key, verify=not args.no_verify)
     print(f"Wrote {counts.get('written', 0)} examples; skipped: "
@@ -91,4 +94,8 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    import sys
+
+    from clip_jax.cli import main as cli_main
+
+    sys.exit(cli_main(["to-webdataset", *sys.argv[1:]]))

@@ -170,6 +170,17 @@ class Trainer:
         self.mesh = make_mesh(config.mesh.axes.to_dict(), devices)
         check_batch_size(config.train.batch_size, self.mesh)
         self.primary = jax.process_index() == 0
+        self.lock = workdirs.WorkdirLock(workdir)
+        if self.primary:  # one run per workdir; process 0 holds the lock for a multi-process run
+            workdirs.check_writable(workdir)
+            self.lock.acquire()
+        try:
+            self._setup(config, workdir)
+        except BaseException:
+            self.lock.release()
+            raise
+
+    def _setup(self, config: ConfigDict, workdir: str) -> None:
         self.model = build_model(config)
         if self.primary:  # what export and evaluation need to rebuild the model from a checkpoint
             workdirs.write_text(workdirs.join(workdir, "config.json"),
@@ -397,12 +408,15 @@ class Trainer:
             self.state = state
             return summary
         finally:
-            self.checkpointer.close()
-            self.logger.close()
-            if hasattr(self.train_iter, "close"):
-                self.train_iter.close()
-            if previous_handler is not None:
-                signal.signal(signal.SIGTERM, previous_handler)
+            try:
+                self.checkpointer.close()
+                self.logger.close()
+                if hasattr(self.train_iter, "close"):
+                    self.train_iter.close()
+                if previous_handler is not None:
+                    signal.signal(signal.SIGTERM, previous_handler)
+            finally:
+                self.lock.release()
 
     def _run_phase(self, phase: Phase, state: TrainState, step_fn, info: dict, step: int
                    ) -> tuple[int, TrainState]:
