@@ -123,7 +123,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 # ---------------------------------------------------------------------------------------------- train
-TRAIN_HELP = """clip-jax train: train a CLIP dual encoder.
+TRAIN_HELP = """\
+clip-jax train: train a CLIP dual encoder.
 
     clip-jax train                                   # the offline demo recipe, in runs/demo
     clip-jax train --config clip_italian --workdir runs/it --config.data.train=wds:/data/it-{00000..00279}.tar
@@ -134,22 +135,26 @@ the same --workdir resumes from its latest checkpoint; one run at a time may use
 """
 
 
-def _define_train_flags():
+def _define_train_flags(argv: Sequence[str] = ()):
+    """A fresh set of the train command's flags (not absl's global FLAGS, so it can be parsed more than once);
+    ``argv`` (with the program name first) tells ml_collections which ``--config.KEY`` overrides to define."""
     from absl import flags
     from ml_collections import config_flags
 
-    if "workdir" in flags.FLAGS:
-        return flags.FLAGS
+    values = flags.FlagValues()
     config_flags.DEFINE_config_file("config", None, "Built-in recipe name or config file (.py with get_config()).",
-                                    lock_config=True)
-    flags.DEFINE_string("workdir", None, "Run directory (local or gs://); default runs/<config name>.")
-    flags.DEFINE_bool("print_config", False, "Print the resolved config (recipe + overrides) and exit.")
-    flags.DEFINE_string("coordinator", None, "host:port of process 0, for multi-process runs off TPU/SLURM.")
-    flags.DEFINE_integer("num_processes", None, "Number of processes in a multi-process run.")
-    flags.DEFINE_integer("process_id", None, "This process's index in a multi-process run.")
+                                    lock_config=True, flag_values=values, sys_argv=list(argv))
+    flags.DEFINE_string("workdir", None, "Run directory (local or gs://); default runs/<config name>.",
+                        flag_values=values)
+    flags.DEFINE_bool("print_config", False, "Print the resolved config (recipe + overrides) and exit.",
+                      flag_values=values)
+    flags.DEFINE_string("coordinator", None, "host:port of process 0, for multi-process runs off TPU/SLURM.",
+                        flag_values=values)
+    flags.DEFINE_integer("num_processes", None, "Number of processes in a multi-process run.", flag_values=values)
+    flags.DEFINE_integer("process_id", None, "This process's index in a multi-process run.", flag_values=values)
     flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize() with automatic settings "
-                      "(TPU pods, SLURM).")
-    return flags.FLAGS
+                      "(TPU pods, SLURM).", flag_values=values)
+    return values
 
 
 def _config_arg(argv: list[str]) -> tuple[list[str], str]:
@@ -217,14 +222,16 @@ def train_main(argv: Sequence[str]) -> dict | None:
     argv = list(argv)
     if any(a in ("-h", "--help", "--helpshort", "--helpfull") for a in argv):
         FLAGS = _define_train_flags()
-        print(TRAIN_HELP.format(recipes=", ".join(configs.names())))
-        print(FLAGS.module_help(__name__))
+        print(TRAIN_HELP.replace("{recipes}", ", ".join(configs.names())))
+        print("\n".join(f"  --{name}: {FLAGS[name].help}" for name in FLAGS))
+        print("  --config.KEY=VALUE: override any key of the config (see --print_config)\n  --debug: show tracebacks")
         return None
     argv, config_file = _config_arg(argv)
     check_overrides(load_config_file(config_file), argv)
-    FLAGS = _define_train_flags()
+    argv = ["clip-jax train", *argv]
+    FLAGS = _define_train_flags(argv)
     try:
-        FLAGS(["clip-jax train", *argv])
+        FLAGS(argv)
     except flags.Error as error:
         raise UsageError(f"{str(error).splitlines()[0]} — see clip-jax train --help") from None
     config = FLAGS.config

@@ -160,8 +160,8 @@ def _check_values(config: ConfigDict) -> None:
         p, key = config.phases[name], f"phases.{name}"
         need(isinstance(p.steps, int) and p.steps >= 1, f"{key}.steps", p.steps, "a whole number >= 1 (leave the "
              "phase out of train.phases to skip it)")
-        need(0 <= p.warmup_steps <= p.steps, f"{key}.warmup_steps", p.warmup_steps, f"between 0 and the phase's "
-             f"steps ({p.steps})")
+        need(p.warmup_steps >= 0, f"{key}.warmup_steps", p.warmup_steps, ">= 0")
+        need(p.decay in ("cosine", "linear", "constant"), f"{key}.decay", p.decay, "cosine, linear or constant")
         need(0 <= p.end_factor, f"{key}.end_factor", p.end_factor, ">= 0")
         try:
             re.compile(p.trainable)

@@ -40,8 +40,11 @@ def resolve_checkpoint(path_or_id: str | os.PathLike, *, revision: str | None = 
     text = str(path_or_id)
     if path.exists():
         raise CheckpointError(f"{text} is a file; pass the directory that holds config.json and the weights.")
-    if text.startswith((".", "/", "~")) or text.count("/") > 1:
-        raise CheckpointError(f"No such checkpoint directory: {text}. Check the path (it should hold config.json).")
+    first = Path(text).parts[0] if Path(text).parts else ""
+    if text.startswith((".", "/", "~")) or text.count("/") > 1 or ("/" in text and Path(first).is_dir()):
+        # A path: absolute, relative with a local first folder (runs/it), or not shaped like a hub id (USER/REPO).
+        raise CheckpointError(f"No such checkpoint directory: {text} — check the path (it should hold "
+                              "config.json and the weights).")
     import huggingface_hub
     from huggingface_hub.utils import HfHubHTTPError
 
@@ -57,9 +60,27 @@ def resolve_checkpoint(path_or_id: str | os.PathLike, *, revision: str | None = 
     try:
         return Path(huggingface_hub.snapshot_download(text, revision=revision, allow_patterns=patterns))
     except Exception as error:  # huggingface_hub raises many types; all mean "not available"
-        hint = (" HF_HUB_OFFLINE is set, so only checkpoints already in the cache can be used;"
-                " download it once with network access or pass a local directory." if _offline() else "")
-        raise CheckpointError(f"Could not get checkpoint {text!r} from the Hugging Face hub: {error}.{hint}") from error
+        raise CheckpointError(hub_error_message(text, error, revision=revision)) from error
+
+
+def hub_error_message(repo_id: str, error: BaseException, *, revision: str | None = None) -> str:
+    """What went wrong fetching ``repo_id`` from the hub, and the likely fixes (offline? typo? private?)."""
+    detail = (str(error).strip().splitlines() or [type(error).__name__])[0][:300]
+    where = f"{repo_id}" + (f" (revision {revision})" if revision else "")
+    if _offline():
+        hint = ("HF_HUB_OFFLINE is set, so only models already in the cache can be used — download it once with "
+                "network access, or pass a local directory")
+    else:
+        name = type(error).__name__
+        if "Connect" in name or "Timeout" in name or "Network" in name or isinstance(error, (ConnectionError,
+                                                                                            TimeoutError)):
+            hint = ("the hub could not be reached — check the network (or set HF_HUB_OFFLINE=1 to use the cache), "
+                    "or pass a local directory")
+        else:
+            hint = ("check the spelling of the repo id; for a private or gated repo log in (`huggingface-cli "
+                    "login` or HF_TOKEN); if you meant a local directory, it does not exist")
+    return f"Could not get {where}: no such local directory, and the Hugging Face hub lookup failed " \
+           f"({type(error).__name__}: {detail}) — {hint}."
 
 
 def _offline() -> bool:
