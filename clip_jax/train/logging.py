@@ -16,6 +16,22 @@ from tqdm import tqdm
 from clip_jax import workdir as workdirs
 
 
+def finite_or_none(value: Any) -> Any:
+    """``value`` with every NaN/inf float (in nested dicts and lists too) replaced by ``None``."""
+    if isinstance(value, dict):
+        return {k: finite_or_none(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite_or_none(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def strict_json(value: Any, **kwargs: Any) -> str:
+    """JSON that every parser reads: NaN and infinities become ``null`` (Python's ``NaN`` is not JSON)."""
+    return json.dumps(finite_or_none(value), allow_nan=False, **kwargs)
+
+
 class MetricsLogger:
     """Writes scalar metrics by step; a no-op on processes other than 0.
 
@@ -60,7 +76,7 @@ class MetricsLogger:
             if math.isfinite(value):
                 self._tb.add_scalar(key.replace("@", "_at_"), value, step)  # '@' is not a legal tag character
         if self._jsonl is not None:
-            self._jsonl.write(json.dumps({"step": step, **scalars}) + "\n")
+            self._jsonl.write(strict_json({"step": step, **scalars}) + "\n")
             self._jsonl.flush()
             if self._spool is not None and time.monotonic() - self._uploaded > self.upload_every_s:
                 self._upload()

@@ -36,7 +36,7 @@ from clip_jax.models.dual_encoder import l2_normalize
 from clip_jax.sharding import batch_sharding, check_batch_size, make_mesh, shard_params
 from clip_jax.train import features as feature_cache
 from clip_jax.train.checkpoint import Checkpointer
-from clip_jax.train.logging import MetricsLogger, progress_bar
+from clip_jax.train.logging import MetricsLogger, progress_bar, strict_json
 from clip_jax.train.optim import learning_rates_at, make_optimizer
 from clip_jax.train.state import (TrainState, initial_rng, jit_train_step, make_train_step, replicated,
                                   split_trainable)
@@ -514,5 +514,6 @@ def train(config: ConfigDict, workdir: str) -> dict[str, Any]:
     trainer = Trainer(config, workdir)
     summary = trainer.run()
     if trainer.primary:
-        workdirs.write_text(workdirs.join(workdir, "summary.json"), json.dumps(summary, indent=2, default=float) + "\n")
+        summary = json.loads(json.dumps(summary, default=float))  # NumPy scalars -> floats
+        workdirs.write_text(workdirs.join(workdir, "summary.json"), strict_json(summary, indent=2) + "\n")
     return summary
