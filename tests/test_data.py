@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from clip_jax.data import ImageProcessorConfig
-from clip_jax.data.pipeline import (BadDataMonitor, DataError, ExampleStream, TrainBatches, Transform,
+from clip_jax.data.pipeline import (BadDataMonitor, BadExample, DataError, ExampleStream, TrainBatches, Transform,
                                     decode_image, load_eval_examples, process_examples)
 from clip_jax.data.sources import FileSource, WebDatasetSource, expand_braces, parse_source
 from clip_jax.data.to_webdataset import convert
@@ -259,6 +259,46 @@ def test_bad_examples_are_skipped_and_counted(tmp_path, monkeypatch):
     with pytest.raises(DataError, match=r"mixed.jsonl are bad .*First failures"):
         for _ in range(10):
             next(strict)
+
+
+def test_bomb_guard_holds_under_concurrent_decoding(monkeypatch):
+    """Warning filters are process-wide: with the guard built on them, another thread resetting the filters
+    (as any library may) let warning-range bombs through. The explicit size check does not depend on them."""
+    import concurrent.futures
+    import sys
+    import threading
+    import warnings
+
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1500)
+    bomb = encoded(Image.fromarray(np.zeros((50, 50, 3), np.uint8)), "PNG")  # 2500 px: PIL only warns
+    fine = encoded(Image.fromarray(np.zeros((30, 30, 3), np.uint8)), "PNG")
+    stop = threading.Event()
+
+    def meddle():  # another thread entering and leaving catch_warnings (as the old guard itself did)
+        while not stop.is_set():
+            with warnings.catch_warnings():
+                pass
+
+    def decode(data):
+        try:
+            decode_image(data, "x.png")
+            return "ok"
+        except BadExample as error:
+            return error.reason
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads often, so that a race has chances to happen
+    with warnings.catch_warnings():  # the filters are restored afterwards
+        meddler = threading.Thread(target=meddle)
+        meddler.start()
+        try:
+            with concurrent.futures.ThreadPoolExecutor(3) as pool:
+                results = list(pool.map(decode, [bomb, fine] * 1000))
+        finally:
+            stop.set()
+            meddler.join()
+            sys.setswitchinterval(interval)
+    assert results == ["decompression_bomb", "ok"] * 1000
 
 
 def test_nothing_valid_is_an_error(tmp_path):

@@ -42,6 +42,17 @@ class DataError(RuntimeError):
     """Too much of the data is bad, or none of it is usable."""
 
 
+def check_pixel_count(image: Image.Image, path: str = "") -> None:
+    """Raise :class:`BadExample` ``decompression_bomb`` if ``image`` (opened, not yet decoded) has more pixels
+    than ``PIL.Image.MAX_IMAGE_PIXELS``. An explicit check, not PIL's warning turned into an error: warning
+    filters are process-wide, so doing that in decoding threads let some bombs through."""
+    limit = Image.MAX_IMAGE_PIXELS
+    width, height = image.size
+    if limit is not None and width * height > limit:
+        raise BadExample("decompression_bomb", f"{path}: {width}x{height} = {width * height} pixels, more than "
+                                               f"PIL.Image.MAX_IMAGE_PIXELS={limit}")
+
+
 def decode_image(data: bytes | None, path: str = "") -> Image.Image:
     """RGB image from encoded bytes: EXIF orientation applied, any mode (L, LA, P, RGBA, CMYK, 16-bit) to RGB."""
     if data is None:
@@ -49,11 +60,14 @@ def decode_image(data: bytes | None, path: str = "") -> Image.Image:
     if len(data) == 0:
         raise BadExample("empty_file", path)
     try:
+        # PIL warns in open() for images over MAX_IMAGE_PIXELS; that warning is only silenced here (warning
+        # filters are process-wide, so this is best effort): the guard is the explicit check that follows.
         with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             image = Image.open(io.BytesIO(data))
-            image.load()
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
+        check_pixel_count(image, path)  # from the header, before any pixel is decoded
+        image.load()
+    except Image.DecompressionBombError as error:
         raise BadExample("decompression_bomb", f"{path}: {error}") from None
     except (OSError, SyntaxError, ValueError) as error:  # PIL's errors for truncated / corrupt / unknown files
         raise BadExample("corrupt_image", f"{path}: {error}") from None
