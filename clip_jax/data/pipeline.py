@@ -521,9 +521,22 @@ def process_examples(specs: Sequence[str] | str, processor: ImageProcessorConfig
         raise DataError(f"No usable example in this process's part of {specs} (skipped: {dict(counts)}).")
 
 
+def check_bad_fraction(spec: str, skipped: dict, used: int, max_bad_fraction: float | None) -> None:
+    """Raise :class:`DataError` if the skipped examples are more than ``max_bad_fraction`` of those seen
+    (metrics computed on what is left would not describe the data set). ``None``: no limit."""
+    bad = sum(skipped.values())
+    seen = bad + used
+    if max_bad_fraction is not None and seen and bad / seen > max_bad_fraction:
+        raise DataError(f"{bad} of {seen} examples of {spec} could not be used ({dict(skipped)}), more than the "
+                        f"allowed fraction {max_bad_fraction} — fix the data (or its image/caption keys), or raise "
+                        "the limit (eval: --max_bad_fraction; training: data.max_bad_fraction)")
+
+
 def load_eval_examples(spec: str, processor: ImageProcessorConfig, *, limit: int | None = None,
-                       workers: int = 4, **keys: str) -> tuple[np.ndarray, list[list[str]], dict]:
-    """All usable examples of a source in order (eval preprocessing, every caption): pixels, captions, skip counts."""
+                       workers: int = 4, max_bad_fraction: float | None = None, **keys: str
+                       ) -> tuple[np.ndarray, list[list[str]], dict]:
+    """All usable examples of a source in order (eval preprocessing, every caption): pixels, captions, skip
+    counts. More skipped than ``max_bad_fraction`` of the examples seen is a :class:`DataError`."""
     pixels, captions, counts = [], [], collections.Counter()
     for image, caps in _eval_examples(_process_records(_source(spec, keys)), processor, workers, counts):
         pixels.append(image)
@@ -532,6 +545,7 @@ def load_eval_examples(spec: str, processor: ImageProcessorConfig, *, limit: int
             break
     if not pixels:
         raise DataError(f"No usable example in {spec} (skipped: {dict(counts)}).")
+    check_bad_fraction(spec, counts, len(pixels), max_bad_fraction)
     if counts:
         logger.warning("Skipped %d examples of %s: %s", sum(counts.values()), spec, dict(counts))
     return np.stack(pixels), captions, dict(counts)

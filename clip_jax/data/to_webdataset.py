@@ -44,6 +44,8 @@ def convert(spec: str, output: str, shard_size: int = 5000, *, image_key: str = 
     for index in range(len(source)):
         record = source[index]
         try:
+            if record.get("error"):  # a listing row that is not an example (malformed line, missing key...)
+                raise BadExample(*record["error"])
             captions = valid_captions(record["captions"], record["key"])
             if verify:
                 decode_image(record["image"], record["path"])

@@ -37,9 +37,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--map_out", default="embedding_map.png")
     parser.add_argument("--cache_dir", default="~/.cache/clip_jax/class_embeddings")
     parser.add_argument("--output", default=None, help="write the results as JSON here")
+    parser.add_argument("--max_bad_fraction", type=float, default=0.1,
+                        help="refuse to report metrics if more of the images than this could not be used")
     args = parser.parse_args(argv)
     needs = {"zeroshot": ("dataset", "classnames", "templates"), "retrieval": ("data",),
              "embedmap": ("dataset", "classnames", "templates")}[args.task]
+    if not 0 <= args.max_bad_fraction <= 1:
+        parser.error(f"--max_bad_fraction must be between 0 and 1, not {args.max_bad_fraction}")
+    if args.batch_size < 1 or (args.limit is not None and args.limit < 1):
+        parser.error("--batch_size and --limit must be at least 1")
     missing = [f"--{n}" for n in needs if getattr(args, n) is None]
     if missing:
         parser.error(f"--task {args.task} needs {' '.join(missing)}.")
@@ -58,17 +64,23 @@ def main(argv: list[str] | None = None) -> list:
         model = load_model(spec, logit_scale=args.logit_scale)
         if args.task == "zeroshot":
             results.append(run_zeroshot(model, spec, args.dataset, args.classnames, args.templates, cache=cache,
-                                        limit=args.limit, batch_size=args.batch_size))
+                                        limit=args.limit, batch_size=args.batch_size,
+                                        max_bad_fraction=args.max_bad_fraction))
         elif args.task == "retrieval":
-            results.append(run_retrieval(model, spec, args.data, limit=args.limit, batch_size=args.batch_size))
+            results.append(run_retrieval(model, spec, args.data, limit=args.limit, batch_size=args.batch_size,
+                                         max_bad_fraction=args.max_bad_fraction))
         else:
             out = Path(args.map_out)
             if len(args.model) > 1:
                 out = out.with_name(f"{out.stem}-{i}{out.suffix}")
             results.append(run_embedmap(model, spec, args.dataset, args.classnames, args.templates, str(out),
                                         layers=args.layers, limit=args.limit, method=args.projection,
-                                        batch_size=args.batch_size))
+                                        batch_size=args.batch_size, max_bad_fraction=args.max_bad_fraction))
     print(format_table(results))
+    for r in results:
+        if r.get("skipped") or (r["metrics"].get("skipped") if isinstance(r["metrics"], dict) else 0):
+            print(f"{r['model']} on {r['dataset']}: skipped unusable examples: "
+                  f"{r.get('skipped') or r['metrics'].get('skipped')}")
     for r in results:
         if r["task"] == "embedmap":
             print(f"{r['model']}: wrote {', '.join(r['metrics']['files'])}")

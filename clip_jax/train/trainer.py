@@ -127,6 +127,7 @@ def build_data(config: ConfigDict, model: CLIPModel, tokenize) -> tuple[Any, Eva
         val = None
         if d.val:
             pixels, captions, _ = load_eval_examples(d.val, model.image_processor, limit=d.val_limit or None,
+                                                     max_bad_fraction=d.max_bad_fraction,
                                                      workers=d.workers, **keys)
             val = EvalSet(pixels, captions)
         return train, val
@@ -365,6 +366,17 @@ class Trainer:
         metrics = retrieval_metrics(image_embeds, text_embeds, text_image, ks=(1, 5))
         return {"val/loss": loss, **{f"val/{k}": v for k, v in metrics.items() if "MRR" not in k}}
 
+    def skipped(self) -> dict[str, dict[str, int]]:
+        """Training examples skipped so far (this process's share), ``{source: {reason: count}}``."""
+        monitor = getattr(self.train_iter, "monitor", None)
+        if monitor is None or not monitor.counts:
+            return {}
+        return {source_label(monitor.source): dict(sorted(monitor.counts.items()))}
+
+    def _skip_scalars(self) -> dict[str, int]:
+        return {f"data/skipped/{source}/{reason}": n for source, counts in self.skipped().items()
+                for reason, n in counts.items()}
+
     # ------------------------------------------------------------------ the loop
     def run(self) -> dict[str, Any]:
         """Train to the end of the last phase (or until SIGTERM); return a summary."""
@@ -404,7 +416,10 @@ class Trainer:
                     self.logger.message(f"SIGTERM: saved a checkpoint at step {step}; exiting.")
                     summary["preempted"] = True
                     break
-            summary.update(step=step, phase=phase.name, val=self.last_val)
+            summary.update(step=step, phase=phase.name, val=self.last_val, skipped=self.skipped())
+            monitor = getattr(self.train_iter, "monitor", None)
+            if monitor is not None and self.primary:
+                monitor.report(f"End of run at step {step}")  # also when the run stops mid-epoch
             self.state = state
             return summary
         finally:
@@ -445,7 +460,8 @@ class Trainer:
                     elapsed = time.perf_counter() - tick
                     rate = images / elapsed if elapsed > 0 else 0.0
                     scalars = {**{f"train/{k}": v for k, v in metrics.items()},
-                               **{f"lr/{g}": v for g, v in lrs.items()}, "train/images_per_s": rate,
+                               **{f"lr/{g}": v for g, v in lrs.items()}, **self._skip_scalars(),
+                               "train/images_per_s": rate,
                                "train/images_per_s_per_device": rate / self.mesh.size, "phase": phase.index}
                     self.logger.write(step, scalars)
                     bar.set_postfix(loss=f"{float(metrics['loss']):.4f}", lr=f"{max(lrs.values()):.2e}",
@@ -465,6 +481,19 @@ class Trainer:
                 self.logger.message(f"End of {phase.name!r} at step {step}: " +
                                     ", ".join(f"{k}={v:.4f}" for k, v in val.items()))
         return step, state
+
+
+def source_label(spec: str) -> str:
+    """A short name for a data source in metric names: the file name of each source of a mixture, joined by '+'."""
+    import re
+
+    from clip_jax.data.sources import parse_mixture
+
+    names = []
+    for item, _ in parse_mixture(spec):
+        path = item.split("?", 1)[0].rstrip("/")
+        names.append(path.rsplit("/", 1)[-1].split(":", 1)[-1] or item)
+    return re.sub(r"[^A-Za-z0-9_.\-+{}]", "_", "+".join(names))
 
 
 def _in_main_thread() -> bool:
