@@ -190,11 +190,44 @@ def test_eval_cli_zeroshot_builtin_imagenet(saved_model, tmp_path):
 
     _, path = saved_model
     folder = image_folder(tmp_path / "folder", per_class=1)  # labels 0-2 of the 1000 classes
+    for i in range(3, 1000):  # the other 997 class folders, empty: the class list must match the folders
+        (folder / f"z{i:03d}").mkdir()
     result = eval_cli.main(["--model", path, "--task", "zeroshot", "--dataset", f"imagefolder:{folder}",
                             "--classnames", "it:imagenet", "--templates", "it:imagenet",
                             "--cache_dir", str(tmp_path / "cache")])[0]
     assert result["language"] == "it" and set(result["metrics"]) == {"acc1", "acc5", "mean_per_class_recall"}
     assert np.load(next((tmp_path / "cache").glob("classes-*.npy"))).shape == (1000, 16)
+
+
+def test_eval_skips_and_counts_bad_images_and_refuses_too_many(saved_model, tmp_path):
+    import eval as eval_cli
+    from clip_jax.data.pipeline import DataError
+
+    _, path = saved_model
+    folder = image_folder(tmp_path / "folder", per_class=10)
+    (folder / "verde" / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    (tmp_path / "c.json").write_text(json.dumps({"classnames": ["rosso", "verde", "blu"],
+                                                 "templates": ["un quadrato {}"]}))
+    args = ["--model", path, "--task", "zeroshot", "--dataset", f"imagefolder:{folder}", "--classnames",
+            str(tmp_path / "c.json"), "--templates", str(tmp_path / "c.json"), "--cache_dir", str(tmp_path / "cache")]
+    result = eval_cli.main(args)[0]
+    assert result["images"] == 30 and result["skipped"] == {"corrupt_image": 1}
+    for i in range(3):
+        (folder / "blu" / f"empty{i}.png").write_bytes(b"")
+    with pytest.raises(DataError, match=r"4 of 34 examples .*could not be used .*empty_file.*--max_bad_fraction"):
+        eval_cli.main(args)
+    assert eval_cli.main(args + ["--max_bad_fraction", "0.5"])[0]["skipped"] == {"corrupt_image": 1, "empty_file": 3}
+
+
+def test_class_names_must_match_the_data_set(saved_model, tmp_path):
+    import eval as eval_cli
+
+    _, path = saved_model
+    folder = image_folder(tmp_path / "folder", per_class=1)
+    with pytest.raises(ValueError, match=r"en:cifar10 has 10 class names \(airplane, .*\) but .* has 3 classes "
+                                         r"\(blu, rosso, verde\)"):
+        eval_cli.main(["--model", path, "--task", "zeroshot", "--dataset", f"imagefolder:{folder}",
+                       "--classnames", "en:cifar10", "--templates", "en:cifar10"])
 
 
 def test_eval_cli_retrieval(saved_model, tmp_path):
