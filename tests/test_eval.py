@@ -158,6 +158,28 @@ def test_class_embedding_cache_computes_once(saved_model, tmp_path):
     assert calls == [1] and np.array_equal(first, again)
 
 
+def test_class_embedding_cache_is_never_stale(saved_model, tmp_path):
+    """A model changed at the same path (retrained workdir, overwritten export) gets fresh class embeddings."""
+    import jax.numpy as jnp
+
+    model, _ = saved_model
+    path = tmp_path / "export"
+    model.save_pretrained(path)
+    names, templates = ["gatto", "cane", "rosso"], ["una foto di {}."]
+    cache_dir = tmp_path / "cache"
+    before = ClassEmbeddingCache(cache_dir).get(CLIPModel.from_pretrained(path), str(path), names, templates)
+    changed = CLIPModel.from_pretrained(path)
+    kernel = changed.module.text_projection.kernel
+    kernel.set_value(kernel[...] + 0.05 * jnp.arange(kernel[...].size, dtype=kernel[...].dtype).reshape(
+        kernel[...].shape) / kernel[...].size)
+    changed.save_pretrained(path)  # overwritten in place
+    reloaded = CLIPModel.from_pretrained(path)
+    after = ClassEmbeddingCache(cache_dir).get(reloaded, str(path), names, templates)
+    np.testing.assert_allclose(after, class_embeddings(reloaded, names, templates), atol=1e-6)
+    assert np.abs(after - before).max() > 1e-3
+    assert len(list(cache_dir.glob("classes-*.npy"))) == 2
+
+
 def image_folder(root, classes=("rosso", "verde", "blu"), per_class=4):
     colours = {"rosso": (220, 30, 30), "verde": (30, 170, 40), "blu": (30, 60, 220)}
     for name in classes:

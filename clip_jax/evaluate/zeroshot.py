@@ -58,15 +58,42 @@ def fill(template: str, classname: str) -> str:
     return PLACEHOLDER.sub(lambda _: classname, template, count=1)
 
 
+def model_fingerprint(model) -> str:
+    """A digest of everything a text embedding depends on: every parameter (values, shapes, dtypes), the
+    text pooling, ``max_length`` and the tokenizer's vocabulary. Two models with the same fingerprint embed
+    every text identically; retraining or re-exporting to the same path changes it."""
+    import jax
+    from flax import nnx
+
+    digest = hashlib.blake2b(digest_size=16)
+    state = nnx.state(model.module, nnx.Param)
+    for path, leaf in sorted(jax.tree_util.tree_flatten_with_path(state)[0], key=lambda kv: str(kv[0])):
+        array = np.asarray(jax.device_get(leaf))
+        digest.update(f"{jax.tree_util.keystr(path)}|{array.dtype}|{array.shape}".encode())
+        digest.update(np.ascontiguousarray(array).tobytes())
+    digest.update(f"pooling={getattr(model.module, 'text_pooling', '')}|max_length={model.max_length}".encode())
+    tokenizer = getattr(model, "tokenizer", None)
+    if tokenizer is not None:
+        digest.update(json.dumps(sorted(tokenizer.get_vocab().items()), ensure_ascii=False).encode())
+        digest.update(type(tokenizer).__name__.encode())
+    return digest.hexdigest()
+
+
 class ClassEmbeddingCache:
-    """Class embeddings per (model, class names, templates), computed once, kept in memory and on disk."""
+    """Class embeddings per (model, class names, templates), computed once, kept in memory and on disk.
+
+    Keyed by :func:`model_fingerprint` (the parameters, tokenizer and ``max_length``), not by the model's name,
+    so a workdir trained further or an export overwritten at the same path never reuses stale embeddings."""
 
     def __init__(self, directory: str | os.PathLike | None = None):
         self.directory = Path(directory).expanduser() if directory else None
         self.memory: dict[str, np.ndarray] = {}
 
     def get(self, model, model_id: str, classnames: Sequence[str], templates: Sequence[str]) -> np.ndarray:
-        key = hashlib.sha1(json.dumps([model_id, list(classnames), list(templates)]).encode()).hexdigest()[:20]
+        """The class embeddings of ``model``; ``model_id`` is only a label (the key is the model's fingerprint)."""
+        del model_id
+        key = hashlib.sha1(json.dumps([model_fingerprint(model), list(classnames), list(templates)]
+                                      ).encode()).hexdigest()[:20]
         if key in self.memory:
             return self.memory[key]
         path = self.directory / f"classes-{key}.npy" if self.directory else None
