@@ -167,6 +167,8 @@ class CLIPModel:
                              allow_missing=tuple(f"vision\\.{p}" for p in v_arch.allow_missing)
                              + tuple(f"text\\.{p}" for p in t_arch.allow_missing),
                              source=f"dual encoder from {directory}")
+        if max_length is None:  # the length the model was trained with, recorded by save_pretrained
+            max_length = read_config(directory).get("clip_jax", {}).get("max_length")
         if logit_scale is not None:
             if logit_scale <= 0:
                 raise ValueError(f"logit_scale must be positive (it is exp of the stored value); got {logit_scale}.")
@@ -185,7 +187,7 @@ class CLIPModel:
             "text_config": module.text.config.to_hf(),
             "projection_dim": module.projection_dim,
             "logit_scale_init_value": LOGIT_SCALE_INIT,
-            "clip_jax": {"text_pooling": module.text_pooling,
+            "clip_jax": {"text_pooling": module.text_pooling, "max_length": self.max_length,
                          "logit_bias_init": (float(module.logit_bias[...]) if module.logit_bias is not None
                                              else None)},
         }
