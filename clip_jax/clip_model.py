@@ -74,9 +74,9 @@ def dual_encoder_builder(raw_config: dict[str, Any], *, dtype: jnp.dtype | None 
         raise CheckpointError(
             f"{source} holds a {raw_config.get('model_type')!r} model, not a dual encoder "
             f"({sorted(COMPOSITES)}). To pair two towers, use CLIPModel.from_towers(vision=..., text=...).")
-    hf = normalised_config(raw_config)
+    hf = normalised_config(raw_config, source)
     extra = raw_config.get("clip_jax", {})
-    (v_arch, v_cfg, v_outer), (t_arch, t_cfg, t_outer) = (tower_config(hf, k) for k in ("vision", "text"))
+    (v_arch, v_cfg, v_outer), (t_arch, t_cfg, t_outer) = (tower_config(hf, k, source) for k in ("vision", "text"))
     bias = extra.get("logit_bias_init")
     if has_logit_bias and bias is None:
         bias = 0.0
