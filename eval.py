@@ -9,6 +9,6 @@ import sys
 from clip_jax.evaluate.cli import main, parse_args  # noqa: F401 (tests and scripts import them from here)
 
 if __name__ == "__main__":
-    from clip_jax.cli import main as cli_main
+    from clip_jax.cli import console
 
-    sys.exit(cli_main(["eval", *sys.argv[1:]]))
+    console(["eval", *sys.argv[1:]])

@@ -8,7 +8,7 @@ resumes from the latest checkpoint. Override any config key on the command line,
 
 import sys
 
-from clip_jax.cli import main
+from clip_jax.cli import console
 
 if __name__ == "__main__":
-    sys.exit(main(["train", *sys.argv[1:]]))
+    console(["train", *sys.argv[1:]])

@@ -62,8 +62,15 @@ def _message(error: BaseException) -> str:
     return text
 
 
+_HARD_EXIT = False  # set by the console entry points: see run_guarded
+
+
 def run_guarded(fn: Callable[[], object], *, debug: bool) -> int:
-    """Run ``fn``; a user error becomes ``error: ...`` on stderr and a non-zero status (traceback if ``debug``)."""
+    """Run ``fn``; a user error becomes ``error: ...`` on stderr and a non-zero status (traceback if ``debug``).
+
+    After a failed checkpoint write, orbax's and tensorstore's background tasks print hundreds of lines of
+    tracebacks while the interpreter shuts down; a console command (not an in-process call) therefore ends
+    at once (``os._exit``) once the error is reported, the workdir lock released and the logs closed."""
     try:
         fn()
         return 0
@@ -75,12 +82,52 @@ def run_guarded(fn: Callable[[], object], *, debug: bool) -> int:
     except _user_errors() as error:
         if debug:
             traceback.print_exc()
-        # A failure while running (diverged loss, disk full) is 1; a mistake in the inputs is 2.
-        status = 1 if type(error).__name__ in ("TrainingDiverged", "PushError") or type(error) is OSError else 2
+        # A mistake in the inputs is 2; a failure while running (diverged loss, disk full, network) is 1.
+        mistake = (UsageError, ValueError, FileNotFoundError, NotADirectoryError, ImportError)
+        status = 2 if isinstance(error, mistake) else 1
         print(f"error: {_message(error)}", file=sys.stderr)
         if not debug:
             print("(run again with --debug for the traceback)", file=sys.stderr)
+        if _HARD_EXIT and type(error).__name__ == "CheckpointWriteError":
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(status)
         return status
+
+
+def _quiet_background_errors() -> None:
+    """Without --debug: an exception in a background thread (a log writer failing on a full disk...) is one
+    line, and orbax's error logs with tracebacks are dropped (the failure reaches the main thread, which
+    reports it as ``error: ...``)."""
+    import logging
+    import threading
+
+    def hook(args):
+        print(f"warning: background thread {args.thread.name if args.thread else '?'}: "
+              f"{args.exc_type.__name__}: {args.exc_value}", file=sys.stderr)
+
+    threading.excepthook = hook
+    previous = sys.excepthook
+
+    def quiet_closed_loop(kind, value, tb):
+        # tensorstore's I/O threads report into orbax's closed event loop after a failed save (via
+        # PyErr_Print, i.e. this hook): noise once the failure itself has been reported.
+        if kind is RuntimeError and str(value) == "Event loop is closed":
+            return
+        previous(kind, value, tb)
+
+    sys.excepthook = quiet_closed_loop
+
+    class DropOrbaxErrors(logging.Filter):
+        def filter(self, record: logging.LogRecord) -> bool:
+            return not (record.levelno >= logging.ERROR and "orbax" in record.pathname)
+
+    from absl import logging as absl_logging
+
+    # On the handlers that print, not on the logger: clip_jax's Checkpointer still sees the records (it quotes
+    # their cause in its error).
+    for handler in {absl_logging.get_absl_handler(), *logging.getLogger().handlers}:
+        handler.addFilter(DropOrbaxErrors())
 
 
 def _pop_debug(argv: list[str]) -> tuple[list[str], bool]:
@@ -107,6 +154,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if command not in COMMANDS:
         print(f"error: unknown command {command!r} — choose one of {', '.join(COMMANDS)}", file=sys.stderr)
         return 2
+    if not debug:
+        _quiet_background_errors()
     if command == "train":
         return run_guarded(lambda: train_main(rest), debug=debug)
     if command == "eval":
@@ -271,5 +320,12 @@ def train_main(argv: Sequence[str]) -> dict | None:
     return summary
 
 
+def console(argv: Sequence[str] | None = None) -> None:
+    """The console script (``clip-jax``) and the checkout's ``train.py`` / ``eval.py``: :func:`main`, then exit."""
+    global _HARD_EXIT
+    _HARD_EXIT = True
+    sys.exit(main(argv))
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    console()

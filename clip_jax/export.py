@@ -87,6 +87,6 @@ def main(argv: list[str] | None = None) -> str:
 if __name__ == "__main__":
     import sys
 
-    from clip_jax.cli import main as cli_main
+    from clip_jax.cli import console
 
-    sys.exit(cli_main(["export", *sys.argv[1:]]))
+    console(["export", *sys.argv[1:]])

@@ -175,3 +175,49 @@ def test_second_train_on_a_running_workdir_is_refused(tmp_path):
         first.terminate()  # SIGTERM: the first run checkpoints and exits, releasing the lock
         first.wait(timeout=120)
     assert not (workdir / "lock").exists()
+
+
+# ------------------------------------------------------------------------------------- checkpoint writes
+FAULTY_RUN = """
+import resource, signal, sys
+sys.path.insert(0, {tests!r})
+from train_helpers import tiny_config
+import clip_jax.cli
+from clip_jax.train import checkpoint, train
+
+# A real write error from the OS: from the save of step 4 on, files may not grow past 20 kB (SIGXFSZ ignored, so
+# writes fail with EFBIG, as they fail with ENOSPC on a full disk). Logs stay far below that; checkpoints do not.
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+save = checkpoint.Checkpointer.save
+def limited_save(self, step, state, meta):
+    if step >= 4:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (20000, resource.RLIM_INFINITY))
+    return save(self, step, state, meta)
+checkpoint.Checkpointer.save = limited_save
+config = tiny_config({cache!r}, **{{"train.async_checkpoints": {use_async}}})
+clip_jax.cli._HARD_EXIT = True
+clip_jax.cli._quiet_background_errors()
+sys.exit(clip_jax.cli.run_guarded(lambda: train(config, {workdir!r}), debug=False))
+"""
+
+
+@pytest.mark.parametrize("use_async", [True, False])
+def test_a_failing_checkpoint_write_stops_the_run_with_one_line(tmp_path, use_async):
+    workdir, cache = tmp_path / "w", tmp_path / "cache"
+    script = tmp_path / "faulty.py"
+    script.write_text(FAULTY_RUN.format(tests=str(REPO / "tests"), cache=str(cache), workdir=str(workdir),
+                                        use_async=use_async))
+    result = subprocess.run([sys.executable, str(script)], env=subprocess_env(8), capture_output=True, text=True,
+                            timeout=300)
+    line = assert_one_line_error(result, "could not write the checkpoint of step 4", "File too large",
+                                 "last complete checkpoint (step 3)")
+    assert len(result.stderr.splitlines()) < 40, result.stderr[-3000:]  # was 481 lines and 5 tracebacks
+    assert line and not (workdir / "lock").exists()
+    from clip_jax.train.checkpoint import Checkpointer
+
+    assert Checkpointer(str(workdir)).latest_step() == 3  # the previous checkpoints are untouched: resume works
+    resumed = subprocess.run([sys.executable, str(REPO / "train.py"), f"--workdir={workdir}",
+                              f"--config.data.cache_dir={cache}", *CLI_TINY, "--config.phases.warmup.steps=3",
+                              "--config.phases.finetune.steps=3", "--config.train.checkpoint_every=2"],
+                             env=subprocess_env(8), capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0 and "Resumed from step 3" in resumed.stdout + resumed.stderr, resumed.stderr[-3000:]

@@ -98,6 +98,6 @@ def main(argv: list[str] | None = None) -> None:
 if __name__ == "__main__":
     import sys
 
-    from clip_jax.cli import main as cli_main
+    from clip_jax.cli import console
 
-    sys.exit(cli_main(["to-webdataset", *sys.argv[1:]]))
+    console(["to-webdataset", *sys.argv[1:]])

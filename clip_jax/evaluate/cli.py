@@ -91,6 +91,6 @@ def main(argv: list[str] | None = None) -> list:
 
 
 if __name__ == "__main__":
-    from clip_jax.cli import main as cli_main
+    from clip_jax.cli import console
 
-    sys.exit(cli_main(["eval", *sys.argv[1:]]))
+    console(["eval", *sys.argv[1:]])

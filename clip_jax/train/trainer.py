@@ -400,6 +400,7 @@ class Trainer:
             self.logger.message(f"Resumed from step {step} ({phase.name}) in {self.workdir}.")
         previous_handler = signal.signal(signal.SIGTERM, self._handle_sigterm) if _in_main_thread() else None
         summary: dict[str, Any] = {"workdir": self.workdir, "preempted": False}
+        failing = False
         try:
             while step < self.total_steps:
                 if step >= phase.end:  # phase boundary: hand the parameters over to the next phase
@@ -422,14 +423,21 @@ class Trainer:
                 monitor.report(f"End of run at step {step}")  # also when the run stops mid-epoch
             self.state = state
             return summary
+        except BaseException:
+            failing = True
+            raise
         finally:
+            closers = [self.checkpointer.close, self.logger.close, getattr(self.train_iter, "close", lambda: None)]
+            if previous_handler is not None:
+                closers.append(lambda: signal.signal(signal.SIGTERM, previous_handler))
             try:
-                self.checkpointer.close()
-                self.logger.close()
-                if hasattr(self.train_iter, "close"):
-                    self.train_iter.close()
-                if previous_handler is not None:
-                    signal.signal(signal.SIGTERM, previous_handler)
+                for close in closers:
+                    try:
+                        close()
+                    except Exception as error:
+                        if not failing:  # when the run already failed, its error is the one to report
+                            raise
+                        self.logger.message(f"(while stopping: {type(error).__name__}: {error})")
             finally:
                 self.lock.release()
 
@@ -446,6 +454,7 @@ class Trainer:
                 batch = self._global_batch(next(batches))
                 state, metrics = step_fn(state, batch)
                 step += 1
+                self.checkpointer.check()  # an asynchronous save that failed stops the run here
                 metrics = jax.device_get(metrics)
                 if not all(math.isfinite(float(metrics[k])) for k in ("loss", "grad_norm", "param_norm")):
                     self.checkpointer.wait()
