@@ -29,6 +29,9 @@ def join(workdir: str | os.PathLike, *parts: str) -> str:
 def _fs(path: str):
     import fsspec
 
+    from clip_jax.extras import require_protocol
+
+    require_protocol(path)
     fs, _, (resolved,) = fsspec.get_fs_token_paths(path)
     return fs, resolved
 
@@ -74,8 +77,12 @@ def is_training_workdir(spec: str | os.PathLike) -> bool:
     """Whether ``spec`` is a clip_jax training workdir (it holds ``checkpoints/``)."""
     if not is_remote(spec):
         return (Path(spec).expanduser() / "checkpoints").is_dir()
+    from clip_jax.extras import MissingExtra
+
     try:
         return exists(join(spec, "checkpoints"))
+    except MissingExtra:  # gs://... without gcsfs: say which extra, not "no such checkpoint directory"
+        raise
     except (ImportError, ValueError):  # no fsspec implementation for this protocol: not ours to open
         return False
 

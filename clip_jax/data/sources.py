@@ -34,6 +34,9 @@ def _open(path: str, mode: str = "rb"):
     if "://" in path:
         import fsspec
 
+        from clip_jax.extras import require_protocol
+
+        require_protocol(path)
         return fsspec.open(path, mode).open()
     return open(path, mode)
 
@@ -241,10 +244,9 @@ class HFSource:
     dataset: Any = field(default=None, repr=False)
 
     def __post_init__(self):
-        try:
-            import datasets
-        except ImportError:
-            raise ImportError("Hugging Face datasets need `pip install datasets` (or the [hf] extra).") from None
+        from clip_jax.extras import require
+
+        datasets = require("datasets", "Hugging Face datasets (hf: sources)")
         local = os.path.isdir(self.name)
         if local and any(os.path.exists(os.path.join(self.name, f)) for f in ("state.json", "dataset_dict.json")):
             data = datasets.load_from_disk(self.name)

@@ -60,8 +60,9 @@ def _image_folder(root: Path, limit: int | None, skipped: dict):
 def _hf(rest: str, limit: int | None):
     from urllib.parse import parse_qs
 
-    import datasets
+    from clip_jax.extras import require
 
+    datasets = require("datasets", "hf: data sets")
     name, _, query = rest.partition("?")
     options = {k: v[-1] for k, v in parse_qs(query).items()}
     image_col, label_col = options.get("image", "image"), options.get("label", "label")
@@ -85,10 +86,9 @@ def _tfds(rest: str, limit: int | None):
     ``tfds.data_source``; tfrecord data (tfds's default) is read with tf.data and needs ``tensorflow``."""
     from urllib.parse import parse_qs
 
-    try:
-        import tensorflow_datasets as tfds
-    except ImportError:
-        raise ImportError("tfds: data sets need `pip install clip_jax[tfds]` (tensorflow-datasets).") from None
+    from clip_jax.extras import require
+
+    tfds = require("tensorflow_datasets", "tfds: data sets")
     spec, _, query = rest.partition("?")
     name, _, split = spec.partition(":")
     options = {k: v[-1] for k, v in parse_qs(query).items()}

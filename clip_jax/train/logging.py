@@ -63,8 +63,9 @@ class MetricsLogger:
             self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
         self._jsonl = open(metrics_path, "a")  # noqa: SIM115 (kept open for the run)
         if wandb_project:
-            import wandb
+            from clip_jax.extras import require
 
+            wandb = require("wandb", "train.wandb_project")
             self._wandb = wandb.init(project=wandb_project, config=config, dir=None if remote else workdir,
                                      resume="allow")
 
