@@ -69,10 +69,9 @@ class Checkpointer:
         """Raise :class:`CheckpointWriteError` if an asynchronous save has failed (cheap: no waiting)."""
         if self._pending is None or self._failed:
             return
-        in_progress = self.manager.is_saving_in_progress()
-        self._guarded(self.manager.check_for_errors, self._pending)
-        if in_progress:
+        if self.manager.is_saving_in_progress():  # errors are only known once the background write ends
             return
+        self._guarded(self.manager.check_for_errors, self._pending)
         self.manager.reload()  # finished: the step must now be on disk (orbax may have swallowed its error)
         if self._pending not in self.manager.all_steps():
             raise self._write_error(RuntimeError("the write did not complete"), self._pending)
