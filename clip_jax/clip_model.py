@@ -157,9 +157,9 @@ def dual_encoder_builder(raw_config: dict[str, Any], *, dtype: jnp.dtype | None 
         raise CheckpointError(
             f"{source} holds a {raw_config.get('model_type')!r} model, not a dual encoder "
             f"({sorted(COMPOSITES)}). To pair two towers, use CLIPModel.from_towers(vision=..., text=...).")
-    hf = normalised_config(raw_config)
+    hf = normalised_config(raw_config, source)
     extra = raw_config.get("clip_jax", {})
-    (v_arch, v_cfg, v_outer), (t_arch, t_cfg, t_outer) = (tower_config(hf, k) for k in ("vision", "text"))
+    (v_arch, v_cfg, v_outer), (t_arch, t_cfg, t_outer) = (tower_config(hf, k, source) for k in ("vision", "text"))
     bias = extra.get("logit_bias_init")
     if has_logit_bias and bias is None:
         bias = 0.0
@@ -254,6 +254,8 @@ class CLIPModel:
                              allow_missing=tuple(f"vision\\.{p}" for p in v_arch.allow_missing)
                              + tuple(f"text\\.{p}" for p in t_arch.allow_missing),
                              source=f"dual encoder from {directory}")
+        if max_length is None:  # the length the model was trained with, recorded by save_pretrained
+            max_length = read_config(directory).get("clip_jax", {}).get("max_length")
         if logit_scale is not None:
             if logit_scale <= 0:
                 raise ValueError(f"logit_scale must be positive (it is exp of the stored value); got {logit_scale}.")
@@ -274,7 +276,7 @@ class CLIPModel:
             "text_config": module.text.config.to_hf(),
             "projection_dim": module.projection_dim,
             "logit_scale_init_value": LOGIT_SCALE_INIT,
-            "clip_jax": {"text_pooling": module.text_pooling,
+            "clip_jax": {"text_pooling": module.text_pooling, "max_length": self.max_length,
                          "logit_bias_init": (float(module.logit_bias[...]) if module.logit_bias is not None
                                              else None)},
         }

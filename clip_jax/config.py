@@ -137,4 +137,53 @@ def validate(config: ConfigDict) -> ConfigDict:
                          f"train.batch_size={batch}, e.g. {batch // 2 if batch % 2 == 0 else batch}.")
     if config.loss.kind not in ("softmax", "sigmoid"):
         raise ValueError(f"loss.kind must be 'softmax' or 'sigmoid', not {config.loss.kind!r}.")
+    _check_values(config)
     return config
+
+
+def _check_values(config: ConfigDict) -> None:
+    """Raise ``ValueError`` naming the key of the first value that makes no sense (before any work is done)."""
+    import re
+
+    def need(ok: bool, key: str, value: Any, rule: str) -> None:
+        if not ok:
+            raise ValueError(f"{key}={value!r} is invalid: it must be {rule} — fix it in the config or with "
+                             f"--config.{key}=...")
+
+    t, d = config.train, config.data
+    for key in ("batch_size", "log_every", "checkpoint_every", "keep_checkpoints", "eval_batch_size"):
+        need(isinstance(t[key], int) and t[key] >= 1, f"train.{key}", t[key], "a whole number >= 1")
+    need(t.eval_every >= 0, "train.eval_every", t.eval_every, ">= 0 (0: only at the end of each phase)")
+    for key in ("grad_clip_norm", "agc_clip", "weight_decay", "eps"):
+        need(t[key] >= 0, f"train.{key}", t[key], ">= 0")
+    need(0 <= d.max_bad_fraction <= 1, "data.max_bad_fraction", d.max_bad_fraction, "between 0 and 1")
+    need(d.val_limit >= 0, "data.val_limit", d.val_limit, ">= 0 (0: all)")
+    need(d.workers >= 1, "data.workers", d.workers, ">= 1")
+    need(d.worker_processes >= 0, "data.worker_processes", d.worker_processes, ">= 0")
+    low, high = tuple(d.crop_scale)
+    need(0 < low <= high <= 1, "data.crop_scale", tuple(d.crop_scale), "(low, high) with 0 < low <= high <= 1")
+    need(config.model.max_length >= 2, "model.max_length", config.model.max_length, ">= 2 (room for the special "
+         "tokens)")
+    if not config.train.phases:
+        raise ValueError("train.phases is empty — name at least one entry of phases, e.g. ('warmup', 'finetune').")
+    for name in config.train.phases:
+        p, key = config.phases[name], f"phases.{name}"
+        need(isinstance(p.steps, int) and p.steps >= 1, f"{key}.steps", p.steps, "a whole number >= 1 (leave the "
+             "phase out of train.phases to skip it)")
+        need(p.warmup_steps >= 0, f"{key}.warmup_steps", p.warmup_steps, ">= 0")
+        need(p.decay in ("cosine", "linear", "constant"), f"{key}.decay", p.decay, "cosine, linear or constant")
+        need(0 <= p.end_factor, f"{key}.end_factor", p.end_factor, ">= 0")
+        try:
+            re.compile(p.trainable)
+        except (re.error, TypeError) as error:
+            raise ValueError(f"{key}.trainable={p.trainable!r} is not a valid regular expression ({error}) — fix "
+                             f"it with --config.{key}.trainable=...") from None
+        for group, rate in p.learning_rates.items():
+            need(isinstance(rate, (int, float)) and math.isfinite(rate) and rate >= 0,
+                 f"{key}.learning_rates.{group}", rate, "a finite number >= 0")
+    for group, pattern in config.train.param_groups:
+        try:
+            re.compile(pattern)
+        except (re.error, TypeError) as error:
+            raise ValueError(f"train.param_groups: the pattern {pattern!r} of group {group!r} is not a valid "
+                             f"regular expression ({error}).") from None

@@ -1,6 +1,6 @@
 """Export a trained model to the Hugging Face format, with a model card, and optionally push it.
 
-    python -m clip_jax.export --checkpoint runs/it --out exported/it --language it \\
+    clip-jax export --checkpoint runs/it --out exported/it --language it \\
         --datasets wit mscoco-it --results results.json [--push_to_hub USER/REPO --private --revision BRANCH]
 
 ``--checkpoint`` is a training workdir (its latest checkpoint, or ``--step``) or a saved model
@@ -18,6 +18,10 @@ from clip_jax.evaluate.run import read_results
 from clip_jax.hub import DEFAULT_MAX_SHARD_SIZE, push_to_hub
 
 
+class PushError(RuntimeError):
+    """The export was written but could not be pushed to the hub."""
+
+
 def load_for_export(checkpoint: str, step: int | None = None):
     """(model, training config or None, base model names) from a workdir, a directory or a hub id."""
     from clip_jax import CLIPModel
@@ -33,7 +37,8 @@ def load_for_export(checkpoint: str, step: int | None = None):
 
 
 def main(argv: list[str] | None = None) -> str:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    """``clip-jax export``: write the export (and push it); returns the output directory."""
+    parser = argparse.ArgumentParser(prog="clip-jax export", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", required=True, help="training workdir, saved model directory or hub id")
     parser.add_argument("--out", required=True, help="output directory")
     parser.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
@@ -64,11 +69,21 @@ def main(argv: list[str] | None = None) -> str:
     compatible = json.loads((out / "config.json").read_text())["model_type"] == "vision-text-dual-encoder"
     print(f"Exported to {out} ({'transformers VisionTextDualEncoderModel' if compatible else 'clip_jax-only'} format).")
     if args.push_to_hub:
-        url = push_to_hub(out, args.push_to_hub, private=args.private, revision=args.revision,
-                          commit_message=args.commit_message)
+        try:
+            url = push_to_hub(out, args.push_to_hub, private=args.private, revision=args.revision,
+                              commit_message=args.commit_message)
+        except Exception as error:  # huggingface_hub raises many types (HTTP, connection, auth, validation)
+            raise PushError(f"pushing {out} to {args.push_to_hub} failed: {type(error).__name__}: "
+                               f"{str(error).splitlines()[0] if str(error) else ''} — the export itself is in "
+                               f"{out}; check the network, `huggingface-cli login` / HF_TOKEN and that the repo id "
+                               "is yours, then run again") from error
         print(f"Pushed to {args.push_to_hub}: {url}")
     return str(out)
 
 
 if __name__ == "__main__":
-    main()
+    import sys
+
+    from clip_jax.cli import console
+
+    console(["export", *sys.argv[1:]])

@@ -29,6 +29,9 @@ def join(workdir: str | os.PathLike, *parts: str) -> str:
 def _fs(path: str):
     import fsspec
 
+    from clip_jax.extras import require_protocol
+
+    require_protocol(path)
     fs, _, (resolved,) = fsspec.get_fs_token_paths(path)
     return fs, resolved
 
@@ -74,8 +77,12 @@ def is_training_workdir(spec: str | os.PathLike) -> bool:
     """Whether ``spec`` is a clip_jax training workdir (it holds ``checkpoints/``)."""
     if not is_remote(spec):
         return (Path(spec).expanduser() / "checkpoints").is_dir()
+    from clip_jax.extras import MissingExtra
+
     try:
         return exists(join(spec, "checkpoints"))
+    except MissingExtra:  # gs://... without gcsfs: say which extra, not "no such checkpoint directory"
+        raise
     except (ImportError, ValueError):  # no fsspec implementation for this protocol: not ours to open
         return False
 
@@ -94,3 +101,120 @@ def local_copy(path: str | os.PathLike) -> Iterator[Path]:
             target.parent.mkdir(parents=True, exist_ok=True)
             fs.get_file(remote_file, str(target))
         yield Path(directory)
+
+
+class WorkdirInUse(RuntimeError):
+    """Another run holds the workdir's lock."""
+
+
+def check_writable(workdir: str | os.PathLike) -> None:
+    """Raise ``ValueError`` with the fix if a local ``workdir`` is a file or cannot be written."""
+    if is_remote(workdir):
+        return
+    path = Path(workdir).expanduser()
+    existing = next((p for p in (path, *path.parents) if p.exists()), None)
+    if existing is not None and not existing.is_dir():
+        raise ValueError(f"workdir {workdir}: {existing} is a file, not a directory — choose another --workdir")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".write-test-"):
+            pass
+    except OSError as error:
+        raise ValueError(f"workdir {workdir} cannot be written ({error.strerror or error}) — choose a directory "
+                         "you can write to with --workdir") from None
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+class WorkdirLock:
+    """``<workdir>/lock``: one training run per workdir.
+
+    The file holds the holder's host, pid and start time. A lock left by a process that no longer
+    exists on this host is stale and taken over; a lock held by a live process, or by another host
+    (which cannot be checked from here), makes :meth:`acquire` raise :class:`WorkdirInUse` saying who
+    holds it. Local workdirs are locked atomically (``O_EXCL``); on object stores (``gs://``) the
+    check-then-write is best effort. In a multi-process run only process 0 takes the lock.
+    """
+
+    def __init__(self, workdir: str | os.PathLike):
+        self.workdir, self.path = str(workdir), join(workdir, "lock")
+        self.held = False
+
+    def _holder(self) -> dict:
+        import json
+
+        try:
+            return json.loads(read_text(self.path))
+        except (OSError, ValueError):
+            return {}
+
+    def _record(self) -> str:
+        import json
+        import socket
+        import time
+
+        return json.dumps({"host": socket.gethostname(), "pid": os.getpid(),
+                           "since": time.strftime("%Y-%m-%dT%H:%M:%S%z")}) + "\n"
+
+    def _refuse(self, holder: dict) -> None:
+        raise WorkdirInUse(
+            f"workdir {self.workdir} is in use by another run (pid {holder.get('pid', '?')} on host "
+            f"{holder.get('host', '?')}, since {holder.get('since', '?')}) — wait for it to finish, or use another "
+            f"--workdir; if that run is gone, delete {self.path}")
+
+    def acquire(self) -> "WorkdirLock":
+        import socket
+
+        if is_remote(self.workdir):
+            if exists(self.path):
+                self._refuse(self._holder())
+            write_text(self.path, self._record())
+            self.held = True
+            return self
+        os.makedirs(os.path.expanduser(self.workdir), exist_ok=True)
+        path = os.path.expanduser(self.path)
+        for _ in range(2):
+            try:
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            except FileExistsError:
+                holder = self._holder()
+                same_host = holder.get("host") == socket.gethostname()
+                pid = holder.get("pid")
+                # Stale (its process is gone), or left by this very process (a Trainer that was never run).
+                if same_host and isinstance(pid, int) and (pid == os.getpid() or not _pid_alive(pid)):
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(path)
+                    continue
+                self._refuse(holder)
+            with os.fdopen(fd, "w") as f:
+                f.write(self._record())
+            self.held = True
+            return self
+        self._refuse(self._holder())
+        return self
+
+    def release(self) -> None:
+        if not self.held:
+            return
+        self.held = False
+        if is_remote(self.path):
+            fs, resolved = _fs(self.path)
+            with contextlib.suppress(FileNotFoundError):
+                fs.rm_file(resolved)
+            return
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(os.path.expanduser(self.path))
+
+    def __enter__(self) -> "WorkdirLock":
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()

@@ -1,14 +1,4 @@
-"""The offline demo: teach a pretrained (stand-in) English CLIP Italian, in CLIP-Italian's two phases.
+"""The offline demo recipe; it lives in the package (clip_jax/configs/demo.py) so that
+`clip-jax train --config demo` works after pip install. This file keeps `--config configs/demo.py` working."""
 
-`python train.py` builds the stand-ins on first use (an English CLIP trained on English captions of
-coloured shapes; an Italian BERT pretrained on Italian text only), cached in ~/.cache/clip_jax, then
-trains projections on the frozen towers (phase 1) and everything (phase 2) on Italian captions, and
-reports zero-shot and retrieval after each phase. The settings live in clip_jax.demo.demo_config
-(the notebooks use them too).
-"""
-
-from clip_jax.demo import demo_config
-
-
-def get_config():
-    return demo_config()
+from clip_jax.configs.demo import get_config  # noqa: F401

@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from clip_jax.data import ImageProcessorConfig
-from clip_jax.data.pipeline import (BadDataMonitor, DataError, ExampleStream, TrainBatches, Transform,
+from clip_jax.data.pipeline import (BadDataMonitor, BadExample, DataError, ExampleStream, TrainBatches, Transform,
                                     decode_image, load_eval_examples, process_examples)
 from clip_jax.data.sources import FileSource, WebDatasetSource, expand_braces, parse_source
 from clip_jax.data.to_webdataset import convert
@@ -306,6 +306,46 @@ def test_bad_examples_are_skipped_and_counted(tmp_path, monkeypatch):
             next(strict)
 
 
+def test_bomb_guard_holds_under_concurrent_decoding(monkeypatch):
+    """Warning filters are process-wide: with the guard built on them, another thread resetting the filters
+    (as any library may) let warning-range bombs through. The explicit size check does not depend on them."""
+    import concurrent.futures
+    import sys
+    import threading
+    import warnings
+
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1500)
+    bomb = encoded(Image.fromarray(np.zeros((50, 50, 3), np.uint8)), "PNG")  # 2500 px: PIL only warns
+    fine = encoded(Image.fromarray(np.zeros((30, 30, 3), np.uint8)), "PNG")
+    stop = threading.Event()
+
+    def meddle():  # another thread entering and leaving catch_warnings (as the old guard itself did)
+        while not stop.is_set():
+            with warnings.catch_warnings():
+                pass
+
+    def decode(data):
+        try:
+            decode_image(data, "x.png")
+            return "ok"
+        except BadExample as error:
+            return error.reason
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads often, so that a race has chances to happen
+    with warnings.catch_warnings():  # the filters are restored afterwards
+        meddler = threading.Thread(target=meddle)
+        meddler.start()
+        try:
+            with concurrent.futures.ThreadPoolExecutor(3) as pool:
+                results = list(pool.map(decode, [bomb, fine] * 1000))
+        finally:
+            stop.set()
+            meddler.join()
+            sys.setswitchinterval(interval)
+    assert results == ["decompression_bomb", "ok"] * 1000
+
+
 def test_nothing_valid_is_an_error(tmp_path):
     (tmp_path / "bad.jsonl").write_text(json.dumps({"image_path": "nope.jpg", "captions": ["x"]}) + "\n")
     with pytest.raises(DataError, match="No usable example"):
@@ -330,21 +370,68 @@ def test_train_augmentation_and_eval_preprocessing(tmp_path):
     np.testing.assert_array_equal(evaluation["pixel_values"], reference)
 
 
+def bad_listing(root, n=12):
+    """A listing whose first row lacks its caption key, with a malformed line and a line that is JSON but not an
+    object among good rows: (path, number of good rows)."""
+    rows = write_images(root, n=n)
+    lines = [json.dumps({"image_path": rows[0]["image_path"]})]  # row 1: no caption key
+    lines += [json.dumps(r) for r in rows[1:5]] + ['{"image_path": "img/001.jpg", "captions": ["tronca"'] + \
+             [json.dumps(r) for r in rows[5:8]] + ["[1, 2, 3]"] + [json.dumps(r) for r in rows[8:]]
+    (root / "bad.jsonl").write_text("\n".join(lines) + "\n")
+    return root / "bad.jsonl", n - 1
+
+
+def test_bad_listing_lines_are_skipped_and_counted_with_file_and_line(tmp_path):
+    listing, good = bad_listing(tmp_path)
+    source = FileSource(str(listing))
+    assert (source.image_key, source.caption_key) == ("image_path", "captions")  # not refused for row 1
+    errors = [source[i].get("error") for i in range(len(source))]
+    assert [e[0] for e in errors if e] == ["missing_key", "malformed_line", "not_an_object"]
+    assert f"{listing}:6" in errors[5][1] and f"{listing}:10" in errors[9][1]  # file and line number
+    assert f"{listing}:1: no 'captions'" in errors[0][1]
+    monitor = BadDataMonitor(str(listing), max_bad_fraction=0.5, min_seen=16)
+    batches = TrainBatches(stream(str(listing)), 1, lambda t: {"n": np.array([len(t)])}, monitor)
+    while monitor.seen < 2 * len(source):  # two epochs: the run never crashes on the bad rows
+        assert len(next(batches)["pixel_values"]) == 1
+    assert set(monitor.counts) == {"missing_key", "malformed_line", "not_an_object"}
+    assert min(monitor.counts.values()) >= 2  # once per epoch each
+    pixels, _, counts = load_eval_examples(str(listing), PROCESSOR)
+    assert len(pixels) == good and counts == {"missing_key": 1, "malformed_line": 1, "not_an_object": 1}
+
+
+def test_eval_refuses_metrics_on_a_fraction_of_the_data(tmp_path):
+    """Keys that change after row 1 leave 1 usable image: no metric is computed on it."""
+    rows = write_images(tmp_path, n=10)
+    lines = [json.dumps(rows[0])] + [json.dumps({"file": r["image_path"], "text": r["captions"]}) for r in rows[1:]]
+    (tmp_path / "changed.jsonl").write_text("\n".join(lines) + "\n")
+    with pytest.raises(DataError, match=r"9 of 10 examples .*missing_key.* --max_bad_fraction"):
+        load_eval_examples(str(tmp_path / "changed.jsonl"), PROCESSOR, max_bad_fraction=0.1)
+
+
 def test_trainer_reads_files_source(tmp_path):
     from train_helpers import tiny_config
-    from clip_jax.train import Trainer
+    from clip_jax.train import train
 
     write_images(tmp_path / "data", n=40)
+    listing, _ = bad_listing(tmp_path / "data", n=40)
     config = tiny_config(tmp_path / "cache", **{"train.phases": ("warmup",)})
     config.data.source = "files"
-    config.data.train = str(tmp_path / "data" / "train.jsonl")
+    config.data.train = str(listing)
     config.data.val = str(tmp_path / "data" / "train.jsonl")
     config.data.val_limit = 16
-    summary = Trainer(config, str(tmp_path / "run")).run()
-    assert summary["step"] == 3 and "val/text_retrieval_recall@1" in summary["val"]
+    config.phases.warmup.steps = 2  # 32 of the 42 rows: the run stops mid-epoch
+    summary = train(config, str(tmp_path / "run"))
+    assert summary["step"] == 2 and "val/text_retrieval_recall@1" in summary["val"]
+    # The skips reach summary.json and metrics.jsonl (hence TensorBoard), by source and reason.
+    seen = sum(summary["skipped"]["bad.jsonl"].values())
+    assert set(summary["skipped"]["bad.jsonl"]) <= {"missing_key", "malformed_line", "not_an_object"} and seen >= 1
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["skipped"] == summary["skipped"]
+    last = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+            if "train/loss" in line][-1]
+    assert sum(v for k, v in last.items() if k.startswith("data/skipped/bad.jsonl/")) == seen
     from clip_jax.train.checkpoint import Checkpointer
 
-    meta = Checkpointer(str(tmp_path / "run")).restore_meta(3)
+    meta = Checkpointer(str(tmp_path / "run")).restore_meta(2)
     assert meta["phase"] == "warmup" and "grain" in meta["data"]["stream"]  # the iterator position is saved
 
 

@@ -60,6 +60,15 @@ def test_classification_metrics_against_brute_force():
     assert got == pytest.approx({"acc1": top1.mean(), "acc5": top5.mean(), "mean_per_class_recall": recall})
 
 
+def test_top5_is_absent_with_five_classes_or_fewer():
+    """With <= 5 classes every label is in the top 5: acc5 would read 1.0 for any model, so it is not reported."""
+    rs = np.random.RandomState(2)
+    for classes in (3, 5):
+        got = classification_metrics(rs.randn(20, classes), rs.randint(0, classes, 20), classes)
+        assert set(got) == {"acc1", "mean_per_class_recall"}
+    assert "acc5" in classification_metrics(rs.randn(20, 6), rs.randint(0, 6, 20), 6)
+
+
 def test_resources(tmp_path):
     assert load_resource("it:cifar10", "classnames")[3] == "gatto"
     assert len(load_resource("en:cifar100", "classnames")) == 100
@@ -150,6 +159,28 @@ def test_class_embedding_cache_computes_once(saved_model, tmp_path):
     assert calls == [1] and np.array_equal(first, again)
 
 
+def test_class_embedding_cache_is_never_stale(saved_model, tmp_path):
+    """A model changed at the same path (retrained workdir, overwritten export) gets fresh class embeddings."""
+    import jax.numpy as jnp
+
+    model, _ = saved_model
+    path = tmp_path / "export"
+    model.save_pretrained(path)
+    names, templates = ["gatto", "cane", "rosso"], ["una foto di {}."]
+    cache_dir = tmp_path / "cache"
+    before = ClassEmbeddingCache(cache_dir).get(CLIPModel.from_pretrained(path), str(path), names, templates)
+    changed = CLIPModel.from_pretrained(path)
+    kernel = changed.module.text_projection.kernel
+    kernel.set_value(kernel[...] + 0.05 * jnp.arange(kernel[...].size, dtype=kernel[...].dtype).reshape(
+        kernel[...].shape) / kernel[...].size)
+    changed.save_pretrained(path)  # overwritten in place
+    reloaded = CLIPModel.from_pretrained(path)
+    after = ClassEmbeddingCache(cache_dir).get(reloaded, str(path), names, templates)
+    np.testing.assert_allclose(after, class_embeddings(reloaded, names, templates), atol=1e-6)
+    assert np.abs(after - before).max() > 1e-3
+    assert len(list(cache_dir.glob("classes-*.npy"))) == 2
+
+
 def image_folder(root, classes=("rosso", "verde", "blu"), per_class=4):
     colours = {"rosso": (220, 30, 30), "verde": (30, 170, 40), "blu": (30, 60, 220)}
     for name in classes:
@@ -171,8 +202,7 @@ def test_eval_cli_zeroshot_two_models_and_json(saved_model, tmp_path, capsys):
                              "--templates", str(tmp_path / "classes.json"), "--output", str(tmp_path / "r.json"),
                              "--cache_dir", str(tmp_path / "cache")])
     assert len(results) == 2 and results[0]["metrics"] == results[1]["metrics"]
-    assert set(results[0]["metrics"]) == {"acc1", "acc5", "mean_per_class_recall"}
-    assert results[0]["metrics"]["acc5"] == 1.0  # 3 classes: always in the top 5
+    assert set(results[0]["metrics"]) == {"acc1", "mean_per_class_recall"}  # no acc5 with 3 classes
     saved = json.loads((tmp_path / "r.json").read_text())
     assert saved[0]["task"] == "zeroshot_classification" and saved[0]["dataset"] == f"imagefolder:{folder}"
     assert "mean_per_class_recall" in capsys.readouterr().out
@@ -183,11 +213,44 @@ def test_eval_cli_zeroshot_builtin_imagenet(saved_model, tmp_path):
 
     _, path = saved_model
     folder = image_folder(tmp_path / "folder", per_class=1)  # labels 0-2 of the 1000 classes
+    for i in range(3, 1000):  # the other 997 class folders, empty: the class list must match the folders
+        (folder / f"z{i:03d}").mkdir()
     result = eval_cli.main(["--model", path, "--task", "zeroshot", "--dataset", f"imagefolder:{folder}",
                             "--classnames", "it:imagenet", "--templates", "it:imagenet",
                             "--cache_dir", str(tmp_path / "cache")])[0]
     assert result["language"] == "it" and set(result["metrics"]) == {"acc1", "acc5", "mean_per_class_recall"}
     assert np.load(next((tmp_path / "cache").glob("classes-*.npy"))).shape == (1000, 16)
+
+
+def test_eval_skips_and_counts_bad_images_and_refuses_too_many(saved_model, tmp_path):
+    import eval as eval_cli
+    from clip_jax.data.pipeline import DataError
+
+    _, path = saved_model
+    folder = image_folder(tmp_path / "folder", per_class=10)
+    (folder / "verde" / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    (tmp_path / "c.json").write_text(json.dumps({"classnames": ["rosso", "verde", "blu"],
+                                                 "templates": ["un quadrato {}"]}))
+    args = ["--model", path, "--task", "zeroshot", "--dataset", f"imagefolder:{folder}", "--classnames",
+            str(tmp_path / "c.json"), "--templates", str(tmp_path / "c.json"), "--cache_dir", str(tmp_path / "cache")]
+    result = eval_cli.main(args)[0]
+    assert result["images"] == 30 and result["skipped"] == {"corrupt_image": 1}
+    for i in range(3):
+        (folder / "blu" / f"empty{i}.png").write_bytes(b"")
+    with pytest.raises(DataError, match=r"4 of 34 examples .*could not be used .*empty_file.*--max_bad_fraction"):
+        eval_cli.main(args)
+    assert eval_cli.main(args + ["--max_bad_fraction", "0.5"])[0]["skipped"] == {"corrupt_image": 1, "empty_file": 3}
+
+
+def test_class_names_must_match_the_data_set(saved_model, tmp_path):
+    import eval as eval_cli
+
+    _, path = saved_model
+    folder = image_folder(tmp_path / "folder", per_class=1)
+    with pytest.raises(ValueError, match=r"en:cifar10 has 10 class names \(airplane, .*\) but .* has 3 classes "
+                                         r"\(blu, rosso, verde\)"):
+        eval_cli.main(["--model", path, "--task", "zeroshot", "--dataset", f"imagefolder:{folder}",
+                       "--classnames", "en:cifar10", "--templates", "en:cifar10"])
 
 
 def test_eval_cli_retrieval(saved_model, tmp_path):
@@ -340,4 +403,4 @@ def test_tfds_dataset_built_on_disk(saved_model, tmp_path, file_format):
     (tmp_path / "c.json").write_text(json.dumps({"classnames": names, "templates": ["un quadrato {}"]}))
     result = eval_cli.main(["--model", path, "--task", "zeroshot", "--dataset", spec, "--classnames",
                             str(tmp_path / "c.json"), "--templates", str(tmp_path / "c.json")])[0]
-    assert result["dataset"] == spec and result["metrics"]["acc5"] == 1.0
+    assert result["dataset"] == spec and "acc5" not in result["metrics"]  # 3 classes

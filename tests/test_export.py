@@ -139,6 +139,18 @@ def test_save_pretrained_with_card_keeps_only_hub_ids_as_base_models(trained, tm
     model.save_pretrained(tmp_path / "plain", weights=False)
     assert not (tmp_path / "plain" / "README.md").exists()  # no card unless asked for
 
+def test_export_embeds_a_long_caption_exactly_as_its_workdir(trained, tmp_path):
+    """The training max_length (16 here, the tower allows 32) travels with the export: a caption longer than
+    16 tokens is truncated the same way by both."""
+    root, _ = trained
+    out = export_main(["--checkpoint", str(root / "run"), "--out", str(tmp_path / "out")])
+    workdir_model, exported = model_from_checkpoint(str(root / "run")), CLIPModel.from_pretrained(out)
+    long = [" ".join(["due cerchi rossi a sinistra e tre quadrati blu in alto"] * 3)]
+    assert len(workdir_model.tokenizer(long)["input_ids"][0]) > 16 and workdir_model.max_length == 16
+    assert exported.max_length == 16 and json.loads((tmp_path / "out" / "config.json").read_text())[
+        "clip_jax"]["max_length"] == 16
+    np.testing.assert_array_equal(exported.encode_text(long), workdir_model.encode_text(long))
+
 
 def test_push_uploads_a_loadable_folder_and_never_prints_the_token(trained, tmp_path, monkeypatch, capsys, caplog):
     import huggingface_hub

@@ -39,3 +39,17 @@ def test_only_process_zero_writes(tmp_path):
     logger.write(1, {"train/loss": 1.0})
     logger.close()
     assert not (tmp_path / "other").exists()
+
+
+def test_metrics_jsonl_is_strict_json(tmp_path):
+    """NaN and infinities are written as null: Python's NaN/Infinity tokens are not JSON (jq, JS, Go refuse them)."""
+    logger = MetricsLogger(str(tmp_path), enabled=True)
+    logger.write(3, {"train/loss": float("nan"), "train/grad_norm": float("inf"), "lr/head": 1e-3})
+    logger.close()
+
+    def refuse(token):
+        raise ValueError(f"non-JSON token {token}")
+
+    (line,) = (tmp_path / "metrics.jsonl").read_text().splitlines()
+    assert json.loads(line, parse_constant=refuse) == {"step": 3, "train/loss": None, "train/grad_norm": None,
+                                                       "lr/head": 1e-3}

@@ -201,3 +201,28 @@ def test_bin_with_pickled_objects_is_refused(tmp_path):
     torch.save({"x": [1, 2], "y": torch.zeros(1)}, tmp_path / "pytorch_model.bin")
     with pytest.raises(CheckpointError, match="'x' is a list, not a tensor"):
         load_text_tower(tmp_path)
+
+
+def test_readers_never_leak_an_internal_error(checkpoints, tmp_path):
+    """An unsupported dtype, zero attention heads and a msgpack whose root is a list are CheckpointErrors naming
+    the file and the problem (they were AttributeError, ZeroDivisionError and an unpacking ValueError)."""
+    import struct
+
+    directory = save_torch_model(checkpoints["models"]["bert"], tmp_path / "f8")
+    header = json.dumps({"w": {"dtype": "F8_E5M2", "shape": [4], "data_offsets": [0, 4]}}).encode()
+    (directory / "model.safetensors").write_bytes(struct.pack("<Q", len(header)) + header + bytes(4))
+    with pytest.raises(CheckpointError, match=r"f8/model.safetensors: tensor 'w' has dtype 'F8_E5M2'"):
+        load_text_tower(directory)
+
+    directory = save_torch_model(checkpoints["models"]["bert"], tmp_path / "heads")
+    config = json.loads((directory / "config.json").read_text())
+    (directory / "config.json").write_text(json.dumps(dict(config, num_attention_heads=0)))
+    with pytest.raises(CheckpointError, match=r"heads.*num_attention_heads"):
+        load_text_tower(directory)
+
+    directory = tmp_path / "msgpack"
+    directory.mkdir()
+    (directory / "config.json").write_text(json.dumps(config))
+    (directory / "flax_model.msgpack").write_bytes(serialization.msgpack_serialize([1, 2, 3]))
+    with pytest.raises(CheckpointError, match=r"flax_model.msgpack is not a Flax checkpoint: its root is a list"):
+        load_text_tower(directory)

@@ -42,6 +42,17 @@ class DataError(RuntimeError):
     """Too much of the data is bad, or none of it is usable."""
 
 
+def check_pixel_count(image: Image.Image, path: str = "") -> None:
+    """Raise :class:`BadExample` ``decompression_bomb`` if ``image`` (opened, not yet decoded) has more pixels
+    than ``PIL.Image.MAX_IMAGE_PIXELS``. An explicit check, not PIL's warning turned into an error: warning
+    filters are process-wide, so doing that in decoding threads let some bombs through."""
+    limit = Image.MAX_IMAGE_PIXELS
+    width, height = image.size
+    if limit is not None and width * height > limit:
+        raise BadExample("decompression_bomb", f"{path}: {width}x{height} = {width * height} pixels, more than "
+                                               f"PIL.Image.MAX_IMAGE_PIXELS={limit}")
+
+
 def decode_image(data: bytes | None, path: str = "") -> Image.Image:
     """RGB image from encoded bytes: EXIF orientation applied, any mode (L, LA, P, RGBA, CMYK, 16-bit) to RGB."""
     if data is None:
@@ -49,11 +60,14 @@ def decode_image(data: bytes | None, path: str = "") -> Image.Image:
     if len(data) == 0:
         raise BadExample("empty_file", path)
     try:
+        # PIL warns in open() for images over MAX_IMAGE_PIXELS; that warning is only silenced here (warning
+        # filters are process-wide, so this is best effort): the guard is the explicit check that follows.
         with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             image = Image.open(io.BytesIO(data))
-            image.load()
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
+        check_pixel_count(image, path)  # from the header, before any pixel is decoded
+        image.load()
+    except Image.DecompressionBombError as error:
         raise BadExample("decompression_bomb", f"{path}: {error}") from None
     except (OSError, SyntaxError, ValueError) as error:  # PIL's errors for truncated / corrupt / unknown files
         raise BadExample("corrupt_image", f"{path}: {error}") from None
@@ -507,9 +521,22 @@ def process_examples(specs: Sequence[str] | str, processor: ImageProcessorConfig
         raise DataError(f"No usable example in this process's part of {specs} (skipped: {dict(counts)}).")
 
 
+def check_bad_fraction(spec: str, skipped: dict, used: int, max_bad_fraction: float | None) -> None:
+    """Raise :class:`DataError` if the skipped examples are more than ``max_bad_fraction`` of those seen
+    (metrics computed on what is left would not describe the data set). ``None``: no limit."""
+    bad = sum(skipped.values())
+    seen = bad + used
+    if max_bad_fraction is not None and seen and bad / seen > max_bad_fraction:
+        raise DataError(f"{bad} of {seen} examples of {spec} could not be used ({dict(skipped)}), more than the "
+                        f"allowed fraction {max_bad_fraction} — fix the data (or its image/caption keys), or raise "
+                        "the limit (eval: --max_bad_fraction; training: data.max_bad_fraction)")
+
+
 def load_eval_examples(spec: str, processor: ImageProcessorConfig, *, limit: int | None = None,
-                       workers: int = 4, **keys: str) -> tuple[np.ndarray, list[list[str]], dict]:
-    """All usable examples of a source in order (eval preprocessing, every caption): pixels, captions, skip counts."""
+                       workers: int = 4, max_bad_fraction: float | None = None, **keys: str
+                       ) -> tuple[np.ndarray, list[list[str]], dict]:
+    """All usable examples of a source in order (eval preprocessing, every caption): pixels, captions, skip
+    counts. More skipped than ``max_bad_fraction`` of the examples seen is a :class:`DataError`."""
     pixels, captions, counts = [], [], collections.Counter()
     for image, caps in _eval_examples(_process_records(_source(spec, keys)), processor, workers, counts):
         pixels.append(image)
@@ -518,6 +545,7 @@ def load_eval_examples(spec: str, processor: ImageProcessorConfig, *, limit: int
             break
     if not pixels:
         raise DataError(f"No usable example in {spec} (skipped: {dict(counts)}).")
+    check_bad_fraction(spec, counts, len(pixels), max_bad_fraction)
     if counts:
         logger.warning("Skipped %d examples of %s: %s", sum(counts.values()), spec, dict(counts))
     return np.stack(pixels), captions, dict(counts)

@@ -14,11 +14,14 @@ from __future__ import annotations
 import csv
 import io
 import json
+import logging
 import os
 import re
 import tarfile
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Sequence
+
+logger = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
 CAPTION_EXTENSIONS = ("txt", "json")
@@ -31,6 +34,9 @@ def _open(path: str, mode: str = "rb"):
     if "://" in path:
         import fsspec
 
+        from clip_jax.extras import require_protocol
+
+        require_protocol(path)
         return fsspec.open(path, mode).open()
     return open(path, mode)
 
@@ -80,6 +86,14 @@ def split_outside_braces(text: str, separator: str = ",") -> list[str]:
     parts.append("".join(current))
     return parts
 
+class _BadRow:
+    """A listing row that cannot be an example: ``reason`` (for the counts) and where it is."""
+
+    __slots__ = ("reason", "detail")
+
+    def __init__(self, reason: str, detail: str):
+        self.reason, self.detail = reason, detail
+
 
 @dataclass
 class FileSource:
@@ -93,6 +107,7 @@ class FileSource:
     image_key: str = ""
     caption_key: str = ""
     records: list[dict[str, Any]] = field(default_factory=list, repr=False)
+    _lines: list[int] = field(default_factory=list, repr=False)
 
     def __post_init__(self):
         self.fmt = self.fmt or self.path.rsplit(".", 1)[-1].lower()
@@ -103,28 +118,70 @@ class FileSource:
                 text = f.read().decode("utf-8")
         except FileNotFoundError:
             raise FileNotFoundError(f"Data listing {self.path} does not exist.") from None
+        lines: list[int] = []  # the line of each row (JSONL), for messages
         if self.fmt == "jsonl":
-            rows = [json.loads(line) for line in text.splitlines() if line.strip()]
+            rows = []
+            for number, line in enumerate(text.splitlines(), 1):
+                if not line.strip():
+                    continue
+                lines.append(number)
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError as error:
+                    rows.append(_BadRow("malformed_line", f"{self.path}:{number}: {error.msg}"))
+                    continue
+                if not isinstance(rows[-1], dict):
+                    rows[-1] = _BadRow("not_an_object", f"{self.path}:{number}: a JSON "
+                                                        f"{type(rows[-1]).__name__}, not an object")
         elif self.fmt == "json":
-            rows = json.loads(text)
+            try:
+                rows = json.loads(text)
+            except json.JSONDecodeError as error:
+                raise ValueError(f"Data listing {self.path} is not valid JSON ({error}) — fix the file, or use a "
+                                 "JSONL listing (one object per line; bad lines are then skipped).") from None
             if isinstance(rows, dict):  # {"data": [...]} or {"images": [...]}
                 rows = next((v for v in rows.values() if isinstance(v, list)), [])
+            rows = [r if isinstance(r, dict) else _BadRow("not_an_object", f"{self.path}: entry {i}: a "
+                                                          f"{type(r).__name__}, not an object")
+                    for i, r in enumerate(rows if isinstance(rows, list) else [])]
         else:
             rows = list(csv.DictReader(io.StringIO(text), delimiter="\t" if self.fmt == "tsv" else ","))
         if not rows:
             raise ValueError(f"Data listing {self.path} has no records.")
-        self.image_key = self.image_key or next((k for k in IMAGE_KEYS if k in rows[0]), "")
-        self.caption_key = self.caption_key or next((k for k in CAPTION_KEYS if k in rows[0]), "")
+        objects = [r for r in rows[:1000] if isinstance(r, dict)]
+        if not objects:
+            raise ValueError(f"Data listing {self.path}: none of its first {min(len(rows), 1000)} rows is a JSON "
+                             f"object (first problem: {rows[0].detail}) — fix the file.")
+        seen = {k for r in objects for k in r}  # the columns of the first rows: one row without a key is one bad row
+        self.image_key = self.image_key or next((k for k in IMAGE_KEYS if k in seen), "")
+        self.caption_key = self.caption_key or next((k for k in CAPTION_KEYS if k in seen), "")
         if not self.image_key or not self.caption_key:
-            raise ValueError(f"{self.path}: cannot find the image/caption columns among {sorted(rows[0])}; set "
+            raise ValueError(f"{self.path}: cannot find the image/caption columns among {sorted(seen)}; set "
                              f"data image_key / caption_key (defaults tried: {IMAGE_KEYS} / {CAPTION_KEYS}).")
-        self.records = rows
+        self.records, self._lines = rows, lines
+        bad = [r for r in rows if isinstance(r, _BadRow)]
+        if bad:
+            logger.warning("%s: %d unusable line(s), skipped (first: %s)", self.path, len(bad), bad[0].detail)
 
     def __len__(self) -> int:
         return len(self.records)
 
+    def _where(self, index: int) -> str:
+        """``path:LINE`` (JSONL) or ``path: row N`` for messages."""
+        if index < len(self._lines):
+            return f"{self.path}:{self._lines[index]}"
+        return f"{self.path}: row {index + 1}"
+
     def __getitem__(self, index: int) -> dict[str, Any]:
         row = self.records[index]
+        key = f"{self.path}:{index}"
+        if isinstance(row, _BadRow):  # counted and skipped by the pipeline
+            return {"image": None, "path": self.path, "captions": [], "key": key, "error": (row.reason, row.detail)}
+        missing = [k for k in (self.image_key, self.caption_key) if k not in row]
+        if missing:
+            return {"image": None, "path": self.path, "captions": [], "key": key,
+                    "error": ("missing_key", f"{self._where(index)}: no {' / '.join(map(repr, missing))} "
+                                             f"(keys: {sorted(row)})")}
         image = row.get(self.image_key)
         captions = row.get(self.caption_key)
         captions = captions if isinstance(captions, list) else [captions]
@@ -211,10 +268,9 @@ class HFSource:
     dataset: Any = field(default=None, repr=False)
 
     def __post_init__(self):
-        try:
-            import datasets
-        except ImportError:
-            raise ImportError("Hugging Face datasets need `pip install datasets` (or the [hf] extra).") from None
+        from clip_jax.extras import require
+
+        datasets = require("datasets", "Hugging Face datasets (hf: sources)")
         local = os.path.isdir(self.name)
         if local and any(os.path.exists(os.path.join(self.name, f)) for f in ("state.json", "dataset_dict.json")):
             data = datasets.load_from_disk(self.name)

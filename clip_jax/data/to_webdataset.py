@@ -1,6 +1,6 @@
 """Convert an image–caption listing (JSONL/JSON/CSV/TSV) to WebDataset tar shards.
 
-    python -m clip_jax.data.to_webdataset --input jsonl:/data/mscoco-it/train.jsonl \\
+    clip-jax to-webdataset --input jsonl:/data/mscoco-it/train.jsonl \\
         --output /data/shards/coco-it --shard_size 5000
 
 Each example becomes ``<key>.<ext>`` (the original image bytes) and, as the WebDataset convention
@@ -45,6 +45,8 @@ def convert(spec: str, output: str, shard_size: int = 5000, *, image_key: str = 
     for index in range(len(source)):
         record = source[index]
         try:
+            if record.get("error"):  # a listing row that is not an example (malformed line, missing key...)
+                raise BadExample(*record["error"])
             captions = valid_captions(record["captions"], record["key"])
             if verify:
                 decode_image(record["image"], record["path"])
@@ -76,15 +78,18 @@ def convert(spec: str, output: str, shard_size: int = 5000, *, image_key: str = 
     return pattern, dict(counts)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def main(argv: list[str] | None = None) -> None:
+    """``clip-jax to-webdataset``: convert a listing and print the ``data.train`` spec to use."""
+    parser = argparse.ArgumentParser(prog="clip-jax to-webdataset", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--input", required=True, help="a listing spec, e.g. jsonl:/data/train.jsonl")
     parser.add_argument("--output", required=True, help="shard path prefix, e.g. /data/shards/train")
     parser.add_argument("--shard_size", type=int, default=5000)
     parser.add_argument("--image_key", default="")
     parser.add_argument("--caption_key", default="")
     parser.add_argument("--no_verify", action="store_true", help="do not decode images to check them")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    if args.shard_size < 1:
+        parser.error(f"--shard_size must be at least 1, not {args.shard_size}")
     pattern, counts = convert(args.input, args.output, args.shard_size, image_key=args.image_key,
                               caption_key=args.caption_key, verify=not args.no_verify)
     print(f"Wrote {counts.get('written', 0)} examples; skipped: "
@@ -93,4 +98,8 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    import sys
+
+    from clip_jax.cli import console
+
+    console(["to-webdataset", *sys.argv[1:]])

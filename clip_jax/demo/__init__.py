@@ -114,7 +114,7 @@ def random_towers_config() -> ConfigDict:
                             hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
     c.model.tokenizer = "shapes"
     c.model.projection_dim = 64
-    c.model.max_length = 24
+    c.model.max_length = 16
     c.model.text_pooling = "pooler"
     c.data.source = "shapes"
     c.data.shapes.num_train = 4096

@@ -12,14 +12,18 @@ from PIL import Image
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
 
 
-def load_labelled(spec: str, *, limit: int | None = None) -> tuple[list[Image.Image], np.ndarray, list[str]]:
-    """(RGB images, integer labels, the data set's own class folder/label names)."""
+def load_labelled(spec: str, *, limit: int | None = None, skipped: dict | None = None
+                  ) -> tuple[list[Image.Image], np.ndarray, list[str]]:
+    """(RGB images, integer labels, the data set's own class folder/label names).
+
+    Image files that cannot be used (corrupt, empty, decompression bombs) are left out and counted by reason
+    in ``skipped`` when it is given (see :func:`clip_jax.data.pipeline.check_bad_fraction`)."""
     kind, sep, rest = spec.partition(":")
     if not sep:
         raise ValueError(f"Unknown data set spec {spec!r}; use imagefolder:PATH, hf:NAME?image=..&label=.. or "
                          "tfds:NAME.")
     if kind == "imagefolder":
-        return _image_folder(Path(rest), limit)
+        return _image_folder(Path(rest), limit, skipped if skipped is not None else {})
     if kind == "hf":
         return _hf(rest, limit)
     if kind == "tfds":
@@ -27,8 +31,8 @@ def load_labelled(spec: str, *, limit: int | None = None) -> tuple[list[Image.Im
     raise ValueError(f"Unknown data set kind {kind!r} in {spec!r}; use imagefolder:, hf: or tfds:.")
 
 
-def _image_folder(root: Path, limit: int | None):
-    from clip_jax.data.preprocess import load_image
+def _image_folder(root: Path, limit: int | None, skipped: dict):
+    from clip_jax.data.pipeline import BadExample, decode_image
 
     if not root.is_dir():
         raise FileNotFoundError(f"Image folder {root} does not exist.")
@@ -37,15 +41,28 @@ def _image_folder(root: Path, limit: int | None):
              if f.suffix.lower() in IMAGE_SUFFIXES]
     if not files:
         raise ValueError(f"Image folder {root} holds no images in class sub-folders ({len(classes)} folders found).")
-    files = files[:limit] if limit else files
-    return [load_image(f) for f, _ in files], np.array([i for _, i in files]), classes
+    images, labels = [], []
+    for file, label in files:
+        try:
+            images.append(decode_image(file.read_bytes(), str(file)))
+        except BadExample as error:
+            skipped[error.reason] = skipped.get(error.reason, 0) + 1
+            continue
+        except OSError:
+            skipped["unreadable_file"] = skipped.get("unreadable_file", 0) + 1
+            continue
+        labels.append(label)
+        if limit and len(images) >= limit:
+            break
+    return images, np.array(labels, dtype=np.int64), classes
 
 
 def _hf(rest: str, limit: int | None):
     from urllib.parse import parse_qs
 
-    import datasets
+    from clip_jax.extras import require
 
+    datasets = require("datasets", "hf: data sets")
     name, _, query = rest.partition("?")
     options = {k: v[-1] for k, v in parse_qs(query).items()}
     image_col, label_col = options.get("image", "image"), options.get("label", "label")
@@ -69,10 +86,9 @@ def _tfds(rest: str, limit: int | None):
     ``tfds.data_source``; tfrecord data (tfds's default) is read with tf.data and needs ``tensorflow``."""
     from urllib.parse import parse_qs
 
-    try:
-        import tensorflow_datasets as tfds
-    except ImportError:
-        raise ImportError("tfds: data sets need `pip install clip_jax[tfds]` (tensorflow-datasets).") from None
+    from clip_jax.extras import require
+
+    tfds = require("tensorflow_datasets", "tfds: data sets")
     spec, _, query = rest.partition("?")
     name, _, split = spec.partition(":")
     options = {k: v[-1] for k, v in parse_qs(query).items()}

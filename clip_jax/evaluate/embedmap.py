@@ -10,14 +10,13 @@ from typing import Sequence
 
 import numpy as np
 
+from clip_jax.extras import require
+
 
 def project_2d(points: np.ndarray, method: str = "umap", seed: int = 0) -> np.ndarray:
     """``[N, D] -> [N, 2]`` with UMAP (cosine metric; needs umap-learn) or PCA."""
     if method == "umap":
-        try:
-            import umap
-        except ImportError:
-            raise ImportError("Embedding maps with UMAP need `pip install umap-learn` (or use method='pca').") from None
+        umap = require("umap", "Embedding maps with UMAP (or use --projection pca)")
         neighbours = max(2, min(15, len(points) - 1))
         return umap.UMAP(n_neighbors=neighbours, metric="cosine", random_state=seed).fit_transform(points)
     if method == "pca":
@@ -28,7 +27,7 @@ def project_2d(points: np.ndarray, method: str = "umap", seed: int = 0) -> np.nd
 
 
 def _scatter(ax, xy: np.ndarray, labels: np.ndarray, classnames: Sequence[str], title: str, stars=None) -> None:
-    import matplotlib.pyplot as plt
+    plt = require("matplotlib.pyplot", "Embedding maps")
 
     colours = plt.get_cmap("tab20" if len(classnames) > 10 else "tab10")
     for c, name in enumerate(classnames):
@@ -48,10 +47,10 @@ def write_embedding_map(image_embeds: np.ndarray, labels: np.ndarray, classnames
                         single_prompt: np.ndarray, template_mean: np.ndarray, out: str | Path, *,
                         layer_features: Sequence[np.ndarray] = (), method: str = "umap", title: str = "") -> list[Path]:
     """Write ``out`` (PNG) and, with plotly installed, ``out`` as HTML; returns the files written."""
-    import matplotlib
+    matplotlib = require("matplotlib", "Embedding maps")
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = require("matplotlib.pyplot", "Embedding maps")
 
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -96,14 +96,18 @@ def architecture_for(model_type: str, kind: Kind) -> Architecture:
     return arch
 
 
-def normalised_config(raw: dict[str, Any]) -> dict[str, Any]:
+def normalised_config(raw: dict[str, Any], source: str = "") -> dict[str, Any]:
     """config.json with transformers' defaults filled in where transformers knows the model_type."""
     try:
         from transformers import CONFIG_MAPPING
         config_cls = CONFIG_MAPPING[raw.get("model_type")]
-    except (ImportError, KeyError):
+    except (ImportError, KeyError, TypeError):
         return raw
-    return config_cls.from_dict(raw).to_dict()
+    try:
+        return config_cls.from_dict(raw).to_dict()
+    except (TypeError, ValueError, KeyError, ZeroDivisionError, AttributeError) as error:
+        raise CheckpointError(f"{source or 'config.json'}: transformers cannot read it as a "
+                              f"{raw.get('model_type')!r} config ({error}).") from None
 
 
 def architecture_of(tower: nnx.Module) -> Architecture:
@@ -111,8 +115,27 @@ def architecture_of(tower: nnx.Module) -> Architecture:
     return ARCHITECTURES[tower.config.to_hf()["model_type"]]
 
 
-def tower_config(hf_config: dict[str, Any], kind: Kind) -> tuple[Architecture, Any, str]:
-    """Resolve a (possibly composite) Hugging Face config dict to (architecture, our config, key prefix)."""
+POSITIVE_FIELDS = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "vocab_size",
+                   "max_position_embeddings", "image_size", "patch_size", "projection_dim")
+
+
+def check_tower_config(config: Any, kind: Kind, source: str = "") -> None:
+    """Raise :class:`CheckpointError` for tower sizes that cannot build a model (zero heads, odd head size...)."""
+    where = f"{source}/config.json" if source else "config.json"
+    values = {f.name: getattr(config, f.name) for f in dataclasses.fields(config)}
+    bad = {k: v for k, v in values.items() if k in POSITIVE_FIELDS and not (isinstance(v, int) and v > 0)}
+    if bad:
+        raise CheckpointError(f"{where}: the {kind} tower's {', '.join(f'{k}={v!r}' for k, v in bad.items())} "
+                              "must be positive whole numbers — the config is corrupt or not for this model.")
+    hidden, heads = values.get("hidden_size"), values.get("num_attention_heads")
+    if hidden and heads and hidden % heads:
+        raise CheckpointError(f"{where}: the {kind} tower's hidden_size {hidden} is not divisible by "
+                              f"num_attention_heads {heads}.")
+
+
+def tower_config(hf_config: dict[str, Any], kind: Kind, source: str = "") -> tuple[Architecture, Any, str]:
+    """Resolve a (possibly composite) Hugging Face config dict to (architecture, our config, key prefix);
+    sizes that cannot build a tower raise :class:`CheckpointError` naming ``source``."""
     model_type = hf_config.get("model_type")
     if model_type is None:
         raise CheckpointError("config.json has no 'model_type'; it is not a transformers config.")
@@ -123,12 +146,17 @@ def tower_config(hf_config: dict[str, Any], kind: Kind) -> tuple[Architecture, A
             raise CheckpointError(f"A {model_type!r} config.json needs '{sub_key}'.")
         sub = dict(hf_config[sub_key])
         if sub.get("model_type") in COMPOSITES:  # hybrid-clip keeps a whole CLIP config as its vision config
-            arch, config, _ = tower_config(normalised_config(sub), kind)
+            arch, config, _ = tower_config(normalised_config(sub, source), kind, source)
             return arch, config, outer
         sub.setdefault("model_type", _COMPOSITE_DEFAULT_TYPES.get((model_type, kind)))
         hf_config, model_type = sub, sub["model_type"]
     arch = architecture_for(model_type, kind)
-    return arch, arch.config_cls.from_hf(hf_config), outer
+    try:
+        config = arch.config_cls.from_hf(hf_config)
+    except (TypeError, ValueError, KeyError) as error:
+        raise CheckpointError(f"{source or 'config.json'}: cannot read the {kind} tower's config ({error}).") from None
+    check_tower_config(config, kind, source)
+    return arch, config, outer
 
 
 def detect_prefix(state_dict: dict[str, Any], arch: Architecture, outer: str = "", *, source: str) -> str:
@@ -175,7 +203,8 @@ def load_tower(path_or_id: str | os.PathLike, kind: Kind, *, revision: str | Non
                allow_missing: tuple[str, ...] = (), seed: int = 0, **config_overrides: Any) -> LoadedTower:
     """Load the ``kind`` tower of a checkpoint (a tower on its own or one half of a composite)."""
     directory = resolve_checkpoint(path_or_id, revision=revision)
-    arch, config, outer = tower_config(normalised_config(read_config(directory)), kind)
+    arch, config, outer = tower_config(normalised_config(read_config(directory), str(directory)), kind,
+                                       str(directory))
     if config_overrides:
         unknown = set(config_overrides) - {f.name for f in dataclasses.fields(config)}
         if unknown:

@@ -16,6 +16,22 @@ from tqdm import tqdm
 from clip_jax import workdir as workdirs
 
 
+def finite_or_none(value: Any) -> Any:
+    """``value`` with every NaN/inf float (in nested dicts and lists too) replaced by ``None``."""
+    if isinstance(value, dict):
+        return {k: finite_or_none(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite_or_none(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def strict_json(value: Any, **kwargs: Any) -> str:
+    """JSON that every parser reads: NaN and infinities become ``null`` (Python's ``NaN`` is not JSON)."""
+    return json.dumps(finite_or_none(value), allow_nan=False, **kwargs)
+
+
 class MetricsLogger:
     """Writes scalar metrics by step; a no-op on processes other than 0.
 
@@ -47,8 +63,9 @@ class MetricsLogger:
             self._tb = FileWriter(os.path.join(workdir, "tensorboard"))
         self._jsonl = open(metrics_path, "a")  # noqa: SIM115 (kept open for the run)
         if wandb_project:
-            import wandb
+            from clip_jax.extras import require
 
+            wandb = require("wandb", "train.wandb_project")
             self._wandb = wandb.init(project=wandb_project, config=config, dir=None if remote else workdir,
                                      resume="allow")
 
@@ -63,7 +80,7 @@ class MetricsLogger:
         self._tb.add_summary(Summary(value=[Summary.Value(tag=key, simple_value=value)
                                             for key, value in scalars.items() if math.isfinite(value)]), step)
         if self._jsonl is not None:
-            self._jsonl.write(json.dumps({"step": step, **scalars}) + "\n")
+            self._jsonl.write(strict_json({"step": step, **scalars}) + "\n")
             self._jsonl.flush()
             if self._spool is not None and time.monotonic() - self._uploaded > self.upload_every_s:
                 self._upload()

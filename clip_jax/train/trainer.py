@@ -36,7 +36,7 @@ from clip_jax.models.dual_encoder import l2_normalize
 from clip_jax.sharding import batch_sharding, check_batch_size, check_micro_batch_size, make_mesh, shard_params
 from clip_jax.train import features as feature_cache
 from clip_jax.train.checkpoint import Checkpointer
-from clip_jax.train.logging import MetricsLogger, progress_bar
+from clip_jax.train.logging import MetricsLogger, progress_bar, strict_json
 from clip_jax.train.optim import learning_rates_at, make_optimizer
 from clip_jax.train.state import (TrainState, initial_rng, jit_train_step, make_train_step, replicated,
                                   split_trainable)
@@ -127,6 +127,7 @@ def build_data(config: ConfigDict, model: CLIPModel, tokenize) -> tuple[Any, Eva
         val = None
         if d.val:
             pixels, captions, _ = load_eval_examples(d.val, model.image_processor, limit=d.val_limit or None,
+                                                     max_bad_fraction=d.max_bad_fraction,
                                                      workers=d.workers, **keys)
             val = EvalSet(pixels, captions)
         return train, val
@@ -171,6 +172,17 @@ class Trainer:
         check_batch_size(config.train.batch_size, self.mesh)
         check_micro_batch_size(config.train.micro_batch_size, self.mesh)
         self.primary = jax.process_index() == 0
+        self.lock = workdirs.WorkdirLock(workdir)
+        if self.primary:  # one run per workdir; process 0 holds the lock for a multi-process run
+            workdirs.check_writable(workdir)
+            self.lock.acquire()
+        try:
+            self._setup(config, workdir)
+        except BaseException:
+            self.lock.release()
+            raise
+
+    def _setup(self, config: ConfigDict, workdir: str) -> None:
         self.model = build_model(config)
         if self.primary:  # what export and evaluation need to rebuild the model from a checkpoint
             workdirs.write_text(workdirs.join(workdir, "config.json"),
@@ -357,6 +369,17 @@ class Trainer:
         metrics = retrieval_metrics(image_embeds, text_embeds, text_image, ks=(1, 5))
         return {"val/loss": loss, **{f"val/{k}": v for k, v in benchmark_names(metrics).items() if "mrr" not in k}}
 
+    def skipped(self) -> dict[str, dict[str, int]]:
+        """Training examples skipped so far (this process's share), ``{source: {reason: count}}``."""
+        monitor = getattr(self.train_iter, "monitor", None)
+        if monitor is None or not monitor.counts:
+            return {}
+        return {source_label(monitor.source): dict(sorted(monitor.counts.items()))}
+
+    def _skip_scalars(self) -> dict[str, int]:
+        return {f"data/skipped/{source}/{reason}": n for source, counts in self.skipped().items()
+                for reason, n in counts.items()}
+
     # ------------------------------------------------------------------ the loop
     def run(self) -> dict[str, Any]:
         """Train to the end of the last phase (or until SIGTERM); return a summary."""
@@ -380,6 +403,7 @@ class Trainer:
             self.logger.message(f"Resumed from step {step} ({phase.name}) in {self.workdir}.")
         previous_handler = signal.signal(signal.SIGTERM, self._handle_sigterm) if _in_main_thread() else None
         summary: dict[str, Any] = {"workdir": self.workdir, "preempted": False}
+        failing = False
         try:
             while step < self.total_steps:
                 if step >= phase.end:  # phase boundary: hand the parameters over to the next phase
@@ -396,16 +420,29 @@ class Trainer:
                     self.logger.message(f"SIGTERM: saved a checkpoint at step {step}; exiting.")
                     summary["preempted"] = True
                     break
-            summary.update(step=step, phase=phase.name, val=self.last_val)
+            summary.update(step=step, phase=phase.name, val=self.last_val, skipped=self.skipped())
+            monitor = getattr(self.train_iter, "monitor", None)
+            if monitor is not None and self.primary:
+                monitor.report(f"End of run at step {step}")  # also when the run stops mid-epoch
             self.state = state
             return summary
+        except BaseException:
+            failing = True
+            raise
         finally:
-            self.checkpointer.close()
-            self.logger.close()
-            if hasattr(self.train_iter, "close"):
-                self.train_iter.close()
+            closers = [self.checkpointer.close, self.logger.close, getattr(self.train_iter, "close", lambda: None)]
             if previous_handler is not None:
-                signal.signal(signal.SIGTERM, previous_handler)
+                closers.append(lambda: signal.signal(signal.SIGTERM, previous_handler))
+            try:
+                for close in closers:
+                    try:
+                        close()
+                    except Exception as error:
+                        if not failing:  # when the run already failed, its error is the one to report
+                            raise
+                        self.logger.message(f"(while stopping: {type(error).__name__}: {error})")
+            finally:
+                self.lock.release()
 
     def _run_phase(self, phase: Phase, state: TrainState, step_fn, info: dict, step: int
                    ) -> tuple[int, TrainState]:
@@ -420,6 +457,7 @@ class Trainer:
                 batch = self._global_batch(next(batches))
                 state, metrics = step_fn(state, batch)
                 step += 1
+                self.checkpointer.check()  # an asynchronous save that failed stops the run here
                 metrics = jax.device_get(metrics)
                 if not all(math.isfinite(float(metrics[k])) for k in ("loss", "grad_norm", "param_norm")):
                     self.checkpointer.wait()
@@ -434,7 +472,8 @@ class Trainer:
                     elapsed = time.perf_counter() - tick
                     rate = images / elapsed if elapsed > 0 else 0.0
                     scalars = {**{f"train/{k}": v for k, v in metrics.items()},
-                               **{f"lr/{g}": v for g, v in lrs.items()}, "train/images_per_s": rate,
+                               **{f"lr/{g}": v for g, v in lrs.items()}, **self._skip_scalars(),
+                               "train/images_per_s": rate,
                                "train/images_per_s_per_device": rate / self.mesh.size, "phase": phase.index}
                     self.logger.write(step, scalars)
                     bar.set_postfix(loss=f"{float(metrics['loss']):.4f}", lr=f"{max(lrs.values()):.2e}",
@@ -454,6 +493,19 @@ class Trainer:
                 self.logger.message(f"End of {phase.name!r} at step {step}: " +
                                     ", ".join(f"{k}={v:.4f}" for k, v in val.items()))
         return step, state
+
+
+def source_label(spec: str) -> str:
+    """A short name for a data source in metric names: the file name of each source of a mixture, joined by '+'."""
+    import re
+
+    from clip_jax.data.sources import parse_mixture
+
+    names = []
+    for item, _ in parse_mixture(spec):
+        path = item.split("?", 1)[0].rstrip("/")
+        names.append(path.rsplit("/", 1)[-1].split(":", 1)[-1] or item)
+    return re.sub(r"[^A-Za-z0-9_.\-+{}]", "_", "+".join(names))
 
 
 def _in_main_thread() -> bool:
@@ -503,5 +555,6 @@ def train(config: ConfigDict, workdir: str) -> dict[str, Any]:
     trainer = Trainer(config, workdir)
     summary = trainer.run()
     if trainer.primary:
-        workdirs.write_text(workdirs.join(workdir, "summary.json"), json.dumps(summary, indent=2, default=float) + "\n")
+        summary = json.loads(json.dumps(summary, default=float))  # NumPy scalars -> floats
+        workdirs.write_text(workdirs.join(workdir, "summary.json"), strict_json(summary, indent=2) + "\n")
     return summary

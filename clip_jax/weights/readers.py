@@ -40,8 +40,11 @@ def resolve_checkpoint(path_or_id: str | os.PathLike, *, revision: str | None = 
     text = str(path_or_id)
     if path.exists():
         raise CheckpointError(f"{text} is a file; pass the directory that holds config.json and the weights.")
-    if text.startswith((".", "/", "~")) or text.count("/") > 1:
-        raise CheckpointError(f"No such checkpoint directory: {text}. Check the path (it should hold config.json).")
+    first = Path(text).parts[0] if Path(text).parts else ""
+    if text.startswith((".", "/", "~")) or text.count("/") > 1 or ("/" in text and Path(first).is_dir()):
+        # A path: absolute, relative with a local first folder (runs/it), or not shaped like a hub id (USER/REPO).
+        raise CheckpointError(f"No such checkpoint directory: {text} — check the path (it should hold "
+                              "config.json and the weights).")
     import huggingface_hub
     from huggingface_hub.utils import HfHubHTTPError
 
@@ -57,9 +60,27 @@ def resolve_checkpoint(path_or_id: str | os.PathLike, *, revision: str | None = 
     try:
         return Path(huggingface_hub.snapshot_download(text, revision=revision, allow_patterns=patterns))
     except Exception as error:  # huggingface_hub raises many types; all mean "not available"
-        hint = (" HF_HUB_OFFLINE is set, so only checkpoints already in the cache can be used;"
-                " download it once with network access or pass a local directory." if _offline() else "")
-        raise CheckpointError(f"Could not get checkpoint {text!r} from the Hugging Face hub: {error}.{hint}") from error
+        raise CheckpointError(hub_error_message(text, error, revision=revision)) from error
+
+
+def hub_error_message(repo_id: str, error: BaseException, *, revision: str | None = None) -> str:
+    """What went wrong fetching ``repo_id`` from the hub, and the likely fixes (offline? typo? private?)."""
+    detail = (str(error).strip().splitlines() or [type(error).__name__])[0][:300]
+    where = f"{repo_id}" + (f" (revision {revision})" if revision else "")
+    if _offline():
+        hint = ("HF_HUB_OFFLINE is set, so only models already in the cache can be used — download it once with "
+                "network access, or pass a local directory")
+    else:
+        name = type(error).__name__
+        if "Connect" in name or "Timeout" in name or "Network" in name or isinstance(error, (ConnectionError,
+                                                                                            TimeoutError)):
+            hint = ("the hub could not be reached — check the network (or set HF_HUB_OFFLINE=1 to use the cache), "
+                    "or pass a local directory")
+        else:
+            hint = ("check the spelling of the repo id; for a private or gated repo log in (`huggingface-cli "
+                    "login` or HF_TOKEN); if you meant a local directory, it does not exist")
+    return f"Could not get {where}: no such local directory, and the Hugging Face hub lookup failed " \
+           f"({type(error).__name__}: {detail}) — {hint}."
 
 
 def _offline() -> bool:
@@ -126,29 +147,40 @@ def _read_safetensors(path: Path) -> dict[str, np.ndarray]:
     try:
         with safe_open(str(path), framework="numpy") as f:
             return {k: f.get_tensor(k) for k in f.keys()}
-    except (SafetensorError, OSError, TypeError) as error:
-        if "bfloat16" in str(error).lower() or "bf16" in str(error).lower():
-            return _read_safetensors_bf16(path)
+    except (SafetensorError, OSError, TypeError, AttributeError, ValueError) as error:
+        # NumPy has no bfloat16 / float8 types: safetensors' NumPy reader fails on them (AttributeError, TypeError)
+        if isinstance(error, (TypeError, AttributeError)) or any(t in str(error).lower() for t in ("bfloat16", "bf16",
+                                                                                                   "float8", "f8")):
+            return _read_safetensors_header(path)
         raise CheckpointError(f"Could not read {path}: {error}. The file may be truncated or corrupt.") from error
 
 
-def _read_safetensors_bf16(path: Path) -> dict[str, np.ndarray]:
-    """safetensors' NumPy reader has no bfloat16; parse the header ourselves with ml_dtypes."""
+def _read_safetensors_header(path: Path) -> dict[str, np.ndarray]:
+    """safetensors' NumPy reader has no bfloat16; parse the file ourselves with ml_dtypes. Other dtypes NumPy
+    lacks (float8...) are refused with a :class:`CheckpointError`."""
     import ml_dtypes
 
     dtypes = {"BF16": ml_dtypes.bfloat16, "F16": np.float16, "F32": np.float32, "F64": np.float64,
               "I64": np.int64, "I32": np.int32, "I16": np.int16, "I8": np.int8, "U8": np.uint8, "BOOL": np.bool_}
-    data = path.read_bytes()
-    header_len = int.from_bytes(data[:8], "little")
-    header = json.loads(data[8:8 + header_len])
-    base = 8 + header_len
-    out = {}
-    for name, info in header.items():
-        if name == "__metadata__":
-            continue
-        start, end = info["data_offsets"]
-        out[name] = np.frombuffer(data[base + start:base + end], dtype=dtypes[info["dtype"]]).reshape(info["shape"])
-    return out
+    try:
+        data = path.read_bytes()
+        header_len = int.from_bytes(data[:8], "little")
+        header = json.loads(data[8:8 + header_len])
+        base = 8 + header_len
+        out = {}
+        for name, info in header.items():
+            if name == "__metadata__":
+                continue
+            if info.get("dtype") not in dtypes:
+                raise CheckpointError(f"{path}: tensor {name!r} has dtype {info.get('dtype')!r}, which clip_jax cannot "
+                                      f"read (supported: {', '.join(dtypes)}) — convert the checkpoint to float32, "
+                                      "float16 or bfloat16.")
+            start, end = info["data_offsets"]
+            array = np.frombuffer(data[base + start:base + end], dtype=dtypes[info["dtype"]]).reshape(info["shape"])
+            out[name] = array
+        return out
+    except (ValueError, KeyError, TypeError, OSError) as error:  # bad JSON, offsets or shapes
+        raise CheckpointError(f"Could not read {path}: {error}. The file may be truncated or corrupt.") from error
 
 
 def _read_torch_bin(path: Path) -> dict[str, np.ndarray]:
@@ -197,6 +229,9 @@ def read_flax_msgpack(path: Path) -> dict[str, np.ndarray]:
         tree = serialization.msgpack_restore(Path(path).read_bytes())
     except Exception as error:  # msgpack raises several types on corrupt input
         raise CheckpointError(f"Could not read {path} as a Flax msgpack checkpoint: {error}.") from error
+    if not isinstance(tree, dict) or not tree:
+        raise CheckpointError(f"{path} is not a Flax checkpoint: its root is a {type(tree).__name__}, not a non-empty "
+                              "dict of parameters.")
     out: dict[str, np.ndarray] = {}
 
     def visit(node: Any, parts: list[str]) -> None:
@@ -205,6 +240,9 @@ def read_flax_msgpack(path: Path) -> dict[str, np.ndarray]:
                 visit(child, parts + [str(key)])
             return
         array = np.asarray(node)
+        if array.dtype == object or not parts:
+            raise CheckpointError(f"{path}: entry {'.'.join(parts) or '(root)'} is a {type(node).__name__}, not an "
+                                  "array.")
         *parents, leaf = parts
         if leaf == "kernel":
             leaf = "weight"

@@ -1,0 +1,223 @@
+"""The clip-jax command: subcommands, recipes by name, one-line errors for user mistakes, up-front value
+checks, --print_config, the workdir lock. Real subprocesses where the command line itself is tested."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+
+from clip_jax.cli import main
+from train_helpers import CLI_TINY, REPO, subprocess_env
+
+
+def cli(*args, env=None, timeout=240, cwd=REPO):
+    """``python -m clip_jax.cli ARGS`` in a subprocess (what the console script runs)."""
+    return subprocess.run([sys.executable, "-m", "clip_jax.cli", *args], env=env or subprocess_env(1),
+                          capture_output=True, text=True, timeout=timeout, cwd=cwd)
+
+
+def assert_one_line_error(result, *needles):
+    """Exit non-zero, no traceback, ``error: ...`` naming every needle."""
+    assert result.returncode != 0, result.stdout[-2000:]
+    assert "Traceback" not in result.stderr, result.stderr[-3000:]
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1, result.stderr[-3000:]
+    for needle in needles:
+        assert needle in errors[0], errors[0]
+    return errors[0]
+
+
+def test_help_lists_the_subcommands(capsys):
+    assert main(["--help"]) == 0
+    out = capsys.readouterr().out
+    for command in ("train", "eval", "export", "to-webdataset"):
+        assert command in out
+    assert main(["frobnicate"]) == 2
+    assert "unknown command 'frobnicate'" in capsys.readouterr().err
+
+
+def test_unknown_config_key_lists_the_valid_keys_of_its_section():
+    result = cli("train", "--config.train.bach_size=3")
+    line = assert_one_line_error(result, "train.bach_size", "batch_size", "log_every")
+    assert "phases" not in line.split("valid keys of train:")[1] or "warmup" not in line  # that section's keys only
+    assert_one_line_error(cli("train", "--config.phases.warmup.stepz=3"), "phases.warmup.stepz", "steps",
+                          "warmup_steps")
+
+
+def test_debug_shows_the_traceback():
+    result = cli("train", "--config.train.bach_size=3", "--debug")
+    assert result.returncode == 2 and "Traceback" in result.stderr and "error: unknown config key" in result.stderr
+    env = dict(subprocess_env(1), CLIP_JAX_DEBUG="1")
+    assert "Traceback" in cli("train", "--config.train.bach_size=3", env=env).stderr
+
+
+@pytest.mark.parametrize("override, needle", [
+    ("--config.phases.warmup.steps=-5", "phases.warmup.steps=-5"),
+    ("--config.phases.warmup.steps=0", "phases.warmup.steps=0"),
+    ("--config.train.batch_size=0", "train.batch_size=0"),
+    ("--config.train.batch_size=-8", "train.batch_size=-8"),
+    ("--config.phases.finetune.learning_rates.text=-0.001", "phases.finetune.learning_rates.text=-0.001"),
+    ("--config.data.max_bad_fraction=1.5", "data.max_bad_fraction=1.5"),
+    ("--config.data.max_bad_fraction=-0.1", "data.max_bad_fraction=-0.1"),
+    ("--config.phases.warmup.trainable=(head", "phases.warmup.trainable"),
+    ("--config.phases.warmup.warmup_steps=-1", "phases.warmup.warmup_steps=-1"),
+    ("--config.train.batch_size=abc", "batch_size"),
+    ("--config=no_such_recipe", "no built-in recipe 'no_such_recipe'"),
+    ("--config=missing/file.py", "does not exist"),
+])
+def test_values_that_make_no_sense_are_rejected_before_any_work(override, needle, tmp_path, capsys):
+    status = main(["train", f"--workdir={tmp_path / 'w'}", override])
+    err = capsys.readouterr().err
+    assert status == 2 and f"error: " in err and needle in err, err
+    assert "Traceback" not in err
+    assert not (tmp_path / "w").exists()  # rejected before the workdir is touched
+
+
+def test_recipes_by_name_and_print_config(capsys):
+    assert main(["train", "--config", "clip_italian", "--print_config", "--config.train.batch_size=64"]) == 0
+    out = capsys.readouterr().out
+    assert "dbmdz/bert-base-italian-xxl-cased" in out and "batch_size: 64" in out
+    assert main(["train", "--print_config"]) == 0  # the default is the demo recipe
+    assert "source: shapes" in capsys.readouterr().out
+    path = REPO / "configs" / "clip_italian.py"  # a path works as well (the checkout's re-export)
+    assert main(["train", f"--config={path}", "--print_config"]) == 0
+    assert "adabelief" in capsys.readouterr().out
+
+
+def test_batch_size_not_divisible_by_devices_and_bad_workdirs(tmp_path):
+    env = subprocess_env(8)
+    result = cli("train", f"--workdir={tmp_path / 'w'}", *CLI_TINY, "--config.train.batch_size=12", env=env)
+    assert_one_line_error(result, "12", "not divisible by the 8")
+    (tmp_path / "file").write_text("x")
+    result = cli("train", f"--workdir={tmp_path / 'file'}", *CLI_TINY, env=env)
+    assert_one_line_error(result, "is a file", "--workdir")
+    if os.geteuid() != 0:  # root writes anywhere
+        readonly = tmp_path / "ro"
+        readonly.mkdir()
+        readonly.chmod(0o500)
+        result = cli("train", f"--workdir={readonly / 'run'}", *CLI_TINY, env=env)
+        assert_one_line_error(result, "cannot be written")
+
+
+def test_export_and_eval_of_a_corrupt_checkpoint_are_one_line(tmp_path):
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "config.json").write_text("{not json")
+    assert_one_line_error(cli("export", "--checkpoint", str(bad), "--out", str(tmp_path / "out")), "holds no weights")
+    (bad / "model.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{trunc")
+    assert_one_line_error(cli("export", "--checkpoint", str(bad), "--out", str(tmp_path / "out")),
+                          "model.safetensors", "truncated or corrupt")
+    run = tmp_path / "run"  # looks like a workdir but holds no checkpoint
+    (run / "checkpoints").mkdir(parents=True)
+    assert_one_line_error(cli("eval", "--model", str(run), "--task", "retrieval", "--data", "jsonl:x.jsonl"),
+                          "config.json is missing")
+    assert_one_line_error(cli("to-webdataset", "--input", f"jsonl:{tmp_path / 'none.jsonl'}", "--output",
+                              str(tmp_path / "shards")), "none.jsonl", "does not exist")
+
+
+def test_a_relative_path_that_does_not_exist_is_no_such_directory(tmp_path):
+    (tmp_path / "runs").mkdir()  # runs/ exists here, so runs/it is a path, not the hub id of user "runs"
+    result = cli("export", "--checkpoint", "runs/no_such_run", "--out", str(tmp_path / "out"), cwd=tmp_path)
+    assert_one_line_error(result, "No such checkpoint directory", "runs/no_such_run")
+    # Shaped like a hub id and no local folder: the hub lookup fails (offline here) and says both.
+    result = cli("eval", "--model", "someone/no_such_model", "--task", "retrieval", "--data", "x.jsonl", cwd=tmp_path)
+    assert_one_line_error(result, "someone/no_such_model", "no such local directory", "HF_HUB_OFFLINE")
+
+
+# ------------------------------------------------------------------------------------------ workdir lock
+def test_workdir_lock_refuses_a_second_run_and_takes_over_a_stale_one(tmp_path):
+    from clip_jax.workdir import WorkdirInUse, WorkdirLock
+
+    workdir = tmp_path / "w"
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        workdir.mkdir()
+        (workdir / "lock").write_text(json.dumps({"host": socket.gethostname(), "pid": sleeper.pid,
+                                                  "since": "earlier"}))
+        with pytest.raises(WorkdirInUse, match=rf"pid {sleeper.pid} on host .* delete .*lock"):
+            WorkdirLock(workdir).acquire()
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    with WorkdirLock(workdir) as lock:  # its holder is gone: stale, taken over
+        assert json.loads((workdir / "lock").read_text())["pid"] == os.getpid() and lock.held
+    assert not (workdir / "lock").exists()
+    (workdir / "lock").write_text(json.dumps({"host": "another-host", "pid": 1, "since": "earlier"}))
+    with pytest.raises(WorkdirInUse, match="another-host"):  # cannot be checked from here: refused
+        WorkdirLock(workdir).acquire()
+
+
+def test_second_train_on_a_running_workdir_is_refused(tmp_path):
+    """A real run holds the lock; a second train.py on the same workdir exits with one line, its logs untouched."""
+    env = subprocess_env(8)
+    workdir, cache = tmp_path / "w", tmp_path / "cache"
+    first = subprocess.Popen([sys.executable, str(REPO / "train.py"), f"--workdir={workdir}",
+                              f"--config.data.cache_dir={cache}", *CLI_TINY, "--config.phases.warmup.steps=400",
+                              "--config.phases.finetune.steps=1"], env=env, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.PIPE, text=True)
+    try:
+        import time
+
+        deadline = time.time() + 180
+        while not (workdir / "metrics.jsonl").exists() and first.poll() is None and time.time() < deadline:
+            time.sleep(0.5)
+        assert first.poll() is None, first.stderr.read()[-3000:]
+        holder = json.loads((workdir / "lock").read_text())
+        assert holder["pid"] == first.pid
+        second = subprocess.run([sys.executable, str(REPO / "train.py"), f"--workdir={workdir}",
+                                 f"--config.data.cache_dir={cache}", *CLI_TINY], env=env, capture_output=True,
+                                text=True, timeout=120)
+        assert_one_line_error(second, "in use by another run", f"pid {first.pid}")
+    finally:
+        first.terminate()  # SIGTERM: the first run checkpoints and exits, releasing the lock
+        first.wait(timeout=120)
+    assert not (workdir / "lock").exists()
+
+
+# ------------------------------------------------------------------------------------- checkpoint writes
+FAULTY_RUN = """
+import resource, signal, sys
+sys.path.insert(0, {tests!r})
+from train_helpers import tiny_config
+import clip_jax.cli
+from clip_jax.train import checkpoint, train
+
+# A real write error from the OS: from the save of step 4 on, files may not grow past 20 kB (SIGXFSZ ignored, so
+# writes fail with EFBIG, as they fail with ENOSPC on a full disk). Logs stay far below that; checkpoints do not.
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+save = checkpoint.Checkpointer.save
+def limited_save(self, step, state, meta):
+    if step >= 4:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (20000, resource.RLIM_INFINITY))
+    return save(self, step, state, meta)
+checkpoint.Checkpointer.save = limited_save
+config = tiny_config({cache!r}, **{{"train.async_checkpoints": {use_async}}})
+clip_jax.cli._HARD_EXIT = True
+clip_jax.cli._quiet_background_errors()
+sys.exit(clip_jax.cli.run_guarded(lambda: train(config, {workdir!r}), debug=False))
+"""
+
+
+@pytest.mark.parametrize("use_async", [True, False])
+def test_a_failing_checkpoint_write_stops_the_run_with_one_line(tmp_path, use_async):
+    workdir, cache = tmp_path / "w", tmp_path / "cache"
+    script = tmp_path / "faulty.py"
+    script.write_text(FAULTY_RUN.format(tests=str(REPO / "tests"), cache=str(cache), workdir=str(workdir),
+                                        use_async=use_async))
+    result = subprocess.run([sys.executable, str(script)], env=subprocess_env(8), capture_output=True, text=True,
+                            timeout=300)
+    line = assert_one_line_error(result, "could not write the checkpoint of step 4", "File too large",
+                                 "last complete checkpoint (step 3)")
+    assert len(result.stderr.splitlines()) < 40, result.stderr[-3000:]  # was 481 lines and 5 tracebacks
+    assert line and not (workdir / "lock").exists()
+    from clip_jax.train.checkpoint import Checkpointer
+
+    assert Checkpointer(str(workdir)).latest_step() == 3  # the previous checkpoints are untouched: resume works
+    resumed = subprocess.run([sys.executable, str(REPO / "train.py"), f"--workdir={workdir}",
+                              f"--config.data.cache_dir={cache}", *CLI_TINY, "--config.phases.warmup.steps=3",
+                              "--config.phases.finetune.steps=3", "--config.train.checkpoint_every=2"],
+                             env=subprocess_env(8), capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0 and "Resumed from step 3" in resumed.stdout + resumed.stderr, resumed.stderr[-3000:]
