@@ -71,6 +71,9 @@ def base_config() -> ConfigDict:
                                holdout="rosso:triangolo,blu:cerchio", language="it")),
     ))
     c.train = ConfigDict(dict(
+        # contrastive: images + captions | distill: text-only, into the CLIP model.vision's embedding space
+        # (parallel sentences; see clip_jax/train/distill.py and the `distill` section)
+        objective="contrastive",
         batch_size=128,  # global, over all devices and processes
         seed=0,
         phases=("warmup", "finetune"),  # the order of the entries of `phases`
@@ -90,6 +93,15 @@ def base_config() -> ConfigDict:
     c.phases = ConfigDict(dict(
         warmup=phase(500, HEAD, {"head": 1e-3}, warmup_steps=50),
         finetune=phase(2000, ".*", {"head": 1e-4, "vision": 1e-5, "text": 1e-5}, warmup_steps=200),
+    ))
+    c.distill = ConfigDict(dict(  # train.objective='distill' only; the teacher CLIP is model.vision
+        train="",  # parallel pairs: jsonl:/json:/csv:/tsv:PATH, or 'shapes' (the offline demo's captions)
+        val="",  # held-out pairs, same forms ('shapes:heldout': the held-out colour-shape pairs)
+        val_limit=5000,  # at most this many held-out pairs (0: all)
+        teacher_column="en",  # the column holding the teacher's language (English for OpenAI's CLIP)
+        student_column="it",  # the column holding the target language
+        loss="mse",  # mse (M-CLIP) | cosine (1 - cosine similarity)
+        student_sees_teacher_language=False,  # also map the English sentence to its own embedding (as M-CLIP)
     ))
     c.mesh = ConfigDict(dict(
         axes=ConfigDict(dict(data=-1, fsdp=1)),
@@ -128,6 +140,13 @@ def validate(config: ConfigDict) -> ConfigDict:
             raise ValueError(f"Unknown key(s) {sorted(extra)} in phases.{name}; valid: {sorted(phase_keys)}.")
     if config.loss.negatives not in ("global", "local"):
         raise ValueError(f"loss.negatives must be 'global' or 'local', not {config.loss.negatives!r}.")
+    if config.train.objective not in ("contrastive", "distill"):
+        raise ValueError(f"train.objective must be 'contrastive' or 'distill', not {config.train.objective!r}.")
+    if config.distill.loss not in ("mse", "cosine"):
+        raise ValueError(f"distill.loss must be 'mse' or 'cosine', not {config.distill.loss!r}.")
+    if config.train.objective == "distill" and any(config.phases[n].cache_features for n in config.train.phases):
+        raise ValueError("phases.*.cache_features is for contrastive phases; train.objective='distill' caches the "
+                         "teacher's embeddings instead: set cache_features=False.")
     if config.loss.kind not in ("softmax", "sigmoid"):
         raise ValueError(f"loss.kind must be 'softmax' or 'sigmoid', not {config.loss.kind!r}.")
     return config
