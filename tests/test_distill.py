@@ -218,3 +218,23 @@ def test_config_errors_say_the_fix(small_standins, tmp_path):
         Trainer(tiny_distill_config(small_standins, tmp_path / "c", **{"model.vision": str(italian)}), str(tmp_path / "b"))
     with pytest.raises(ValueError, match="distill.loss must be"):
         Trainer(tiny_distill_config(small_standins, tmp_path / "c", **{"distill.loss": "l2"}), str(tmp_path / "d"))
+
+
+@pytest.mark.parametrize("name", ["distill_italian", "distill_demo"])
+def test_distill_configs_never_train_the_teachers_side(name):
+    import re
+
+    spec = importlib.util.spec_from_file_location(name, REPO / "configs" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    c = module.get_config()
+    assert c.train.objective == "distill"
+    if name == "distill_italian":
+        assert (c.model.vision, c.model.text) == ("openai/clip-vit-base-patch32", "dbmdz/bert-base-italian-xxl-uncased")
+        assert c.model.projection_dim == 512
+    warmup, finetune = (c.phases[n] for n in c.train.phases)
+    for path in ("vision.layers.0.mlp.fc1.kernel", "visual_projection.kernel", "logit_scale"):
+        assert not re.fullmatch(warmup.trainable, path) and not re.fullmatch(finetune.trainable, path)
+    assert re.fullmatch(warmup.trainable, "text_projection.kernel")
+    assert not re.fullmatch(warmup.trainable, "text.layers.0.mlp.fc1.kernel")
+    assert re.fullmatch(finetune.trainable, "text.layers.0.mlp.fc1.kernel")
