@@ -35,6 +35,10 @@ def base_config() -> ConfigDict:
     c.model = ConfigDict(dict(
         vision="openai/clip-vit-base-patch32",  # local dir, hub id, a dict config (random init), or demo:NAME
         text="dbmdz/bert-base-italian-xxl-uncased",
+        # A whole saved dual encoder to start from instead (exported dir, hub id or training workdir; its towers,
+        # projections, pooling and temperature; vision/text/projection_dim/text_pooling are then unused), e.g. a
+        # distillation's export: AltCLIP's "distil, then fine-tune contrastively"
+        init_from="",
         tokenizer="",  # default: the text tower's own
         projection_dim=512,
         text_pooling="pooler",  # pooler | cls | mean | eos

@@ -68,10 +68,17 @@ def demo_tokenizer(cache_dir: str) -> str:
 
 def build_model(config: ConfigDict) -> CLIPModel:
     """The dual encoder a config describes: pretrained towers (paths/hub ids; ``demo:NAME`` for the offline
-    demo's stand-ins, built on first use) or random ones (dicts)."""
+    demo's stand-ins, built on first use) or random ones (dicts) with fresh projections; or, with
+    ``model.init_from``, a whole saved dual encoder (exported directory, hub id or training workdir)."""
     from clip_jax.demo.standins import resolve
 
     m = config.model
+    if m.init_from:  # a whole saved dual encoder, e.g. a distillation's result (AltCLIP: distil, then fine-tune)
+        from clip_jax.evaluate.run import load_model
+
+        model = load_model(m.init_from)
+        model.module.vision.remat = model.module.text.remat = bool(m.remat)
+        return model
     tokenizer = m.tokenizer or None
     if tokenizer == "shapes":
         tokenizer = demo_tokenizer(config.data.cache_dir)
