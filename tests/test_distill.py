@@ -238,3 +238,25 @@ def test_distill_configs_never_train_the_teachers_side(name):
     assert re.fullmatch(warmup.trainable, "text_projection.kernel")
     assert not re.fullmatch(warmup.trainable, "text.layers.0.mlp.fc1.kernel")
     assert re.fullmatch(finetune.trainable, "text.layers.0.mlp.fc1.kernel")
+
+
+def test_init_from_continues_contrastively_from_the_distilled_model(distilled, small_standins, tmp_path):
+    """AltCLIP's sequence as two configs: the contrastive run starts from the distillation's export."""
+    from flax import nnx
+
+    from clip_jax.train import model_from_checkpoint
+    from clip_jax.train.trainer import Trainer
+
+    distilled_model = model_from_checkpoint(str(distilled[1]))
+    export = distilled_model.save_pretrained(tmp_path / "exported")
+    c = tiny_distill_config(small_standins, tmp_path / "cache", **{"train.objective": "contrastive",
+                                                                   "model.init_from": str(export),
+                                                                   "model.text": "not-used-with-init_from"})
+    trainer = Trainer(c, str(tmp_path / "run"))
+    ours = dict(nnx.to_flat_state(nnx.state(trainer.model.module)))
+    theirs = nnx.to_flat_state(nnx.state(distilled_model.module))
+    assert len(ours) == len(theirs)
+    for path, value in theirs:
+        assert np.array_equal(np.asarray(ours[path][...]), np.asarray(value[...])), path
+    summary = trainer.run()
+    assert summary["step"] == 12 and np.isfinite(summary["val"]["val/loss"])
