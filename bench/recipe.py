@@ -79,26 +79,72 @@ RECIPES: dict[str, tuple[str, Callable[[ConfigDict, dict], None]]] = {
                  _variant(_two_phase, **{"model.text_pooling": "pooler"})),
 }
 
+STUDENT = r"(text|text_projection)\..*"
+
+
+def _distill(c: ConfigDict, s: dict, steps: tuple[int, int] | None = None) -> None:
+    """Text-only distillation (configs/distill_demo.py): projection warm-up, then the whole student."""
+    warmup, full = steps or (s["phase1"], s["phase2"])
+    c.train.objective = "distill"
+    c.distill.train, c.distill.val = "shapes", "shapes:heldout"
+    c.phases.warmup = phase(warmup, r"text_projection\..*", {"head": 1e-2}, warmup_steps=max(1, warmup // 20))
+    c.phases.finetune = phase(full, STUDENT, {"head": 1e-3, "text": 5e-4}, warmup_steps=max(1, full // 10))
+
+
+def _distilled_first(c: ConfigDict, s: dict) -> None:
+    """The first run of (h): distillation in phase1 steps (half warm-up, half the whole student)."""
+    _distill(c, s, steps=(s["phase1"] // 2, s["phase1"] - s["phase1"] // 2))
+
+
+# Rows added by issue 17; a third element is a first run whose export the row's run starts from (model.init_from).
+RECIPES.update({
+    "g_distill": ("(g) text-only distillation (M-CLIP): no images; the teacher's vision side unchanged", _distill),
+    "h_distill_then_lit": ("(h) distillation (phase-1 steps), then contrastive fine-tune, vision locked (AltCLIP-like)",
+                           _one_phase(LIT, lambda s: dict(s["lrs"])), _distilled_first),
+})
+
 
 def run_recipe(name: str, seed: int, settings: dict, cache_dir: str, workdir: str, standins: dict) -> dict:
     """Train one recipe with one seed; its metrics after training and its wall time."""
     from clip_jax.demo import demo_config, evaluate_transfer
-    from clip_jax.train import train
+    from clip_jax.train import model_from_checkpoint, train
 
-    c = demo_config()
-    c.model.vision, c.model.text = standins["english-clip"], standins["italian-bert"]
-    c.model.projection_dim = settings["projection_dim"]
-    c.data.cache_dir = cache_dir
-    c.data.shapes.update(**settings["shapes"])
-    c.train.update(seed=seed, batch_size=settings["batch"], log_every=25, checkpoint_every=100_000,
-                   keep_checkpoints=3, async_checkpoints=False, eval_every=0)
-    RECIPES[name][1](c, settings)
+    def base() -> ConfigDict:
+        c = demo_config()
+        c.model.vision, c.model.text = standins["english-clip"], standins["italian-bert"]
+        c.model.projection_dim = settings["projection_dim"]
+        c.data.cache_dir = cache_dir
+        c.data.shapes.update(**settings["shapes"])
+        c.train.update(seed=seed, batch_size=settings["batch"], log_every=25, checkpoint_every=100_000,
+                       keep_checkpoints=3, async_checkpoints=False, eval_every=0)
+        return c
+
+    _, configure, *first = RECIPES[name]
+    c = base()
+    configure(c, settings)
     tick = time.perf_counter()
-    train(c, workdir)
+    if first:  # a sequence: the first run's result is where this run starts
+        c0 = base()
+        first[0](c0, settings)
+        train(c0, str(Path(workdir, "first")))
+        c.model.init_from = str(model_from_checkpoint(str(Path(workdir, "first"))).save_pretrained(
+            Path(workdir, "first", "exported")))
+    train(c, str(Path(workdir, "run")))
+    workdir = str(Path(workdir, "run"))
     wall = time.perf_counter() - tick
     # evaluate_transfer knows the English CLIP only by its demo: name; give it the stand-in directly.
-    rows = evaluate_transfer(c, workdir, english_clip=standins["english-clip"])["rows"]
+    transfer = evaluate_transfer(c, workdir, english_clip=standins["english-clip"])
+    rows = transfer["rows"]
     final = rows[[k for k in rows if k.startswith("after_")][-1]]
+    cosine = float("nan")  # student(it) vs teacher(en) on held-out pairs: only where the teacher's space is kept
+    if c.train.objective == "distill" or c.model.init_from:
+        from clip_jax import CLIPModel
+        from clip_jax.data.parallel import shapes_pairs
+        from clip_jax.data.shapes import ShapesSpec
+
+        english, italian = shapes_pairs(ShapesSpec(**c.data.shapes.to_dict()), "heldout")
+        teacher = CLIPModel.from_pretrained(standins["english-clip"])
+        cosine = float(np.mean(np.sum(transfer["model"].encode_text(italian) * teacher.encode_text(english), axis=1)))
     losses = [json.loads(line) for line in Path(workdir, "metrics.jsonl").read_text().splitlines()]
     losses = [r["train/loss"] for r in losses if "train/loss" in r]
     return {"zero_shot": {k: final["heldout_zero_shot"][k]["acc1"] for k in COLUMNS},
@@ -107,7 +153,7 @@ def run_recipe(name: str, seed: int, settings: dict, cache_dir: str, workdir: st
             "forgetting_en": {k: final["forgetting_en"][k]["acc1"] for k in COLUMNS},
             "reference_en": {k: rows["english_clip_en"]["heldout_zero_shot"][k]["acc1"] for k in COLUMNS},
             "first_loss": float(np.mean(losses[:2])), "final_loss": float(np.mean(losses[-4:])),
-            "wall_s": wall}
+            "cosine_it_en": cosine, "wall_s": wall}
 
 
 def summarise(runs: list[dict]) -> dict:
@@ -117,7 +163,7 @@ def summarise(runs: list[dict]) -> dict:
     out = {}
     for key in ("zero_shot", "retrieval", "forgetting_en", "reference_en"):
         out[key] = {k: stat([r[key][k] for r in runs]) for k in runs[0][key]}
-    for key in ("first_loss", "final_loss", "wall_s"):
+    for key in ("first_loss", "final_loss", "cosine_it_en", "wall_s"):
         out[key] = stat([r[key] for r in runs])
     return out
 
@@ -125,15 +171,17 @@ def summarise(runs: list[dict]) -> dict:
 def markdown(result: dict) -> str:
     fmt = lambda s: f"{s['mean']:.3f} ± {s['std']:.3f}"
     lines = ["| recipe | colour | shape | count | colour+shape | i→t R@1 | i→t R@5 | forgetting: EN colour+shape "
-             "(EN shape) | final loss | wall (s) |", "|---" * 10 + "|"]
+             "(EN shape) | cosine it/en (held-out pairs) | final loss | wall (s) |", "|---" * 11 + "|"]
     for name, summary in result["recipes"].items():
         z, r, f = summary["zero_shot"], summary["retrieval"], summary["forgetting_en"]
-        lines.append(f"| {RECIPES[name][0]} | " + " | ".join(fmt(z[k]) for k in COLUMNS) + f" | {fmt(r['text_retrieval_recall@1'])} | "
-                     f"{fmt(r['text_retrieval_recall@5'])} | {fmt(f['colour+shape'])} ({fmt(f['shape'])}) | "
+        lines.append(f"| {RECIPES[name][0]} | " + " | ".join(fmt(z[k]) for k in COLUMNS)
+                     + f" | {fmt(r['text_retrieval_recall@1'])} | {fmt(r['text_retrieval_recall@5'])} | "
+                     f"{fmt(f['colour+shape'])} ({fmt(f['shape'])}) | "
+                     f"{fmt(summary['cosine_it_en']) if np.isfinite(summary['cosine_it_en']['mean']) else '—'} | "
                      f"{fmt(summary['final_loss'])} | {summary['wall_s']['mean']:.0f} |")
     reference = next(iter(result["recipes"].values()))["reference_en"]
     lines.append("| English CLIP itself, English prompts (reference) | " + " | ".join(
-        f"{reference[k]['mean']:.3f}" for k in COLUMNS) + " | | | | | |")
+        f"{reference[k]['mean']:.3f}" for k in COLUMNS) + " | | | | | | |")
     return "\n".join(lines)
 
 

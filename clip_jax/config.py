@@ -35,6 +35,10 @@ def base_config() -> ConfigDict:
     c.model = ConfigDict(dict(
         vision="openai/clip-vit-base-patch32",  # local dir, hub id, a dict config (random init), or demo:NAME
         text="dbmdz/bert-base-italian-xxl-uncased",
+        # A whole saved dual encoder to start from instead (exported dir, hub id or training workdir; its towers,
+        # projections, pooling and temperature; vision/text/projection_dim/text_pooling are then unused), e.g. a
+        # distillation's export: AltCLIP's "distil, then fine-tune contrastively"
+        init_from="",
         tokenizer="",  # default: the text tower's own
         projection_dim=512,
         text_pooling="pooler",  # pooler | cls | mean | eos
@@ -71,6 +75,9 @@ def base_config() -> ConfigDict:
                                holdout="rosso:triangolo,blu:cerchio", language="it")),
     ))
     c.train = ConfigDict(dict(
+        # contrastive: images + captions | distill: text-only, into the CLIP model.vision's embedding space
+        # (parallel sentences; see clip_jax/train/distill.py and the `distill` section)
+        objective="contrastive",
         batch_size=128,  # global, over all devices and processes
         # >0: exact gradient caching, tower activations for only this many examples at once (a multiple of
         # the data-parallel device count dividing batch_size); costs one extra forward pass. 0: off.
@@ -93,6 +100,15 @@ def base_config() -> ConfigDict:
     c.phases = ConfigDict(dict(
         warmup=phase(500, HEAD, {"head": 1e-3}, warmup_steps=50),
         finetune=phase(2000, ".*", {"head": 1e-4, "vision": 1e-5, "text": 1e-5}, warmup_steps=200),
+    ))
+    c.distill = ConfigDict(dict(  # train.objective='distill' only; the teacher CLIP is model.vision
+        train="",  # parallel pairs: jsonl:/json:/csv:/tsv:PATH, or 'shapes' (the offline demo's captions)
+        val="",  # held-out pairs, same forms ('shapes:heldout': the held-out colour-shape pairs)
+        val_limit=5000,  # at most this many held-out pairs (0: all)
+        teacher_column="en",  # the column holding the teacher's language (English for OpenAI's CLIP)
+        student_column="it",  # the column holding the target language
+        loss="mse",  # mse (M-CLIP) | cosine (1 - cosine similarity)
+        student_sees_teacher_language=False,  # also map the English sentence to its own embedding (as M-CLIP)
     ))
     c.mesh = ConfigDict(dict(
         axes=ConfigDict(dict(data=-1, fsdp=1)),
@@ -135,6 +151,13 @@ def validate(config: ConfigDict) -> ConfigDict:
     if not isinstance(micro, int) or micro < 0 or (micro and batch % micro):
         raise ValueError(f"train.micro_batch_size={micro!r} must be 0 (off) or a positive divisor of "
                          f"train.batch_size={batch}, e.g. {batch // 2 if batch % 2 == 0 else batch}.")
+    if config.train.objective not in ("contrastive", "distill"):
+        raise ValueError(f"train.objective must be 'contrastive' or 'distill', not {config.train.objective!r}.")
+    if config.distill.loss not in ("mse", "cosine"):
+        raise ValueError(f"distill.loss must be 'mse' or 'cosine', not {config.distill.loss!r}.")
+    if config.train.objective == "distill" and any(config.phases[n].cache_features for n in config.train.phases):
+        raise ValueError("phases.*.cache_features is for contrastive phases; train.objective='distill' caches the "
+                         "teacher's embeddings instead: set cache_features=False.")
     if config.loss.kind not in ("softmax", "sigmoid"):
         raise ValueError(f"loss.kind must be 'softmax' or 'sigmoid', not {config.loss.kind!r}.")
     _check_values(config)

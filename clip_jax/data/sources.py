@@ -2,7 +2,9 @@
 
 A *source spec* is a string: ``jsonl:PATH``, ``json:PATH``, ``csv:PATH``, ``tsv:PATH`` (a listing of
 image paths and captions), ``wds:PATTERN`` (WebDataset tar shards, brace ranges ``{000..099}`` and lists ``{train,val}``),
-``hf:NAME_OR_PATH?image=COL&caption=COL&split=train&streaming=1`` (a Hugging Face dataset), or a bare
+``hf:NAME_OR_PATH?image=COL&caption=COL&split=train&streaming=1`` (a Hugging Face dataset),
+``xm3600:DIR?language=it``, ``xtd10:DIR?language=it``, ``multi30k:DIR?language=de&split=test`` (multilingual
+benchmarks as distributed: :mod:`clip_jax.evaluate.datasets`), or a bare
 path whose extension says which. Paths may be local or any fsspec URL (``gs://``, ``s3://``, ...).
 
 Records are raw: ``{"image": bytes | None, "path": str, "captions": list, "key": str}``; decoding
@@ -338,6 +340,10 @@ def parse_source(spec: str, **keys: str) -> FileSource | WebDatasetSource | HFSo
         return FileSource(rest, fmt=prefix, **keys)
     if sep and prefix == "wds":
         return WebDatasetSource(rest)
+    if sep and prefix in ("xm3600", "xtd10", "multi30k"):  # multilingual benchmarks, read where eval sets live
+        from clip_jax.evaluate.datasets import caption_benchmark
+
+        return caption_benchmark(spec)
     if spec.endswith(".tar") or re.search(r"\.tar(\}|$)", spec) or "{" in spec and ".tar" in spec:
         return WebDatasetSource(spec)
     return FileSource(spec, **keys)

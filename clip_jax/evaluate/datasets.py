@@ -1,10 +1,34 @@
-"""Labelled image data sets for zero-shot evaluation: ``imagefolder:PATH`` (one sub-folder per
+"""Evaluation data sets read from the files as they are distributed.
+
+Labelled image data sets for zero-shot classification: ``imagefolder:PATH`` (one sub-folder per
 class), ``hf:NAME?image=COL&label=COL&split=test`` and ``tfds:NAME[:SPLIT][?data_dir=DIR]`` (needs
-tensorflow-datasets; TensorFlow too unless the data set was prepared as array_record)."""
+tensorflow-datasets; TensorFlow too unless the data set was prepared as array_record).
+
+Multilingual image–caption benchmarks for retrieval (any source spec takes them, so ``eval.py --task
+retrieval --data`` and a training run's validation data both do), with the file layouts of their
+distributions and CLIP_benchmark's choices:
+
+- ``xm3600:DIR?language=it[&captions=all]``: Crossmodal-3600, ``DIR/captions.jsonl`` (one JSON object per
+  image: ``"image/key"`` and, per language code, ``{"caption": [...], ...}``) and ``DIR/images/{key}.jpg``.
+  The first caption of each image by default, as CLIP_benchmark reports it; ``captions=all`` keeps all.
+- ``xtd10:DIR?language=it``: XTD10, ``DIR/test_image_names.txt`` and ``DIR/test_1kcaptions_{language}.txt``
+  (line i captions image i; the German/French and Japanese files live in the repository's ``MIC/`` and
+  ``STAIR/`` folders, looked for there too) and the images in ``DIR/images/``.
+- ``multi30k:DIR?language=de&split=test``: Multi30k task 1, ``DIR/data/task1/raw/{split}.{language}[.gz]``
+  and ``DIR/data/task1/image_splits/{split}.txt`` (line i captions image i), the Flickr30k images in
+  ``DIR/images/`` or ``DIR/flickr30k-images/``. ``split=test`` means ``test_2016_flickr``.
+
+An image listed but missing from the images folder is skipped and counted (CLIP_benchmark skips it too).
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
+
+import gzip
+import json
+from typing import Any
+from urllib.parse import parse_qs
 
 import numpy as np
 from PIL import Image
@@ -57,14 +81,24 @@ def _image_folder(root: Path, limit: int | None, skipped: dict):
     return images, np.array(labels, dtype=np.int64), classes
 
 
-def _hf(rest: str, limit: int | None):
-    from urllib.parse import parse_qs
+def spec_options(spec: str, allowed: tuple[str, ...] | None = None) -> tuple[str, dict[str, str]]:
+    """``KIND:PATH?a=1&b=2`` -> (``PATH``, ``{"a": "1", "b": "2"}``); with ``allowed``, an unknown option is
+    an error that lists the valid ones."""
+    rest = spec.partition(":")[2]
+    path, _, query = rest.partition("?")
+    options = {k: v[-1] for k, v in parse_qs(query).items()}
+    unknown = sorted(set(options) - set(allowed)) if allowed is not None else []
+    if unknown:
+        raise ValueError(f"Unknown option(s) {unknown} in {spec!r}; valid: {', '.join(allowed)}.")
+    return path, options
 
+
+
+def _hf(rest: str, limit: int | None):
     from clip_jax.extras import require
 
     datasets = require("datasets", "hf: data sets")
-    name, _, query = rest.partition("?")
-    options = {k: v[-1] for k, v in parse_qs(query).items()}
+    name, options = spec_options("hf:" + rest)
     image_col, label_col = options.get("image", "image"), options.get("label", "label")
     split = options.get("split", "test")
     saved = Path(name).is_dir() and any((Path(name) / f).exists() for f in ("state.json", "dataset_dict.json"))
@@ -118,3 +152,110 @@ def _tfds(rest: str, limit: int | None):
         labels.append(int(example[label_key]))
     names = list(getattr(builder.info.features[label_key], "names", None) or [])
     return images, np.asarray(labels), names
+
+
+#: Spec prefixes of the image–caption benchmarks (see the module docstring).
+CAPTION_BENCHMARKS = ("xm3600", "xtd10", "multi30k")
+#: Multi30k split aliases: ``test`` is the 2016 Flickr test set every paper reports.
+MULTI30K_SPLITS = {"test": "test_2016_flickr", "val": "val", "train": "train"}
+
+
+class CaptionedImages:
+    """An image–caption benchmark as a random-access source (``len``, ``[i]``) giving the records
+    :mod:`clip_jax.data.sources` gives: ``{"image": bytes | None, "path", "captions", "key"}``."""
+
+    def __init__(self, name: str, items: list[tuple[Path, list[str]]], language: str):
+        self.name, self.items, self.language = name, items, language
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        path, captions = self.items[index]
+        data = path.read_bytes() if path.is_file() else None
+        return {"image": data, "path": str(path), "captions": list(captions), "key": f"{self.name}:{index}"}
+
+
+def caption_benchmark(spec: str) -> CaptionedImages:
+    """The benchmark named by ``xm3600:DIR?language=..``, ``xtd10:DIR?language=..`` or
+    ``multi30k:DIR?language=..&split=..`` (see the module docstring)."""
+    kind = spec.partition(":")[0]
+    if kind == "xm3600":
+        path, options = spec_options(spec, ("language", "captions"))
+    elif kind == "xtd10":
+        path, options = spec_options(spec, ("language",))
+    elif kind == "multi30k":
+        path, options = spec_options(spec, ("language", "split"))
+    else:
+        raise ValueError(f"Unknown benchmark {kind!r} in {spec!r}; use one of {', '.join(CAPTION_BENCHMARKS)}.")
+    root = Path(path).expanduser()
+    if not root.is_dir():
+        raise FileNotFoundError(f"{kind}: data directory {root} does not exist (spec {spec!r}).")
+    language = options.get("language")
+    if not language:
+        raise ValueError(f"{spec!r} names no language: add ?language=it (or another language code).")
+    if kind == "xm3600":
+        items = _xm3600(root, language, options.get("captions", "first"))
+    elif kind == "xtd10":
+        items = _xtd10(root, language)
+    else:
+        items = _multi30k(root, language, options.get("split", "test"))
+    return CaptionedImages(f"{kind}-{language}", items, language)
+
+
+def _xm3600(root: Path, language: str, which: str) -> list[tuple[Path, list[str]]]:
+    if which not in ("first", "all"):
+        raise ValueError(f"xm3600: captions={which!r}; use captions=first (CLIP_benchmark's choice) or captions=all.")
+    listing = root / "captions.jsonl"
+    if not listing.is_file():
+        raise FileNotFoundError(f"xm3600: {listing} does not exist; unzip Crossmodal-3600's captions.zip into {root}.")
+    items = []
+    for number, line in enumerate(listing.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        row = json.loads(line)
+        if language not in row:
+            known = sorted(k for k, v in row.items() if isinstance(v, dict) and "caption" in v)
+            raise ValueError(f"xm3600: {listing} line {number} has no language {language!r}; it has {known}.")
+        captions = row[language]["caption"]
+        items.append((root / "images" / f"{row['image/key']}.jpg", captions[:1] if which == "first" else captions))
+    if not items:
+        raise ValueError(f"xm3600: {listing} holds no images.")
+    return items
+
+
+def _lines(path: Path) -> list[str]:
+    data = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+    return data.decode("utf-8").splitlines()
+
+
+def _paired(kind: str, images: list[str], captions: list[str], image_dir: Path, names: str, texts: str):
+    if len(images) != len(captions):
+        raise ValueError(f"{kind}: {names} lists {len(images)} images but {texts} has {len(captions)} captions; "
+                         "they must pair line by line.")
+    return [(image_dir / name.strip(), [caption]) for name, caption in zip(images, captions) if name.strip()]
+
+
+def _xtd10(root: Path, language: str) -> list[tuple[Path, list[str]]]:
+    names = root / "test_image_names.txt"
+    filename = f"test_1kcaptions_{language}.txt"
+    found = [d / filename for d in (root, root / "XTD10", root / "MIC", root / "STAIR") if (d / filename).is_file()]
+    if not names.is_file() or not found:
+        missing = names if not names.is_file() else root / filename
+        raise FileNotFoundError(f"xtd10: {missing} does not exist; put XTD10's test_image_names.txt and "
+                                f"{filename} (from its XTD10/, MIC/ or STAIR/ folder) in {root}.")
+    return _paired("xtd10", _lines(names), _lines(found[0]), root / "images", str(names), str(found[0]))
+
+
+def _multi30k(root: Path, language: str, split: str) -> list[tuple[Path, list[str]]]:
+    split = MULTI30K_SPLITS.get(split, split)
+    task = root / "data" / "task1"
+    texts = next((p for p in (task / "raw" / f"{split}.{language}", task / "raw" / f"{split}.{language}.gz")
+                  if p.is_file()), None)
+    names = task / "image_splits" / f"{split}.txt"
+    if texts is None or not names.is_file():
+        missing = names if texts is not None else task / "raw" / f"{split}.{language}.gz"
+        raise FileNotFoundError(f"multi30k: {missing} does not exist; {root} should be a clone of "
+                                "github.com/multi30k/dataset (data/task1/raw, data/task1/image_splits).")
+    image_dir = next((d for d in (root / "images", root / "flickr30k-images") if d.is_dir()), root / "images")
+    return _paired("multi30k", _lines(names), _lines(texts), image_dir, str(names), str(texts))

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 
-from clip_jax.evaluate.datasets import load_labelled
+from clip_jax.evaluate.datasets import CAPTION_BENCHMARKS, load_labelled, spec_options
 from clip_jax.evaluate.retrieval import benchmark_names, retrieval_metrics
 from clip_jax.evaluate.zeroshot import ClassEmbeddingCache, class_embeddings, fill, load_resource, zero_shot
 
@@ -149,7 +149,8 @@ def run_retrieval(model, model_name: str, data: str, *, limit: int | None = None
     metrics = retrieval_metrics(model.encode_image(pixels, batch_size=batch_size),
                                 model.encode_text(texts, batch_size=4 * batch_size), text_image, ks=(1, 5, 10))
     renamed = benchmark_names(metrics)
-    return result_record(model, model_name, data, "zeroshot_retrieval", "",
+    language = spec_options(data)[1].get("language", "") if data.partition(":")[0] in CAPTION_BENCHMARKS else ""
+    return result_record(model, model_name, data, "zeroshot_retrieval", language,
                          {**renamed, "images": len(pixels), "texts": len(texts),
                           "skipped": int(sum(skipped.values()))})
 

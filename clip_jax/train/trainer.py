@@ -34,6 +34,7 @@ from clip_jax.data.shapes import ShapesSpec, load_or_generate, vocabulary
 from clip_jax.evaluate.retrieval import benchmark_names, retrieval_metrics
 from clip_jax.models.dual_encoder import l2_normalize
 from clip_jax.sharding import batch_sharding, check_batch_size, check_micro_batch_size, make_mesh, shard_params
+from clip_jax.train import distill
 from clip_jax.train import features as feature_cache
 from clip_jax.train.checkpoint import Checkpointer
 from clip_jax.train.logging import MetricsLogger, progress_bar, strict_json
@@ -67,10 +68,17 @@ def demo_tokenizer(cache_dir: str) -> str:
 
 def build_model(config: ConfigDict) -> CLIPModel:
     """The dual encoder a config describes: pretrained towers (paths/hub ids; ``demo:NAME`` for the offline
-    demo's stand-ins, built on first use) or random ones (dicts)."""
+    demo's stand-ins, built on first use) or random ones (dicts) with fresh projections; or, with
+    ``model.init_from``, a whole saved dual encoder (exported directory, hub id or training workdir)."""
     from clip_jax.demo.standins import resolve
 
     m = config.model
+    if m.init_from:  # a whole saved dual encoder, e.g. a distillation's result (AltCLIP: distil, then fine-tune)
+        from clip_jax.evaluate.run import load_model
+
+        model = load_model(m.init_from)
+        model.module.vision.remat = model.module.text.remat = bool(m.remat)
+        return model
     tokenizer = m.tokenizer or None
     if tokenizer == "shapes":
         tokenizer = demo_tokenizer(config.data.cache_dir)
@@ -183,7 +191,8 @@ class Trainer:
             raise
 
     def _setup(self, config: ConfigDict, workdir: str) -> None:
-        self.model = build_model(config)
+        self.distilling = config.train.objective == "distill"  # text-only: clip_jax/train/distill.py
+        self.model = distill.build_model(config) if self.distilling else build_model(config)
         if self.primary:  # what export and evaluation need to rebuild the model from a checkpoint
             workdirs.write_text(workdirs.join(workdir, "config.json"),
                                 json.dumps(config.to_dict(), indent=2, default=list) + "\n")
@@ -200,7 +209,8 @@ class Trainer:
             self.phases.append(Phase(name, index, start, int(p.steps), p.trainable, p))
             start += int(p.steps)
         self.total_steps = start
-        self.train_iter, self.val = build_data(config, self.model, self._tokenize)
+        self.train_iter, self.val = (distill.build_data if self.distilling else build_data)(config, self.model,
+                                                                                             self._tokenize)
         self.batch_sharding = batch_sharding(self.mesh)
         self.checkpointer = Checkpointer(workdir, keep=config.train.keep_checkpoints,
                                          use_async=config.train.async_checkpoints)
@@ -249,7 +259,10 @@ class Trainer:
         sharding = self._state_sharding(abstract)
         state = jax.jit(make_state, out_shardings=sharding)(params, frozen)
         graphdef = nnx.graphdef(module)
-        if phase.cache_features:  # projections on cached features: no tower activations, no micro-batches needed
+        if self.distilling:
+            step = distill.make_distill_step(graphdef, tx, self.mesh, loss_kind=self.config.distill.loss,
+                                             dropout=self.config.model.dropout)
+        elif phase.cache_features:  # projections on cached features: no tower activations, no micro-batches needed
             step = feature_cache.make_feature_train_step(graphdef, tx, self.mesh, loss_kind=self.config.loss.kind,
                                                          negatives=self.config.loss.negatives)
         else:
@@ -352,6 +365,9 @@ class Trainer:
         """Validation loss (each image against the first captions) and retrieval recall (all captions)."""
         if self.val is None or len(self.val) == 0:
             return {}
+        if self.distilling:
+            return distill.evaluate(self.graphdef, state, self.val, self._tokenize, self._in_batches,
+                                    max(1, self.config.train.eval_batch_size), self.config.distill.loss)
         embed_images, embed_texts = self._embed_fns()
         batch = max(1, self.config.train.eval_batch_size)
         texts = [c for caps in self.val.captions for c in caps]

@@ -1,0 +1,115 @@
+"""Parallel sentences for text-only distillation: the same sentence in the teacher's language (English for
+CLIP) and in the student's (the target language), and the resumable batch iterator over them.
+
+A *pairs spec* is ``jsonl:PATH``, ``json:PATH``, ``csv:PATH``, ``tsv:PATH`` or a bare path whose extension
+says which; each row holds the two sentences in two columns (default ``en`` and ``it``:
+``{"en": "two red circles", "it": "due cerchi rossi"}``), or ``shapes`` / ``shapes:heldout`` for the
+offline demo's parallel captions of the synthetic scenes (every phrasing of every scene, paired phrasing
+by phrasing; ``shapes`` the scenes of the training colour–shape pairs, ``shapes:heldout`` the held-out pairs).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from typing import Callable, Sequence
+
+import numpy as np
+
+from clip_jax.data.shapes import COLOURS, COUNTS, POSITIONS, SHAPES, ShapesSpec, captions
+
+
+def shapes_pairs(spec: ShapesSpec, split: str = "train") -> tuple[list[str], list[str]]:
+    """(English, Italian) phrasings of every scene of the training (``train``) or held-out (``heldout``)
+    colour–shape pairs of ``spec``, paired phrasing by phrasing."""
+    if split not in ("train", "heldout"):
+        raise ValueError(f"Unknown shapes pairs split {split!r}; use 'shapes' (train) or 'shapes:heldout'.")
+    holdout = spec.holdout_pairs()
+    english, italian = [], []
+    for colour in COLOURS:
+        for shape in SHAPES:
+            if ((colour, shape) in holdout) != (split == "heldout"):
+                continue
+            for count in COUNTS:
+                for position in POSITIONS:
+                    en, it = captions(colour, shape, count, position, "en"), captions(colour, shape, count, position)
+                    english += en
+                    italian += it
+    return english, italian
+
+
+def read_pairs(spec: str, teacher_column: str = "en", student_column: str = "it", *,
+               shapes: ShapesSpec | None = None) -> tuple[list[str], list[str]]:
+    """(teacher-language sentences, student-language sentences) of a pairs spec (see the module docstring)."""
+    if spec == "shapes" or spec.startswith("shapes:"):
+        return shapes_pairs(shapes or ShapesSpec(), spec.partition(":")[2] or "train")
+    prefix, sep, rest = spec.partition(":")
+    fmt, path = (prefix, rest) if sep and prefix in ("jsonl", "json", "csv", "tsv") else (spec.rsplit(".", 1)[-1], spec)
+    if fmt not in ("jsonl", "json", "csv", "tsv"):
+        raise ValueError(f"Cannot tell the format of parallel pairs {spec!r}; prefix it with jsonl:, json:, csv: "
+                         "or tsv:.")
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except FileNotFoundError:
+        raise FileNotFoundError(f"Parallel pairs file {path} does not exist.") from None
+    if fmt == "jsonl":
+        rows = [json.loads(line) for line in text.splitlines() if line.strip()]
+    elif fmt == "json":
+        rows = json.loads(text)
+    else:
+        rows = list(csv.DictReader(io.StringIO(text), delimiter="\t" if fmt == "tsv" else ","))
+    if not rows:
+        raise ValueError(f"Parallel pairs file {path} has no rows.")
+    missing = [c for c in (teacher_column, student_column) if c not in rows[0]]
+    if missing:
+        raise ValueError(f"{path}: no column(s) {missing} (columns: {sorted(rows[0])}); set distill.teacher_column "
+                         "/ distill.student_column.")
+    bad = [i for i, r in enumerate(rows) if not all(isinstance(r.get(c), str) and r[c].strip()
+                                                      for c in (teacher_column, student_column))]
+    if bad:
+        raise ValueError(f"{path}: rows {bad[:5]}{' ...' if len(bad) > 5 else ''} lack a non-empty text in "
+                         f"{teacher_column!r} or {student_column!r}.")
+    return [r[teacher_column] for r in rows], [r[student_column] for r in rows]
+
+
+class PairBatches:
+    """Global batches of (student sentence, teacher embedding) pairs drawn without replacement, reshuffled each
+    epoch with ``seed``; this process yields its ``batch_size / process_count`` rows. Batches hold
+    ``input_ids``, ``attention_mask`` (the student's tokens) and ``target`` (float32 ``[B, D]``).
+    ``get_state``/``set_state`` make the position resumable (as :class:`clip_jax.data.memory.BatchIterator`)."""
+
+    def __init__(self, texts: Sequence[str], targets: np.ndarray, batch_size: int, *,
+                 tokenize: Callable[[list[str]], dict], seed: int = 0, process_index: int = 0, process_count: int = 1):
+        if len(texts) != len(targets):
+            raise ValueError(f"{len(texts)} sentences but {len(targets)} teacher embeddings.")
+        if batch_size % process_count:
+            raise ValueError(f"Batch size {batch_size} is not divisible by {process_count} processes.")
+        if batch_size > len(texts):
+            raise ValueError(f"Batch size {batch_size} exceeds the {len(texts)} sentence pairs.")
+        self.texts, self.targets = list(texts), np.asarray(targets, np.float32)
+        self.batch_size, self.seed, self.tokenize = batch_size, seed, tokenize
+        self.local = slice(process_index * batch_size // process_count, (process_index + 1) * batch_size // process_count)
+        self.epoch, self.position = 0, 0
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return len(self.texts) // self.batch_size
+
+    def get_state(self) -> dict[str, int]:
+        return {"epoch": self.epoch, "position": self.position}
+
+    def set_state(self, state: dict[str, int]) -> None:
+        self.epoch, self.position = int(state["epoch"]), int(state["position"])
+
+    def __iter__(self) -> "PairBatches":
+        return self
+
+    def __next__(self) -> dict[str, np.ndarray]:
+        if self.position >= self.steps_per_epoch:
+            self.epoch, self.position = self.epoch + 1, 0
+        order = np.random.RandomState([self.seed, self.epoch]).permutation(len(self.texts))
+        rows = order[self.position * self.batch_size:(self.position + 1) * self.batch_size][self.local]
+        self.position += 1
+        return {**self.tokenize([self.texts[i] for i in rows]), "target": self.targets[rows]}
