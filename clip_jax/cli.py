@@ -117,6 +117,14 @@ def _quiet_background_errors() -> None:
         previous(kind, value, tb)
 
     sys.excepthook = quiet_closed_loop
+    previous_unraisable = sys.unraisablehook
+
+    def quiet_unraisable(unraisable):  # the same noise, when it arrives as an "unraisable" exception
+        if isinstance(unraisable.exc_value, RuntimeError) and str(unraisable.exc_value) == "Event loop is closed":
+            return
+        previous_unraisable(unraisable)
+
+    sys.unraisablehook = quiet_unraisable
 
     class DropOrbaxErrors(logging.Filter):
         def filter(self, record: logging.LogRecord) -> bool:

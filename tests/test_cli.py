@@ -79,7 +79,7 @@ def test_values_that_make_no_sense_are_rejected_before_any_work(override, needle
 def test_recipes_by_name_and_print_config(capsys):
     assert main(["train", "--config", "clip_italian", "--print_config", "--config.train.batch_size=64"]) == 0
     out = capsys.readouterr().out
-    assert "dbmdz/bert-base-italian-xxl-cased" in out and "batch_size: 64" in out
+    assert "dbmdz/bert-base-italian-xxl-uncased" in out and "batch_size: 64" in out
     assert main(["train", "--print_config"]) == 0  # the default is the demo recipe
     assert "source: shapes" in capsys.readouterr().out
     path = REPO / "configs" / "clip_italian.py"  # a path works as well (the checkout's re-export)

@@ -16,7 +16,7 @@ from pathlib import Path
 from train_helpers import CLI_TINY, REPO
 
 
-def test_wheel_installs_a_working_clip_jax_command(tmp_path):
+def test_wheel_installs_a_working_clip_jax_command(tmp_path, small_standins):
     source, dist = tmp_path / "source", tmp_path / "dist"  # built from a copy: the build writes into its tree
     shutil.copytree(REPO, source, ignore=shutil.ignore_patterns(".git", "runs", "build", "dist", "*.egg-info",
                                                                 "__pycache__", ".venv", "notebooks"))
@@ -41,12 +41,21 @@ def test_wheel_installs_a_working_clip_jax_command(tmp_path):
     command = str(env_dir / "bin" / "clip-jax")
     help_text = subprocess.run([command, "--help"], cwd=tmp_path, env=env, capture_output=True, text=True).stdout
     assert all(c in help_text for c in ("train", "eval", "export", "to-webdataset"))
-    train = subprocess.run([command, "train", "--config", "demo", "--workdir", "run", *CLI_TINY,
-                            f"--config.data.cache_dir={tmp_path / 'cache'}", "--config.phases.warmup.steps=2",
-                            "--config.phases.finetune.steps=1", "--config.train.checkpoint_every=3"],
+    # The demo recipe itself, with the test-size stand-ins (the default ones take minutes to build).
+    _, english, italian = small_standins
+    train = subprocess.run([command, "train", "--config", "demo", "--workdir", "run", f"--config.model.vision={english}",
+                            f"--config.model.text={italian}", f"--config.data.cache_dir={tmp_path / 'cache'}",
+                            "--config.data.shapes.image_size=32", "--config.data.shapes.num_train=64",
+                            "--config.data.shapes.num_val=16", "--config.train.batch_size=16",
+                            "--config.phases.warmup.steps=2", "--config.phases.finetune.steps=1",
+                            "--config.train.checkpoint_every=3"],
                            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
     assert train.returncode == 0, train.stderr[-3000:]
-    assert "Done: step 3 (finetune)" in train.stdout
+    assert "Done: step 3 (finetune)" in train.stdout and "after phase warmup" in train.stdout
+    tiny = subprocess.run([command, "train", "--workdir", "tiny", *CLI_TINY, f"--config.data.cache_dir={tmp_path / 'cache'}",
+                           "--config.phases.warmup.steps=1", "--config.phases.finetune.steps=1"],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+    assert tiny.returncode == 0 and "Done: step 2 (finetune)" in tiny.stdout, tiny.stderr[-3000:]
     export = subprocess.run([command, "export", "--checkpoint", "run", "--out", "exported"], cwd=tmp_path, env=env,
                             capture_output=True, text=True, timeout=600)
     assert export.returncode == 0, export.stderr[-3000:]

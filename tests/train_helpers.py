@@ -12,7 +12,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def tiny_config(cache_dir, **overrides):
-    """Tiny random towers (tests/tiny_config.py) shrunk: 32px images, 64 training examples, 3 + 3 steps."""
+    """Tiny random towers (the `tiny` recipe) shrunk: 32px images, 64 training examples, 3 + 3 steps."""
     from clip_jax.demo import random_towers_config
 
     c = random_towers_config()
@@ -35,6 +35,7 @@ def tiny_config(cache_dir, **overrides):
 
 
 CLI_TINY = [
+    "--config=tiny",  # the built-in recipe of tiny random towers (clip_jax/configs/tiny.py)
     "--config.model.vision.image_size=32", "--config.model.vision.hidden_size=32",
     "--config.model.text.hidden_size=32", "--config.model.projection_dim=16",
     "--config.data.shapes.num_train=64", "--config.data.shapes.num_val=16", "--config.data.shapes.image_size=32",
@@ -44,8 +45,8 @@ CLI_TINY = [
 
 
 def train_command(workdir, cache_dir, *extra):
-    return [sys.executable, str(REPO / "train.py"), f"--config={REPO / 'tests' / 'tiny_config.py'}",
-            f"--workdir={workdir}", f"--config.data.cache_dir={cache_dir}", *CLI_TINY, *extra]
+    return [sys.executable, str(REPO / "train.py"), f"--workdir={workdir}", f"--config.data.cache_dir={cache_dir}",
+            *CLI_TINY, *extra]
 
 
 def subprocess_env(devices=8):
