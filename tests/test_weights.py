@@ -134,6 +134,22 @@ def test_hub_id_offline_without_cache_says_so(monkeypatch, tmp_path):
         load_text_tower("dbmdz/bert-base-italian-xxl-cased")
 
 
+def test_unreachable_hub_says_so(tmp_path):
+    """Online but the hub cannot be reached (a closed port on localhost stands for a network that is down):
+    one CheckpointError saying to check the network, not a raw connection error."""
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, HF_HUB_OFFLINE="0", HF_ENDPOINT="http://127.0.0.1:9", HF_HOME=str(tmp_path),
+               HF_HUB_ETAG_TIMEOUT="2", HF_HUB_DOWNLOAD_TIMEOUT="2")
+    code = ("from clip_jax.weights.readers import CheckpointError, resolve_checkpoint\n"
+            "try:\n    resolve_checkpoint('someone/some-model')\nexcept CheckpointError as e:\n    print(e)\n")
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=240)
+    assert "Could not get someone/some-model" in result.stdout, result.stdout + result.stderr[-2000:]
+    assert "the hub could not be reached" in result.stdout and "check the network" in result.stdout
+
+
 def test_unknown_model_type_lists_supported(checkpoints, tmp_path):
     directory = save_torch_model(checkpoints["models"]["bert"], tmp_path / "m")
     config = json.loads((directory / "config.json").read_text())

@@ -52,6 +52,8 @@ def resolve_checkpoint(path_or_id: str | os.PathLike, *, revision: str | None = 
         files = set(huggingface_hub.list_repo_files(text, revision=revision)) if not _offline() else set()
     except (HfHubHTTPError, OSError, ValueError):
         files = set()
+    except Exception as error:  # httpx's ConnectError / timeouts are none of the above: the hub is unreachable
+        raise CheckpointError(hub_error_message(text, error, revision=revision)) from error
     # configs, tokenizer and image-processor files, and weights (PyTorch pickles only if
     # the repo has no safetensors, so nothing is downloaded twice).
     patterns = ["*.json", "*.txt", "*.model", "*.safetensors", "*.msgpack"]
