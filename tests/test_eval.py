@@ -302,9 +302,10 @@ def test_clip_benchmark_build_reads_eval_output(saved_model, tmp_path):
     out = str(tmp_path / "results") + "/"
     retrieval = eval_cli.main(["--model", path, "--task", "retrieval", "--data", str(tmp_path / "val.jsonl"),
                                "--output", out])[0]
+    (tmp_path / "classes.json").write_text(json.dumps({"classnames": sorted(p.name for p in folder.iterdir())}))
     zeroshot = eval_cli.main(["--model", path, "--task", "zeroshot", "--dataset", f"imagefolder:{folder}",
-                              "--classnames", "it:cifar10", "--templates", "it:cifar10", "--output", out,
-                              "--cache_dir", str(tmp_path / "cache")])[0]
+                              "--classnames", str(tmp_path / "classes.json"), "--templates", "it:cifar10",
+                              "--output", out, "--cache_dir", str(tmp_path / "cache")])[0]
     assert len(list((tmp_path / "results").glob("*.json"))) == 2
     build(argparse.Namespace(files=[str(tmp_path / "results")], output=str(tmp_path / "benchmark.csv")))
     with open(tmp_path / "benchmark.csv") as f:
