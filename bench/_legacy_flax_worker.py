@@ -32,6 +32,7 @@ PREFIX = "LEGACY_JSON "
 
 def clip_loss(logits: jax.Array) -> jax.Array:
     """The hybrid-CLIP script's loss on one device's ``b x b`` logits: mean of both cross-entropies."""
+
     def cross_entropy(axis):
         return -jnp.mean(jnp.diag(jax.nn.log_softmax(logits, axis=axis)))
 
@@ -53,12 +54,18 @@ def _build(args: dict):
     import transformers as tf
 
     config = tf.VisionTextDualEncoderConfig.from_vision_text_configs(
-        tf.CLIPVisionConfig(**args["vision"]), tf.BertConfig(**args["text"]), projection_dim=args["projection_dim"])
+        tf.CLIPVisionConfig(**args["vision"]),
+        tf.BertConfig(**args["text"]),
+        projection_dim=args["projection_dim"],
+    )
     size = args["vision"].get("image_size", 224)
-    model = tf.FlaxVisionTextDualEncoderModel(config, input_shape=((1, 1), (1, size, size, 3)), seed=0,
-                                              dtype=jnp.float32)
+    model = tf.FlaxVisionTextDualEncoderModel(
+        config, input_shape=((1, 1), (1, size, size, 3)), seed=0, dtype=jnp.float32
+    )
     data = dict(np.load(args["data"]))
-    data["pixel_values"] = np.ascontiguousarray(data["pixel_values"].transpose(0, 3, 1, 2))  # HF Flax CLIP: NCHW
+    data["pixel_values"] = np.ascontiguousarray(
+        data["pixel_values"].transpose(0, 3, 1, 2)
+    )  # HF Flax CLIP: NCHW
     n = jax.local_device_count()
     per_device = {k: v.reshape(n, v.shape[0] // n, *v.shape[1:]) for k, v in data.items()}
     batch = jax.pmap(lambda x: x)(per_device)  # placed on the devices once, like clip_jax's side
@@ -80,12 +87,18 @@ def _phase(model, n: int, phase: int):
     lr = 1e-3 if phase == 1 else 1e-5
     adamw = optax.adamw(optax.linear_schedule(lr, 0.0, 1000), b1=0.9, b2=0.98, eps=1e-6, weight_decay=0.2)
     if phase == 1:
-        labels = {k: jax.tree_util.tree_map(lambda _, k=k: "frozen" if k in ("vision_model", "text_model")
-                                            else "train", v) for k, v in params.items()}
+        labels = {
+            k: jax.tree_util.tree_map(
+                lambda _, k=k: "frozen" if k in ("vision_model", "text_model") else "train", v
+            )
+            for k, v in params.items()
+        }
         tx = optax.multi_transform({"train": adamw, "frozen": optax.set_to_zero()}, labels)
     else:
         tx = adamw
-    state = TrainState.create(apply_fn=model.__call__, params=params, tx=tx, dropout_rng=jax.random.PRNGKey(0))
+    state = TrainState.create(
+        apply_fn=model.__call__, params=params, tx=tx, dropout_rng=jax.random.PRNGKey(0)
+    )
     state = flax.jax_utils.replicate(state)
     state = state.replace(dropout_rng=jax.random.split(jax.random.PRNGKey(1), n))
 
@@ -123,8 +136,10 @@ def main() -> None:
             holder.clear()  # free the previous phase's state first
             state, step = _phase(model, n, command["phase"])
             warmup = []
-            for _ in range(command.get("warmup", 2)):  # newer jax compiles pmap twice: for the fresh state, then
-                start = time.perf_counter()           # for the state the step returns
+            for _ in range(
+                command.get("warmup", 2)
+            ):  # newer jax compiles pmap twice: for the fresh state, then
+                start = time.perf_counter()  # for the state the step returns
                 state, metrics = step(state, batch)
                 jax.block_until_ready(metrics)
                 warmup.append(time.perf_counter() - start)

@@ -33,15 +33,20 @@ def matmul_peak(dtype=jnp.float32, n: int = 2048, repeats: int = 5) -> float:
     a = jnp.ones((n, n), dtype)
     f = jax.jit(lambda x: x @ x)
     best = min(time_calls(lambda: f(a), repeats, warmup=2))
-    return 2 * n ** 3 / best
+    return 2 * n**3 / best
 
 
 def machine() -> dict:
     device = jax.devices()[0]
-    return {"date": time.strftime("%Y-%m-%d", time.gmtime()), "platform": device.platform,
-            "device": getattr(device, "device_kind", str(device)), "device_count": jax.device_count(),
-            "cpu_count": os.cpu_count(), "processor": platform.processor() or platform.machine(),
-            "jax": jax.__version__}
+    return {
+        "date": time.strftime("%Y-%m-%d", time.gmtime()),
+        "platform": device.platform,
+        "device": getattr(device, "device_kind", str(device)),
+        "device_count": jax.device_count(),
+        "cpu_count": os.cpu_count(),
+        "processor": platform.processor() or platform.machine(),
+        "jax": jax.__version__,
+    }
 
 
 def write_result(name: str, result: dict, directory: str | None = None) -> None:

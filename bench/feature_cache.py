@@ -23,48 +23,73 @@ import jax
 import numpy as np
 
 from bench.common import machine, time_calls, write_result
-from bench.train_step import BERT_BASE, SMOKE, TINY_TEXT, TINY_VISION, VISION, fake_batch, make_model, phase_step
+from bench.train_step import (
+    BERT_BASE,
+    SMOKE,
+    TINY_TEXT,
+    TINY_VISION,
+    VISION,
+    fake_batch,
+    make_model,
+    phase_step,
+)
 from clip_jax.config import HEAD
 from clip_jax.sharding import batch_sharding, make_mesh
 from clip_jax.train.features import pooled_feature_fns
 from clip_jax.train.state import split_trainable
 
 
-def measure(vision: str | dict = "B/32", batch: int = 16, tokens: int = 64, steps: int = 3,
-            text: dict = BERT_BASE) -> dict:
+def measure(
+    vision: str | dict = "B/32", batch: int = 16, tokens: int = 64, steps: int = 3, text: dict = BERT_BASE
+) -> dict:
     vision_config = VISION[vision] if isinstance(vision, str) else dict(vision)
     model = make_model(vision_config, text)
     mesh = make_mesh({"data": -1})
-    data = jax.device_put(fake_batch(batch, tokens, vision_config.get("image_size", 224),
-                                     text.get("vocab_size", 32102)), batch_sharding(mesh))
+    data = jax.device_put(
+        fake_batch(batch, tokens, vision_config.get("image_size", 224), text.get("vocab_size", 32102)),
+        batch_sharding(mesh),
+    )
     full = time_calls(phase_step(model, mesh, data, 1), steps, warmup=1)
 
     graphdef, params, frozen = split_trainable(model.module, HEAD)
     image_fn, text_fn = pooled_feature_fns(graphdef, mesh)
     image_pass = time_calls(lambda: image_fn(params, frozen, data["pixel_values"]), steps, warmup=1)
-    text_pass = time_calls(lambda: text_fn(params, frozen, data["input_ids"], data["attention_mask"]), steps,
-                           warmup=1)
-    features = {"image_features": image_fn(params, frozen, data["pixel_values"]),
-                "text_features": text_fn(params, frozen, data["input_ids"], data["attention_mask"])}
+    text_pass = time_calls(
+        lambda: text_fn(params, frozen, data["input_ids"], data["attention_mask"]), steps, warmup=1
+    )
+    features = {
+        "image_features": image_fn(params, frozen, data["pixel_values"]),
+        "text_features": text_fn(params, frozen, data["input_ids"], data["attention_mask"]),
+    }
     cached = time_calls(phase_step(model, mesh, features, 1, cached_features=True), max(steps, 10), warmup=1)
 
     full_s, cached_s = float(np.median(full)), float(np.median(cached))
     pass_s = float(np.median(image_pass)) + float(np.median(text_pass))  # one caption per image here
-    return {"batch": batch, "tokens": tokens,
-            "phase1_full_step_s": full_s, "phase1_full_images_per_s": batch / full_s,
-            "caching_pass_s_per_batch": pass_s, "caching_pass_images_per_s": batch / pass_s,
-            "cached_step_s": cached_s, "cached_images_per_s": batch / cached_s,
-            "full_over_cached_step_time": full_s / cached_s,
-            "times": {"full": full, "image_pass": image_pass, "text_pass": text_pass, "cached": cached}}
+    return {
+        "batch": batch,
+        "tokens": tokens,
+        "phase1_full_step_s": full_s,
+        "phase1_full_images_per_s": batch / full_s,
+        "caching_pass_s_per_batch": pass_s,
+        "caching_pass_images_per_s": batch / pass_s,
+        "cached_step_s": cached_s,
+        "cached_images_per_s": batch / cached_s,
+        "full_over_cached_step_time": full_s / cached_s,
+        "times": {"full": full, "image_pass": image_pass, "text_pass": text_pass, "cached": cached},
+    }
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--vision", default="B/32", choices=sorted(VISION))
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--tokens", type=int, default=64)
     parser.add_argument("--steps", type=int, default=3)
-    parser.add_argument("--smoke", action="store_true", help="tiny towers; result in --out or a temporary folder")
+    parser.add_argument(
+        "--smoke", action="store_true", help="tiny towers; result in --out or a temporary folder"
+    )
     parser.add_argument("--out", default=None, help="folder for the result JSON (default bench/results)")
     args = parser.parse_args()
     if args.smoke:

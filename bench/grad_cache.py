@@ -32,7 +32,7 @@ from bench.train_step import BERT_BASE, TINY_TEXT, TINY_VISION, VISION, fake_bat
 from clip_jax.sharding import batch_sharding, make_mesh
 from clip_jax.train.state import TrainState, initial_rng, make_train_step, split_trainable
 
-MIB = 2 ** 20
+MIB = 2**20
 
 
 def compiled_memory(model, mesh, batch: int, micro: int, image_size: int, tokens: int, vocab: int) -> dict:
@@ -40,20 +40,35 @@ def compiled_memory(model, mesh, batch: int, micro: int, image_size: int, tokens
     graphdef, params, frozen = split_trainable(model.module, ".*")
     tx = optax.adamw(1e-5, b2=0.98, eps=1e-6, weight_decay=0.2)
     step = make_train_step(graphdef, tx, mesh, loss_kind="softmax", dropout=True, micro_batch_size=micro)
-    state = jax.eval_shape(lambda: TrainState(step=jnp.zeros((), jnp.int32), params=params, frozen=frozen,
-                                              opt_state=tx.init(params), rng=initial_rng(0)))
+    state = jax.eval_shape(
+        lambda: TrainState(
+            step=jnp.zeros((), jnp.int32),
+            params=params,
+            frozen=frozen,
+            opt_state=tx.init(params),
+            rng=initial_rng(0),
+        )
+    )
     sample = fake_batch(1, tokens, image_size, vocab)
-    data = {k: jax.ShapeDtypeStruct((batch, *v.shape[1:]), v.dtype, sharding=batch_sharding(mesh))
-            for k, v in sample.items()}
+    data = {
+        k: jax.ShapeDtypeStruct((batch, *v.shape[1:]), v.dtype, sharding=batch_sharding(mesh))
+        for k, v in sample.items()
+    }
     tick = time.perf_counter()
     analysis = jax.jit(step, donate_argnums=(0,)).lower(state, data).compile().memory_analysis()
-    return {"batch": batch, "micro_batch_size": micro, "temp_mib": analysis.temp_size_in_bytes / MIB,
-            "argument_mib": analysis.argument_size_in_bytes / MIB, "output_mib": analysis.output_size_in_bytes / MIB,
-            "compile_s": time.perf_counter() - tick}
+    return {
+        "batch": batch,
+        "micro_batch_size": micro,
+        "temp_mib": analysis.temp_size_in_bytes / MIB,
+        "argument_mib": analysis.argument_size_in_bytes / MIB,
+        "output_mib": analysis.output_size_in_bytes / MIB,
+        "compile_s": time.perf_counter() - tick,
+    }
 
 
-def interleaved_times(model, mesh, batch: int, micros: list[int], rounds: int, image_size: int, tokens: int,
-                      vocab: int) -> dict:
+def interleaved_times(
+    model, mesh, batch: int, micros: list[int], rounds: int, image_size: int, tokens: int, vocab: int
+) -> dict:
     """Phase-2 step times per micro-batch size (0: off), the variants alternating A B C C B A per round."""
     data = jax.device_put(fake_batch(batch, tokens, image_size, vocab), batch_sharding(mesh))
     calls = {m: phase_step(model, mesh, data, 2, micro_batch_size=m) for m in micros}
@@ -61,7 +76,7 @@ def interleaved_times(model, mesh, batch: int, micros: list[int], rounds: int, i
         block(call())
     times: dict[int, list[float]] = {m: [] for m in micros}
     for r in range(rounds):
-        for m in (micros if r % 2 == 0 else micros[::-1]):
+        for m in micros if r % 2 == 0 else micros[::-1]:
             start = time.perf_counter()
             block(calls[m]())
             times[m].append(time.perf_counter() - start)
@@ -69,8 +84,14 @@ def interleaved_times(model, mesh, batch: int, micros: list[int], rounds: int, i
     out = {}
     for m in micros:
         median = float(np.median(times[m]))
-        out[str(m)] = {"step_s": median, "min_s": min(times[m]), "max_s": max(times[m]), "times": times[m],
-                       "images_per_s": batch / median, "over_plain_step": median / base}
+        out[str(m)] = {
+            "step_s": median,
+            "min_s": min(times[m]),
+            "max_s": max(times[m]),
+            "times": times[m],
+            "images_per_s": batch / median,
+            "over_plain_step": median / base,
+        }
     return out
 
 
@@ -78,16 +99,31 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--vision", default="B/32", choices=sorted(VISION))
     parser.add_argument("--tokens", type=int, default=64)
-    parser.add_argument("--batches", default="64,128,256,512,1024", help="global batches for the memory analysis")
-    parser.add_argument("--micro", default="32", help="micro-batch sizes for the memory analysis (0 is always added)")
+    parser.add_argument(
+        "--batches", default="64,128,256,512,1024", help="global batches for the memory analysis"
+    )
+    parser.add_argument(
+        "--micro", default="32", help="micro-batch sizes for the memory analysis (0 is always added)"
+    )
     parser.add_argument("--time_batch", type=int, default=16)
-    parser.add_argument("--time_micro", default="8", help="micro-batch sizes to time (against the plain step)")
+    parser.add_argument(
+        "--time_micro", default="8", help="micro-batch sizes to time (against the plain step)"
+    )
     parser.add_argument("--rounds", type=int, default=4, help="timed steps per variant (alternating)")
-    parser.add_argument("--smoke", action="store_true", help="tiny towers; result into --out or a temporary folder")
+    parser.add_argument(
+        "--smoke", action="store_true", help="tiny towers; result into --out or a temporary folder"
+    )
     parser.add_argument("--out", default=None, help="folder for the result JSON (default bench/results)")
     args = parser.parse_args()
     if args.smoke:
-        args.tokens, args.batches, args.micro, args.time_batch, args.time_micro, args.rounds = 8, "16", "4", 8, "4", 2
+        args.tokens, args.batches, args.micro, args.time_batch, args.time_micro, args.rounds = (
+            8,
+            "16",
+            "4",
+            8,
+            "4",
+            2,
+        )
         args.out = args.out or tempfile.mkdtemp(prefix="bench_smoke_")
         vision, text = TINY_VISION, TINY_TEXT
     else:
@@ -96,13 +132,28 @@ def main() -> None:
     model = make_model(vision, text)
     mesh = make_mesh({"data": -1})
     micros = [0] + [int(m) for m in args.micro.split(",")]
-    memory = [compiled_memory(model, mesh, b, m, image_size, args.tokens, vocab)
-              for b in (int(x) for x in args.batches.split(",")) for m in micros if m < b]
+    memory = [
+        compiled_memory(model, mesh, b, m, image_size, args.tokens, vocab)
+        for b in (int(x) for x in args.batches.split(","))
+        for m in micros
+        if m < b
+    ]
     for row in memory:
-        print(f"batch {row['batch']:5d} micro {row['micro_batch_size']:4d}: temp {row['temp_mib']:9.1f} MiB, "
-              f"arguments {row['argument_mib']:9.1f} MiB (compiled in {row['compile_s']:.0f}s)", flush=True)
-    timing = interleaved_times(model, mesh, args.time_batch, [0] + [int(m) for m in args.time_micro.split(",")],
-                               args.rounds, image_size, args.tokens, vocab)
+        print(
+            f"batch {row['batch']:5d} micro {row['micro_batch_size']:4d}: temp {row['temp_mib']:9.1f} MiB, "
+            f"arguments {row['argument_mib']:9.1f} MiB (compiled in {row['compile_s']:.0f}s)",
+            flush=True,
+        )
+    timing = interleaved_times(
+        model,
+        mesh,
+        args.time_batch,
+        [0] + [int(m) for m in args.time_micro.split(",")],
+        args.rounds,
+        image_size,
+        args.tokens,
+        vocab,
+    )
     result = {"machine": machine(), "args": vars(args), "memory": memory, "time": timing}
     write_result("grad_cache_cpu", result, args.out)
 

@@ -65,15 +65,20 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--images", type=int, default=400)
     parser.add_argument("--batch", type=int, default=32)
-    parser.add_argument("--smoke", action="store_true",
-                        help="16 images in batches of 8; writes into --out or a temporary folder, not bench/results")
+    parser.add_argument(
+        "--smoke",
+        action="store_true",
+        help="16 images in batches of 8; writes into --out or a temporary folder, not bench/results",
+    )
     parser.add_argument("--out", default=None, help="folder for the result JSON (default bench/results)")
     args = parser.parse_args()
     if args.smoke:
         args.images, args.batch = 16, 8
         args.out = args.out or tempfile.mkdtemp(prefix="bench_smoke_")
     tok = tokenizer()
-    tokenize = lambda texts: dict(tok(texts, padding="max_length", truncation=True, max_length=64, return_tensors="np"))
+    tokenize = lambda texts: dict(
+        tok(texts, padding="max_length", truncation=True, max_length=64, return_tensors="np")
+    )
     processor = ImageProcessorConfig.for_image_size(224)
     result = {"machine": machine(), "args": vars(args), "runs": []}
     with tempfile.TemporaryDirectory() as directory:
@@ -81,8 +86,9 @@ def main() -> None:
         cores = os.cpu_count() or 1
         # (decoding threads, worker processes): one thread; one thread per core; one process per core.
         for threads, processes in sorted({(1, 0), (cores, 0), (1, cores)}):
-            stream = ExampleStream(listing, Transform(processor, train=True), workers=threads,
-                                   worker_processes=processes)
+            stream = ExampleStream(
+                listing, Transform(processor, train=True), workers=threads, worker_processes=processes
+            )
             batches = TrainBatches(stream, args.batch, tokenize, BadDataMonitor(listing))
             next(batches)  # start-up (spawning worker processes included)
             count, start = 0, time.perf_counter()
@@ -91,9 +97,15 @@ def main() -> None:
             seconds = time.perf_counter() - start
             batches.close()
             workers = max(threads, processes)
-            result["runs"].append({"workers": workers, "threads": threads, "worker_processes": processes,
-                                   "images_per_s": count / seconds,
-                                   "images_per_s_per_worker": count / seconds / workers})
+            result["runs"].append(
+                {
+                    "workers": workers,
+                    "threads": threads,
+                    "worker_processes": processes,
+                    "images_per_s": count / seconds,
+                    "images_per_s_per_worker": count / seconds / workers,
+                }
+            )
             print(result["runs"][-1], flush=True)
     write_result("input_pipeline", result, args.out)
 

@@ -39,8 +39,11 @@ def main() -> None:
     parser.add_argument("--batches", type=int, nargs="+", default=[1024, 4096, 16384, 32768])
     parser.add_argument("--dim", type=int, default=512)
     parser.add_argument("--time_up_to", type=int, default=4096, help="time runs only up to this global batch")
-    parser.add_argument("--smoke", action="store_true",
-                        help="global batch 64 and 128, 16-d; result into --out or a temporary folder")
+    parser.add_argument(
+        "--smoke",
+        action="store_true",
+        help="global batch 64 and 128, 16-d; result into --out or a temporary folder",
+    )
     parser.add_argument("--out", default=None, help="folder for the result JSON (default bench/results)")
     args = parser.parse_args()
     if args.smoke:
@@ -52,16 +55,24 @@ def main() -> None:
     result = {"machine": machine(), "args": vars(args), "devices": n, "dim": args.dim, "rows": []}
     for batch in args.batches:
         spec = jax.ShapeDtypeStruct((batch, args.dim), jnp.float32, sharding=rows)
-        ours = jax.jit(jax.value_and_grad(lambda i, t: contrastive_loss(i, t, jnp.float32(10.0), mesh=mesh)[0],
-                                          argnums=(0, 1)))
+        ours = jax.jit(
+            jax.value_and_grad(
+                lambda i, t: contrastive_loss(i, t, jnp.float32(10.0), mesh=mesh)[0], argnums=(0, 1)
+            )
+        )
         naive_spec = jax.ShapeDtypeStruct((batch, args.dim), jnp.float32)
-        naive = jax.jit(jax.value_and_grad(lambda i, t: dense_contrastive_loss(i, t, jnp.float32(10.0)),
-                                           argnums=(0, 1)))
+        naive = jax.jit(
+            jax.value_and_grad(lambda i, t: dense_contrastive_loss(i, t, jnp.float32(10.0)), argnums=(0, 1))
+        )
         ours_c = ours.lower(spec, spec).compile()
         naive_c = naive.lower(naive_spec, naive_spec).compile()
-        row = {"global_batch": batch, "ours_bytes_per_device": footprint(ours_c),
-               "naive_bytes_one_device": footprint(naive_c),
-               "b_times_B_over_n_bytes": 4 * batch * batch // n, "B_times_B_bytes": 4 * batch * batch}
+        row = {
+            "global_batch": batch,
+            "ours_bytes_per_device": footprint(ours_c),
+            "naive_bytes_one_device": footprint(naive_c),
+            "b_times_B_over_n_bytes": 4 * batch * batch // n,
+            "B_times_B_bytes": 4 * batch * batch,
+        }
         if batch <= args.time_up_to:
             x = np.random.RandomState(0).randn(batch, args.dim).astype(np.float32)
             x /= np.linalg.norm(x, axis=1, keepdims=True)

@@ -19,22 +19,22 @@ import os
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-import argparse  # noqa: E402
-import json  # noqa: E402
-import shutil  # noqa: E402
-import sys  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
-from pathlib import Path  # noqa: E402
-from typing import Callable  # noqa: E402
+import argparse
+import json
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
 
-import numpy as np  # noqa: E402
-from ml_collections import ConfigDict  # noqa: E402
+import numpy as np
+from ml_collections import ConfigDict
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from bench.common import machine, write_result  # noqa: E402
-from clip_jax.config import HEAD, phase  # noqa: E402
+from bench.common import machine, write_result
+from clip_jax.config import HEAD, phase
 
 LIT = r"(?!vision\.).*"  # everything but the vision tower
 COLUMNS = ("colour", "shape", "count", "colour+shape")
@@ -50,6 +50,7 @@ def _one_phase(trainable: str, lrs: Callable[[dict], dict]) -> Callable[[ConfigD
         total = s["phase1"] + s["phase2"]
         c.train.phases = ("only",)
         c.phases = ConfigDict({"only": phase(total, trainable, lrs(s), warmup_steps=total // 10)})
+
     return configure
 
 
@@ -62,21 +63,33 @@ def _variant(base: Callable, **changes) -> Callable[[ConfigDict, dict], None]:
             for p in parents:
                 node = node[p]
             node[leaf] = value
+
     return configure
 
 
 RECIPES: dict[str, tuple[str, Callable[[ConfigDict, dict], None]]] = {
     "a_two_phase": ("(a) warm-up, then fine-tune everything (CLIP-Italian)", _two_phase),
-    "b_all_from_start": ("(b) fine-tune everything from step 0, fresh projections",
-                         _one_phase(".*", lambda s: dict(s["lrs"]))),
+    "b_all_from_start": (
+        "(b) fine-tune everything from step 0, fresh projections",
+        _one_phase(".*", lambda s: dict(s["lrs"])),
+    ),
     "c_lit": ("(c) LiT: vision locked, text tower + heads train", _one_phase(LIT, lambda s: dict(s["lrs"]))),
-    "d_heads_only": ("(d) heads only (both towers frozen throughout)", _one_phase(HEAD, lambda s: {"head": 1e-2})),
-    "e_per_device_loss": ("(e) (a) with CLIP-Italian's per-device loss (8 devices: 7 negatives, not 63)",
-                          _variant(_two_phase, **{"loss.negatives": "local"})),
-    "f_cached_phase1": ("(f) (a) with phase 1 on cached tower features",
-                        _variant(_two_phase, **{"phases.warmup.cache_features": True})),
-    "a_pooler": ("(a) with text_pooling='pooler' (the transformers-loadable export)",
-                 _variant(_two_phase, **{"model.text_pooling": "pooler"})),
+    "d_heads_only": (
+        "(d) heads only (both towers frozen throughout)",
+        _one_phase(HEAD, lambda s: {"head": 1e-2}),
+    ),
+    "e_per_device_loss": (
+        "(e) (a) with CLIP-Italian's per-device loss (8 devices: 7 negatives, not 63)",
+        _variant(_two_phase, **{"loss.negatives": "local"}),
+    ),
+    "f_cached_phase1": (
+        "(f) (a) with phase 1 on cached tower features",
+        _variant(_two_phase, **{"phases.warmup.cache_features": True}),
+    ),
+    "a_pooler": (
+        "(a) with text_pooling='pooler' (the transformers-loadable export)",
+        _variant(_two_phase, **{"model.text_pooling": "pooler"}),
+    ),
 }
 
 STUDENT = r"(text|text_projection)\..*"
@@ -97,11 +110,19 @@ def _distilled_first(c: ConfigDict, s: dict) -> None:
 
 
 # Rows added by issue 17; a third element is a first run whose export the row's run starts from (model.init_from).
-RECIPES.update({
-    "g_distill": ("(g) text-only distillation (M-CLIP): no images; the teacher's vision side unchanged", _distill),
-    "h_distill_then_lit": ("(h) distillation (phase-1 steps), then contrastive fine-tune, vision locked (AltCLIP-like)",
-                           _one_phase(LIT, lambda s: dict(s["lrs"])), _distilled_first),
-})
+RECIPES.update(
+    {
+        "g_distill": (
+            "(g) text-only distillation (M-CLIP): no images; the teacher's vision side unchanged",
+            _distill,
+        ),
+        "h_distill_then_lit": (
+            "(h) distillation (phase-1 steps), then contrastive fine-tune, vision locked (AltCLIP-like)",
+            _one_phase(LIT, lambda s: dict(s["lrs"])),
+            _distilled_first,
+        ),
+    }
+)
 
 
 def run_recipe(name: str, seed: int, settings: dict, cache_dir: str, workdir: str, standins: dict) -> dict:
@@ -115,8 +136,15 @@ def run_recipe(name: str, seed: int, settings: dict, cache_dir: str, workdir: st
         c.model.projection_dim = settings["projection_dim"]
         c.data.cache_dir = cache_dir
         c.data.shapes.update(**settings["shapes"])
-        c.train.update(seed=seed, batch_size=settings["batch"], log_every=25, checkpoint_every=100_000,
-                       keep_checkpoints=3, async_checkpoints=False, eval_every=0)
+        c.train.update(
+            seed=seed,
+            batch_size=settings["batch"],
+            log_every=25,
+            checkpoint_every=100_000,
+            keep_checkpoints=3,
+            async_checkpoints=False,
+            eval_every=0,
+        )
         return c
 
     _, configure, *first = RECIPES[name]
@@ -127,8 +155,11 @@ def run_recipe(name: str, seed: int, settings: dict, cache_dir: str, workdir: st
         c0 = base()
         first[0](c0, settings)
         train(c0, str(Path(workdir, "first")))
-        c.model.init_from = str(model_from_checkpoint(str(Path(workdir, "first"))).save_pretrained(
-            Path(workdir, "first", "exported")))
+        c.model.init_from = str(
+            model_from_checkpoint(str(Path(workdir, "first"))).save_pretrained(
+                Path(workdir, "first", "exported")
+            )
+        )
     train(c, str(Path(workdir, "run")))
     workdir = str(Path(workdir, "run"))
     wall = time.perf_counter() - tick
@@ -136,7 +167,9 @@ def run_recipe(name: str, seed: int, settings: dict, cache_dir: str, workdir: st
     transfer = evaluate_transfer(c, workdir, english_clip=standins["english-clip"])
     rows = transfer["rows"]
     final = rows[[k for k in rows if k.startswith("after_")][-1]]
-    cosine = float("nan")  # student(it) vs teacher(en) on held-out pairs: only where the teacher's space is kept
+    cosine = float(
+        "nan"
+    )  # student(it) vs teacher(en) on held-out pairs: only where the teacher's space is kept
     if c.train.objective == "distill" or c.model.init_from:
         from clip_jax import CLIPModel
         from clip_jax.data.parallel import shapes_pairs
@@ -144,22 +177,37 @@ def run_recipe(name: str, seed: int, settings: dict, cache_dir: str, workdir: st
 
         english, italian = shapes_pairs(ShapesSpec(**c.data.shapes.to_dict()), "heldout")
         teacher = CLIPModel.from_pretrained(standins["english-clip"])
-        cosine = float(np.mean(np.sum(transfer["model"].encode_text(italian) * teacher.encode_text(english), axis=1)))
+        cosine = float(
+            np.mean(np.sum(transfer["model"].encode_text(italian) * teacher.encode_text(english), axis=1))
+        )
     losses = [json.loads(line) for line in Path(workdir, "metrics.jsonl").read_text().splitlines()]
     losses = [r["train/loss"] for r in losses if "train/loss" in r]
-    return {"zero_shot": {k: final["heldout_zero_shot"][k]["acc1"] for k in COLUMNS},
-            "retrieval": {k: final["val_retrieval"][k] for k in ("text_retrieval_recall@1", "text_retrieval_recall@5",
-                                                                 "image_retrieval_recall@1", "image_retrieval_recall@5")},
-            "forgetting_en": {k: final["forgetting_en"][k]["acc1"] for k in COLUMNS},
-            "reference_en": {k: rows["english_clip_en"]["heldout_zero_shot"][k]["acc1"] for k in COLUMNS},
-            "first_loss": float(np.mean(losses[:2])), "final_loss": float(np.mean(losses[-4:])),
-            "cosine_it_en": cosine, "wall_s": wall}
+    return {
+        "zero_shot": {k: final["heldout_zero_shot"][k]["acc1"] for k in COLUMNS},
+        "retrieval": {
+            k: final["val_retrieval"][k]
+            for k in (
+                "text_retrieval_recall@1",
+                "text_retrieval_recall@5",
+                "image_retrieval_recall@1",
+                "image_retrieval_recall@5",
+            )
+        },
+        "forgetting_en": {k: final["forgetting_en"][k]["acc1"] for k in COLUMNS},
+        "reference_en": {k: rows["english_clip_en"]["heldout_zero_shot"][k]["acc1"] for k in COLUMNS},
+        "first_loss": float(np.mean(losses[:2])),
+        "final_loss": float(np.mean(losses[-4:])),
+        "cosine_it_en": cosine,
+        "wall_s": wall,
+    }
 
 
 def summarise(runs: list[dict]) -> dict:
     """Mean and std over seeds of every number of ``run_recipe``'s result."""
+
     def stat(values):
         return {"mean": float(np.mean(values)), "std": float(np.std(values))}
+
     out = {}
     for key in ("zero_shot", "retrieval", "forgetting_en", "reference_en"):
         out[key] = {k: stat([r[key][k] for r in runs]) for k in runs[0][key]}
@@ -170,18 +218,27 @@ def summarise(runs: list[dict]) -> dict:
 
 def markdown(result: dict) -> str:
     fmt = lambda s: f"{s['mean']:.3f} ± {s['std']:.3f}"
-    lines = ["| recipe | colour | shape | count | colour+shape | i→t R@1 | i→t R@5 | forgetting: EN colour+shape "
-             "(EN shape) | cosine it/en (held-out pairs) | final loss | wall (s) |", "|---" * 11 + "|"]
+    lines = [
+        "| recipe | colour | shape | count | colour+shape | i→t R@1 | i→t R@5 | forgetting: EN colour+shape "
+        "(EN shape) | cosine it/en (held-out pairs) | final loss | wall (s) |",
+        "|---" * 11 + "|",
+    ]
     for name, summary in result["recipes"].items():
         z, r, f = summary["zero_shot"], summary["retrieval"], summary["forgetting_en"]
-        lines.append(f"| {RECIPES[name][0]} | " + " | ".join(fmt(z[k]) for k in COLUMNS)
-                     + f" | {fmt(r['text_retrieval_recall@1'])} | {fmt(r['text_retrieval_recall@5'])} | "
-                     f"{fmt(f['colour+shape'])} ({fmt(f['shape'])}) | "
-                     f"{fmt(summary['cosine_it_en']) if np.isfinite(summary['cosine_it_en']['mean']) else '—'} | "
-                     f"{fmt(summary['final_loss'])} | {summary['wall_s']['mean']:.0f} |")
+        lines.append(
+            f"| {RECIPES[name][0]} | "
+            + " | ".join(fmt(z[k]) for k in COLUMNS)
+            + f" | {fmt(r['text_retrieval_recall@1'])} | {fmt(r['text_retrieval_recall@5'])} | "
+            f"{fmt(f['colour+shape'])} ({fmt(f['shape'])}) | "
+            f"{fmt(summary['cosine_it_en']) if np.isfinite(summary['cosine_it_en']['mean']) else '—'} | "
+            f"{fmt(summary['final_loss'])} | {summary['wall_s']['mean']:.0f} |"
+        )
     reference = next(iter(result["recipes"].values()))["reference_en"]
-    lines.append("| English CLIP itself, English prompts (reference) | " + " | ".join(
-        f"{reference[k]['mean']:.3f}" for k in COLUMNS) + " | | | | | | |")
+    lines.append(
+        "| English CLIP itself, English prompts (reference) | "
+        + " | ".join(f"{reference[k]['mean']:.3f}" for k in COLUMNS)
+        + " | | | | | | |"
+    )
     return "\n".join(lines)
 
 
@@ -189,7 +246,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--recipes", nargs="+", default=list(RECIPES), choices=list(RECIPES))
-    parser.add_argument("--phase1", type=int, default=300, help="phase-1 steps (one-phase recipes: phase1 + phase2)")
+    parser.add_argument(
+        "--phase1", type=int, default=300, help="phase-1 steps (one-phase recipes: phase1 + phase2)"
+    )
     parser.add_argument("--phase2", type=int, default=400)
     parser.add_argument("--cache_dir", default="~/.cache/clip_jax")
     parser.add_argument("--smoke", action="store_true", help="tiny stand-ins and runs (CI)")
@@ -200,23 +259,50 @@ def main() -> None:
     logging.set_verbosity(logging.ERROR)
     from clip_jax.demo import standins as standin_lib
 
-    settings = {"phase1": args.phase1, "phase2": args.phase2, "batch": 64, "projection_dim": 64,
-                "lrs": {"head": 5e-4, "vision": 2e-4, "text": 5e-4}, "shapes": {"num_train": 4096, "num_val": 256}}
+    settings = {
+        "phase1": args.phase1,
+        "phase2": args.phase2,
+        "batch": 64,
+        "projection_dim": 64,
+        "lrs": {"head": 5e-4, "vision": 2e-4, "text": 5e-4},
+        "shapes": {"num_train": 4096, "num_val": 256},
+    }
     cache_dir = args.cache_dir
     english, italian = standin_lib.EnglishCLIPSettings(), standin_lib.ItalianBertSettings()
     if args.smoke:
         cache_dir = tempfile.mkdtemp(prefix="recipe-smoke-")
-        english = standin_lib.EnglishCLIPSettings(image_size=32, vision_width=32, text_width=32, projection_dim=32,
-                                                  num_train=256, steps=20, batch_size=32)
+        english = standin_lib.EnglishCLIPSettings(
+            image_size=32,
+            vision_width=32,
+            text_width=32,
+            projection_dim=32,
+            num_train=256,
+            steps=20,
+            batch_size=32,
+        )
         italian = standin_lib.ItalianBertSettings(width=32, num_other_sentences=200, steps=20, batch_size=32)
-        settings.update(phase1=4, phase2=4, batch=32, projection_dim=16,
-                        shapes={"num_train": 128, "num_val": 32, "image_size": 32})
+        settings.update(
+            phase1=4,
+            phase2=4,
+            batch=32,
+            projection_dim=16,
+            shapes={"num_train": 128, "num_val": 32, "image_size": 32},
+        )
         args.seeds, args.recipes = args.seeds[:1], ["e_per_device_loss", "f_cached_phase1"]
-    standins = {"english-clip": str(standin_lib.english_clip(cache_dir, english)),
-                "italian-bert": str(standin_lib.italian_bert(cache_dir, italian))}
-    result = {"args": {**vars(args), "smoke": args.smoke}, "machine": machine(), "settings": settings,
-              "standins": {k: json.loads(Path(v, "standin.json").read_text())["settings"] for k, v in standins.items()},
-              "recipes": {}, "runs": {}}
+    standins = {
+        "english-clip": str(standin_lib.english_clip(cache_dir, english)),
+        "italian-bert": str(standin_lib.italian_bert(cache_dir, italian)),
+    }
+    result = {
+        "args": {**vars(args), "smoke": args.smoke},
+        "machine": machine(),
+        "settings": settings,
+        "standins": {
+            k: json.loads(Path(v, "standin.json").read_text())["settings"] for k, v in standins.items()
+        },
+        "recipes": {},
+        "runs": {},
+    }
     for name in args.recipes:
         runs = []
         for seed in args.seeds:
@@ -225,7 +311,10 @@ def main() -> None:
                 runs.append(run_recipe(name, seed, settings, cache_dir, workdir, standins))
             finally:
                 shutil.rmtree(workdir, ignore_errors=True)
-            print(f"{name} seed {seed}: {json.dumps(runs[-1]['zero_shot'])} wall {runs[-1]['wall_s']:.0f}s", flush=True)
+            print(
+                f"{name} seed {seed}: {json.dumps(runs[-1]['zero_shot'])} wall {runs[-1]['wall_s']:.0f}s",
+                flush=True,
+            )
         result["runs"][name] = runs
         result["recipes"][name] = summarise(runs)
     if args.smoke:

@@ -40,26 +40,47 @@ from clip_jax.train.state import (
 VISION = {
     "B/32": {"patch_size": 32},
     "B/16": {"patch_size": 16},
-    "L/14": {"hidden_size": 1024, "intermediate_size": 4096, "num_attention_heads": 16, "num_hidden_layers": 24,
-             "patch_size": 14},
+    "L/14": {
+        "hidden_size": 1024,
+        "intermediate_size": 4096,
+        "num_attention_heads": 16,
+        "num_hidden_layers": 24,
+        "patch_size": 14,
+    },
 }
 BERT_BASE = {"model_type": "bert", "vocab_size": 32102}
 #: ``--smoke`` towers: the same code paths in a few seconds (CI runs them so the script does not rot).
-TINY_VISION = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2,
-               "patch_size": 16, "image_size": 32}
-TINY_TEXT = {"model_type": "bert", "vocab_size": 1000, "hidden_size": 32, "intermediate_size": 64,
-             "num_hidden_layers": 2, "num_attention_heads": 2, "max_position_embeddings": 64}
+TINY_VISION = {
+    "hidden_size": 32,
+    "intermediate_size": 64,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 2,
+    "patch_size": 16,
+    "image_size": 32,
+}
+TINY_TEXT = {
+    "model_type": "bert",
+    "vocab_size": 1000,
+    "hidden_size": 32,
+    "intermediate_size": 64,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 2,
+    "max_position_embeddings": 64,
+}
 SMOKE = {"batch": 4, "tokens": 8, "steps": 2}
 
 
 def tower_forward_flops(hidden: int, intermediate: int, layers: int, tokens: int) -> float:
     """Matmul FLOPs of one transformer encoder forward pass for one sequence (2 per multiply-add)."""
-    per_layer = 2 * tokens * (4 * hidden * hidden + 2 * hidden * intermediate) + 2 * 2 * tokens * tokens * hidden
+    per_layer = (
+        2 * tokens * (4 * hidden * hidden + 2 * hidden * intermediate) + 2 * 2 * tokens * tokens * hidden
+    )
     return layers * per_layer
 
 
-def step_flops(vision: dict, batch: int, tokens: int, phase: int, projection: int = 512,
-               text: dict | None = None) -> float:
+def step_flops(
+    vision: dict, batch: int, tokens: int, phase: int, projection: int = 512, text: dict | None = None
+) -> float:
     """Analytic matmul FLOPs of one train step (2 per multiply-add): forward x1, plus x2 for the backward
     where gradients are needed (input and weight gradients), except the patch embedding, whose backward
     has no input gradient (x1: weights only). Counted: the transformer layers' dense maps and attention
@@ -70,7 +91,9 @@ def step_flops(vision: dict, batch: int, tokens: int, phase: int, projection: in
     v = base | {"patch_size": 32, "image_size": 224} | vision
     t = base | (text or {})
     patches = (v["image_size"] // v["patch_size"]) ** 2
-    layers = tower_forward_flops(v["hidden_size"], v["intermediate_size"], v["num_hidden_layers"], patches + 1)
+    layers = tower_forward_flops(
+        v["hidden_size"], v["intermediate_size"], v["num_hidden_layers"], patches + 1
+    )
     layers += tower_forward_flops(t["hidden_size"], t["intermediate_size"], t["num_hidden_layers"], tokens)
     patch_embedding = 2 * patches * 3 * v["patch_size"] ** 2 * v["hidden_size"]
     heads = 2 * (v["hidden_size"] + t["hidden_size"]) * projection
@@ -82,40 +105,64 @@ def step_flops(vision: dict, batch: int, tokens: int, phase: int, projection: in
 def fake_batch(batch: int, tokens: int, image_size: int = 224, vocab_size: int = 32102) -> dict:
     """Random pixels (NHWC) and token ids, the same for every script that asks with the same sizes."""
     rs = np.random.RandomState(0)
-    return {"pixel_values": rs.randn(batch, image_size, image_size, 3).astype(np.float32),
-            "input_ids": rs.randint(min(1000, vocab_size // 2), min(30000, vocab_size),
-                                    (batch, tokens)).astype(np.int32),
-            "attention_mask": np.ones((batch, tokens), np.int32)}
+    return {
+        "pixel_values": rs.randn(batch, image_size, image_size, 3).astype(np.float32),
+        "input_ids": rs.randint(min(1000, vocab_size // 2), min(30000, vocab_size), (batch, tokens)).astype(
+            np.int32
+        ),
+        "attention_mask": np.ones((batch, tokens), np.int32),
+    }
 
 
-def make_model(vision: dict, text: dict = BERT_BASE, dtype: str = "float32", projection_dim: int = 512) -> CLIPModel:
+def make_model(
+    vision: dict, text: dict = BERT_BASE, dtype: str = "float32", projection_dim: int = 512
+) -> CLIPModel:
     """A randomly initialised dual encoder from tower configs (no download)."""
     compute = jnp.bfloat16 if dtype == "bfloat16" else None
-    return CLIPModel.from_towers(vision=dict(model_type="clip_vision_model", **vision), text=text,
-                                 projection_dim=projection_dim, dtype=compute)
+    return CLIPModel.from_towers(
+        vision=dict(model_type="clip_vision_model", **vision),
+        text=text,
+        projection_dim=projection_dim,
+        dtype=compute,
+    )
 
 
-def phase_step(model: CLIPModel, mesh, data: dict, phase: int, cached_features: bool = False,
-               micro_batch_size: int = 0):
+def phase_step(
+    model: CLIPModel, mesh, data: dict, phase: int, cached_features: bool = False, micro_batch_size: int = 0
+):
     """A zero-argument callable running one jitted, state-donating train step of ``phase`` (1: heads, 2: all)
     on ``data`` (already on the mesh); it returns the step's metrics. The first call compiles.
     ``cached_features``: the phase-1 step on cached pooled features (``data`` holds ``image_features`` and
     ``text_features``) instead of pixels and tokens. ``micro_batch_size``: gradient caching (0: off)."""
     graphdef, params, frozen = split_trainable(model.module, HEAD if phase == 1 else ".*")
     groups = (("head", HEAD), ("vision", r"vision\..*"), ("text", r"text\..*"))
-    tx, _ = make_optimizer(params, groups=groups, learning_rates={"head": 1e-3, "vision": 1e-5, "text": 1e-5},
-                           steps=1000, warmup_steps=0, decay="cosine", end_factor=0.0, optimizer="adamw",
-                           settings={"b1": 0.9, "b2": 0.98, "eps": 1e-6, "weight_decay": 0.2, "grad_clip_norm": 1.0})
-    state = TrainState(step=jnp.zeros((), jnp.int32), params=params, frozen=frozen, opt_state=tx.init(params),
-                       rng=initial_rng(0))
+    tx, _ = make_optimizer(
+        params,
+        groups=groups,
+        learning_rates={"head": 1e-3, "vision": 1e-5, "text": 1e-5},
+        steps=1000,
+        warmup_steps=0,
+        decay="cosine",
+        end_factor=0.0,
+        optimizer="adamw",
+        settings={"b1": 0.9, "b2": 0.98, "eps": 1e-6, "weight_decay": 0.2, "grad_clip_norm": 1.0},
+    )
+    state = TrainState(
+        step=jnp.zeros((), jnp.int32),
+        params=params,
+        frozen=frozen,
+        opt_state=tx.init(params),
+        rng=initial_rng(0),
+    )
     # The step donates its state: keep the model's own arrays. Placing the copy on the mesh gives the first
     # call the input types later calls see, so the warm-up call is the only compilation.
     state = jax.device_put(jax.tree.map(jnp.copy, state), NamedSharding(mesh, P()))
     if cached_features:
         step_fn = make_feature_train_step(graphdef, tx, mesh, loss_kind="softmax")
     else:
-        step_fn = make_train_step(graphdef, tx, mesh, loss_kind="softmax", dropout=True,
-                                  micro_batch_size=micro_batch_size)
+        step_fn = make_train_step(
+            graphdef, tx, mesh, loss_kind="softmax", dropout=True, micro_batch_size=micro_batch_size
+        )
     step = jax.jit(step_fn, donate_argnums=(0,))
     holder = {"state": state}
 
@@ -126,8 +173,14 @@ def phase_step(model: CLIPModel, mesh, data: dict, phase: int, cached_features: 
     return call
 
 
-def measure(vision: str | dict = "B/32", batch: int = 16, tokens: int = 64, steps: int = 3,
-            dtype: str = "float32", text: dict = BERT_BASE) -> dict:
+def measure(
+    vision: str | dict = "B/32",
+    batch: int = 16,
+    tokens: int = 64,
+    steps: int = 3,
+    dtype: str = "float32",
+    text: dict = BERT_BASE,
+) -> dict:
     """Median step time, images/s and MFU of phase 1 and phase 2 for clip_jax.
 
     ``vision`` is a key of :data:`VISION` (224 px) or a vision config dict (``--smoke``: :data:`TINY_VISION`).
@@ -137,15 +190,21 @@ def measure(vision: str | dict = "B/32", batch: int = 16, tokens: int = 64, step
     mesh = make_mesh({"data": -1})
     data = fake_batch(batch, tokens, vision_config.get("image_size", 224), text.get("vocab_size", 32102))
     data = jax.device_put(data, batch_sharding(mesh))
-    peak = matmul_peak(jnp.bfloat16 if dtype == "bfloat16" else jnp.float32,
-                       n=2048 if isinstance(vision, str) else 256)  # smoke: a small matmul
+    peak = matmul_peak(
+        jnp.bfloat16 if dtype == "bfloat16" else jnp.float32, n=2048 if isinstance(vision, str) else 256
+    )  # smoke: a small matmul
     result = {"matmul_peak_tflops": peak / 1e12, "phases": {}}
     for phase in (1, 2):
         times = time_calls(phase_step(model, mesh, data, phase), steps, warmup=1)
         seconds = float(np.median(times))
         flops = step_flops(vision_config, batch, tokens, phase, text=text)
-        result["phases"][phase] = {"step_s": seconds, "times": times, "images_per_s": batch / seconds,
-                                   "analytic_tflop_per_step": flops / 1e12, "mfu": flops / seconds / peak}
+        result["phases"][phase] = {
+            "step_s": seconds,
+            "times": times,
+            "images_per_s": batch / seconds,
+            "analytic_tflop_per_step": flops / 1e12,
+            "mfu": flops / seconds / peak,
+        }
     result["phase2_over_phase1_step_time"] = result["phases"][2]["step_s"] / result["phases"][1]["step_s"]
     return result
 
@@ -158,8 +217,11 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     parser.add_argument("--name", default="train_step_cpu")
-    parser.add_argument("--smoke", action="store_true",
-                        help="tiny towers, batch 4, 2 steps; result into --out or a temporary folder")
+    parser.add_argument(
+        "--smoke",
+        action="store_true",
+        help="tiny towers, batch 4, 2 steps; result into --out or a temporary folder",
+    )
     parser.add_argument("--out", default=None, help="folder for the result JSON (default bench/results)")
     args = parser.parse_args()
     if args.smoke:

@@ -36,7 +36,7 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-import numpy as np
+import numpy as np  # noqa: E402  (after the sys.path line above)
 
 #: Legacy environments. ``declared``: the last transformers 4.x release (4.57.6; v5 removed Flax) with the
 #: newest jax / jaxlib / flax / optax its own dependency table allows (``jax<=0.4.13``, ``flax<=0.7.0``,
@@ -44,8 +44,17 @@ import numpy as np
 #: and optax of the running environment (filled in by :func:`stack_pins`), which separates the recipe from
 #: the compiler version.
 STACKS = {
-    "declared": ["transformers==4.57.6", "jax==0.4.13", "jaxlib==0.4.13", "flax==0.7.0", "optax==0.1.4",
-                 "chex==0.1.82", "numpy==1.26.4", "scipy==1.12.0", "ml_dtypes==0.5.4"],
+    "declared": [
+        "transformers==4.57.6",
+        "jax==0.4.13",
+        "jaxlib==0.4.13",
+        "flax==0.7.0",
+        "optax==0.1.4",
+        "chex==0.1.82",
+        "numpy==1.26.4",
+        "scipy==1.12.0",
+        "ml_dtypes==0.5.4",
+    ],
     "same-jax": ["transformers==4.57.6"],
 }
 DEFAULT_VENV = os.path.join(os.path.expanduser("~"), ".cache", "clip_jax_bench", "legacy_venv-{stack}")
@@ -77,10 +86,15 @@ def ensure_venv(path: str, pins: list[str]) -> str:
     if reuse:
         print(f"reusing the legacy virtualenv {path}", file=sys.stderr, flush=True)
         return python
-    print(f"creating the legacy virtualenv {path} with {' '.join(pins)} (a few minutes, once)",
-          file=sys.stderr, flush=True)
+    print(
+        f"creating the legacy virtualenv {path} with {' '.join(pins)} (a few minutes, once)",
+        file=sys.stderr,
+        flush=True,
+    )
     subprocess.run([sys.executable, "-m", "venv", "--clear", path], check=True)
-    subprocess.run([python, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", *pins], check=True)
+    subprocess.run(
+        [python, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", *pins], check=True
+    )
     with open(stamp, "w") as f:
         f.write(wanted)
     return python
@@ -94,15 +108,22 @@ class LegacyWorker:
 
         self.prefix = PREFIX
         env = dict(os.environ, HF_HUB_OFFLINE="1", TF_CPP_MIN_LOG_LEVEL="2")
-        self.process = subprocess.Popen([python, WORKER, json.dumps(config)], stdin=subprocess.PIPE,
-                                        stdout=subprocess.PIPE, text=True, env=env)
+        self.process = subprocess.Popen(
+            [python, WORKER, json.dumps(config)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
         self.hello = self._read()
 
     def _read(self) -> dict:
         for line in self.process.stdout:
             if line.startswith(self.prefix):
-                return json.loads(line[len(self.prefix):])
-        raise RuntimeError(f"the legacy worker stopped (exit code {self.process.wait()}); its errors are above")
+                return json.loads(line[len(self.prefix) :])
+        raise RuntimeError(
+            f"the legacy worker stopped (exit code {self.process.wait()}); its errors are above"
+        )
 
     def ask(self, command: dict) -> dict:
         self.process.stdin.write(json.dumps(command) + "\n")
@@ -116,8 +137,15 @@ class LegacyWorker:
             self.process.wait(timeout=60)
 
 
-def step_times(batch: int, steps: int, vision: dict, text: dict, projection_dim: int, legacy: LegacyWorker | None,
-               data: dict) -> dict:
+def step_times(
+    batch: int,
+    steps: int,
+    vision: dict,
+    text: dict,
+    projection_dim: int,
+    legacy: LegacyWorker | None,
+    data: dict,
+) -> dict:
     """Per phase: both sides build and warm up their step, then their timed steps alternate."""
     import jax
 
@@ -153,8 +181,12 @@ def step_times(batch: int, steps: int, vision: dict, text: dict, projection_dim:
                 side["step_s"] = float(np.median(side["times"]))
                 side["images_per_s"] = batch / side["step_s"]
                 result[name][phase] = side
-        print(f"phase {phase}: clip_jax {ours['step_s']:.3f} s/step"
-              + (f", legacy {theirs['step_s']:.3f} s/step" if legacy else ""), file=sys.stderr, flush=True)
+        print(
+            f"phase {phase}: clip_jax {ours['step_s']:.3f} s/step"
+            + (f", legacy {theirs['step_s']:.3f} s/step" if legacy else ""),
+            file=sys.stderr,
+            flush=True,
+        )
     return result
 
 
@@ -181,54 +213,91 @@ def count_negatives(global_batch: int, dim: int = 32, scale: float = 20.0, chunk
     legacy_grad = jax.pmap(jax.grad(lambda i, t: per_device_clip_loss(i, t, s)), axis_name="batch")
     mesh = make_mesh({"data": -1})
     ours_grad = jax.grad(lambda i, t: contrastive_loss(i, t, s, mesh=mesh)[0])
-    grads = {"legacy_per_device_loss": lambda i, t: legacy_grad(i.reshape(n, b, dim),
-                                                                t.reshape(n, b, dim)).reshape(-1, dim),
-             "clip_jax_global_loss": ours_grad}
+    grads = {
+        "legacy_per_device_loss": lambda i, t: legacy_grad(
+            i.reshape(n, b, dim), t.reshape(n, b, dim)
+        ).reshape(-1, dim),
+        "clip_jax_global_loss": ours_grad,
+    }
     device_of = np.arange(global_batch) // b
     other_device = device_of[:, None] != device_of[None, :]
-    result = {"devices": n, "global_batch": global_batch, "per_device_batch": b, "embed_dim": dim,
-              "logit_scale": scale}
+    result = {
+        "devices": n,
+        "global_batch": global_batch,
+        "per_device_batch": b,
+        "embed_dim": dim,
+        "logit_scale": scale,
+    }
     for name, grad in grads.items():
+
         def image_grads(t, grad=grad):  # t[j]: how far text j moves; one number per image
             return jnp.sum(grad(img, txt + t[:, None] * move) * read, axis=1)
 
         columns = jax.jit(jax.vmap(lambda v, f=image_grads: jax.jvp(f, (jnp.zeros(global_batch),), (v,))[1]))
         start = time.perf_counter()
         eye = np.eye(global_batch, dtype=np.float32)
-        jac = np.concatenate([np.asarray(columns(eye[k:k + chunk])) for k in range(0, global_batch, chunk)]).T
+        jac = np.concatenate(
+            [np.asarray(columns(eye[k : k + chunk])) for k in range(0, global_batch, chunk)]
+        ).T
         depends = jac != 0  # depends[i, j]: image i's gradient moves with text j
         negatives = depends.sum(1) - np.diag(depends)
         from_others = (depends & other_device).sum(1)
-        result[name] = {"negatives_per_example": {"min": int(negatives.min()), "max": int(negatives.max()),
-                                                  "mean": float(negatives.mean())},
-                        "negatives_from_other_devices": {"min": int(from_others.min()),
-                                                         "max": int(from_others.max())},
-                        "every_positive_seen": bool(np.diag(depends).all()),
-                        "seconds": time.perf_counter() - start}
+        result[name] = {
+            "negatives_per_example": {
+                "min": int(negatives.min()),
+                "max": int(negatives.max()),
+                "mean": float(negatives.mean()),
+            },
+            "negatives_from_other_devices": {"min": int(from_others.min()), "max": int(from_others.max())},
+            "every_positive_seen": bool(np.diag(depends).all()),
+            "seconds": time.perf_counter() - start,
+        }
     return result
 
 
 def negatives_subprocess(global_batch: int, devices: int = 8) -> dict:
     """:func:`count_negatives` in a fresh process with ``devices`` fake CPU devices."""
-    env = dict(os.environ, HF_HUB_OFFLINE="1", XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
-               JAX_PLATFORMS="cpu")
-    out = subprocess.run([sys.executable, os.path.abspath(__file__), "--negatives_only", str(global_batch)],
-                         env=env, check=True, stdout=subprocess.PIPE, text=True).stdout
+    env = dict(
+        os.environ,
+        HF_HUB_OFFLINE="1",
+        XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+        JAX_PLATFORMS="cpu",
+    )
+    out = subprocess.run(
+        [sys.executable, os.path.abspath(__file__), "--negatives_only", str(global_batch)],
+        env=env,
+        check=True,
+        stdout=subprocess.PIPE,
+        text=True,
+    ).stdout
     return json.loads(out.strip().splitlines()[-1])
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--batch", type=int, default=16, help="global batch of the step-time comparison")
     parser.add_argument("--tokens", type=int, default=64)
-    parser.add_argument("--steps", type=int, default=5, help="timed steps per side and phase (after 2 warm-up)")
+    parser.add_argument(
+        "--steps", type=int, default=5, help="timed steps per side and phase (after 2 warm-up)"
+    )
     parser.add_argument("--stack", default="declared", choices=sorted(STACKS), help="legacy environment pins")
-    parser.add_argument("--legacy_venv", default=None, help=f"legacy virtualenv folder (default {DEFAULT_VENV})")
-    parser.add_argument("--negatives_batch", type=int, default=1024,
-                        help="global batch of the negatives count on 8 fake devices (CLIP-Italian: 8 x 128)")
-    parser.add_argument("--smoke", action="store_true",
-                        help="tiny towers, clip_jax side and negatives only (no virtualenv, no network); writes "
-                             "into --out or a temporary folder, not bench/results")
+    parser.add_argument(
+        "--legacy_venv", default=None, help=f"legacy virtualenv folder (default {DEFAULT_VENV})"
+    )
+    parser.add_argument(
+        "--negatives_batch",
+        type=int,
+        default=1024,
+        help="global batch of the negatives count on 8 fake devices (CLIP-Italian: 8 x 128)",
+    )
+    parser.add_argument(
+        "--smoke",
+        action="store_true",
+        help="tiny towers, clip_jax side and negatives only (no virtualenv, no network); writes "
+        "into --out or a temporary folder, not bench/results",
+    )
     parser.add_argument("--out", default=None, help="folder for the result JSON (default bench/results)")
     parser.add_argument("--negatives_only", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -266,12 +335,25 @@ def main() -> None:
     else:
         pins = stack_pins(args.stack)
         python = ensure_venv(args.legacy_venv or DEFAULT_VENV.format(stack=args.stack), pins)
-        with tempfile.TemporaryDirectory(prefix="vs_legacy_flax_") as folder:  # the worker reads it before "ready"
+        with tempfile.TemporaryDirectory(
+            prefix="vs_legacy_flax_"
+        ) as folder:  # the worker reads it before "ready"
             np.savez(os.path.join(folder, "batch.npz"), **data)
-            legacy = LegacyWorker(python, {"data": os.path.join(folder, "batch.npz"), "vision": LEGACY_VISION,
-                                           "text": LEGACY_TEXT, "projection_dim": projection})
-        result["legacy"] = {"stack": args.stack, "pins": pins, "versions": legacy.hello["versions"],
-                            "devices": legacy.hello["devices"]}
+            legacy = LegacyWorker(
+                python,
+                {
+                    "data": os.path.join(folder, "batch.npz"),
+                    "vision": LEGACY_VISION,
+                    "text": LEGACY_TEXT,
+                    "projection_dim": projection,
+                },
+            )
+        result["legacy"] = {
+            "stack": args.stack,
+            "pins": pins,
+            "versions": legacy.hello["versions"],
+            "devices": legacy.hello["devices"],
+        }
     try:
         times = step_times(args.batch, args.steps, vision, text, projection, legacy, data)
     finally:
@@ -280,8 +362,9 @@ def main() -> None:
     result["clip_jax"] = times["clip_jax"]
     if legacy:
         result["legacy"]["phases"] = times["legacy"]
-        result["legacy_over_clip_jax"] = {p: times["legacy"][p]["step_s"] / times["clip_jax"][p]["step_s"]
-                                          for p in (1, 2)}
+        result["legacy_over_clip_jax"] = {
+            p: times["legacy"][p]["step_s"] / times["clip_jax"][p]["step_s"] for p in (1, 2)
+        }
     name = "vs_legacy_flax_cpu" + ("" if args.stack == "declared" else f"_{args.stack.replace('-', '_')}")
     write_result(name, result, args.out)
 

@@ -38,7 +38,8 @@ def torch_phase_steps(batch: int, tokens: int, vision: dict | None = None, text:
     vision = vision or {"patch_size": 32}
     text = {k: v for k, v in (text or {"vocab_size": 32102}).items() if k != "model_type"}
     config = tf.VisionTextDualEncoderConfig.from_vision_text_configs(
-        tf.CLIPVisionConfig(**vision), tf.BertConfig(**text), projection_dim=512)
+        tf.CLIPVisionConfig(**vision), tf.BertConfig(**text), projection_dim=512
+    )
     model = tf.VisionTextDualEncoderModel(config).train()
     rs = np.random.RandomState(0)
     size, vocab = vision.get("image_size", 224), text["vocab_size"]
@@ -58,8 +59,10 @@ def torch_phase_steps(batch: int, tokens: int, vision: dict | None = None, text:
             optimizer, trainable = optimizers[phase]
             out = model(input_ids=ids, attention_mask=mask, pixel_values=pixels)
             logits = out.logits_per_image
-            loss = (torch.nn.functional.cross_entropy(logits, labels)
-                    + torch.nn.functional.cross_entropy(logits.T, labels)) / 2
+            loss = (
+                torch.nn.functional.cross_entropy(logits, labels)
+                + torch.nn.functional.cross_entropy(logits.T, labels)
+            ) / 2
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(trainable, 1.0)
@@ -78,12 +81,14 @@ def alternate(sides: dict, steps: int) -> dict:
         block(sides[name]())
     times: dict = {name: [] for name in names}
     for r in range(steps):
-        for name in (names if r % 2 == 0 else names[::-1]):
+        for name in names if r % 2 == 0 else names[::-1]:
             start = time.perf_counter()
             block(sides[name]())
             times[name].append(time.perf_counter() - start)
-    return {name: {"step_s": float(np.median(t)), "min_s": min(t), "max_s": max(t), "times": t} for name, t in
-            times.items()}
+    return {
+        name: {"step_s": float(np.median(t)), "min_s": min(t), "max_s": max(t), "times": t}
+        for name, t in times.items()
+    }
 
 
 def main() -> None:
@@ -91,13 +96,25 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--tokens", type=int, default=64)
     parser.add_argument("--steps", type=int, default=4, help="timed steps per side and phase (alternating)")
-    parser.add_argument("--smoke", action="store_true",
-                        help="tiny towers, batch 4, 2 steps; result into --out or a temporary folder")
+    parser.add_argument(
+        "--smoke",
+        action="store_true",
+        help="tiny towers, batch 4, 2 steps; result into --out or a temporary folder",
+    )
     parser.add_argument("--out", default=None, help="folder for the result JSON (default bench/results)")
     args = parser.parse_args()
     import jax
 
-    from bench.train_step import BERT_BASE, SMOKE, TINY_TEXT, TINY_VISION, VISION, fake_batch, make_model, phase_step
+    from bench.train_step import (
+        BERT_BASE,
+        SMOKE,
+        TINY_TEXT,
+        TINY_VISION,
+        VISION,
+        fake_batch,
+        make_model,
+        phase_step,
+    )
     from clip_jax.sharding import batch_sharding, make_mesh
 
     if args.smoke:
@@ -108,8 +125,10 @@ def main() -> None:
         vision, text, torch_vision, torch_text = VISION["B/32"], BERT_BASE, None, None
     model = make_model(vision, text)
     mesh = make_mesh({"data": -1})
-    data = jax.device_put(fake_batch(args.batch, args.tokens, vision.get("image_size", 224),
-                                     text.get("vocab_size", 32102)), batch_sharding(mesh))
+    data = jax.device_put(
+        fake_batch(args.batch, args.tokens, vision.get("image_size", 224), text.get("vocab_size", 32102)),
+        batch_sharding(mesh),
+    )
     torch_steps = torch_phase_steps(args.batch, args.tokens, torch_vision, torch_text)
     ours, theirs = {}, {}
     for phase in (1, 2):
@@ -117,12 +136,20 @@ def main() -> None:
         timed = alternate({"clip_jax": jax_step, "pytorch": torch_steps[phase]}, args.steps)
         for side, out in (("clip_jax", ours), ("pytorch", theirs)):
             out[phase] = dict(timed[side], images_per_s=args.batch / timed[side]["step_s"])
-        print(f"phase {phase}: clip_jax {ours[phase]['step_s']:.2f}s ({ours[phase]['min_s']:.2f}.."
-              f"{ours[phase]['max_s']:.2f}), PyTorch {theirs[phase]['step_s']:.2f}s ({theirs[phase]['min_s']:.2f}.."
-              f"{theirs[phase]['max_s']:.2f})", flush=True)
-    result = {"machine": machine(), "args": vars(args), "order": "alternating A B B A per phase",
-              "clip_jax": ours, "pytorch": theirs,
-              "pytorch_over_clip_jax": {p: theirs[p]["step_s"] / ours[p]["step_s"] for p in (1, 2)}}
+        print(
+            f"phase {phase}: clip_jax {ours[phase]['step_s']:.2f}s ({ours[phase]['min_s']:.2f}.."
+            f"{ours[phase]['max_s']:.2f}), PyTorch {theirs[phase]['step_s']:.2f}s ({theirs[phase]['min_s']:.2f}.."
+            f"{theirs[phase]['max_s']:.2f})",
+            flush=True,
+        )
+    result = {
+        "machine": machine(),
+        "args": vars(args),
+        "order": "alternating A B B A per phase",
+        "clip_jax": ours,
+        "pytorch": theirs,
+        "pytorch_over_clip_jax": {p: theirs[p]["step_s"] / ours[p]["step_s"] for p in (1, 2)},
+    }
     write_result("vs_pytorch_cpu", result, args.out)
 
 

@@ -4,4 +4,4 @@ from clip_jax.clip_model import CLIPModel
 from clip_jax.models import load_text_tower, load_vision_tower
 
 __version__ = "0.1.0"
-__all__ = ["CLIPModel", "load_text_tower", "load_vision_tower", "__version__"]
+__all__ = ["CLIPModel", "__version__", "load_text_tower", "load_vision_tower"]

@@ -36,7 +36,14 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from clip_jax.weights.readers import CheckpointError
     from clip_jax.workdir import WorkdirInUse
 
-    errors: list[type[BaseException]] = [UsageError, ValueError, CheckpointError, OSError, ImportError, WorkdirInUse]
+    errors: list[type[BaseException]] = [
+        UsageError,
+        ValueError,
+        CheckpointError,
+        OSError,
+        ImportError,
+        WorkdirInUse,
+    ]
     try:
         from clip_jax.data.pipeline import DataError
 
@@ -54,11 +61,15 @@ def _message(error: BaseException) -> str:
     text = str(error).strip() or type(error).__name__
     if isinstance(error, OSError) and error.filename and str(error.filename) not in text:
         text = f"{text}: {error.filename}"
-    if isinstance(error, OSError) and not isinstance(error, (FileNotFoundError,)) and error.strerror \
-            and "—" not in text:
+    if (
+        isinstance(error, OSError)
+        and not isinstance(error, (FileNotFoundError,))
+        and error.strerror
+        and "—" not in text
+    ):
         text += " — check the path, its permissions and the free disk space"
     if isinstance(error, ModuleNotFoundError) and "pip install" not in text:
-        text += " — install the missing package (see the extras in the README: pip install \"clip_jax[...]\")"
+        text += ' — install the missing package (see the extras in the README: pip install "clip_jax[...]")'
     return text
 
 
@@ -103,8 +114,11 @@ def _quiet_background_errors() -> None:
     import threading
 
     def hook(args):
-        print(f"warning: background thread {args.thread.name if args.thread else '?'}: "
-              f"{args.exc_type.__name__}: {args.exc_value}", file=sys.stderr)
+        print(
+            f"warning: background thread {args.thread.name if args.thread else '?'}: "
+            f"{args.exc_type.__name__}: {args.exc_value}",
+            file=sys.stderr,
+        )
 
     threading.excepthook = hook
     previous = sys.excepthook
@@ -120,7 +134,10 @@ def _quiet_background_errors() -> None:
     previous_unraisable = sys.unraisablehook
 
     def quiet_unraisable(unraisable):  # the same noise, when it arrives as an "unraisable" exception
-        if isinstance(unraisable.exc_value, RuntimeError) and str(unraisable.exc_value) == "Event loop is closed":
+        if (
+            isinstance(unraisable.exc_value, RuntimeError)
+            and str(unraisable.exc_value) == "Event loop is closed"
+        ):
             return
         previous_unraisable(unraisable)
 
@@ -145,8 +162,11 @@ def _pop_debug(argv: list[str]) -> tuple[list[str], bool]:
 
 
 def _usage() -> str:
-    lines = ["usage: clip-jax {" + ",".join(COMMANDS) + "} [options]   (clip-jax COMMAND --help for its options)",
-             "", "commands:"]
+    lines = [
+        "usage: clip-jax {" + ",".join(COMMANDS) + "} [options]   (clip-jax COMMAND --help for its options)",
+        "",
+        "commands:",
+    ]
     lines += [f"  {name:<15}{text}" for name, text in COMMANDS.items()]
     lines += ["", "--debug (anywhere) shows the traceback of an error."]
     return "\n".join(lines)
@@ -199,18 +219,38 @@ def _define_train_flags(argv: Sequence[str] = ()):
     from ml_collections import config_flags
 
     values = flags.FlagValues()
-    config_flags.DEFINE_config_file("config", None, "Built-in recipe name or config file (.py with get_config()).",
-                                    lock_config=True, flag_values=values, sys_argv=list(argv))
-    flags.DEFINE_string("workdir", None, "Run directory (local or gs://); default runs/<config name>.",
-                        flag_values=values)
-    flags.DEFINE_bool("print_config", False, "Print the resolved config (recipe + overrides) and exit.",
-                      flag_values=values)
-    flags.DEFINE_string("coordinator", None, "host:port of process 0, for multi-process runs off TPU/SLURM.",
-                        flag_values=values)
-    flags.DEFINE_integer("num_processes", None, "Number of processes in a multi-process run.", flag_values=values)
-    flags.DEFINE_integer("process_id", None, "This process's index in a multi-process run.", flag_values=values)
-    flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize() with automatic settings "
-                      "(TPU pods, SLURM).", flag_values=values)
+    config_flags.DEFINE_config_file(
+        "config",
+        None,
+        "Built-in recipe name or config file (.py with get_config()).",
+        lock_config=True,
+        flag_values=values,
+        sys_argv=list(argv),
+    )
+    flags.DEFINE_string(
+        "workdir", None, "Run directory (local or gs://); default runs/<config name>.", flag_values=values
+    )
+    flags.DEFINE_bool(
+        "print_config", False, "Print the resolved config (recipe + overrides) and exit.", flag_values=values
+    )
+    flags.DEFINE_string(
+        "coordinator",
+        None,
+        "host:port of process 0, for multi-process runs off TPU/SLURM.",
+        flag_values=values,
+    )
+    flags.DEFINE_integer(
+        "num_processes", None, "Number of processes in a multi-process run.", flag_values=values
+    )
+    flags.DEFINE_integer(
+        "process_id", None, "This process's index in a multi-process run.", flag_values=values
+    )
+    flags.DEFINE_bool(
+        "distributed",
+        False,
+        "Call jax.distributed.initialize() with automatic settings (TPU pods, SLURM).",
+        flag_values=values,
+    )
     return values
 
 
@@ -223,7 +263,9 @@ def _config_arg(argv: list[str]) -> tuple[list[str], str]:
         arg = argv[i]
         if arg == "--config":
             if i + 1 >= len(argv):
-                raise UsageError(f"--config needs a value — a recipe ({', '.join(configs.names())}) or a .py file")
+                raise UsageError(
+                    f"--config needs a value — a recipe ({', '.join(configs.names())}) or a .py file"
+                )
             spec, i = argv[i + 1], i + 2
             continue
         if arg.startswith("--config="):
@@ -255,18 +297,21 @@ def check_overrides(config, argv: Sequence[str]) -> None:
     for arg in argv:
         if not arg.startswith("--config."):
             continue
-        key = arg[len("--config."):].split("=", 1)[0]
+        key = arg[len("--config.") :].split("=", 1)[0]
         node, parts = config, key.split(".")
         for depth, part in enumerate(parts):
             children = node.keys() if hasattr(node, "keys") else None
             if children is None:
                 section = ".".join(parts[:depth])
-                raise UsageError(f"unknown config key {key!r}: {section} is a value, not a section — set "
-                                 f"--config.{section}=... instead")
+                raise UsageError(
+                    f"unknown config key {key!r}: {section} is a value, not a section — set "
+                    f"--config.{section}=... instead"
+                )
             if part not in children:
                 section = ".".join(parts[:depth]) or "the config"
-                raise UsageError(f"unknown config key {key!r} — valid keys of {section}: "
-                                 f"{', '.join(sorted(children))}")
+                raise UsageError(
+                    f"unknown config key {key!r} — valid keys of {section}: {', '.join(sorted(children))}"
+                )
             node = node[part]
 
 
@@ -281,7 +326,9 @@ def train_main(argv: Sequence[str]) -> dict | None:
         FLAGS = _define_train_flags()
         print(TRAIN_HELP.replace("{recipes}", ", ".join(configs.names())))
         print("\n".join(f"  --{name}: {FLAGS[name].help}" for name in FLAGS))
-        print("  --config.KEY=VALUE: override any key of the config (see --print_config)\n  --debug: show tracebacks")
+        print(
+            "  --config.KEY=VALUE: override any key of the config (see --print_config)\n  --debug: show tracebacks"
+        )
         return None
     argv, config_file = _config_arg(argv)
     check_overrides(load_config_file(config_file), argv)

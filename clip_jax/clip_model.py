@@ -11,23 +11,40 @@ import json
 import math
 import os
 import re
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 from PIL import Image
 
 from clip_jax.data.preprocess import ImageProcessorConfig, preprocess_images
-from clip_jax.hub import (CLIP_JAX_MODEL_TYPE, DEFAULT_MAX_SHARD_SIZE, ExportError, push_to_hub,
-                          transformers_compatible, write_model_card, write_weights)
+from clip_jax.hub import (
+    CLIP_JAX_MODEL_TYPE,
+    DEFAULT_MAX_SHARD_SIZE,
+    ExportError,
+    push_to_hub,
+    transformers_compatible,
+    write_model_card,
+    write_weights,
+)
 from clip_jax.models.dual_encoder import LOGIT_SCALE_INIT, DualEncoder, dual_encoder_key_map, l2_normalize
-from clip_jax.models.registry import (COMPOSITES, LoadedTower, architecture_of, build_tower, detect_prefix,
-                                      load_tower, normalised_config, tower_builder, tower_config)
+from clip_jax.models.registry import (
+    COMPOSITES,
+    LoadedTower,
+    architecture_of,
+    build_tower,
+    detect_prefix,
+    load_tower,
+    normalised_config,
+    tower_builder,
+    tower_config,
+)
 from clip_jax.weights.loading import flat_params, load_params
 from clip_jax.weights.readers import CheckpointError, read_config, read_state_dict, resolve_checkpoint
 
@@ -80,8 +97,9 @@ def _text_list(texts: Texts) -> list[str]:
     texts = list(texts)
     bad = [i for i, t in enumerate(texts) if not isinstance(t, str)]
     if bad:
-        raise TypeError(f"Texts must be strings; items {bad[:5]} are not (item {bad[0]}: "
-                        f"{type(texts[bad[0]]).__name__}).")
+        raise TypeError(
+            f"Texts must be strings; items {bad[:5]} are not (item {bad[0]}: {type(texts[bad[0]]).__name__})."
+        )
     return texts
 
 
@@ -90,8 +108,14 @@ def _next_power_of_two(n: int) -> int:
 
 
 #: Files of which at least one is present in a directory that really holds a tokenizer.
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "vocab.json",
-                   "sentencepiece.bpe.model", "spiece.model")
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "vocab.txt",
+    "vocab.json",
+    "sentencepiece.bpe.model",
+    "spiece.model",
+)
 
 
 def _load_tokenizer(source: Any) -> Any:
@@ -102,7 +126,6 @@ def _load_tokenizer(source: Any) -> Any:
     if source is None or not isinstance(source, (str, os.PathLike)):
         return source
     from transformers import AutoTokenizer
-
     from transformers.utils import logging as hf_logging
 
     if Path(source).is_dir() and not any((Path(source) / name).is_file() for name in TOKENIZER_FILES):
@@ -118,8 +141,18 @@ def _load_tokenizer(source: Any) -> Any:
 
 
 #: Loading-time arguments a tokenizer remembers in ``init_kwargs``: not part of what an export should carry.
-RUNTIME_TOKENIZER_KWARGS = ("is_local", "local_files_only", "_commit_hash", "cache_dir", "force_download", "token",
-                            "use_auth_token", "revision", "trust_remote_code", "subfolder")
+RUNTIME_TOKENIZER_KWARGS = (
+    "is_local",
+    "local_files_only",
+    "_commit_hash",
+    "cache_dir",
+    "force_download",
+    "token",
+    "use_auth_token",
+    "revision",
+    "trust_remote_code",
+    "subfolder",
+)
 
 
 def save_tokenizer(tokenizer: Any, directory: str | os.PathLike, max_length: int) -> None:
@@ -147,8 +180,14 @@ def _tower(source: TowerSource, kind: str, **kwargs: Any) -> LoadedTower:
     return build_tower(source, kind, **kwargs)
 
 
-def dual_encoder_builder(raw_config: dict[str, Any], *, dtype: jnp.dtype | None = None,
-                         param_dtype: jnp.dtype = jnp.float32, has_logit_bias: bool = False, source: str = ""):
+def dual_encoder_builder(
+    raw_config: dict[str, Any],
+    *,
+    dtype: jnp.dtype | None = None,
+    param_dtype: jnp.dtype = jnp.float32,
+    has_logit_bias: bool = False,
+    source: str = "",
+):
     """From a dual encoder's ``config.json``: a function building the (random) :class:`DualEncoder`,
     and each tower's (architecture, key prefix of its composite)."""
     if raw_config.get("model_type") == CLIP_JAX_MODEL_TYPE:
@@ -156,20 +195,29 @@ def dual_encoder_builder(raw_config: dict[str, Any], *, dtype: jnp.dtype | None 
     if raw_config.get("model_type") not in COMPOSITES:
         raise CheckpointError(
             f"{source} holds a {raw_config.get('model_type')!r} model, not a dual encoder "
-            f"({sorted(COMPOSITES)}). To pair two towers, use CLIPModel.from_towers(vision=..., text=...).")
+            f"({sorted(COMPOSITES)}). To pair two towers, use CLIPModel.from_towers(vision=..., text=...)."
+        )
     hf = normalised_config(raw_config, source)
     extra = raw_config.get("clip_jax", {})
-    (v_arch, v_cfg, v_outer), (t_arch, t_cfg, t_outer) = (tower_config(hf, k, source) for k in ("vision", "text"))
+    (v_arch, v_cfg, v_outer), (t_arch, t_cfg, t_outer) = (
+        tower_config(hf, k, source) for k in ("vision", "text")
+    )
     bias = extra.get("logit_bias_init")
     if has_logit_bias and bias is None:
         bias = 0.0
 
     def build() -> DualEncoder:
         return DualEncoder(
-            tower_builder(v_arch, v_cfg, dtype, param_dtype)(), tower_builder(t_arch, t_cfg, dtype, param_dtype)(),
-            projection_dim=int(hf.get("projection_dim", 512)), text_pooling=extra.get("text_pooling", "pooler"),
-            logit_scale_init=float(hf.get("logit_scale_init_value", LOGIT_SCALE_INIT)), logit_bias_init=bias,
-            dtype=dtype, param_dtype=param_dtype, rngs=nnx.Rngs(0))
+            tower_builder(v_arch, v_cfg, dtype, param_dtype)(),
+            tower_builder(t_arch, t_cfg, dtype, param_dtype)(),
+            projection_dim=int(hf.get("projection_dim", 512)),
+            text_pooling=extra.get("text_pooling", "pooler"),
+            logit_scale_init=float(hf.get("logit_scale_init_value", LOGIT_SCALE_INIT)),
+            logit_bias_init=bias,
+            dtype=dtype,
+            param_dtype=param_dtype,
+            rngs=nnx.Rngs(0),
+        )
 
     return build, (v_arch, v_outer), (t_arch, t_outer)
 
@@ -182,15 +230,23 @@ class CLIPModel:
     :meth:`encode_text`; both return L2-normalised float32 NumPy arrays.
     """
 
-    def __init__(self, module: DualEncoder, *, tokenizer: Any = None,
-                 image_processor: ImageProcessorConfig | None = None, max_length: int | None = None):
+    def __init__(
+        self,
+        module: DualEncoder,
+        *,
+        tokenizer: Any = None,
+        image_processor: ImageProcessorConfig | None = None,
+        max_length: int | None = None,
+    ):
         self.module = module
         self.tokenizer = tokenizer
         image_size = module.vision.config.image_size
         self.image_processor = image_processor or ImageProcessorConfig.for_image_size(image_size)
         if (self.image_processor.crop_height, self.image_processor.crop_width) != (image_size, image_size):
-            raise ValueError(f"Image processor crops to {self.image_processor.crop_height}x"
-                             f"{self.image_processor.crop_width} but the vision tower takes {image_size}px images.")
+            raise ValueError(
+                f"Image processor crops to {self.image_processor.crop_height}x"
+                f"{self.image_processor.crop_width} but the vision tower takes {image_size}px images."
+            )
         tower_max = module.text.config.max_length
         self.max_length = min(max_length or tower_max, tower_max)
         #: What the model was initialised from (hub ids or paths): the model card's ``base_model``.
@@ -199,11 +255,23 @@ class CLIPModel:
 
     # ------------------------------------------------------------------ construction
     @classmethod
-    def from_towers(cls, vision: TowerSource, text: TowerSource, projection_dim: int = 512,
-                    text_pooling: str | None = None, *, tokenizer: Any = None, image_size: int | None = None,
-                    max_length: int | None = None, logit_scale_init: float = LOGIT_SCALE_INIT,
-                    logit_bias_init: float | None = None, dtype: jnp.dtype | None = None,
-                    param_dtype: jnp.dtype = jnp.float32, seed: int = 0, revision: str | None = None) -> "CLIPModel":
+    def from_towers(
+        cls,
+        vision: TowerSource,
+        text: TowerSource,
+        projection_dim: int = 512,
+        text_pooling: str | None = None,
+        *,
+        tokenizer: Any = None,
+        image_size: int | None = None,
+        max_length: int | None = None,
+        logit_scale_init: float = LOGIT_SCALE_INIT,
+        logit_bias_init: float | None = None,
+        dtype: jnp.dtype | None = None,
+        param_dtype: jnp.dtype = jnp.float32,
+        seed: int = 0,
+        revision: str | None = None,
+    ) -> CLIPModel:
         """Pretrained towers with fresh projections (normal(0.02), no bias) and logit scale.
 
         ``vision`` and ``text`` are each a local directory or hub id (a full ``clip`` checkpoint
@@ -215,25 +283,43 @@ class CLIPModel:
         common = dict(dtype=dtype, param_dtype=param_dtype, seed=seed)
         v = _tower(vision, "vision", overrides={"image_size": image_size}, revision=revision, **common)
         t = _tower(text, "text", overrides={}, revision=revision, **common)
-        module = DualEncoder(v.module, t.module, projection_dim=projection_dim,
-                             text_pooling=text_pooling or "pooler", logit_scale_init=logit_scale_init,
-                             logit_bias_init=logit_bias_init, dtype=dtype, param_dtype=param_dtype,
-                             rngs=nnx.Rngs(seed + 1))
+        module = DualEncoder(
+            v.module,
+            t.module,
+            projection_dim=projection_dim,
+            text_pooling=text_pooling or "pooler",
+            logit_scale_init=logit_scale_init,
+            logit_bias_init=logit_bias_init,
+            dtype=dtype,
+            param_dtype=param_dtype,
+            rngs=nnx.Rngs(seed + 1),
+        )
         if tokenizer is None:
             tokenizer = _load_tokenizer(t.directory)
         elif isinstance(tokenizer, (str, os.PathLike)):
             path, tokenizer = tokenizer, _load_tokenizer(tokenizer)
             if tokenizer is None:
                 raise ValueError(f"No tokenizer files ({', '.join(TOKENIZER_FILES)}) in {path}.")
-        processor = ImageProcessorConfig.from_pretrained(v.directory) if v.directory and image_size is None else None
+        processor = (
+            ImageProcessorConfig.from_pretrained(v.directory) if v.directory and image_size is None else None
+        )
         model = cls(module, tokenizer=tokenizer, image_processor=processor, max_length=max_length)
-        model.base_models = [str(source) for source in (vision, text) if isinstance(source, (str, os.PathLike))]
+        model.base_models = [
+            str(source) for source in (vision, text) if isinstance(source, (str, os.PathLike))
+        ]
         return model
 
     @classmethod
-    def from_pretrained(cls, path_or_id: str | os.PathLike, *, logit_scale: float | None = None,
-                        revision: str | None = None, dtype: jnp.dtype | None = None,
-                        param_dtype: jnp.dtype = jnp.float32, max_length: int | None = None) -> "CLIPModel":
+    def from_pretrained(
+        cls,
+        path_or_id: str | os.PathLike,
+        *,
+        logit_scale: float | None = None,
+        revision: str | None = None,
+        dtype: jnp.dtype | None = None,
+        param_dtype: jnp.dtype = jnp.float32,
+        max_length: int | None = None,
+    ) -> CLIPModel:
         """A saved dual encoder: our own ``save_pretrained`` output, a transformers
         ``vision-text-dual-encoder`` checkpoint, or an OpenAI-style ``clip`` checkpoint.
 
@@ -243,32 +329,50 @@ class CLIPModel:
         directory = resolve_checkpoint(path_or_id, revision=revision)
         state_dict = read_state_dict(directory)
         build, (v_arch, v_outer), (t_arch, t_outer) = dual_encoder_builder(
-            read_config(directory), dtype=dtype, param_dtype=param_dtype, has_logit_bias="logit_bias" in state_dict,
-            source=str(directory))
+            read_config(directory),
+            dtype=dtype,
+            param_dtype=param_dtype,
+            has_logit_bias="logit_bias" in state_dict,
+            source=str(directory),
+        )
         v_prefix = detect_prefix(state_dict, v_arch, v_outer, source=str(directory))
         t_prefix = detect_prefix(state_dict, t_arch, t_outer, source=str(directory))
         key_map = dual_encoder_key_map(v_arch.key_map, t_arch.key_map, v_prefix, t_prefix)
         ignore = tuple(re.escape(v_prefix) + p for p in v_arch.ignore) + tuple(
-            re.escape(t_prefix) + p for p in t_arch.ignore)
-        module = load_params(build, state_dict, key_map, ignore=ignore,
-                             allow_missing=tuple(f"vision\\.{p}" for p in v_arch.allow_missing)
-                             + tuple(f"text\\.{p}" for p in t_arch.allow_missing),
-                             source=f"dual encoder from {directory}")
+            re.escape(t_prefix) + p for p in t_arch.ignore
+        )
+        module = load_params(
+            build,
+            state_dict,
+            key_map,
+            ignore=ignore,
+            allow_missing=tuple(f"vision\\.{p}" for p in v_arch.allow_missing)
+            + tuple(f"text\\.{p}" for p in t_arch.allow_missing),
+            source=f"dual encoder from {directory}",
+        )
         if max_length is None:  # the length the model was trained with, recorded by save_pretrained
             max_length = read_config(directory).get("clip_jax", {}).get("max_length")
         if logit_scale is not None:
             if logit_scale <= 0:
-                raise ValueError(f"logit_scale must be positive (it is exp of the stored value); got {logit_scale}.")
+                raise ValueError(
+                    f"logit_scale must be positive (it is exp of the stored value); got {logit_scale}."
+                )
             module.logit_scale.set_value(jnp.asarray(math.log(logit_scale), jnp.float32))
-        model = cls(module, tokenizer=_load_tokenizer(directory),
-                    image_processor=ImageProcessorConfig.from_pretrained(directory), max_length=max_length)
+        model = cls(
+            module,
+            tokenizer=_load_tokenizer(directory),
+            image_processor=ImageProcessorConfig.from_pretrained(directory),
+            max_length=max_length,
+        )
         model.base_models = [str(path_or_id)]
         return model
 
     def hub_config(self) -> dict[str, Any]:
         """The ``config.json`` of this model in the hub format (see :mod:`clip_jax.hub`)."""
         module = self.module
-        compatible, why = transformers_compatible(module.text_pooling, module.text.config.to_hf()["model_type"])
+        compatible, why = transformers_compatible(
+            module.text_pooling, module.text.config.to_hf()["model_type"]
+        )
         config = {
             "model_type": "vision-text-dual-encoder" if compatible else CLIP_JAX_MODEL_TYPE,
             "architectures": ["VisionTextDualEncoderModel"] if compatible else ["CLIPModel (clip_jax)"],
@@ -276,17 +380,25 @@ class CLIPModel:
             "text_config": module.text.config.to_hf(),
             "projection_dim": module.projection_dim,
             "logit_scale_init_value": LOGIT_SCALE_INIT,
-            "clip_jax": {"text_pooling": module.text_pooling, "max_length": self.max_length,
-                         "logit_bias_init": (float(module.logit_bias[...]) if module.logit_bias is not None
-                                             else None)},
+            "clip_jax": {
+                "text_pooling": module.text_pooling,
+                "max_length": self.max_length,
+                "logit_bias_init": (float(module.logit_bias[...]) if module.logit_bias is not None else None),
+            },
         }
         if not compatible:
             config["clip_jax"]["why_not_transformers"] = why
         return config
 
-    def save_pretrained(self, directory: str | os.PathLike, *, max_shard_size: str | int = DEFAULT_MAX_SHARD_SIZE,
-                        weights: bool = True, require_transformers: bool = False,
-                        card: Mapping[str, Any] | None = None) -> Path:
+    def save_pretrained(
+        self,
+        directory: str | os.PathLike,
+        *,
+        max_shard_size: str | int = DEFAULT_MAX_SHARD_SIZE,
+        weights: bool = True,
+        require_transformers: bool = False,
+        card: Mapping[str, Any] | None = None,
+    ) -> Path:
         """Write config.json, the weights (safetensors; sharded above ``max_shard_size``), the tokenizer
         (a fresh copy whose ``model_max_length`` is this model's ``max_length``) and preprocessor_config.json: a directory ``VisionTextDualEncoderModel.from_pretrained`` loads.
 
@@ -300,15 +412,20 @@ class CLIPModel:
         """
         config = self.hub_config()
         if require_transformers and config["model_type"] != "vision-text-dual-encoder":
-            raise ExportError("Cannot export in transformers' format: " + config["clip_jax"]["why_not_transformers"])
+            raise ExportError(
+                "Cannot export in transformers' format: " + config["clip_jax"]["why_not_transformers"]
+            )
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         (directory / "config.json").write_text(json.dumps(config, indent=2) + "\n")
         if weights:
             module = self.module
-            key_map = dual_encoder_key_map(architecture_of(module.vision).key_map,
-                                           architecture_of(module.text).key_map)
-            tensors = key_map.export({p: np.asarray(jax.device_get(v)) for p, v in flat_params(module).items()})
+            key_map = dual_encoder_key_map(
+                architecture_of(module.vision).key_map, architecture_of(module.text).key_map
+            )
+            tensors = key_map.export(
+                {p: np.asarray(jax.device_get(v)) for p, v in flat_params(module).items()}
+            )
             write_weights(tensors, directory, max_shard_size)
         if self.tokenizer is not None:
             save_tokenizer(self.tokenizer, directory, self.max_length)
@@ -317,9 +434,16 @@ class CLIPModel:
             write_model_card(directory, **{"base_models": self.base_models, **card})
         return directory
 
-    def push_to_hub(self, repo_id: str, *, private: bool = False, revision: str | None = None,
-                    commit_message: str = "Upload CLIP dual encoder (clip_jax)", token: str | None = None,
-                    model_card: str | Mapping[str, Any] | None = None) -> str:
+    def push_to_hub(
+        self,
+        repo_id: str,
+        *,
+        private: bool = False,
+        revision: str | None = None,
+        commit_message: str = "Upload CLIP dual encoder (clip_jax)",
+        token: str | None = None,
+        model_card: str | Mapping[str, Any] | None = None,
+    ) -> str:
         """Save to a temporary directory and upload it to ``repo_id``. ``model_card``: the README.md text, or
         :meth:`save_pretrained`'s ``card`` arguments (default: a card with no results; ``repo_id`` filled in)."""
         import tempfile
@@ -329,8 +453,9 @@ class CLIPModel:
             self.save_pretrained(tmp, card=card)
             if isinstance(model_card, str):
                 Path(tmp, "README.md").write_text(model_card)
-            return push_to_hub(tmp, repo_id, private=private, revision=revision, commit_message=commit_message,
-                               token=token)
+            return push_to_hub(
+                tmp, repo_id, private=private, revision=revision, commit_message=commit_message, token=token
+            )
 
     # ------------------------------------------------------------------ temperature
     @property
@@ -342,7 +467,9 @@ class CLIPModel:
     @logit_multiplier.setter
     def logit_multiplier(self, value: float) -> None:
         if not value > 0:
-            raise ValueError(f"The logit multiplier must be positive (it is exp of the stored log); got {value}.")
+            raise ValueError(
+                f"The logit multiplier must be positive (it is exp of the stored log); got {value}."
+            )
         self.module.logit_scale.set_value(jnp.asarray(math.log(value), jnp.float32))
 
     @property
@@ -377,8 +504,10 @@ class CLIPModel:
         key = name if normalize else f"{name}-raw"
         if key not in self._jitted:
             graphdef = nnx.graphdef(self.module)
-            method = {"image": lambda m, x: m.image_features(x),
-                      "text": lambda m, ids, mask: m.text_features(ids, mask)}[name]
+            method = {
+                "image": lambda m, x: m.image_features(x),
+                "text": lambda m, ids, mask: m.text_features(ids, mask),
+            }[name]
             post = l2_normalize if normalize else (lambda x: x.astype(jnp.float32))
             self._jitted[key] = jax.jit(lambda state, *args: post(method(nnx.merge(graphdef, state), *args)))
         return self._jitted[key]
@@ -395,8 +524,10 @@ class CLIPModel:
         size = self.module.vision.config.image_size
         if isinstance(images, Mapping):
             if "pixel_values" not in images:
-                raise TypeError(f"A mapping of images needs a 'pixel_values' entry (as transformers' processors "
-                                f"return); got keys {sorted(images)[:5]}.")
+                raise TypeError(
+                    f"A mapping of images needs a 'pixel_values' entry (as transformers' processors "
+                    f"return); got keys {sorted(images)[:5]}."
+                )
             images = images["pixel_values"]
         if isinstance(images, Image.Image):
             images = [images]
@@ -406,43 +537,63 @@ class CLIPModel:
                 array = array[None]
             if array.dtype == np.uint8:
                 if array.ndim != 4 or array.shape[-1] != 3:
-                    raise ValueError(f"uint8 image arrays must be channels-last [N, H, W, 3] or [H, W, 3]; got "
-                                     f"shape {array.shape}" + (" (channels first: transpose to [N, H, W, 3])"
-                                                               if array.ndim == 4 and array.shape[1] == 3 else "")
-                                     + ".")
+                    raise ValueError(
+                        f"uint8 image arrays must be channels-last [N, H, W, 3] or [H, W, 3]; got "
+                        f"shape {array.shape}"
+                        + (
+                            " (channels first: transpose to [N, H, W, 3])"
+                            if array.ndim == 4 and array.shape[1] == 3
+                            else ""
+                        )
+                        + "."
+                    )
                 for start in range(0, len(array), batch_size):
-                    yield preprocess_images(list(array[start:start + batch_size]), self.image_processor)
+                    yield preprocess_images(list(array[start : start + batch_size]), self.image_processor)
                 return
             if not jnp.issubdtype(array.dtype, jnp.floating):
-                raise TypeError(f"Image arrays must be uint8 (raw pixels) or floating point (preprocessed pixels); "
-                                f"got {array.dtype}.")
+                raise TypeError(
+                    f"Image arrays must be uint8 (raw pixels) or floating point (preprocessed pixels); "
+                    f"got {array.dtype}."
+                )
             if array.ndim == 4 and array.shape[1:] == (3, size, size) and array.shape[-1] != 3:
                 array = array.transpose(0, 2, 3, 1)  # transformers' pixel_values are channels-first
             if array.ndim != 4 or array.shape[1:] != (size, size, 3):
                 raise ValueError(
                     f"Float image arrays must be preprocessed pixels [N, {size}, {size}, 3] (channels last) or "
                     f"[N, 3, {size}, {size}] (transformers' pixel_values); got shape {array.shape}. Pass PIL "
-                    "images or uint8 arrays to have them resized, cropped and normalised.")
+                    "images or uint8 arrays to have them resized, cropped and normalised."
+                )
             for start in range(0, len(array), batch_size):
-                yield np.asarray(array[start:start + batch_size], np.float32)
+                yield np.asarray(array[start : start + batch_size], np.float32)
             return
         if isinstance(images, (str, bytes, os.PathLike)):
-            raise TypeError(f"encode_image takes images, not file names ({str(images)[:80]!r}): open them first, "
-                            "e.g. PIL.Image.open(path).")
+            raise TypeError(
+                f"encode_image takes images, not file names ({str(images)[:80]!r}): open them first, "
+                "e.g. PIL.Image.open(path)."
+            )
         if not isinstance(images, Iterable):
-            raise TypeError(f"encode_image takes a PIL image, a sequence of them, or a pixel array (numpy, torch "
-                            f"or jax); got {type(images).__name__}.")
+            raise TypeError(
+                f"encode_image takes a PIL image, a sequence of them, or a pixel array (numpy, torch "
+                f"or jax); got {type(images).__name__}."
+            )
         iterator, seen = iter(images), 0
         while chunk := list(itertools.islice(iterator, batch_size)):
             items = []
             for i, item in enumerate(chunk):
                 raw = item if isinstance(item, Image.Image) else _to_numpy(item)
-                if not (isinstance(raw, Image.Image) or (raw is not None and raw.dtype == np.uint8
-                                                         and raw.ndim == 3 and raw.shape[-1] == 3)):
-                    described = (f"a {raw.dtype} array of shape {raw.shape}" if raw is not None
-                                 else f"a {type(item).__name__}")
-                    raise TypeError(f"Image {seen + i} is {described}; a sequence of images must hold PIL images "
-                                    "or uint8 [H, W, 3] arrays (stack preprocessed pixels into one float array).")
+                if not (
+                    isinstance(raw, Image.Image)
+                    or (raw is not None and raw.dtype == np.uint8 and raw.ndim == 3 and raw.shape[-1] == 3)
+                ):
+                    described = (
+                        f"a {raw.dtype} array of shape {raw.shape}"
+                        if raw is not None
+                        else f"a {type(item).__name__}"
+                    )
+                    raise TypeError(
+                        f"Image {seen + i} is {described}; a sequence of images must hold PIL images "
+                        "or uint8 [H, W, 3] arrays (stack preprocessed pixels into one float array)."
+                    )
                 items.append(raw)
             yield preprocess_images(items, self.image_processor)
             seen += len(chunk)
@@ -490,12 +641,19 @@ class CLIPModel:
         """Token ids and attention mask (int32), truncated to ``max_length`` and padded to a
         power-of-two length bucket, or to ``max_length`` itself with ``fixed_length`` (training)."""
         if self.tokenizer is None:
-            raise ValueError("This model has no tokenizer: pass tokenizer=PATH_OR_OBJECT to CLIPModel.from_towers.")
+            raise ValueError(
+                "This model has no tokenizer: pass tokenizer=PATH_OR_OBJECT to CLIPModel.from_towers."
+            )
         texts = _text_list(texts)
-        enc = self.tokenizer(texts, padding="longest", truncation=True, max_length=self.max_length,
-                             return_tensors="np")
+        enc = self.tokenizer(
+            texts, padding="longest", truncation=True, max_length=self.max_length, return_tensors="np"
+        )
         ids, mask = enc["input_ids"], enc["attention_mask"]
-        length = self.max_length if fixed_length else min(max(8, _next_power_of_two(ids.shape[1])), self.max_length)
+        length = (
+            self.max_length
+            if fixed_length
+            else min(max(8, _next_power_of_two(ids.shape[1])), self.max_length)
+        )
         pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         if length > ids.shape[1]:
             extra = length - ids.shape[1]
@@ -514,7 +672,7 @@ class CLIPModel:
         fn = self._compiled("text", normalize)
         out = []
         for start in range(0, len(texts), batch_size):
-            enc = self.tokenize(texts[start:start + batch_size])
+            enc = self.tokenize(texts[start : start + batch_size])
             n, length = enc["input_ids"].shape
             rows = self._bucket(n, batch_size)
             ids = np.full((rows, length), enc["input_ids"][0, -1], np.int32)
@@ -538,14 +696,23 @@ class CLIPModel:
     def similarity(self, images: Images, texts: Texts, *, batch_size: int = 64) -> np.ndarray:
         """Logits ``[images, texts]``: cosine similarity times :attr:`logit_multiplier` (plus the learned bias
         of a sigmoid-loss model), as transformers' ``logits_per_image``. Not probabilities: see :meth:`classify`."""
-        logits = self.logit_multiplier * (self.encode_image(images, batch_size=batch_size)
-                                          @ self.encode_text(texts).T)
+        logits = self.logit_multiplier * (
+            self.encode_image(images, batch_size=batch_size) @ self.encode_text(texts).T
+        )
         if self.module.logit_bias is not None:
             logits = logits + float(self.module.logit_bias[...])
         return logits.astype(np.float32)
 
-    def classify(self, images: Images, labels: Sequence[str], templates: str | Sequence[str] | None = None,
-                 language: str | None = None, *, top_k: int = 5, batch_size: int = 64) -> Classification:
+    def classify(
+        self,
+        images: Images,
+        labels: Sequence[str],
+        templates: str | Sequence[str] | None = None,
+        language: str | None = None,
+        *,
+        top_k: int = 5,
+        batch_size: int = 64,
+    ) -> Classification:
         """Zero-shot classification of ``images`` among ``labels`` (class names in the model's language).
 
         Each label's embedding is the renormalised mean of the embeddings of every template filled with
@@ -561,11 +728,13 @@ class CLIPModel:
         if not labels:
             raise ValueError("classify needs at least one label.")
         prompts = resolve_templates(templates, language)
-        logits = self.logit_multiplier * (self.encode_image(images, batch_size=batch_size)
-                                          @ class_embeddings(self, labels, prompts).T)
+        logits = self.logit_multiplier * (
+            self.encode_image(images, batch_size=batch_size) @ class_embeddings(self, labels, prompts).T
+        )
         shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
         probs = shifted / shifted.sum(axis=1, keepdims=True)
-        order = np.argsort(-probs, axis=1, kind="stable")[:, :max(1, top_k)]
+        order = np.argsort(-probs, axis=1, kind="stable")[:, : max(1, top_k)]
         best = [[(labels[j], float(row[j])) for j in idx] for row, idx in zip(probs, order)]
-        return Classification(classes=labels, logits=logits.astype(np.float32), probs=probs.astype(np.float32),
-                              top_k=best)
+        return Classification(
+            classes=labels, logits=logits.astype(np.float32), probs=probs.astype(np.float32), top_k=best
+        )

@@ -24,10 +24,8 @@ class PushError(RuntimeError):
 
 def load_for_export(checkpoint: str, step: int | None = None):
     """(model, training config or None, base model names) from a workdir, a directory or a hub id."""
-    from clip_jax import CLIPModel
+    from clip_jax import CLIPModel, workdir
     from clip_jax.train import model_from_checkpoint
-
-    from clip_jax import workdir
 
     if workdir.is_training_workdir(checkpoint):
         config = json.loads(workdir.read_text(workdir.join(checkpoint, "config.json")))
@@ -38,15 +36,25 @@ def load_for_export(checkpoint: str, step: int | None = None):
 
 def main(argv: list[str] | None = None) -> str:
     """``clip-jax export``: write the export (and push it); returns the output directory."""
-    parser = argparse.ArgumentParser(prog="clip-jax export", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--checkpoint", required=True, help="training workdir, saved model directory or hub id")
+    parser = argparse.ArgumentParser(
+        prog="clip-jax export", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--checkpoint", required=True, help="training workdir, saved model directory or hub id"
+    )
     parser.add_argument("--out", required=True, help="output directory")
     parser.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
-    parser.add_argument("--results", default=None, help="eval.py's --output (a JSON file or a directory of "
-                        "CLIP_benchmark result files): the model card's model-index")
+    parser.add_argument(
+        "--results",
+        default=None,
+        help="eval.py's --output (a JSON file or a directory of "
+        "CLIP_benchmark result files): the model card's model-index",
+    )
     parser.add_argument("--language", default=None, help="ISO code for the card's metadata, e.g. it")
     parser.add_argument("--license", default="apache-2.0")
-    parser.add_argument("--datasets", nargs="*", default=[], help="training data sets for the card's metadata")
+    parser.add_argument(
+        "--datasets", nargs="*", default=[], help="training data sets for the card's metadata"
+    )
     parser.add_argument("--max_shard_size", default=DEFAULT_MAX_SHARD_SIZE)
     parser.add_argument("--logit_scale", type=float, default=None, help="override the temperature's scale")
     parser.add_argument("--push_to_hub", default=None, metavar="USER/REPO")
@@ -57,26 +65,45 @@ def main(argv: list[str] | None = None) -> str:
 
     model, config, bases = load_for_export(args.checkpoint, args.step)
     if args.logit_scale is not None:
-        import jax.numpy as jnp
         import math
+
+        import jax.numpy as jnp
 
         model.module.logit_scale.set_value(jnp.asarray(math.log(args.logit_scale), jnp.float32))
     results = read_results(args.results) if args.results else None
-    out = model.save_pretrained(args.out, max_shard_size=args.max_shard_size,
-                                card=dict(language=args.language, license=args.license, datasets=args.datasets,
-                                          base_models=bases or model.base_models, results=results,
-                                          training_config=config, repo_id=args.push_to_hub))
+    out = model.save_pretrained(
+        args.out,
+        max_shard_size=args.max_shard_size,
+        card=dict(
+            language=args.language,
+            license=args.license,
+            datasets=args.datasets,
+            base_models=bases or model.base_models,
+            results=results,
+            training_config=config,
+            repo_id=args.push_to_hub,
+        ),
+    )
     compatible = json.loads((out / "config.json").read_text())["model_type"] == "vision-text-dual-encoder"
-    print(f"Exported to {out} ({'transformers VisionTextDualEncoderModel' if compatible else 'clip_jax-only'} format).")
+    print(
+        f"Exported to {out} ({'transformers VisionTextDualEncoderModel' if compatible else 'clip_jax-only'} format)."
+    )
     if args.push_to_hub:
         try:
-            url = push_to_hub(out, args.push_to_hub, private=args.private, revision=args.revision,
-                              commit_message=args.commit_message)
+            url = push_to_hub(
+                out,
+                args.push_to_hub,
+                private=args.private,
+                revision=args.revision,
+                commit_message=args.commit_message,
+            )
         except Exception as error:  # huggingface_hub raises many types (HTTP, connection, auth, validation)
-            raise PushError(f"pushing {out} to {args.push_to_hub} failed: {type(error).__name__}: "
-                               f"{str(error).splitlines()[0] if str(error) else ''} — the export itself is in "
-                               f"{out}; check the network, `huggingface-cli login` / HF_TOKEN and that the repo id "
-                               "is yours, then run again") from error
+            raise PushError(
+                f"pushing {out} to {args.push_to_hub} failed: {type(error).__name__}: "
+                f"{str(error).splitlines()[0] if str(error) else ''} — the export itself is in "
+                f"{out}; check the network, `huggingface-cli login` / HF_TOKEN and that the repo id "
+                "is yours, then run again"
+            ) from error
         print(f"Pushed to {args.push_to_hub}: {url}")
     return str(out)
 

@@ -38,8 +38,10 @@ def require(module: str, purpose: str) -> ModuleType:
     except ImportError as error:
         if error.name and error.name.split(".")[0] != module.split(".")[0]:
             raise  # the module is there but one of its own dependencies is broken: show that
-        raise MissingExtra(f"{purpose}: needs {module.split('.')[0]}, which is not installed — "
-                           f"{install_hint(module.split('.')[0])}") from None
+        raise MissingExtra(
+            f"{purpose}: needs {module.split('.')[0]}, which is not installed — "
+            f"{install_hint(module.split('.')[0])}"
+        ) from None
 
 
 def require_protocol(url: str) -> None:

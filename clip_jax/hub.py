@@ -14,8 +14,9 @@ from __future__ import annotations
 import json
 import os
 import re
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 import numpy as np
 
@@ -36,22 +37,27 @@ def parse_size(size: str | int) -> int:
     match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?B)\s*", size.upper())
     if not match:
         raise ValueError(f"Cannot read size {size!r}; use e.g. '5GB', '500MB' or a number of bytes.")
-    return int(float(match.group(1)) * 1000 ** " KMGT".index(match.group(2)[0] if len(match.group(2)) > 1 else " "))
+    return int(
+        float(match.group(1)) * 1000 ** " KMGT".index(match.group(2)[0] if len(match.group(2)) > 1 else " ")
+    )
 
 
 def transformers_compatible(text_pooling: str, text_model_type: str) -> tuple[bool, str]:
     """Whether ``VisionTextDualEncoderModel`` computes exactly our text embeddings, and why not."""
     if text_pooling == "pooler":
         return True, ""
-    return False, (f"this model pools text with {text_pooling!r} but transformers' VisionTextDualEncoderModel uses "
-                   f"the {text_model_type} tower's pooler_output, so transformers would compute different text "
-                   "embeddings. It is saved as a clip_jax model (model_type clip_jax_dual_encoder), which "
-                   "transformers refuses to load rather than silently misusing it. Train with "
-                   "text_pooling='pooler' for a transformers-loadable export.")
+    return False, (
+        f"this model pools text with {text_pooling!r} but transformers' VisionTextDualEncoderModel uses "
+        f"the {text_model_type} tower's pooler_output, so transformers would compute different text "
+        "embeddings. It is saved as a clip_jax model (model_type clip_jax_dual_encoder), which "
+        "transformers refuses to load rather than silently misusing it. Train with "
+        "text_pooling='pooler' for a transformers-loadable export."
+    )
 
 
-def write_weights(tensors: Mapping[str, np.ndarray], directory: Path,
-                  max_shard_size: str | int = DEFAULT_MAX_SHARD_SIZE) -> list[str]:
+def write_weights(
+    tensors: Mapping[str, np.ndarray], directory: Path, max_shard_size: str | int = DEFAULT_MAX_SHARD_SIZE
+) -> list[str]:
     """``model.safetensors``, or numbered shards and an index when larger than ``max_shard_size``."""
     from safetensors.numpy import save_file
 
@@ -74,7 +80,10 @@ def write_weights(tensors: Mapping[str, np.ndarray], directory: Path,
     for name, shard in zip(names, shards):
         save_file(shard, str(directory / name), metadata={"format": "pt"})
         weight_map.update({key: name for key in shard})
-    index = {"metadata": {"total_size": int(sum(a.nbytes for a in tensors.values()))}, "weight_map": weight_map}
+    index = {
+        "metadata": {"total_size": int(sum(a.nbytes for a in tensors.values()))},
+        "weight_map": weight_map,
+    }
     (directory / SAFETENSORS_INDEX).write_text(json.dumps(index, indent=2) + "\n")
     return names
 
@@ -83,14 +92,20 @@ def write_weights(tensors: Mapping[str, np.ndarray], directory: Path,
 _SCHEMES = ("imagefolder", "hf", "tfds", "jsonl", "json", "csv", "tsv", "wds")
 _SPLITS = ("train", "val", "valid", "validation", "dev", "test")
 #: eval.py's tasks -> (model-index task type, task name).
-_TASKS = {"zeroshot_classification": ("zero-shot-image-classification", "Zero-shot image classification"),
-          "zeroshot_retrieval": ("image-text-retrieval", "Image-text retrieval"),
-          "retrieval": ("image-text-retrieval", "Image-text retrieval")}
+_TASKS = {
+    "zeroshot_classification": ("zero-shot-image-classification", "Zero-shot image classification"),
+    "zeroshot_retrieval": ("image-text-retrieval", "Image-text retrieval"),
+    "retrieval": ("image-text-retrieval", "Image-text retrieval"),
+}
 _METRIC = re.compile(r"(acc1|acc5|mean_per_class_recall|(image|text)_retrieval_(recall|mrr)@\d+)")
 
 
 def _metric_name(key: str) -> str:
-    fixed = {"acc1": "Top-1 accuracy", "acc5": "Top-5 accuracy", "mean_per_class_recall": "Mean per-class recall"}
+    fixed = {
+        "acc1": "Top-1 accuracy",
+        "acc5": "Top-5 accuracy",
+        "mean_per_class_recall": "Mean per-class recall",
+    }
     if key in fixed:
         return fixed[key]
     kind, rest = key.split("_retrieval_")
@@ -103,8 +118,13 @@ def hub_ids(names: Iterable[Any]) -> list[str]:
     """The names that are Hugging Face hub ids (``user/name`` or ``name``), not local paths or configs."""
     out = []
     for name in names:
-        if (isinstance(name, str) and re.fullmatch(r"[\w.-]+(/[\w.-]+)?", name) and not name.startswith(".")
-                and not os.path.exists(name) and name not in out):
+        if (
+            isinstance(name, str)
+            and re.fullmatch(r"[\w.-]+(/[\w.-]+)?", name)
+            and not name.startswith(".")
+            and not os.path.exists(name)
+            and name not in out
+        ):
             out.append(name)
     return out
 
@@ -145,10 +165,19 @@ def eval_results(results: Iterable[Mapping[str, Any]], language: str | None = No
         dataset, split = dataset_entry(str(record.get("dataset", "")))
         for key, value in sorted(record.get("metrics", {}).items()):
             if _METRIC.fullmatch(key) and isinstance(value, (int, float)) and not isinstance(value, bool):
-                out.append(EvalResult(task_type=task_type, task_name=task_name, dataset_type=dataset,
-                                      dataset_name=dataset, dataset_split=split,
-                                      dataset_config=record.get("language") or language or None,
-                                      metric_type=key, metric_name=_metric_name(key), metric_value=float(value)))
+                out.append(
+                    EvalResult(
+                        task_type=task_type,
+                        task_name=task_name,
+                        dataset_type=dataset,
+                        dataset_name=dataset,
+                        dataset_split=split,
+                        dataset_config=record.get("language") or language or None,
+                        metric_type=key,
+                        metric_name=_metric_name(key),
+                        metric_value=float(value),
+                    )
+                )
     return out
 
 
@@ -169,23 +198,51 @@ def training_recipe(config: Mapping[str, Any]) -> dict[str, Any]:
     model, train = config.get("model", {}), config.get("train", {})
     tower = lambda v: v if hub_ids([v]) else ("random init" if isinstance(v, Mapping) else "local checkpoint")
     recipe = {
-        "model": {"vision": tower(model.get("vision")), "text": tower(model.get("text")),
-                  **{k: model[k] for k in ("projection_dim", "text_pooling", "max_length", "dtype") if k in model}},
+        "model": {
+            "vision": tower(model.get("vision")),
+            "text": tower(model.get("text")),
+            **{k: model[k] for k in ("projection_dim", "text_pooling", "max_length", "dtype") if k in model},
+        },
         "loss": config.get("loss", {}).get("kind"),
-        "train": {k: train[k] for k in ("batch_size", "optimizer", "b1", "b2", "eps", "weight_decay",
-                                        "grad_clip_norm", "agc_clip") if k in train},
-        "phases": {name: {k: v for k, v in config.get("phases", {}).get(name, {}).items()
-                          if k in ("steps", "trainable", "learning_rates", "warmup_steps", "decay",
-                                   "cache_features")}
-                   for name in train.get("phases", ())},
+        "train": {
+            k: train[k]
+            for k in (
+                "batch_size",
+                "optimizer",
+                "b1",
+                "b2",
+                "eps",
+                "weight_decay",
+                "grad_clip_norm",
+                "agc_clip",
+            )
+            if k in train
+        },
+        "phases": {
+            name: {
+                k: v
+                for k, v in config.get("phases", {}).get(name, {}).items()
+                if k in ("steps", "trainable", "learning_rates", "warmup_steps", "decay", "cache_features")
+            }
+            for name in train.get("phases", ())
+        },
     }
     return recipe
 
 
-def model_card(*, config: Mapping[str, Any], language: str | None = None, license: str = "apache-2.0",
-               datasets: Iterable[str] = (), base_models: Iterable[str] = (),
-               results: Iterable[Mapping[str, Any]] | None = None, training_config: Mapping[str, Any] | None = None,
-               repo_id: str | None = None, model_name: str | None = None, max_length: int | None = None) -> Any:
+def model_card(
+    *,
+    config: Mapping[str, Any],
+    language: str | None = None,
+    license: str = "apache-2.0",
+    datasets: Iterable[str] = (),
+    base_models: Iterable[str] = (),
+    results: Iterable[Mapping[str, Any]] | None = None,
+    training_config: Mapping[str, Any] | None = None,
+    repo_id: str | None = None,
+    model_name: str | None = None,
+    max_length: int | None = None,
+) -> Any:
     """A ``huggingface_hub.ModelCard`` for an exported dual encoder.
 
     Metadata: languages, license, ``library_name``, ``pipeline_tag: zero-shot-image-classification``, tags,
@@ -202,58 +259,119 @@ def model_card(*, config: Mapping[str, Any], language: str | None = None, licens
     name = model_name or (repo_id.split("/")[-1] if repo_id else f"clip-jax-{language or 'dual-encoder'}")
     evals = eval_results(results or [], language)
     data = ModelCardData(
-        language=language, license=license, library_name="transformers" if compatible else "clip_jax",
+        language=language,
+        license=license,
+        library_name="transformers" if compatible else "clip_jax",
         pipeline_tag="zero-shot-image-classification",
-        tags=["clip", "vision-text-dual-encoder", "clip_jax", "zero-shot-image-classification", "image-retrieval"],
-        datasets=[d for d in (dataset_entry(d)[0] for d in datasets) if d] or None, base_model=bases or None,
-        model_name=name if evals else None, eval_results=evals or None)
+        tags=[
+            "clip",
+            "vision-text-dual-encoder",
+            "clip_jax",
+            "zero-shot-image-classification",
+            "image-retrieval",
+        ],
+        datasets=[d for d in (dataset_entry(d)[0] for d in datasets) if d] or None,
+        base_model=bases or None,
+        model_name=name if evals else None,
+        eval_results=evals or None,
+    )
     vision, text = config["vision_config"], config["text_config"]
     labels, template = _examples(language)
     ref = repo_id or "REPO_ID"
-    lines = [f"# {name}", "",
-             f"A CLIP-style dual encoder{f' for `{language}`' if language else ''}: a {vision.get('model_type')} "
-             f"vision tower ({vision.get('hidden_size')}-d, patch {vision.get('patch_size')}, "
-             f"{vision.get('image_size')} px) and a {text.get('model_type')} text tower "
-             f"({text.get('hidden_size')}-d), each projected to {config.get('projection_dim')} dimensions, trained "
-             "contrastively with clip_jax (the projections first with frozen towers, then "
-             "everything).", ""]
+    lines = [
+        f"# {name}",
+        "",
+        f"A CLIP-style dual encoder{f' for `{language}`' if language else ''}: a {vision.get('model_type')} "
+        f"vision tower ({vision.get('hidden_size')}-d, patch {vision.get('patch_size')}, "
+        f"{vision.get('image_size')} px) and a {text.get('model_type')} text tower "
+        f"({text.get('hidden_size')}-d), each projected to {config.get('projection_dim')} dimensions, trained "
+        "contrastively with clip_jax (the projections first with frozen towers, then "
+        "everything).",
+        "",
+    ]
     if bases:
-        lines += ["Initialised from " + " and ".join(f"[`{b}`](https://huggingface.co/{b})" for b in bases) + ".", ""]
+        lines += [
+            "Initialised from " + " and ".join(f"[`{b}`](https://huggingface.co/{b})" for b in bases) + ".",
+            "",
+        ]
     if evals:
-        lines += ["## Evaluation", "", "| task | data set | split | language | metric | value |", "|---|---|---|---|---|---|"]
-        lines += [f"| {e.task_name} | {e.dataset_name} | {e.dataset_split or ''} | {e.dataset_config or ''} | "
-                  f"{e.metric_name} | {e.metric_value:.4f} |" for e in evals]
+        lines += [
+            "## Evaluation",
+            "",
+            "| task | data set | split | language | metric | value |",
+            "|---|---|---|---|---|---|",
+        ]
+        lines += [
+            f"| {e.task_name} | {e.dataset_name} | {e.dataset_split or ''} | {e.dataset_config or ''} | "
+            f"{e.metric_name} | {e.metric_value:.4f} |"
+            for e in evals
+        ]
         lines.append("")
     if not repo_id:
         lines += ["`REPO_ID` below: this model's hub id or local directory.", ""]
     lines += ["## Usage", ""]
     if compatible:
-        lines += ["With transformers (PyTorch), no custom code:", "", "```python", "from PIL import Image",
-                  "from transformers import pipeline", "",
-                  f'classifier = pipeline("zero-shot-image-classification", model="{ref}")',
-                  f'classifier(Image.open("photo.jpg"), candidate_labels={labels!r},',
-                  f'           hypothesis_template={template!r})', "```", "",
-                  "or the model itself:", "", "```python", "import torch", "from PIL import Image",
-                  "from transformers import VisionTextDualEncoderModel, VisionTextDualEncoderProcessor", "",
-                  f'model = VisionTextDualEncoderModel.from_pretrained("{ref}")',
-                  f'processor = VisionTextDualEncoderProcessor.from_pretrained("{ref}")',
-                  f"inputs = processor(text={[template.format(label) for label in labels]!r},",
-                  '                   images=Image.open("photo.jpg"), return_tensors="pt", padding=True, '
-                  'truncation=True)',
-                  "with torch.no_grad():", "    probs = model(**inputs).logits_per_image.softmax(dim=-1)", "```", "",
-                  f"`truncation=True` cuts texts at {max_length or 'the tokenizer’s `model_max_length`'} tokens, as "
-                  "the model was trained; transformers' pipeline does not truncate, so keep its labels short.", ""]
+        lines += [
+            "With transformers (PyTorch), no custom code:",
+            "",
+            "```python",
+            "from PIL import Image",
+            "from transformers import pipeline",
+            "",
+            f'classifier = pipeline("zero-shot-image-classification", model="{ref}")',
+            f'classifier(Image.open("photo.jpg"), candidate_labels={labels!r},',
+            f"           hypothesis_template={template!r})",
+            "```",
+            "",
+            "or the model itself:",
+            "",
+            "```python",
+            "import torch",
+            "from PIL import Image",
+            "from transformers import VisionTextDualEncoderModel, VisionTextDualEncoderProcessor",
+            "",
+            f'model = VisionTextDualEncoderModel.from_pretrained("{ref}")',
+            f'processor = VisionTextDualEncoderProcessor.from_pretrained("{ref}")',
+            f"inputs = processor(text={[template.format(label) for label in labels]!r},",
+            '                   images=Image.open("photo.jpg"), return_tensors="pt", padding=True, '
+            "truncation=True)",
+            "with torch.no_grad():",
+            "    probs = model(**inputs).logits_per_image.softmax(dim=-1)",
+            "```",
+            "",
+            f"`truncation=True` cuts texts at {max_length or 'the tokenizer’s `model_max_length`'} tokens, as "
+            "the model was trained; transformers' pipeline does not truncate, so keep its labels short.",
+            "",
+        ]
     else:
-        lines += [f"This model pools text with `{config.get('clip_jax', {}).get('text_pooling')}`, which "
-                  "transformers' VisionTextDualEncoderModel does not reproduce; load it with clip_jax.", ""]
-    lines += ["With clip_jax (JAX):", "", "```python", "from PIL import Image", "from clip_jax import CLIPModel", "",
-              f'model = CLIPModel.from_pretrained("{ref}")',
-              f'result = model.classify(Image.open("photo.jpg"), {labels!r}, templates=[{template!r}])',
-              "result.top_k[0]     # [(label, probability), ...], most probable first",
-              f"embeddings = model.encode_text({labels!r})  # L2-normalised", "```", ""]
+        lines += [
+            f"This model pools text with `{config.get('clip_jax', {}).get('text_pooling')}`, which "
+            "transformers' VisionTextDualEncoderModel does not reproduce; load it with clip_jax.",
+            "",
+        ]
+    lines += [
+        "With clip_jax (JAX):",
+        "",
+        "```python",
+        "from PIL import Image",
+        "from clip_jax import CLIPModel",
+        "",
+        f'model = CLIPModel.from_pretrained("{ref}")',
+        f'result = model.classify(Image.open("photo.jpg"), {labels!r}, templates=[{template!r}])',
+        "result.top_k[0]     # [(label, probability), ...], most probable first",
+        f"embeddings = model.encode_text({labels!r})  # L2-normalised",
+        "```",
+        "",
+    ]
     if training_config:
-        lines += ["## Training recipe", "", "```json", json.dumps(training_recipe(training_config), indent=2,
-                                                                 default=str), "```", ""]
+        lines += [
+            "## Training recipe",
+            "",
+            "```json",
+            json.dumps(training_recipe(training_config), indent=2, default=str),
+            "```",
+            "",
+        ]
     return ModelCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(lines))
 
 
@@ -270,8 +388,15 @@ def write_model_card(directory: str | os.PathLike, **card: Any) -> Path:
     return path
 
 
-def push_to_hub(directory: str | os.PathLike, repo_id: str, *, private: bool = False, revision: str | None = None,
-                commit_message: str = "Upload CLIP dual encoder (clip_jax)", token: str | None = None) -> str:
+def push_to_hub(
+    directory: str | os.PathLike,
+    repo_id: str,
+    *,
+    private: bool = False,
+    revision: str | None = None,
+    commit_message: str = "Upload CLIP dual encoder (clip_jax)",
+    token: str | None = None,
+) -> str:
     """Create (if needed) ``repo_id`` and upload ``directory``; returns the commit URL.
 
     The token comes from ``token``, ``HF_TOKEN`` or the user's ``huggingface-cli login``; it is never
@@ -283,6 +408,11 @@ def push_to_hub(directory: str | os.PathLike, repo_id: str, *, private: bool = F
     api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
     if revision:
         api.create_branch(repo_id, branch=revision, exist_ok=True, repo_type="model")
-    info = api.upload_folder(folder_path=str(directory), repo_id=repo_id, repo_type="model", revision=revision,
-                             commit_message=commit_message)
+    info = api.upload_folder(
+        folder_path=str(directory),
+        repo_id=repo_id,
+        repo_type="model",
+        revision=revision,
+        commit_message=commit_message,
+    )
     return str(getattr(info, "commit_url", info))

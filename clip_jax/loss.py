@@ -11,17 +11,24 @@ unlike a per-device loss (CLIP-Italian's), where each saw only ``b - 1`` negativ
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
-from jax.sharding import Mesh, PartitionSpec as P
+from jax.sharding import Mesh
+from jax.sharding import PartitionSpec as P
 
 Metrics = dict[str, jax.Array]
 
 
-def _block_softmax(img: jax.Array, txt: jax.Array, all_img: jax.Array, all_txt: jax.Array, scale: jax.Array,
-                   offset: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+def _block_softmax(
+    img: jax.Array,
+    txt: jax.Array,
+    all_img: jax.Array,
+    all_txt: jax.Array,
+    scale: jax.Array,
+    offset: jax.Array,
+) -> tuple[jax.Array, jax.Array, jax.Array]:
     """Per-device sums of the two cross-entropies and of correct top-1 guesses for local rows."""
     labels = offset + jnp.arange(img.shape[0])
     logits_i2t = scale * img @ all_txt.T
@@ -36,8 +43,9 @@ def _block_softmax(img: jax.Array, txt: jax.Array, all_img: jax.Array, all_txt: 
     return cross_entropy(logits_i2t) + cross_entropy(logits_t2i), correct_i2t, correct_t2i
 
 
-def _block_sigmoid(img: jax.Array, all_txt: jax.Array, scale: jax.Array, bias: jax.Array,
-                   offset: jax.Array) -> jax.Array:
+def _block_sigmoid(
+    img: jax.Array, all_txt: jax.Array, scale: jax.Array, bias: jax.Array, offset: jax.Array
+) -> jax.Array:
     """Per-device sum of SigLIP's pairwise log-sigmoid losses for local images against all texts."""
     logits = scale * img @ all_txt.T + bias
     positives = (offset + jnp.arange(img.shape[0]))[:, None] == jnp.arange(all_txt.shape[0])[None, :]
@@ -45,10 +53,17 @@ def _block_sigmoid(img: jax.Array, all_txt: jax.Array, scale: jax.Array, bias: j
     return -jnp.sum(jax.nn.log_sigmoid(signs * logits))
 
 
-def contrastive_loss(image_embeds: jax.Array, text_embeds: jax.Array, logit_scale: jax.Array, *,
-                     mesh: Mesh | None = None, batch_axes: Sequence[str] = ("data", "fsdp"),
-                     kind: str = "softmax", logit_bias: jax.Array | None = None,
-                     negatives: str = "global") -> tuple[jax.Array, Metrics]:
+def contrastive_loss(
+    image_embeds: jax.Array,
+    text_embeds: jax.Array,
+    logit_scale: jax.Array,
+    *,
+    mesh: Mesh | None = None,
+    batch_axes: Sequence[str] = ("data", "fsdp"),
+    kind: str = "softmax",
+    logit_bias: jax.Array | None = None,
+    negatives: str = "global",
+) -> tuple[jax.Array, Metrics]:
     """CLIP's symmetric softmax loss (``kind='softmax'``) or SigLIP's sigmoid loss (``'sigmoid'``).
 
     ``negatives='global'`` (the default, and the point of this function): every example is contrasted
@@ -81,7 +96,9 @@ def contrastive_loss(image_embeds: jax.Array, text_embeds: jax.Array, logit_scal
             total, correct_i2t, correct_t2i = _block_softmax(img, txt, all_img, all_txt, scale, offset)
             sums = jnp.stack([total / 2, correct_i2t.astype(jnp.float32), correct_t2i.astype(jnp.float32)])
         else:
-            sums = jnp.stack([_block_sigmoid(img, all_txt, scale, bias, offset), jnp.zeros(()), jnp.zeros(())])
+            sums = jnp.stack(
+                [_block_sigmoid(img, all_txt, scale, bias, offset), jnp.zeros(()), jnp.zeros(())]
+            )
         return jax.lax.psum(sums, axes) if axes else sums
 
     img, txt = image_embeds.astype(jnp.float32), text_embeds.astype(jnp.float32)
@@ -98,8 +115,13 @@ def contrastive_loss(image_embeds: jax.Array, text_embeds: jax.Array, logit_scal
     return loss, metrics
 
 
-def dense_contrastive_loss(image_embeds: jax.Array, text_embeds: jax.Array, logit_scale: jax.Array,
-                           kind: str = "softmax", logit_bias: jax.Array | None = None) -> jax.Array:
+def dense_contrastive_loss(
+    image_embeds: jax.Array,
+    text_embeds: jax.Array,
+    logit_scale: jax.Array,
+    kind: str = "softmax",
+    logit_bias: jax.Array | None = None,
+) -> jax.Array:
     """The same losses from the full ``B x B`` logits on one device (the naive version, for comparison)."""
     logits = logit_scale * image_embeds.astype(jnp.float32) @ text_embeds.astype(jnp.float32).T
     if kind == "sigmoid":

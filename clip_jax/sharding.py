@@ -9,16 +9,18 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import jax
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 #: Axes the batch is split over (every axis but 'tensor').
 BATCH_AXES = ("data", "fsdp")
 #: Parameters smaller than this stay replicated under the 'fsdp' rule (sharding them costs more than it saves).
-FSDP_MIN_SIZE = 2 ** 16
+FSDP_MIN_SIZE = 2**16
 
 
 class MeshError(ValueError):
@@ -37,13 +39,17 @@ def make_mesh(axes: Mapping[str, int], devices: Sequence[jax.Device] | None = No
         raise MeshError(f"At most one mesh axis may be -1 (inferred); got {dict(axes)}.")
     known = math.prod(s for s in sizes if s != -1)
     if any(s == 0 or s < -1 for s in sizes) or len(devices) % known:
-        raise MeshError(f"Mesh {dict(axes)} does not fit {len(devices)} devices: the product of the axis sizes "
-                        f"must divide the device count. E.g. {{'data': -1, 'fsdp': 1}} fits any count.")
+        raise MeshError(
+            f"Mesh {dict(axes)} does not fit {len(devices)} devices: the product of the axis sizes "
+            f"must divide the device count. E.g. {{'data': -1, 'fsdp': 1}} fits any count."
+        )
     if unknown:
         sizes[unknown[0]] = len(devices) // known
     if math.prod(sizes) != len(devices):
-        raise MeshError(f"Mesh {dict(zip(names, sizes))} has {math.prod(sizes)} slots but there are "
-                        f"{len(devices)} devices; make the sizes multiply to {len(devices)} or use -1 for one axis.")
+        raise MeshError(
+            f"Mesh {dict(zip(names, sizes))} has {math.prod(sizes)} slots but there are "
+            f"{len(devices)} devices; make the sizes multiply to {len(devices)} or use -1 for one axis."
+        )
     try:
         device_array = jax.experimental.mesh_utils.create_device_mesh(sizes, devices)
     except Exception:  # CPU and unusual topologies: plain order is fine
@@ -71,17 +77,21 @@ def check_batch_size(global_batch: int, mesh: Mesh, process_count: int | None = 
     process_count = process_count or jax.process_count()
     if global_batch % n or global_batch % process_count:
         lower, upper = (global_batch // n) * n, (global_batch // n + 1) * n
-        raise MeshError(f"Global batch size {global_batch} is not divisible by the {n} data-parallel devices "
-                        f"(and {process_count} processes); use a multiple of {n}, e.g. {lower or n} or {upper}.")
+        raise MeshError(
+            f"Global batch size {global_batch} is not divisible by the {n} data-parallel devices "
+            f"(and {process_count} processes); use a multiple of {n}, e.g. {lower or n} or {upper}."
+        )
 
 
 def check_micro_batch_size(micro_batch_size: int, mesh: Mesh) -> None:
     """Raise :class:`MeshError` unless a gradient-caching micro-batch splits evenly over the devices."""
     n = data_parallel_size(mesh)
     if micro_batch_size % n:
-        raise MeshError(f"train.micro_batch_size {micro_batch_size} is not divisible by the {n} data-parallel "
-                        f"devices (each device embeds micro_batch_size / {n} examples at a time); use a multiple "
-                        f"of {n}, e.g. {max(n, micro_batch_size // n * n)}.")
+        raise MeshError(
+            f"train.micro_batch_size {micro_batch_size} is not divisible by the {n} data-parallel "
+            f"devices (each device embeds micro_batch_size / {n} examples at a time); use a multiple "
+            f"of {n}, e.g. {max(n, micro_batch_size // n * n)}."
+        )
 
 
 def _fsdp_spec(shape: tuple[int, ...], mesh: Mesh, min_size: int = FSDP_MIN_SIZE) -> P:
@@ -97,8 +107,13 @@ def _fsdp_spec(shape: tuple[int, ...], mesh: Mesh, min_size: int = FSDP_MIN_SIZE
     return P()
 
 
-def partition_spec(path: str, shape: tuple[int, ...], rules: Sequence[tuple[str, Any]], mesh: Mesh,
-                   fsdp_min_size: int = FSDP_MIN_SIZE) -> P:
+def partition_spec(
+    path: str,
+    shape: tuple[int, ...],
+    rules: Sequence[tuple[str, Any]],
+    mesh: Mesh,
+    fsdp_min_size: int = FSDP_MIN_SIZE,
+) -> P:
     r"""The spec of the first rule whose regex is found in ``path``: ``'fsdp'``, ``None`` (replicate) or a tuple.
 
     Regexes are searched (not anchored), so a rule for ``text\.layers\..*kernel`` also places the
@@ -115,8 +130,10 @@ def partition_spec(path: str, shape: tuple[int, ...], rules: Sequence[tuple[str,
                 names = axis_name if isinstance(axis_name, tuple) else (axis_name,)
                 count = math.prod(mesh.shape[a] for a in names if a is not None)
                 if dim % count:
-                    raise MeshError(f"Rule {pattern!r} -> {rule} cannot split {path} {shape}: {dim} is not "
-                                    f"divisible by {count}.")
+                    raise MeshError(
+                        f"Rule {pattern!r} -> {rule} cannot split {path} {shape}: {dim} is not "
+                        f"divisible by {count}."
+                    )
             return spec
     return P()
 
@@ -130,9 +147,14 @@ def path_string(path: tuple) -> str:
     return ".".join(parts[:-1] if parts and parts[-1] == "value" else parts)
 
 
-def shard_params(tree: Any, mesh: Mesh, rules: Sequence[tuple[str, Any]] = DEFAULT_RULES,
-                 fsdp_min_size: int = FSDP_MIN_SIZE) -> Any:
+def shard_params(
+    tree: Any,
+    mesh: Mesh,
+    rules: Sequence[tuple[str, Any]] = DEFAULT_RULES,
+    fsdp_min_size: int = FSDP_MIN_SIZE,
+) -> Any:
     """The NamedSharding tree for a parameter (or optimizer-state) pytree, by path rules."""
+
     def spec(path, leaf):
         name = path_string(path)
         shape = tuple(getattr(leaf, "shape", ()))
@@ -141,8 +163,12 @@ def shard_params(tree: Any, mesh: Mesh, rules: Sequence[tuple[str, Any]] = DEFAU
     return jax.tree_util.tree_map_with_path(spec, tree)
 
 
-def initialize_distributed(coordinator: str | None = None, num_processes: int | None = None,
-                           process_id: int | None = None, auto: bool = False) -> None:
+def initialize_distributed(
+    coordinator: str | None = None,
+    num_processes: int | None = None,
+    process_id: int | None = None,
+    auto: bool = False,
+) -> None:
     """Start ``jax.distributed`` explicitly (all three flags) or automatically (TPU pods, SLURM).
 
     On CPU, cross-process collectives use gloo.
@@ -150,10 +176,13 @@ def initialize_distributed(coordinator: str | None = None, num_processes: int | 
     explicit = [coordinator, num_processes, process_id]
     if any(x is not None for x in explicit):
         if any(x is None for x in explicit):
-            raise MeshError("Multi-process runs need --coordinator, --num_processes and --process_id together.")
+            raise MeshError(
+                "Multi-process runs need --coordinator, --num_processes and --process_id together."
+            )
         if num_processes > 1:
             jax.config.update("jax_cpu_collectives_implementation", "gloo")
-        jax.distributed.initialize(coordinator_address=coordinator, num_processes=num_processes,
-                                   process_id=process_id)
+        jax.distributed.initialize(
+            coordinator_address=coordinator, num_processes=num_processes, process_id=process_id
+        )
     elif auto:
         jax.distributed.initialize()

@@ -96,7 +96,7 @@ def local_copy(path: str | os.PathLike) -> Iterator[Path]:
     fs, resolved = _fs(str(path))
     with tempfile.TemporaryDirectory(prefix="clip_jax-") as directory:
         for remote_file in fs.find(resolved):
-            relative = remote_file[len(resolved):].lstrip("/")
+            relative = remote_file[len(resolved) :].lstrip("/")
             target = Path(directory, *relative.split("/"))
             target.parent.mkdir(parents=True, exist_ok=True)
             fs.get_file(remote_file, str(target))
@@ -114,14 +114,18 @@ def check_writable(workdir: str | os.PathLike) -> None:
     path = Path(workdir).expanduser()
     existing = next((p for p in (path, *path.parents) if p.exists()), None)
     if existing is not None and not existing.is_dir():
-        raise ValueError(f"workdir {workdir}: {existing} is a file, not a directory — choose another --workdir")
+        raise ValueError(
+            f"workdir {workdir}: {existing} is a file, not a directory — choose another --workdir"
+        )
     try:
         path.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=path, prefix=".write-test-"):
             pass
     except OSError as error:
-        raise ValueError(f"workdir {workdir} cannot be written ({error.strerror or error}) — choose a directory "
-                         "you can write to with --workdir") from None
+        raise ValueError(
+            f"workdir {workdir} cannot be written ({error.strerror or error}) — choose a directory "
+            "you can write to with --workdir"
+        ) from None
 
 
 def _pid_alive(pid: int) -> bool:
@@ -161,16 +165,25 @@ class WorkdirLock:
         import socket
         import time
 
-        return json.dumps({"host": socket.gethostname(), "pid": os.getpid(),
-                           "since": time.strftime("%Y-%m-%dT%H:%M:%S%z")}) + "\n"
+        return (
+            json.dumps(
+                {
+                    "host": socket.gethostname(),
+                    "pid": os.getpid(),
+                    "since": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                }
+            )
+            + "\n"
+        )
 
     def _refuse(self, holder: dict) -> None:
         raise WorkdirInUse(
             f"workdir {self.workdir} is in use by another run (pid {holder.get('pid', '?')} on host "
             f"{holder.get('host', '?')}, since {holder.get('since', '?')}) — wait for it to finish, or use another "
-            f"--workdir; if that run is gone, delete {self.path}")
+            f"--workdir; if that run is gone, delete {self.path}"
+        )
 
-    def acquire(self) -> "WorkdirLock":
+    def acquire(self) -> WorkdirLock:
         import socket
 
         if is_remote(self.workdir):
@@ -213,7 +226,7 @@ class WorkdirLock:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(os.path.expanduser(self.path))
 
-    def __enter__(self) -> "WorkdirLock":
+    def __enter__(self) -> WorkdirLock:
         return self.acquire()
 
     def __exit__(self, *exc) -> None:

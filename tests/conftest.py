@@ -5,19 +5,43 @@ import os
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 
-import jax  # noqa: E402
-import pytest  # noqa: E402
+import jax
+import pytest
 
 jax.config.update("jax_default_matmul_precision", "highest")
 
-TINY_VISION = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-                   image_size=32, patch_size=8, projection_dim=16)
-TINY_BERT = dict(vocab_size=120, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=48,
-                 max_position_embeddings=40, type_vocab_size=2, hidden_dropout_prob=0.0,
-                 attention_probs_dropout_prob=0.0)
-TINY_CLIP_TEXT = dict(vocab_size=99, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                      num_attention_heads=4, max_position_embeddings=24, projection_dim=16, eos_token_id=98,
-                      bos_token_id=97, pad_token_id=0)
+TINY_VISION = dict(
+    hidden_size=32,
+    intermediate_size=64,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    image_size=32,
+    patch_size=8,
+    projection_dim=16,
+)
+TINY_BERT = dict(
+    vocab_size=120,
+    hidden_size=32,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    intermediate_size=48,
+    max_position_embeddings=40,
+    type_vocab_size=2,
+    hidden_dropout_prob=0.0,
+    attention_probs_dropout_prob=0.0,
+)
+TINY_CLIP_TEXT = dict(
+    vocab_size=99,
+    hidden_size=32,
+    intermediate_size=64,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    max_position_embeddings=24,
+    projection_dim=16,
+    eos_token_id=98,
+    bos_token_id=97,
+    pad_token_id=0,
+)
 
 
 def save_torch_model(model, directory, fmt="safetensors"):
@@ -44,8 +68,38 @@ def torch_seed():
     return 0
 
 
-TINY_WORDS = ("[PAD] [UNK] [CLS] [SEP] [MASK] una foto di un gatto cane rosso rossi blu verde cerchio cerchi "
-              "quadrato quadrati triangolo a sinistra destra in alto basso due tre il la").split()
+TINY_WORDS = [
+    "[PAD]",
+    "[UNK]",
+    "[CLS]",
+    "[SEP]",
+    "[MASK]",
+    "una",
+    "foto",
+    "di",
+    "un",
+    "gatto",
+    "cane",
+    "rosso",
+    "rossi",
+    "blu",
+    "verde",
+    "cerchio",
+    "cerchi",
+    "quadrato",
+    "quadrati",
+    "triangolo",
+    "a",
+    "sinistra",
+    "destra",
+    "in",
+    "alto",
+    "basso",
+    "due",
+    "tre",
+    "il",
+    "la",
+]
 
 
 def write_bert_tokenizer(directory, vocab_size=TINY_BERT["vocab_size"]):
@@ -76,8 +130,9 @@ def checkpoints(tmp_path_factory, torch_seed):
         "camembert": tf.CamembertModel(tf.CamembertConfig(**roberta)),
         "bert_mlm": tf.BertForMaskedLM(tf.BertConfig(**TINY_BERT)),
         "clip_text": tf.CLIPTextModel(tf.CLIPTextConfig(**TINY_CLIP_TEXT)),
-        "clip": tf.CLIPModel(tf.CLIPConfig(vision_config=TINY_VISION, text_config=TINY_CLIP_TEXT,
-                                           projection_dim=16)),
+        "clip": tf.CLIPModel(
+            tf.CLIPConfig(vision_config=TINY_VISION, text_config=TINY_CLIP_TEXT, projection_dim=16)
+        ),
     }
     paths = {}
     for name, model in models.items():
@@ -102,8 +157,16 @@ def small_standins(tmp_path_factory):
 def _small_settings():
     from clip_jax.demo import standins
 
-    english = standins.EnglishCLIPSettings(image_size=32, patch_size=8, vision_width=32, text_width=32,
-                                           projection_dim=32, num_train=1024, steps=300, batch_size=32)
+    english = standins.EnglishCLIPSettings(
+        image_size=32,
+        patch_size=8,
+        vision_width=32,
+        text_width=32,
+        projection_dim=32,
+        num_train=1024,
+        steps=300,
+        batch_size=32,
+    )
     italian = standins.ItalianBertSettings(width=32, num_other_sentences=1000, steps=300, batch_size=64)
     return english, italian
 

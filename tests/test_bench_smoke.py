@@ -27,12 +27,23 @@ def jax_cache(tmp_path_factory) -> Path:
 
 
 def run_smoke(script: str, tmp_path: Path, name: str, cache: Path, timeout: int = 300) -> dict:
-    env = dict(os.environ, HF_HUB_OFFLINE="1", JAX_COMPILATION_CACHE_DIR=str(cache),
-               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
+    env = dict(
+        os.environ,
+        HF_HUB_OFFLINE="1",
+        JAX_COMPILATION_CACHE_DIR=str(cache),
+        JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+    )
     env.pop("XLA_FLAGS", None)  # the tests' 8 fake devices are not the scripts' default
     before = recorded_results()
-    proc = subprocess.run([sys.executable, f"bench/{script}", "--smoke", "--out", str(tmp_path)], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=timeout, check=False)
+    proc = subprocess.run(
+        [sys.executable, f"bench/{script}", "--smoke", "--out", str(tmp_path)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
     assert proc.returncode == 0, f"{script} --smoke failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
     assert recorded_results() == before, "a smoke run must not write bench/results"
     path = tmp_path / f"{name}.json"
@@ -52,8 +63,12 @@ def check_phases(phases: dict) -> None:
 def test_train_step_smoke(tmp_path, jax_cache):
     result = run_smoke("train_step.py", tmp_path, "train_step_cpu", jax_cache)
     check_phases(result["phases"])
-    assert result["phases"]["2"]["analytic_tflop_per_step"] > result["phases"]["1"]["analytic_tflop_per_step"] > 0
-    assert 0 < result["phases"]["1"]["mfu"] and result["matmul_peak_tflops"] > 0
+    assert (
+        result["phases"]["2"]["analytic_tflop_per_step"]
+        > result["phases"]["1"]["analytic_tflop_per_step"]
+        > 0
+    )
+    assert result["phases"]["1"]["mfu"] > 0 and result["matmul_peak_tflops"] > 0
     assert result["phase2_over_phase1_step_time"] > 0
 
 
@@ -62,7 +77,7 @@ def test_loss_memory_smoke(tmp_path, jax_cache):
     assert result["devices"] == 8
     assert [row["global_batch"] for row in result["rows"]] == [64, 128]
     for row in result["rows"]:
-        assert 0 < row["ours_bytes_per_device"] and 0 < row["naive_bytes_one_device"]
+        assert row["ours_bytes_per_device"] > 0 and row["naive_bytes_one_device"] > 0
         assert row["ours_s"] > 0 and row["naive_s"] > 0
 
 
@@ -93,10 +108,14 @@ def test_vs_legacy_flax_smoke(tmp_path, jax_cache):
     assert ours["negatives_from_other_devices"]["min"] == 56
 
 
-
 def test_feature_cache_smoke(tmp_path, jax_cache):
     result = run_smoke("feature_cache.py", tmp_path, "feature_cache", jax_cache)
-    for key in ("phase1_full_step_s", "caching_pass_s_per_batch", "cached_step_s", "full_over_cached_step_time"):
+    for key in (
+        "phase1_full_step_s",
+        "caching_pass_s_per_batch",
+        "cached_step_s",
+        "full_over_cached_step_time",
+    ):
         assert result[key] > 0, key
 
 

@@ -8,15 +8,21 @@ import subprocess
 import sys
 
 import pytest
+from train_helpers import CLI_TINY, REPO, subprocess_env
 
 from clip_jax.cli import main
-from train_helpers import CLI_TINY, REPO, subprocess_env
 
 
 def cli(*args, env=None, timeout=240, cwd=REPO):
     """``python -m clip_jax.cli ARGS`` in a subprocess (what the console script runs)."""
-    return subprocess.run([sys.executable, "-m", "clip_jax.cli", *args], env=env or subprocess_env(1),
-                          capture_output=True, text=True, timeout=timeout, cwd=cwd)
+    return subprocess.run(
+        [sys.executable, "-m", "clip_jax.cli", *args],
+        env=env or subprocess_env(1),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=cwd,
+    )
 
 
 def assert_one_line_error(result, *needles):
@@ -42,36 +48,46 @@ def test_help_lists_the_subcommands(capsys):
 def test_unknown_config_key_lists_the_valid_keys_of_its_section():
     result = cli("train", "--config.train.bach_size=3")
     line = assert_one_line_error(result, "train.bach_size", "batch_size", "log_every")
-    assert "phases" not in line.split("valid keys of train:")[1] or "warmup" not in line  # that section's keys only
-    assert_one_line_error(cli("train", "--config.phases.warmup.stepz=3"), "phases.warmup.stepz", "steps",
-                          "warmup_steps")
+    assert (
+        "phases" not in line.split("valid keys of train:")[1] or "warmup" not in line
+    )  # that section's keys only
+    assert_one_line_error(
+        cli("train", "--config.phases.warmup.stepz=3"), "phases.warmup.stepz", "steps", "warmup_steps"
+    )
 
 
 def test_debug_shows_the_traceback():
     result = cli("train", "--config.train.bach_size=3", "--debug")
-    assert result.returncode == 2 and "Traceback" in result.stderr and "error: unknown config key" in result.stderr
+    assert (
+        result.returncode == 2
+        and "Traceback" in result.stderr
+        and "error: unknown config key" in result.stderr
+    )
     env = dict(subprocess_env(1), CLIP_JAX_DEBUG="1")
     assert "Traceback" in cli("train", "--config.train.bach_size=3", env=env).stderr
 
 
-@pytest.mark.parametrize("override, needle", [
-    ("--config.phases.warmup.steps=-5", "phases.warmup.steps=-5"),
-    ("--config.phases.warmup.steps=0", "phases.warmup.steps=0"),
-    ("--config.train.batch_size=0", "train.batch_size=0"),
-    ("--config.train.batch_size=-8", "train.batch_size=-8"),
-    ("--config.phases.finetune.learning_rates.text=-0.001", "phases.finetune.learning_rates.text=-0.001"),
-    ("--config.data.max_bad_fraction=1.5", "data.max_bad_fraction=1.5"),
-    ("--config.data.max_bad_fraction=-0.1", "data.max_bad_fraction=-0.1"),
-    ("--config.phases.warmup.trainable=(head", "phases.warmup.trainable"),
-    ("--config.phases.warmup.warmup_steps=-1", "phases.warmup.warmup_steps=-1"),
-    ("--config.train.batch_size=abc", "batch_size"),
-    ("--config=no_such_recipe", "no built-in recipe 'no_such_recipe'"),
-    ("--config=missing/file.py", "does not exist"),
-])
+@pytest.mark.parametrize(
+    "override, needle",
+    [
+        ("--config.phases.warmup.steps=-5", "phases.warmup.steps=-5"),
+        ("--config.phases.warmup.steps=0", "phases.warmup.steps=0"),
+        ("--config.train.batch_size=0", "train.batch_size=0"),
+        ("--config.train.batch_size=-8", "train.batch_size=-8"),
+        ("--config.phases.finetune.learning_rates.text=-0.001", "phases.finetune.learning_rates.text=-0.001"),
+        ("--config.data.max_bad_fraction=1.5", "data.max_bad_fraction=1.5"),
+        ("--config.data.max_bad_fraction=-0.1", "data.max_bad_fraction=-0.1"),
+        ("--config.phases.warmup.trainable=(head", "phases.warmup.trainable"),
+        ("--config.phases.warmup.warmup_steps=-1", "phases.warmup.warmup_steps=-1"),
+        ("--config.train.batch_size=abc", "batch_size"),
+        ("--config=no_such_recipe", "no built-in recipe 'no_such_recipe'"),
+        ("--config=missing/file.py", "does not exist"),
+    ],
+)
 def test_values_that_make_no_sense_are_rejected_before_any_work(override, needle, tmp_path, capsys):
     status = main(["train", f"--workdir={tmp_path / 'w'}", override])
     err = capsys.readouterr().err
-    assert status == 2 and f"error: " in err and needle in err, err
+    assert status == 2 and "error: " in err and needle in err, err
     assert "Traceback" not in err
     assert not (tmp_path / "w").exists()  # rejected before the workdir is touched
 
@@ -106,16 +122,32 @@ def test_export_and_eval_of_a_corrupt_checkpoint_are_one_line(tmp_path):
     bad = tmp_path / "bad"
     bad.mkdir()
     (bad / "config.json").write_text("{not json")
-    assert_one_line_error(cli("export", "--checkpoint", str(bad), "--out", str(tmp_path / "out")), "holds no weights")
+    assert_one_line_error(
+        cli("export", "--checkpoint", str(bad), "--out", str(tmp_path / "out")), "holds no weights"
+    )
     (bad / "model.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{trunc")
-    assert_one_line_error(cli("export", "--checkpoint", str(bad), "--out", str(tmp_path / "out")),
-                          "model.safetensors", "truncated or corrupt")
+    assert_one_line_error(
+        cli("export", "--checkpoint", str(bad), "--out", str(tmp_path / "out")),
+        "model.safetensors",
+        "truncated or corrupt",
+    )
     run = tmp_path / "run"  # looks like a workdir but holds no checkpoint
     (run / "checkpoints").mkdir(parents=True)
-    assert_one_line_error(cli("eval", "--model", str(run), "--task", "retrieval", "--data", "jsonl:x.jsonl"),
-                          "config.json is missing")
-    assert_one_line_error(cli("to-webdataset", "--input", f"jsonl:{tmp_path / 'none.jsonl'}", "--output",
-                              str(tmp_path / "shards")), "none.jsonl", "does not exist")
+    assert_one_line_error(
+        cli("eval", "--model", str(run), "--task", "retrieval", "--data", "jsonl:x.jsonl"),
+        "config.json is missing",
+    )
+    assert_one_line_error(
+        cli(
+            "to-webdataset",
+            "--input",
+            f"jsonl:{tmp_path / 'none.jsonl'}",
+            "--output",
+            str(tmp_path / "shards"),
+        ),
+        "none.jsonl",
+        "does not exist",
+    )
 
 
 def test_a_relative_path_that_does_not_exist_is_no_such_directory(tmp_path):
@@ -123,7 +155,9 @@ def test_a_relative_path_that_does_not_exist_is_no_such_directory(tmp_path):
     result = cli("export", "--checkpoint", "runs/no_such_run", "--out", str(tmp_path / "out"), cwd=tmp_path)
     assert_one_line_error(result, "No such checkpoint directory", "runs/no_such_run")
     # Shaped like a hub id and no local folder: the hub lookup fails (offline here) and says both.
-    result = cli("eval", "--model", "someone/no_such_model", "--task", "retrieval", "--data", "x.jsonl", cwd=tmp_path)
+    result = cli(
+        "eval", "--model", "someone/no_such_model", "--task", "retrieval", "--data", "x.jsonl", cwd=tmp_path
+    )
     assert_one_line_error(result, "someone/no_such_model", "no such local directory", "HF_HUB_OFFLINE")
 
 
@@ -135,8 +169,9 @@ def test_workdir_lock_refuses_a_second_run_and_takes_over_a_stale_one(tmp_path):
     sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
         workdir.mkdir()
-        (workdir / "lock").write_text(json.dumps({"host": socket.gethostname(), "pid": sleeper.pid,
-                                                  "since": "earlier"}))
+        (workdir / "lock").write_text(
+            json.dumps({"host": socket.gethostname(), "pid": sleeper.pid, "since": "earlier"})
+        )
         with pytest.raises(WorkdirInUse, match=rf"pid {sleeper.pid} on host .* delete .*lock"):
             WorkdirLock(workdir).acquire()
     finally:
@@ -154,10 +189,21 @@ def test_second_train_on_a_running_workdir_is_refused(tmp_path):
     """A real run holds the lock; a second train.py on the same workdir exits with one line, its logs untouched."""
     env = subprocess_env(8)
     workdir, cache = tmp_path / "w", tmp_path / "cache"
-    first = subprocess.Popen([sys.executable, str(REPO / "train.py"), f"--workdir={workdir}",
-                              f"--config.data.cache_dir={cache}", *CLI_TINY, "--config.phases.warmup.steps=400",
-                              "--config.phases.finetune.steps=1"], env=env, stdout=subprocess.DEVNULL,
-                             stderr=subprocess.PIPE, text=True)
+    first = subprocess.Popen(
+        [
+            sys.executable,
+            str(REPO / "train.py"),
+            f"--workdir={workdir}",
+            f"--config.data.cache_dir={cache}",
+            *CLI_TINY,
+            "--config.phases.warmup.steps=400",
+            "--config.phases.finetune.steps=1",
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         import time
 
@@ -167,9 +213,19 @@ def test_second_train_on_a_running_workdir_is_refused(tmp_path):
         assert first.poll() is None, first.stderr.read()[-3000:]
         holder = json.loads((workdir / "lock").read_text())
         assert holder["pid"] == first.pid
-        second = subprocess.run([sys.executable, str(REPO / "train.py"), f"--workdir={workdir}",
-                                 f"--config.data.cache_dir={cache}", *CLI_TINY], env=env, capture_output=True,
-                                text=True, timeout=120)
+        second = subprocess.run(
+            [
+                sys.executable,
+                str(REPO / "train.py"),
+                f"--workdir={workdir}",
+                f"--config.data.cache_dir={cache}",
+                *CLI_TINY,
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert_one_line_error(second, "in use by another run", f"pid {first.pid}")
     finally:
         first.terminate()  # SIGTERM: the first run checkpoints and exits, releasing the lock
@@ -205,19 +261,43 @@ sys.exit(clip_jax.cli.run_guarded(lambda: train(config, {workdir!r}), debug=Fals
 def test_a_failing_checkpoint_write_stops_the_run_with_one_line(tmp_path, use_async):
     workdir, cache = tmp_path / "w", tmp_path / "cache"
     script = tmp_path / "faulty.py"
-    script.write_text(FAULTY_RUN.format(tests=str(REPO / "tests"), cache=str(cache), workdir=str(workdir),
-                                        use_async=use_async))
-    result = subprocess.run([sys.executable, str(script)], env=subprocess_env(8), capture_output=True, text=True,
-                            timeout=300)
-    line = assert_one_line_error(result, "could not write the checkpoint of step 4", "File too large",
-                                 "last complete checkpoint (step 3)")
+    script.write_text(
+        FAULTY_RUN.format(
+            tests=str(REPO / "tests"), cache=str(cache), workdir=str(workdir), use_async=use_async
+        )
+    )
+    result = subprocess.run(
+        [sys.executable, str(script)], env=subprocess_env(8), capture_output=True, text=True, timeout=300
+    )
+    line = assert_one_line_error(
+        result,
+        "could not write the checkpoint of step 4",
+        "File too large",
+        "last complete checkpoint (step 3)",
+    )
     assert len(result.stderr.splitlines()) < 40, result.stderr[-3000:]  # was 481 lines and 5 tracebacks
     assert line and not (workdir / "lock").exists()
     from clip_jax.train.checkpoint import Checkpointer
 
-    assert Checkpointer(str(workdir)).latest_step() == 3  # the previous checkpoints are untouched: resume works
-    resumed = subprocess.run([sys.executable, str(REPO / "train.py"), f"--workdir={workdir}",
-                              f"--config.data.cache_dir={cache}", *CLI_TINY, "--config.phases.warmup.steps=3",
-                              "--config.phases.finetune.steps=3", "--config.train.checkpoint_every=2"],
-                             env=subprocess_env(8), capture_output=True, text=True, timeout=300)
-    assert resumed.returncode == 0 and "Resumed from step 3" in resumed.stdout + resumed.stderr, resumed.stderr[-3000:]
+    assert (
+        Checkpointer(str(workdir)).latest_step() == 3
+    )  # the previous checkpoints are untouched: resume works
+    resumed = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "train.py"),
+            f"--workdir={workdir}",
+            f"--config.data.cache_dir={cache}",
+            *CLI_TINY,
+            "--config.phases.warmup.steps=3",
+            "--config.phases.finetune.steps=3",
+            "--config.train.checkpoint_every=2",
+        ],
+        env=subprocess_env(8),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert resumed.returncode == 0 and "Resumed from step 3" in resumed.stdout + resumed.stderr, (
+        resumed.stderr[-3000:]
+    )

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 import transformers as tf
+from conftest import TINY_BERT, TINY_VISION
 from PIL import Image
 
 from clip_jax import CLIPModel
@@ -13,26 +14,34 @@ from clip_jax.models.dual_encoder import pool_text
 from clip_jax.models.layers import TowerOutput
 from clip_jax.weights import CheckpointError, flat_params
 
-from conftest import TINY_BERT, TINY_VISION
-
-CAPTIONS = ["una foto di un gatto", "due cerchi rossi a sinistra", "il cane blu", "tre quadrati verdi in alto"]
+CAPTIONS = [
+    "una foto di un gatto",
+    "due cerchi rossi a sinistra",
+    "il cane blu",
+    "tre quadrati verdi in alto",
+]
 
 
 def photos(n=5, seed=0):
     rs = np.random.RandomState(seed)
-    return [Image.fromarray(rs.randint(0, 256, (40 + 7 * i, 70 - 5 * i, 3), dtype=np.uint8)) for i in range(n)]
+    return [
+        Image.fromarray(rs.randint(0, 256, (40 + 7 * i, 70 - 5 * i, 3), dtype=np.uint8)) for i in range(n)
+    ]
 
 
 @pytest.fixture(scope="module")
 def model(checkpoints):
-    return CLIPModel.from_towers(vision=checkpoints["paths"]["vision"], text=checkpoints["paths"]["bert"],
-                                 projection_dim=16)
+    return CLIPModel.from_towers(
+        vision=checkpoints["paths"]["vision"], text=checkpoints["paths"]["bert"], projection_dim=16
+    )
 
 
 def test_from_towers_keeps_pretrained_weights_and_adds_fresh_projections(model, checkpoints):
     torch_bert = checkpoints["models"]["bert"].state_dict()
-    np.testing.assert_array_equal(np.asarray(model.module.text.word_embeddings.embedding.get_value()),
-                                  torch_bert["embeddings.word_embeddings.weight"].numpy())
+    np.testing.assert_array_equal(
+        np.asarray(model.module.text.word_embeddings.embedding.get_value()),
+        torch_bert["embeddings.word_embeddings.weight"].numpy(),
+    )
     kernel = np.asarray(model.module.visual_projection.kernel.get_value())
     assert kernel.shape == (TINY_VISION["hidden_size"], 16)
     assert 0.01 < kernel.std() < 0.03  # normal(0.02) initialisation
@@ -56,10 +65,14 @@ def test_embeddings_are_normalised_and_independent_of_batching(model):
 def test_image_input_forms_agree(model):
     arrays = np.stack([np.asarray(im.resize((64, 48))) for im in photos(3)])
     from_arrays = model.encode_image(arrays)
-    np.testing.assert_allclose(model.encode_image([Image.fromarray(a) for a in arrays]), from_arrays, atol=1e-6)
+    np.testing.assert_allclose(
+        model.encode_image([Image.fromarray(a) for a in arrays]), from_arrays, atol=1e-6
+    )
     np.testing.assert_allclose(model.encode_image(Image.fromarray(a) for a in arrays), from_arrays, atol=1e-6)
     np.testing.assert_allclose(model.encode_image(Image.fromarray(arrays[1])), from_arrays[1:2], atol=1e-6)
-    np.testing.assert_allclose(model.encode_image(arrays[1]), from_arrays[1:2], atol=1e-6)  # one uint8 [H, W, 3]
+    np.testing.assert_allclose(
+        model.encode_image(arrays[1]), from_arrays[1:2], atol=1e-6
+    )  # one uint8 [H, W, 3]
     np.testing.assert_allclose(model.encode_image(jnp.asarray(arrays)), from_arrays, atol=1e-6)
     np.testing.assert_allclose(model.encode_image(list(arrays), batch_size=2), from_arrays, atol=1e-6)
     from clip_jax.data import preprocess_images
@@ -137,12 +150,15 @@ def test_features_similarity_and_temperature_match_transformers(model, tmp_path)
     with torch.no_grad():
         out = reference(**inputs)
         image = reference.get_image_features(pixel_values=inputs["pixel_values"]).pooler_output.numpy()
-        text = reference.get_text_features(input_ids=inputs["input_ids"],
-                                           attention_mask=inputs["attention_mask"]).pooler_output.numpy()
+        text = reference.get_text_features(
+            input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"]
+        ).pooler_output.numpy()
     # transformers' get_*_features are projected but not normalised; so are ours
     assert np.abs(model.get_image_features(images) - image).max() <= 1e-4
     assert np.abs(model.get_text_features(CAPTIONS) - text).max() <= 1e-4
-    assert np.abs(np.linalg.norm(image, axis=1) - 1).max() > 1e-2  # the comparison above is not of unit vectors
+    assert (
+        np.abs(np.linalg.norm(image, axis=1) - 1).max() > 1e-2
+    )  # the comparison above is not of unit vectors
     # logits: scale ~14.3 times cosines that agree to 1e-4
     np.testing.assert_allclose(model.similarity(images, CAPTIONS), out.logits_per_image.numpy(), atol=2e-3)
     assert model.log_logit_multiplier == pytest.approx(float(reference.logit_scale), rel=1e-6)
@@ -151,8 +167,9 @@ def test_features_similarity_and_temperature_match_transformers(model, tmp_path)
 
 
 def test_logit_multiplier_setter(checkpoints):
-    model = CLIPModel.from_towers(vision=checkpoints["paths"]["vision"], text=checkpoints["paths"]["bert"],
-                                  projection_dim=8)
+    model = CLIPModel.from_towers(
+        vision=checkpoints["paths"]["vision"], text=checkpoints["paths"]["bert"], projection_dim=8
+    )
     model.logit_multiplier = 20.0
     assert model.logit_multiplier == pytest.approx(20.0, rel=1e-6)
     assert model.log_logit_multiplier == pytest.approx(np.log(20.0), rel=1e-6)
@@ -171,8 +188,10 @@ def test_classify_agrees_with_the_transformers_pipeline(model, tmp_path):
     np.testing.assert_allclose(result.probs.sum(axis=1), 1.0, atol=1e-5)
     centred = lambda p: np.log(p) - np.log(p).mean()  # = the logits minus their mean
     for image, probs, best in zip(images, result.probs, result.top_k):
-        scores = {r["label"]: r["score"] for r in classifier(image, candidate_labels=labels,
-                                                             hypothesis_template="una foto di {}")}
+        scores = {
+            r["label"]: r["score"]
+            for r in classifier(image, candidate_labels=labels, hypothesis_template="una foto di {}")
+        }
         expected = np.array([scores[label] for label in labels])
         # a random tiny model's probabilities are all near 1/3, so compare logits: ours vs transformers'
         assert np.ptp(centred(expected)) > 5e-3
@@ -187,7 +206,9 @@ def test_classify_ensembles_prompts_as_a_numpy_reference(model):
     from importlib import resources
 
     images, labels = photos(2), ["gatto", "cane", "quadrato"]
-    italian = json.loads((resources.files("clip_jax.evaluate") / "resources" / "imagenet_it.json").read_text())
+    italian = json.loads(
+        (resources.files("clip_jax.evaluate") / "resources" / "imagenet_it.json").read_text()
+    )
     templates = italian["templates"]
     texts = model.encode_text([t.replace("{}", label) for label in labels for t in templates])
     means = texts.reshape(len(labels), len(templates), -1).mean(axis=1)
@@ -197,8 +218,12 @@ def test_classify_ensembles_prompts_as_a_numpy_reference(model):
     np.testing.assert_allclose(model.classify(images, labels, language="it").probs, expected, atol=1e-5)
     np.testing.assert_allclose(model.classify(images, labels, templates=templates).probs, expected, atol=1e-5)
     plain = model.encode_image(images) @ model.encode_text(labels).T * model.logit_multiplier
-    np.testing.assert_allclose(model.classify(images, labels).logits, plain, atol=1e-4)  # no template: labels as given
-    with pytest.raises(ValueError, match=r"No built-in templates for language 'xx'; built in: \['en', 'it'\]"):
+    np.testing.assert_allclose(
+        model.classify(images, labels).logits, plain, atol=1e-4
+    )  # no template: labels as given
+    with pytest.raises(
+        ValueError, match=r"No built-in templates for language 'xx'; built in: \['en', 'it'\]"
+    ):
         model.classify(images, labels, language="xx")
     with pytest.raises(ValueError, match="not both"):
         model.classify(images, labels, templates=["{}"], language="it")
@@ -214,9 +239,15 @@ LONG_LABEL = " ".join(["gatto rosso"] * 30)  # 62 tokens with [CLS] and [SEP]: b
 def test_exported_tokenizer_is_fresh_and_knows_the_models_max_length(checkpoints, tmp_path):
     import json
 
-    model = CLIPModel.from_towers(vision=checkpoints["paths"]["vision"], text=checkpoints["paths"]["bert"],
-                                  projection_dim=8, max_length=16)
-    ours = model.encode_text([LONG_LABEL, "un gatto"])  # leaves truncation/padding state in the Rust tokenizer
+    model = CLIPModel.from_towers(
+        vision=checkpoints["paths"]["vision"],
+        text=checkpoints["paths"]["bert"],
+        projection_dim=8,
+        max_length=16,
+    )
+    ours = model.encode_text(
+        [LONG_LABEL, "un gatto"]
+    )  # leaves truncation/padding state in the Rust tokenizer
     assert model.tokenizer.backend_tokenizer.truncation is not None
     model.save_pretrained(tmp_path)
     saved = json.loads((tmp_path / "tokenizer.json").read_text())
@@ -236,20 +267,35 @@ def test_exported_tokenizer_is_fresh_and_knows_the_models_max_length(checkpoints
     assert np.abs(text - ours).max() <= 1e-4
 
 
-@pytest.mark.xfail(strict=True, raises=RuntimeError, reason=(
-    "transformers 5.24's zero-shot-image-classification pipeline tokenizes with padding=True and no truncation, "
-    "and its _sanitize_parameters drops tokenizer_kwargs, so no tokenizer file can make it truncate; a label "
-    "longer than the text tower's positions crashes. Strict: this starts failing when transformers fixes it."))
+@pytest.mark.xfail(
+    strict=True,
+    raises=RuntimeError,
+    reason=(
+        "transformers 5.24's zero-shot-image-classification pipeline tokenizes with padding=True and no truncation, "
+        "and its _sanitize_parameters drops tokenizer_kwargs, so no tokenizer file can make it truncate; a label "
+        "longer than the text tower's positions crashes. Strict: this starts failing when transformers fixes it."
+    ),
+)
 def test_transformers_pipeline_with_a_too_long_label(model, tmp_path):
     model.save_pretrained(tmp_path)
     classifier = tf.pipeline("zero-shot-image-classification", model=str(tmp_path))
-    classifier(photos(1)[0], candidate_labels=["gatto", LONG_LABEL], hypothesis_template="una foto di {}",
-               tokenizer_kwargs={"truncation": True})
+    classifier(
+        photos(1)[0],
+        candidate_labels=["gatto", LONG_LABEL],
+        hypothesis_template="una foto di {}",
+        tokenizer_kwargs={"truncation": True},
+    )
 
 
 def test_save_and_load_round_trip_is_exact(checkpoints, tmp_path):
-    original = CLIPModel.from_towers(vision=checkpoints["paths"]["vision"], text=checkpoints["paths"]["bert"],
-                                     projection_dim=8, text_pooling="mean", logit_bias_init=-10.0, seed=3)
+    original = CLIPModel.from_towers(
+        vision=checkpoints["paths"]["vision"],
+        text=checkpoints["paths"]["bert"],
+        projection_dim=8,
+        text_pooling="mean",
+        logit_bias_init=-10.0,
+        seed=3,
+    )
     original.save_pretrained(tmp_path)
     loaded = CLIPModel.from_pretrained(tmp_path)
     assert loaded.module.text_pooling == "mean"
@@ -262,7 +308,8 @@ def test_save_and_load_round_trip_is_exact(checkpoints, tmp_path):
 
 def test_loads_a_transformers_dual_encoder(checkpoints, tmp_path):
     config = tf.VisionTextDualEncoderConfig.from_vision_text_configs(
-        tf.CLIPVisionConfig(**TINY_VISION), tf.BertConfig(**TINY_BERT), projection_dim=12)
+        tf.CLIPVisionConfig(**TINY_VISION), tf.BertConfig(**TINY_BERT), projection_dim=12
+    )
     torch.manual_seed(1)
     reference = tf.VisionTextDualEncoderModel(config).eval()
     reference.save_pretrained(tmp_path)
@@ -273,10 +320,17 @@ def test_loads_a_transformers_dual_encoder(checkpoints, tmp_path):
     mask[1, 4:] = 0
     with torch.no_grad():
         image = reference.get_image_features(pixel_values=torch.tensor(x)).pooler_output.numpy()
-        text = reference.get_text_features(input_ids=torch.tensor(ids),
-                                           attention_mask=torch.tensor(mask)).pooler_output.numpy()
-    assert np.abs(np.asarray(ours.module.image_features(jnp.asarray(x.transpose(0, 2, 3, 1)))) - image).max() <= 1e-4
-    assert np.abs(np.asarray(ours.module.text_features(jnp.asarray(ids), jnp.asarray(mask))) - text).max() <= 1e-4
+        text = reference.get_text_features(
+            input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask)
+        ).pooler_output.numpy()
+    assert (
+        np.abs(np.asarray(ours.module.image_features(jnp.asarray(x.transpose(0, 2, 3, 1)))) - image).max()
+        <= 1e-4
+    )
+    assert (
+        np.abs(np.asarray(ours.module.text_features(jnp.asarray(ids), jnp.asarray(mask))) - text).max()
+        <= 1e-4
+    )
 
 
 def test_loads_an_openai_style_clip_checkpoint(checkpoints):
@@ -288,7 +342,10 @@ def test_loads_an_openai_style_clip_checkpoint(checkpoints):
     with torch.no_grad():
         image = reference.get_image_features(pixel_values=torch.tensor(x)).pooler_output.numpy()
         text = reference.get_text_features(input_ids=torch.tensor(ids)).pooler_output.numpy()
-    assert np.abs(np.asarray(ours.module.image_features(jnp.asarray(x.transpose(0, 2, 3, 1)))) - image).max() <= 1e-4
+    assert (
+        np.abs(np.asarray(ours.module.image_features(jnp.asarray(x.transpose(0, 2, 3, 1)))) - image).max()
+        <= 1e-4
+    )
     assert np.abs(np.asarray(ours.module.text_features(jnp.asarray(ids))) - text).max() <= 1e-4
     assert ours.logit_scale == pytest.approx(float(reference.logit_scale.detach().exp()), rel=1e-6)
 
@@ -319,7 +376,7 @@ def test_pooling_methods_against_numpy():
     expected = {
         "pooler": pooled,
         "cls": hidden[:, 0],
-        "mean": np.stack([hidden[i, :m.sum()].mean(0) for i, m in enumerate(mask)]),
+        "mean": np.stack([hidden[i, : m.sum()].mean(0) for i, m in enumerate(mask)]),
         "eos": np.stack([hidden[i, m.sum() - 1] for i, m in enumerate(mask)]),
     }
     for method, value in expected.items():
@@ -329,8 +386,13 @@ def test_pooling_methods_against_numpy():
 
 
 def test_random_towers_from_configs(checkpoints):
-    model = CLIPModel.from_towers(vision=tf.CLIPVisionConfig(**TINY_VISION), text=dict(TINY_BERT, model_type="bert"),
-                                  projection_dim=8, tokenizer=checkpoints["paths"]["bert"], text_pooling="cls")
+    model = CLIPModel.from_towers(
+        vision=tf.CLIPVisionConfig(**TINY_VISION),
+        text=dict(TINY_BERT, model_type="bert"),
+        projection_dim=8,
+        tokenizer=checkpoints["paths"]["bert"],
+        text_pooling="cls",
+    )
     assert model.encode_text(CAPTIONS[:2]).shape == (2, 8)
     assert model.encode_image(photos(2)).shape == (2, 8)
 
@@ -338,16 +400,21 @@ def test_random_towers_from_configs(checkpoints):
 def test_bad_inputs_have_clear_errors(checkpoints, model):
     with pytest.raises(CheckpointError, match="not a dual encoder.*from_towers"):
         CLIPModel.from_pretrained(checkpoints["paths"]["bert"])
-    no_tokenizer = CLIPModel.from_towers(vision=checkpoints["paths"]["vision"], text=checkpoints["paths"]["roberta"],
-                                         projection_dim=8)
+    no_tokenizer = CLIPModel.from_towers(
+        vision=checkpoints["paths"]["vision"], text=checkpoints["paths"]["roberta"], projection_dim=8
+    )
     with pytest.raises(ValueError, match="no tokenizer"):
         no_tokenizer.encode_text(["x"])
     with pytest.raises(ValueError, match="No tokenizer files"):
-        CLIPModel.from_towers(vision=checkpoints["paths"]["vision"], text=checkpoints["paths"]["bert"],
-                              tokenizer=checkpoints["paths"]["roberta"])
+        CLIPModel.from_towers(
+            vision=checkpoints["paths"]["vision"],
+            text=checkpoints["paths"]["bert"],
+            tokenizer=checkpoints["paths"]["roberta"],
+        )
     with pytest.raises(ValueError, match="Unknown text_pooling"):
-        CLIPModel.from_towers(vision=checkpoints["paths"]["vision"], text=checkpoints["paths"]["bert"],
-                              text_pooling="max")
+        CLIPModel.from_towers(
+            vision=checkpoints["paths"]["vision"], text=checkpoints["paths"]["bert"], text_pooling="max"
+        )
 
 
 def test_encode_compiles_once_per_bucket(model):
@@ -365,11 +432,11 @@ def test_loads_clip_italian_legacy_flax_hybrid_clip(checkpoints, tmp_path):
     import json
 
     from flax import serialization
-
     from test_weights import _torch_to_flax_tree
 
     config = tf.VisionTextDualEncoderConfig.from_vision_text_configs(
-        tf.CLIPVisionConfig(**TINY_VISION), tf.BertConfig(**TINY_BERT), projection_dim=12)
+        tf.CLIPVisionConfig(**TINY_VISION), tf.BertConfig(**TINY_BERT), projection_dim=12
+    )
     torch.manual_seed(2)
     reference = tf.VisionTextDualEncoderModel(config).eval()
     state = {}
@@ -377,13 +444,23 @@ def test_loads_clip_italian_legacy_flax_hybrid_clip(checkpoints, tmp_path):
         if key.endswith("position_ids"):
             continue
         # FlaxCLIPVisionModule nests the transformer under a second "vision_model".
-        state[key.replace("vision_model.", "vision_model.vision_model.", 1) if key.startswith("vision_model.")
-              else key] = value
+        state[
+            key.replace("vision_model.", "vision_model.vision_model.", 1)
+            if key.startswith("vision_model.")
+            else key
+        ] = value
     (tmp_path / "flax_model.msgpack").write_bytes(serialization.msgpack_serialize(_torch_to_flax_tree(state)))
     clip_config = tf.CLIPConfig(vision_config=TINY_VISION, text_config={}).to_dict()
-    (tmp_path / "config.json").write_text(json.dumps({
-        "model_type": "hybrid-clip", "projection_dim": 12, "text_config": tf.BertConfig(**TINY_BERT).to_dict(),
-        "vision_config": clip_config}))
+    (tmp_path / "config.json").write_text(
+        json.dumps(
+            {
+                "model_type": "hybrid-clip",
+                "projection_dim": 12,
+                "text_config": tf.BertConfig(**TINY_BERT).to_dict(),
+                "vision_config": clip_config,
+            }
+        )
+    )
     ours = CLIPModel.from_pretrained(tmp_path, logit_scale=20.0)
     assert ours.logit_scale == pytest.approx(20.0)
     x = np.random.RandomState(0).randn(2, 3, 32, 32).astype(np.float32)
@@ -391,18 +468,27 @@ def test_loads_clip_italian_legacy_flax_hybrid_clip(checkpoints, tmp_path):
     with torch.no_grad():
         image = reference.get_image_features(pixel_values=torch.tensor(x)).pooler_output.numpy()
         text = reference.get_text_features(input_ids=torch.tensor(ids)).pooler_output.numpy()
-    assert np.abs(np.asarray(ours.module.image_features(jnp.asarray(x.transpose(0, 2, 3, 1)))) - image).max() <= 1e-4
+    assert (
+        np.abs(np.asarray(ours.module.image_features(jnp.asarray(x.transpose(0, 2, 3, 1)))) - image).max()
+        <= 1e-4
+    )
     assert np.abs(np.asarray(ours.module.text_features(jnp.asarray(ids))) - text).max() <= 1e-4
 
 
 def test_non_pooler_text_pooling_is_never_exported_as_a_transformers_model(checkpoints, tmp_path):
     from clip_jax.hub import ExportError
 
-    model = CLIPModel.from_towers(vision=checkpoints["paths"]["vision"], text=checkpoints["paths"]["bert"],
-                                  projection_dim=8, text_pooling="mean")
+    model = CLIPModel.from_towers(
+        vision=checkpoints["paths"]["vision"],
+        text=checkpoints["paths"]["bert"],
+        projection_dim=8,
+        text_pooling="mean",
+    )
     model.save_pretrained(tmp_path)
     with pytest.raises((ValueError, KeyError), match="clip_jax_dual_encoder"):
-        tf.AutoModel.from_pretrained(str(tmp_path))  # transformers refuses rather than computing other embeddings
+        tf.AutoModel.from_pretrained(
+            str(tmp_path)
+        )  # transformers refuses rather than computing other embeddings
     assert CLIPModel.from_pretrained(tmp_path).module.text_pooling == "mean"
     with pytest.raises(ExportError, match="pools text with 'mean'.*pooler_output"):
         model.save_pretrained(tmp_path / "hf", require_transformers=True)

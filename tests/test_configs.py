@@ -31,7 +31,10 @@ def test_recipes_ship_in_the_package_and_the_checkout_re_exports_them():
         validate(packaged)
         assert packaged == importlib.import_module(f"configs.{name}").get_config()
         assert configs.resolve(name).endswith(f"clip_jax/configs/{name}.py")
-    with pytest.raises(ValueError, match="no built-in recipe 'nope' — choose one of clip_italian, demo, distill_demo, distill_italian, tiny"):
+    with pytest.raises(
+        ValueError,
+        match="no built-in recipe 'nope' — choose one of clip_italian, demo, distill_demo, distill_italian, tiny",
+    ):
         configs.resolve("nope")
 
 
@@ -39,7 +42,10 @@ def test_clip_italian_recipe():
     from configs.clip_italian import get_config
 
     c = get_config()
-    assert (c.model.vision, c.model.text) == ("openai/clip-vit-base-patch32", "dbmdz/bert-base-italian-xxl-uncased")
+    assert (c.model.vision, c.model.text) == (
+        "openai/clip-vit-base-patch32",
+        "dbmdz/bert-base-italian-xxl-uncased",
+    )
     assert c.model.projection_dim == 512 and math.exp(c.model.logit_scale_init) == pytest.approx(20.0)
     warmup, finetune = (c.phases[n] for n in c.train.phases)
     for path in ("vision.layers.0.mlp.fc1.kernel", "text.word_embeddings.embedding", "logit_scale"):

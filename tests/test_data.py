@@ -12,8 +12,17 @@ import pytest
 from PIL import Image
 
 from clip_jax.data import ImageProcessorConfig
-from clip_jax.data.pipeline import (BadDataMonitor, BadExample, DataError, ExampleStream, TrainBatches, Transform,
-                                    decode_image, load_eval_examples, process_examples)
+from clip_jax.data.pipeline import (
+    BadDataMonitor,
+    BadExample,
+    DataError,
+    ExampleStream,
+    TrainBatches,
+    Transform,
+    decode_image,
+    load_eval_examples,
+    process_examples,
+)
 from clip_jax.data.sources import FileSource, WebDatasetSource, expand_braces, parse_source
 from clip_jax.data.to_webdataset import convert
 
@@ -39,12 +48,18 @@ def test_listing_formats_and_relative_paths(tmp_path):
     with open(tmp_path / "train.csv", "w", newline="") as f:  # open_clip's CSV
         writer = csv.DictWriter(f, ["filepath", "title"])
         writer.writeheader()
-        writer.writerows({"filepath": str(tmp_path / r["image_path"]), "title": r["captions"][0]} for r in rows)
+        writer.writerows(
+            {"filepath": str(tmp_path / r["image_path"]), "title": r["captions"][0]} for r in rows
+        )
     (tmp_path / "train.json").write_text(json.dumps({"data": rows}))
     with open(tmp_path / "train.tsv", "w") as f:
         f.write("image\ttext\n" + "".join(f"{r['image_path']}\t{r['captions'][1]}\n" for r in rows))
-    for spec, captions in ((str(tmp_path / "train.jsonl"), 2), (f"csv:{tmp_path / 'train.csv'}", 1),
-                           (str(tmp_path / "train.json"), 2), (str(tmp_path / "train.tsv"), 1)):
+    for spec, captions in (
+        (str(tmp_path / "train.jsonl"), 2),
+        (f"csv:{tmp_path / 'train.csv'}", 1),
+        (str(tmp_path / "train.json"), 2),
+        (str(tmp_path / "train.tsv"), 1),
+    ):
         source = parse_source(spec)
         assert isinstance(source, FileSource) and len(source) == 12
         record = source[3]
@@ -74,8 +89,14 @@ def test_brace_patterns_expand_as_webdataset_does():
     """Against braceexpand, the expansion webdataset itself uses for shard URLs."""
     from braceexpand import braceexpand
 
-    for pattern in ("a-{08..11}.tar", "/d/{train,val}-{000..002}.tar", "gs://b/{wit,cc}/part-{0..3}.tar",
-                    "x-{a,b,c}.tar", "plain.tar", "{train,val}.tar"):
+    for pattern in (
+        "a-{08..11}.tar",
+        "/d/{train,val}-{000..002}.tar",
+        "gs://b/{wit,cc}/part-{0..3}.tar",
+        "x-{a,b,c}.tar",
+        "plain.tar",
+        "{train,val}.tar",
+    ):
         assert expand_braces(pattern) == list(braceexpand(pattern)), pattern
 
 
@@ -91,11 +112,16 @@ def test_converter_writes_txt_captions_and_json_for_several(tmp_path):
         names = tar.getnames()
     assert names[:4] == ["000000000.png", "000000000.json", "000000001.jpg", "000000001.txt"]
     theirs = list(webdataset.WebDataset(pattern, shardshuffle=False))
-    assert [s["txt"].decode() for s in theirs if "txt" in s] == [r["captions"][0] for i, r in enumerate(rows) if i % 3]
-    assert [json.loads(s["json"])["captions"] for s in theirs if "json" in s] == [r["captions"] for i, r in
-                                                                                  enumerate(rows) if not i % 3]
+    assert [s["txt"].decode() for s in theirs if "txt" in s] == [
+        r["captions"][0] for i, r in enumerate(rows) if i % 3
+    ]
+    assert [json.loads(s["json"])["captions"] for s in theirs if "json" in s] == [
+        r["captions"] for i, r in enumerate(rows) if not i % 3
+    ]
     source = parse_source(f"wds:{pattern}")
-    assert [e["captions"] for shard in source.shards for e in source.read_shard(shard)] == [r["captions"] for r in rows]
+    assert [e["captions"] for shard in source.shards for e in source.read_shard(shard)] == [
+        r["captions"] for r in rows
+    ]
 
 
 def test_shard_brace_lists_in_a_mixture(tmp_path):
@@ -109,8 +135,12 @@ def test_shard_brace_lists_in_a_mixture(tmp_path):
     mixture = parse_mixture(spec)
     assert [w for _, w in mixture] == [2.0, 1.0] and mixture[0][0].endswith("{train,val}-{00000..00001}.tar")
     source = parse_source(mixture[0][0])
-    assert [Path(s).name for s in source.shards] == ["train-00000.tar", "train-00001.tar", "val-00000.tar",
-                                                     "val-00001.tar"]
+    assert [Path(s).name for s in source.shards] == [
+        "train-00000.tar",
+        "train-00001.tar",
+        "val-00000.tar",
+        "val-00001.tar",
+    ]
     assert sum(1 for shard in source.shards for _ in source.read_shard(shard)) == 7
 
 
@@ -129,8 +159,15 @@ def test_webdataset_member_names_are_not_paths(tmp_path):
 
 
 def stream(spec, process_index=0, process_count=1, seed=0, train=True, worker_processes=0):
-    return ExampleStream(spec, Transform(PROCESSOR, train=train), seed=seed, process_index=process_index,
-                         process_count=process_count, workers=2, worker_processes=worker_processes)
+    return ExampleStream(
+        spec,
+        Transform(PROCESSOR, train=train),
+        seed=seed,
+        process_index=process_index,
+        process_count=process_count,
+        workers=2,
+        worker_processes=worker_processes,
+    )
 
 
 def captions_of(examples):
@@ -230,14 +267,16 @@ def test_worker_processes_give_the_same_examples_and_resume(tmp_path, kind):
 @pytest.mark.parametrize("kind", ["files", "wds"])
 def test_skip_counts_are_reported_at_the_end_of_each_epoch(tmp_path, kind, caplog):
     rows = write_images(tmp_path, n=8)
-    rows += [{"image_path": "img/missing.jpg", "captions": ["manca"]}, {"image_path": rows[0]["image_path"],
-                                                                         "captions": [""]}]
+    rows += [
+        {"image_path": "img/missing.jpg", "captions": ["manca"]},
+        {"image_path": rows[0]["image_path"], "captions": [""]},
+    ]
     (tmp_path / "train.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     spec = str(tmp_path / "train.jsonl")
     if kind == "wds":  # the converter refuses to write the missing image and the empty caption
         spec = "wds:" + convert(spec, str(tmp_path / "s" / "t"), shard_size=4)[0]
         (tmp_path / "s" / "t-00001.tar").write_bytes(b"not a tar file at all")
-    monitor = BadDataMonitor(spec, max_bad_fraction=0.9, report_every=10 ** 9)
+    monitor = BadDataMonitor(spec, max_bad_fraction=0.9, report_every=10**9)
     batches = TrainBatches(stream(spec), 4, lambda t: {}, monitor)
     with caplog.at_level("WARNING", logger="clip_jax.data.pipeline"):
         for _ in range(3):  # 12 good examples: the first epoch has at most 8
@@ -261,9 +300,15 @@ def test_every_image_mode_becomes_rgb():
     palette = rgb.convert("P")
     palette.info["transparency"] = 0
     sixteen = Image.fromarray((np.arange(120).reshape(10, 12) * 500).astype(np.uint16))
-    for image, fmt in ((rgb.convert("L"), "PNG"), (rgb.convert("LA"), "PNG"), (palette, "PNG"),
-                       (rgb.convert("RGBA"), "PNG"), (rgb.convert("CMYK"), "JPEG"), (sixteen, "PNG"),
-                       (rgb, "WEBP")):
+    for image, fmt in (
+        (rgb.convert("L"), "PNG"),
+        (rgb.convert("LA"), "PNG"),
+        (palette, "PNG"),
+        (rgb.convert("RGBA"), "PNG"),
+        (rgb.convert("CMYK"), "JPEG"),
+        (sixteen, "PNG"),
+        (rgb, "WEBP"),
+    ):
         out = decode_image(encoded(image, fmt))
         assert out.mode == "RGB" and out.size == (12, 10), image.mode
     bright = np.asarray(decode_image(encoded(sixteen)))
@@ -284,23 +329,33 @@ def test_bad_examples_are_skipped_and_counted(tmp_path, monkeypatch):
     (tmp_path / "img" / "truncated.jpg").write_bytes(data[: len(data) // 3])
     Image.fromarray(np.zeros((60, 60, 3), np.uint8)).save(tmp_path / "img" / "bomb.png")
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1500)  # the 60x60 image is over it; the others are not
-    bad_rows = [{"image_path": "img/none.jpg", "captions": ["manca"]},
-                {"image_path": "img/zero.jpg", "captions": ["vuoto"]},
-                {"image_path": "img/truncated.jpg", "captions": ["troncato"]},
-                {"image_path": "img/bomb.png", "captions": ["bomba"]},
-                {"image_path": rows[0]["image_path"], "captions": ["", "  "]},
-                {"image_path": rows[0]["image_path"], "captions": [42]}]
+    bad_rows = [
+        {"image_path": "img/none.jpg", "captions": ["manca"]},
+        {"image_path": "img/zero.jpg", "captions": ["vuoto"]},
+        {"image_path": "img/truncated.jpg", "captions": ["troncato"]},
+        {"image_path": "img/bomb.png", "captions": ["bomba"]},
+        {"image_path": rows[0]["image_path"], "captions": ["", "  "]},
+        {"image_path": rows[0]["image_path"], "captions": [42]},
+    ]
     listing = tmp_path / "mixed.jsonl"
     listing.write_text("\n".join(json.dumps(r) for r in rows + bad_rows) + "\n")
     monitor = BadDataMonitor(str(listing), max_bad_fraction=0.5, min_seen=16)
     batches = TrainBatches(stream(str(listing)), 5, lambda t: {"n": np.array([len(t)])}, monitor)
     for _ in range(4):  # 20 good examples = two epochs of 10
         assert len(next(batches)["pixel_values"]) == 5
-    assert set(monitor.counts) == {"missing_file", "empty_file", "corrupt_image", "decompression_bomb",
-                                   "empty_caption", "caption_not_text"}
-    pixels, captions, counts = load_eval_examples(str(listing), PROCESSOR)
+    assert set(monitor.counts) == {
+        "missing_file",
+        "empty_file",
+        "corrupt_image",
+        "decompression_bomb",
+        "empty_caption",
+        "caption_not_text",
+    }
+    pixels, _captions, counts = load_eval_examples(str(listing), PROCESSOR)
     assert len(pixels) == 10 and sum(counts.values()) == 6
-    strict = TrainBatches(stream(str(listing)), 5, lambda t: {}, BadDataMonitor(str(listing), 0.1, min_seen=1))
+    strict = TrainBatches(
+        stream(str(listing)), 5, lambda t: {}, BadDataMonitor(str(listing), 0.1, min_seen=1)
+    )
     with pytest.raises(DataError, match=r"mixed.jsonl are bad .*First failures"):
         for _ in range(10):
             next(strict)
@@ -375,8 +430,13 @@ def bad_listing(root, n=12):
     object among good rows: (path, number of good rows)."""
     rows = write_images(root, n=n)
     lines = [json.dumps({"image_path": rows[0]["image_path"]})]  # row 1: no caption key
-    lines += [json.dumps(r) for r in rows[1:5]] + ['{"image_path": "img/001.jpg", "captions": ["tronca"'] + \
-             [json.dumps(r) for r in rows[5:8]] + ["[1, 2, 3]"] + [json.dumps(r) for r in rows[8:]]
+    lines += (
+        [json.dumps(r) for r in rows[1:5]]
+        + ['{"image_path": "img/001.jpg", "captions": ["tronca"']
+        + [json.dumps(r) for r in rows[5:8]]
+        + ["[1, 2, 3]"]
+        + [json.dumps(r) for r in rows[8:]]
+    )
     (root / "bad.jsonl").write_text("\n".join(lines) + "\n")
     return root / "bad.jsonl", n - 1
 
@@ -402,7 +462,9 @@ def test_bad_listing_lines_are_skipped_and_counted_with_file_and_line(tmp_path):
 def test_eval_refuses_metrics_on_a_fraction_of_the_data(tmp_path):
     """Keys that change after row 1 leave 1 usable image: no metric is computed on it."""
     rows = write_images(tmp_path, n=10)
-    lines = [json.dumps(rows[0])] + [json.dumps({"file": r["image_path"], "text": r["captions"]}) for r in rows[1:]]
+    lines = [json.dumps(rows[0])] + [
+        json.dumps({"file": r["image_path"], "text": r["captions"]}) for r in rows[1:]
+    ]
     (tmp_path / "changed.jsonl").write_text("\n".join(lines) + "\n")
     with pytest.raises(DataError, match=r"9 of 10 examples .*missing_key.* --max_bad_fraction"):
         load_eval_examples(str(tmp_path / "changed.jsonl"), PROCESSOR, max_bad_fraction=0.1)
@@ -410,6 +472,7 @@ def test_eval_refuses_metrics_on_a_fraction_of_the_data(tmp_path):
 
 def test_trainer_reads_files_source(tmp_path):
     from train_helpers import tiny_config
+
     from clip_jax.train import train
 
     write_images(tmp_path / "data", n=40)
@@ -424,10 +487,16 @@ def test_trainer_reads_files_source(tmp_path):
     assert summary["step"] == 2 and "val/text_retrieval_recall@1" in summary["val"]
     # The skips reach summary.json and metrics.jsonl (hence TensorBoard), by source and reason.
     seen = sum(summary["skipped"]["bad.jsonl"].values())
-    assert set(summary["skipped"]["bad.jsonl"]) <= {"missing_key", "malformed_line", "not_an_object"} and seen >= 1
+    assert (
+        set(summary["skipped"]["bad.jsonl"]) <= {"missing_key", "malformed_line", "not_an_object"}
+        and seen >= 1
+    )
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["skipped"] == summary["skipped"]
-    last = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
-            if "train/loss" in line][-1]
+    last = [
+        json.loads(line)
+        for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+        if "train/loss" in line
+    ][-1]
     assert sum(v for k, v in last.items() if k.startswith("data/skipped/bad.jsonl/")) == seen
     from clip_jax.train.checkpoint import Checkpointer
 
@@ -439,10 +508,12 @@ def test_trainer_reads_files_source(tmp_path):
 def hf_dataset(tmp_path):
     datasets = pytest.importorskip("datasets")
     rows = write_images(tmp_path, n=12)
-    data = datasets.Dataset.from_dict({
-        "picture": [str(tmp_path / r["image_path"]) for r in rows],
-        "texts": [r["captions"] for r in rows],
-    }).cast_column("picture", datasets.Image())
+    data = datasets.Dataset.from_dict(
+        {
+            "picture": [str(tmp_path / r["image_path"]) for r in rows],
+            "texts": [r["captions"] for r in rows],
+        }
+    ).cast_column("picture", datasets.Image())
     data.save_to_disk(str(tmp_path / "saved"))
     (tmp_path / "parquet").mkdir()
     data.to_parquet(str(tmp_path / "parquet" / "train.parquet"))
@@ -464,7 +535,7 @@ def test_hugging_face_dataset_random_access(hf_dataset):
 
 
 def test_hugging_face_streaming_dataset(hf_dataset):
-    root, rows = hf_dataset
+    root, _rows = hf_dataset
     spec = f"hf:{root / 'parquet'}?image=picture&caption=texts&streaming=1"
     halves = []
     for process in range(2):
@@ -480,7 +551,7 @@ def test_hugging_face_streaming_dataset(hf_dataset):
     resumed.set_state(state)
     for want in expected:
         np.testing.assert_array_equal(next(resumed)["pixel_values"], want["pixel_values"])
-    pixels, captions, _ = load_eval_examples(spec, PROCESSOR)
+    pixels, _captions, _ = load_eval_examples(spec, PROCESSOR)
     assert len(pixels) == 12
 
 
@@ -488,7 +559,9 @@ def test_weighted_mixture_of_shards_and_listing_is_deterministic_and_resumable(t
     write_images(tmp_path / "a", n=12)
     rows_b = write_images(tmp_path / "b", n=12)
     listing_b = tmp_path / "b" / "train.jsonl"
-    listing_b.write_text("\n".join(json.dumps(dict(r, captions=[f"seconda {i}"])) for i, r in enumerate(rows_b)))
+    listing_b.write_text(
+        "\n".join(json.dumps(dict(r, captions=[f"seconda {i}"])) for i, r in enumerate(rows_b))
+    )
     shards = "wds:" + convert(str(tmp_path / "a" / "train.jsonl"), str(tmp_path / "s" / "a"), shard_size=4)[0]
     spec = f"{shards}=3,{listing_b}=1"
     drawn = [next(s)["caption"] for s in [stream(spec)] for _ in range(200)]

@@ -78,8 +78,12 @@ def test_notebook_runs(demo_run, name, monkeypatch):
     monkeypatch.setenv("CLIP_JAX_DEMO_WORKDIR", str(workdir))
     monkeypatch.setenv("MPLBACKEND", "Agg")
     notebook = nbformat.read(REPO / "notebooks" / f"{name}.ipynb", as_version=4)
-    nbclient.NotebookClient(notebook, timeout=600, kernel_name="python3",
-                            resources={"metadata": {"path": str(REPO / "notebooks")}}).execute()
+    nbclient.NotebookClient(
+        notebook,
+        timeout=600,
+        kernel_name="python3",
+        resources={"metadata": {"path": str(REPO / "notebooks")}},
+    ).execute()
     outputs = [o for cell in notebook.cells if cell.cell_type == "code" for o in cell.get("outputs", [])]
     assert not [o for o in outputs if o.get("output_type") == "error"]
     assert any(o.get("output_type") in ("stream", "execute_result", "display_data") for o in outputs)

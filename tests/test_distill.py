@@ -9,21 +9,25 @@ import time
 
 import numpy as np
 import pytest
+from train_helpers import REPO, losses
 
 from clip_jax.config import phase
 from clip_jax.data.parallel import PairBatches, read_pairs, shapes_pairs
 from clip_jax.data.shapes import ShapesSpec
-from train_helpers import REPO, losses
 
 STUDENT = r"(text|text_projection)\..*"
 
 
 def test_read_pairs_jsonl_csv_columns_and_errors(tmp_path):
-    rows = [{"en": "two red circles", "it": "due cerchi rossi", "de": "zwei rote Kreise"},
-            {"en": "a blue square", "it": "un quadrato blu", "de": "ein blaues Quadrat"}]
+    rows = [
+        {"en": "two red circles", "it": "due cerchi rossi", "de": "zwei rote Kreise"},
+        {"en": "a blue square", "it": "un quadrato blu", "de": "ein blaues Quadrat"},
+    ]
     (tmp_path / "p.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
-    assert read_pairs(str(tmp_path / "p.jsonl")) == (["two red circles", "a blue square"],
-                                                    ["due cerchi rossi", "un quadrato blu"])
+    assert read_pairs(str(tmp_path / "p.jsonl")) == (
+        ["two red circles", "a blue square"],
+        ["due cerchi rossi", "un quadrato blu"],
+    )
     (tmp_path / "p.txt").write_text("source,target\nhello,ciao\n")
     assert read_pairs(f"csv:{tmp_path / 'p.txt'}", "source", "target") == (["hello"], ["ciao"])
     with pytest.raises(ValueError, match=r"no column\(s\) \['fr'\].*distill.student_column"):
@@ -50,7 +54,10 @@ def test_shapes_pairs_are_translations_and_hold_out_the_heldout_pairs():
 
 
 def test_pair_batches_cover_the_data_and_resume():
-    tokenize = lambda texts: {"input_ids": np.array([[len(t)] for t in texts]), "attention_mask": np.ones((len(texts), 1))}
+    tokenize = lambda texts: {
+        "input_ids": np.array([[len(t)] for t in texts]),
+        "attention_mask": np.ones((len(texts), 1)),
+    }
     texts = [f"s{i}" for i in range(10)]
     targets = np.arange(10, dtype=np.float32)[:, None] * np.ones((1, 3), np.float32)
     it = PairBatches(texts, targets, 4, tokenize=tokenize, seed=3)
@@ -62,9 +69,13 @@ def test_pair_batches_cover_the_data_and_resume():
     again = PairBatches(texts, targets, 4, tokenize=tokenize, seed=3)
     again.set_state(state)
     got = next(again)
-    assert np.array_equal(got["target"], expected["target"]) and np.array_equal(got["input_ids"], expected["input_ids"])
-    halves = [PairBatches(texts, targets, 4, tokenize=tokenize, seed=3, process_index=p, process_count=2)
-              for p in range(2)]
+    assert np.array_equal(got["target"], expected["target"]) and np.array_equal(
+        got["input_ids"], expected["input_ids"]
+    )
+    halves = [
+        PairBatches(texts, targets, 4, tokenize=tokenize, seed=3, process_index=p, process_count=2)
+        for p in range(2)
+    ]
     assert np.array_equal(np.concatenate([next(h)["target"] for h in halves]), epoch[0]["target"])
 
 
@@ -98,8 +109,14 @@ def tiny_distill_config(small_standins, cache, **overrides):
     c.model.vision, c.model.text, c.model.projection_dim = str(english), str(italian), 32
     c.data.cache_dir = str(cache)
     c.data.shapes.update(num_train=64, num_val=16, image_size=32)
-    c.train.update(batch_size=32, log_every=1, checkpoint_every=4, eval_batch_size=64, async_checkpoints=False,
-                   keep_checkpoints=10)
+    c.train.update(
+        batch_size=32,
+        log_every=1,
+        checkpoint_every=4,
+        eval_batch_size=64,
+        async_checkpoints=False,
+        keep_checkpoints=10,
+    )
     c.phases.warmup = phase(4, r"text_projection\..*", {"head": 1e-2})
     c.phases.finetune = phase(8, STUDENT, {"head": 1e-3, "text": 1e-3})
     c.mesh.fsdp_min_size = 0
@@ -142,7 +159,9 @@ def test_export_keeps_the_teachers_vision_side_bit_for_bit(distilled, small_stan
     _, english, _ = small_standins
     teacher = CLIPModel.from_pretrained(english)
     model = model_from_checkpoint(str(distilled[1]))
-    exported = CLIPModel.from_pretrained(model.save_pretrained(tmp_path / "exported", require_transformers=True))
+    exported = CLIPModel.from_pretrained(
+        model.save_pretrained(tmp_path / "exported", require_transformers=True)
+    )
     from flax import nnx
 
     for name in ("vision", "visual_projection"):
@@ -170,8 +189,9 @@ def test_export_embeddings_match_transformers(distilled, tmp_path):
     pixels = np.random.RandomState(1).randint(0, 256, (2, 32, 32, 3), dtype=np.uint8)
     processed = transformers.CLIPImageProcessor.from_pretrained(str(path))(list(pixels), return_tensors="pt")
     with torch.no_grad():
-        text_ref = reference.get_text_features(input_ids=torch.tensor(tokens["input_ids"]),
-                                               attention_mask=torch.tensor(tokens["attention_mask"]))
+        text_ref = reference.get_text_features(
+            input_ids=torch.tensor(tokens["input_ids"]), attention_mask=torch.tensor(tokens["attention_mask"])
+        )
         image_ref = reference.get_image_features(pixel_values=processed["pixel_values"])
     text_ref = getattr(text_ref, "pooler_output", text_ref)
     image_ref = getattr(image_ref, "pooler_output", image_ref)
@@ -182,8 +202,11 @@ def test_export_embeddings_match_transformers(distilled, tmp_path):
 def test_resume_continues_with_identical_losses(small_standins, tmp_path):
     from clip_jax.train.trainer import Trainer
 
-    config = tiny_distill_config(small_standins, tmp_path / "cache", **{"distill.loss": "cosine",
-                                                                       "distill.student_sees_teacher_language": True})
+    config = tiny_distill_config(
+        small_standins,
+        tmp_path / "cache",
+        **{"distill.loss": "cosine", "distill.student_sees_teacher_language": True},
+    )
     Trainer(config, str(tmp_path / "straight")).run()
     reference = losses(tmp_path / "straight")
     assert sorted(reference) == list(range(1, 13))
@@ -212,12 +235,20 @@ def test_config_errors_say_the_fix(small_standins, tmp_path):
     from clip_jax.train.trainer import Trainer
 
     with pytest.raises(ValueError, match="set --config.model.projection_dim=32"):
-        Trainer(tiny_distill_config(small_standins, tmp_path / "c", **{"model.projection_dim": 16}), str(tmp_path / "a"))
+        Trainer(
+            tiny_distill_config(small_standins, tmp_path / "c", **{"model.projection_dim": 16}),
+            str(tmp_path / "a"),
+        )
     _, _, italian = small_standins
     with pytest.raises(ValueError, match="must be a whole CLIP"):
-        Trainer(tiny_distill_config(small_standins, tmp_path / "c", **{"model.vision": str(italian)}), str(tmp_path / "b"))
+        Trainer(
+            tiny_distill_config(small_standins, tmp_path / "c", **{"model.vision": str(italian)}),
+            str(tmp_path / "b"),
+        )
     with pytest.raises(ValueError, match="distill.loss must be"):
-        Trainer(tiny_distill_config(small_standins, tmp_path / "c", **{"distill.loss": "l2"}), str(tmp_path / "d"))
+        Trainer(
+            tiny_distill_config(small_standins, tmp_path / "c", **{"distill.loss": "l2"}), str(tmp_path / "d")
+        )
 
 
 @pytest.mark.parametrize("name", ["distill_italian", "distill_demo"])
@@ -230,7 +261,10 @@ def test_distill_configs_never_train_the_teachers_side(name):
     c = module.get_config()
     assert c.train.objective == "distill"
     if name == "distill_italian":
-        assert (c.model.vision, c.model.text) == ("openai/clip-vit-base-patch32", "dbmdz/bert-base-italian-xxl-uncased")
+        assert (c.model.vision, c.model.text) == (
+            "openai/clip-vit-base-patch32",
+            "dbmdz/bert-base-italian-xxl-uncased",
+        )
         assert c.model.projection_dim == 512
     warmup, finetune = (c.phases[n] for n in c.train.phases)
     for path in ("vision.layers.0.mlp.fc1.kernel", "visual_projection.kernel", "logit_scale"):
@@ -249,9 +283,15 @@ def test_init_from_continues_contrastively_from_the_distilled_model(distilled, s
 
     distilled_model = model_from_checkpoint(str(distilled[1]))
     export = distilled_model.save_pretrained(tmp_path / "exported")
-    c = tiny_distill_config(small_standins, tmp_path / "cache", **{"train.objective": "contrastive",
-                                                                   "model.init_from": str(export),
-                                                                   "model.text": "not-used-with-init_from"})
+    c = tiny_distill_config(
+        small_standins,
+        tmp_path / "cache",
+        **{
+            "train.objective": "contrastive",
+            "model.init_from": str(export),
+            "model.text": "not-used-with-init_from",
+        },
+    )
     trainer = Trainer(c, str(tmp_path / "run"))
     ours = dict(nnx.to_flat_state(nnx.state(trainer.model.module)))
     theirs = nnx.to_flat_state(nnx.state(distilled_model.module))

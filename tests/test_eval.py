@@ -2,8 +2,8 @@
 
 import collections
 import json
-from pathlib import Path
 from importlib import resources
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -45,7 +45,9 @@ def test_retrieval_metrics_against_brute_force():
         ranks = brute_force_ranks(s, c)
         for k in (1, 5, 10):
             assert got[f"{direction}_R@{k}"] == pytest.approx(np.mean(ranks <= k))
-            assert got[f"{direction}_MRR@{k}"] == pytest.approx(np.mean([1 / r if r <= k else 0 for r in ranks]))
+            assert got[f"{direction}_MRR@{k}"] == pytest.approx(
+                np.mean([1 / r if r <= k else 0 for r in ranks])
+            )
     with pytest.raises(ValueError, match="text->image indices"):
         retrieval_metrics(images, texts, text_image[:-1])
 
@@ -84,7 +86,9 @@ def test_resources(tmp_path):
 
 def resource_file(spec):
     lang, _, name = spec.partition(":")
-    return json.loads((resources.files("clip_jax.evaluate") / "resources" / f"{name}_{lang}.json").read_text())
+    return json.loads(
+        (resources.files("clip_jax.evaluate") / "resources" / f"{name}_{lang}.json").read_text()
+    )
 
 
 def duplicates(values):
@@ -94,7 +98,9 @@ def duplicates(values):
 
 def test_every_builtin_resource():
     specs = builtin()
-    assert {"en:cifar10", "it:cifar10", "en:cifar100", "it:cifar100", "en:imagenet", "it:imagenet"} <= set(specs)
+    assert {"en:cifar10", "it:cifar10", "en:cifar100", "it:cifar100", "en:imagenet", "it:imagenet"} <= set(
+        specs
+    )
     for spec in specs:
         data = resource_file(spec)
         names, templates = load_resource(spec, "classnames"), load_resource(spec, "templates")
@@ -111,15 +117,24 @@ def test_every_builtin_resource():
 def test_imagenet_resources():
     en, it = load_resource("en:imagenet", "classnames"), load_resource("it:imagenet", "classnames")
     assert len(en) == len(it) == 1000
-    en_templates, it_templates = load_resource("en:imagenet", "templates"), load_resource("it:imagenet", "templates")
+    en_templates, it_templates = (
+        load_resource("en:imagenet", "templates"),
+        load_resource("it:imagenet", "templates"),
+    )
     assert len(en_templates) == len(set(en_templates)) == 80  # OpenAI's 80 ImageNet templates
     assert en_templates[0] == "a bad photo of a {}." and en_templates[-1] == "a tattoo of the {}."
     assert len(it_templates) == 49 and it_templates[0] == "una brutta foto di {}"
     # The standard ImageNet-1k class order in both languages (well-known indices).
-    for index, english, italian in [(0, "tench", "una tinca"), (1, "goldfish", "un pesce rosso"),
-                                    (207, "Golden Retriever", "un golden retriever"), (281, "tabby cat", "un soriano"),
-                                    (340, "zebra", "una zebra"), (388, "giant panda", "un panda gigante"),
-                                    (954, "banana", "una banana"), (999, "toilet paper", "una carta igienica")]:
+    for index, english, italian in [
+        (0, "tench", "una tinca"),
+        (1, "goldfish", "un pesce rosso"),
+        (207, "Golden Retriever", "un golden retriever"),
+        (281, "tabby cat", "un soriano"),
+        (340, "zebra", "una zebra"),
+        (388, "giant panda", "un panda gigante"),
+        (954, "banana", "una banana"),
+        (999, "toilet paper", "una carta igienica"),
+    ]:
         assert (en[index], it[index]) == (english, italian)
     for spec in ("en:imagenet", "it:imagenet"):
         provenance = resource_file(spec)["provenance"]
@@ -130,8 +145,9 @@ def test_imagenet_resources():
 
 @pytest.fixture(scope="module")
 def saved_model(checkpoints, tmp_path_factory):
-    model = CLIPModel.from_towers(vision=checkpoints["paths"]["vision"], text=checkpoints["paths"]["bert"],
-                                  projection_dim=16)
+    model = CLIPModel.from_towers(
+        vision=checkpoints["paths"]["vision"], text=checkpoints["paths"]["bert"], projection_dim=16
+    )
     return model, str(model.save_pretrained(tmp_path_factory.mktemp("model") / "m"))
 
 
@@ -171,8 +187,12 @@ def test_class_embedding_cache_is_never_stale(saved_model, tmp_path):
     before = ClassEmbeddingCache(cache_dir).get(CLIPModel.from_pretrained(path), str(path), names, templates)
     changed = CLIPModel.from_pretrained(path)
     kernel = changed.module.text_projection.kernel
-    kernel.set_value(kernel[...] + 0.05 * jnp.arange(kernel[...].size, dtype=kernel[...].dtype).reshape(
-        kernel[...].shape) / kernel[...].size)
+    kernel.set_value(
+        kernel[...]
+        + 0.05
+        * jnp.arange(kernel[...].size, dtype=kernel[...].dtype).reshape(kernel[...].shape)
+        / kernel[...].size
+    )
     changed.save_pretrained(path)  # overwritten in place
     reloaded = CLIPModel.from_pretrained(path)
     after = ClassEmbeddingCache(cache_dir).get(reloaded, str(path), names, templates)
@@ -195,12 +215,29 @@ def test_eval_cli_zeroshot_two_models_and_json(saved_model, tmp_path, capsys):
 
     _, path = saved_model
     folder = image_folder(tmp_path / "folder")
-    (tmp_path / "classes.json").write_text(json.dumps({"classnames": ["rosso", "verde", "blu"],
-                                                       "templates": ["una foto {}.", "un quadrato {}"]}))
-    results = eval_cli.main(["--model", path, "--model", path, "--task", "zeroshot", "--dataset",
-                             f"imagefolder:{folder}", "--classnames", str(tmp_path / "classes.json"),
-                             "--templates", str(tmp_path / "classes.json"), "--output", str(tmp_path / "r.json"),
-                             "--cache_dir", str(tmp_path / "cache")])
+    (tmp_path / "classes.json").write_text(
+        json.dumps({"classnames": ["rosso", "verde", "blu"], "templates": ["una foto {}.", "un quadrato {}"]})
+    )
+    results = eval_cli.main(
+        [
+            "--model",
+            path,
+            "--model",
+            path,
+            "--task",
+            "zeroshot",
+            "--dataset",
+            f"imagefolder:{folder}",
+            "--classnames",
+            str(tmp_path / "classes.json"),
+            "--templates",
+            str(tmp_path / "classes.json"),
+            "--output",
+            str(tmp_path / "r.json"),
+            "--cache_dir",
+            str(tmp_path / "cache"),
+        ]
+    )
     assert len(results) == 2 and results[0]["metrics"] == results[1]["metrics"]
     assert set(results[0]["metrics"]) == {"acc1", "mean_per_class_recall"}  # no acc5 with 3 classes
     saved = json.loads((tmp_path / "r.json").read_text())
@@ -215,9 +252,22 @@ def test_eval_cli_zeroshot_builtin_imagenet(saved_model, tmp_path):
     folder = image_folder(tmp_path / "folder", per_class=1)  # labels 0-2 of the 1000 classes
     for i in range(3, 1000):  # the other 997 class folders, empty: the class list must match the folders
         (folder / f"z{i:03d}").mkdir()
-    result = eval_cli.main(["--model", path, "--task", "zeroshot", "--dataset", f"imagefolder:{folder}",
-                            "--classnames", "it:imagenet", "--templates", "it:imagenet",
-                            "--cache_dir", str(tmp_path / "cache")])[0]
+    result = eval_cli.main(
+        [
+            "--model",
+            path,
+            "--task",
+            "zeroshot",
+            "--dataset",
+            f"imagefolder:{folder}",
+            "--classnames",
+            "it:imagenet",
+            "--templates",
+            "it:imagenet",
+            "--cache_dir",
+            str(tmp_path / "cache"),
+        ]
+    )[0]
     assert result["language"] == "it" and set(result["metrics"]) == {"acc1", "acc5", "mean_per_class_recall"}
     assert np.load(next((tmp_path / "cache").glob("classes-*.npy"))).shape == (1000, 16)
 
@@ -229,17 +279,35 @@ def test_eval_skips_and_counts_bad_images_and_refuses_too_many(saved_model, tmp_
     _, path = saved_model
     folder = image_folder(tmp_path / "folder", per_class=10)
     (folder / "verde" / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
-    (tmp_path / "c.json").write_text(json.dumps({"classnames": ["rosso", "verde", "blu"],
-                                                 "templates": ["un quadrato {}"]}))
-    args = ["--model", path, "--task", "zeroshot", "--dataset", f"imagefolder:{folder}", "--classnames",
-            str(tmp_path / "c.json"), "--templates", str(tmp_path / "c.json"), "--cache_dir", str(tmp_path / "cache")]
+    (tmp_path / "c.json").write_text(
+        json.dumps({"classnames": ["rosso", "verde", "blu"], "templates": ["un quadrato {}"]})
+    )
+    args = [
+        "--model",
+        path,
+        "--task",
+        "zeroshot",
+        "--dataset",
+        f"imagefolder:{folder}",
+        "--classnames",
+        str(tmp_path / "c.json"),
+        "--templates",
+        str(tmp_path / "c.json"),
+        "--cache_dir",
+        str(tmp_path / "cache"),
+    ]
     result = eval_cli.main(args)[0]
     assert result["images"] == 30 and result["skipped"] == {"corrupt_image": 1}
     for i in range(3):
         (folder / "blu" / f"empty{i}.png").write_bytes(b"")
-    with pytest.raises(DataError, match=r"4 of 34 examples .*could not be used .*empty_file.*--max_bad_fraction"):
+    with pytest.raises(
+        DataError, match=r"4 of 34 examples .*could not be used .*empty_file.*--max_bad_fraction"
+    ):
         eval_cli.main(args)
-    assert eval_cli.main(args + ["--max_bad_fraction", "0.5"])[0]["skipped"] == {"corrupt_image": 1, "empty_file": 3}
+    assert eval_cli.main([*args, "--max_bad_fraction", "0.5"])[0]["skipped"] == {
+        "corrupt_image": 1,
+        "empty_file": 3,
+    }
 
 
 def test_class_names_must_match_the_data_set(saved_model, tmp_path):
@@ -247,10 +315,25 @@ def test_class_names_must_match_the_data_set(saved_model, tmp_path):
 
     _, path = saved_model
     folder = image_folder(tmp_path / "folder", per_class=1)
-    with pytest.raises(ValueError, match=r"en:cifar10 has 10 class names \(airplane, .*\) but .* has 3 classes "
-                                         r"\(blu, rosso, verde\)"):
-        eval_cli.main(["--model", path, "--task", "zeroshot", "--dataset", f"imagefolder:{folder}",
-                       "--classnames", "en:cifar10", "--templates", "en:cifar10"])
+    with pytest.raises(
+        ValueError,
+        match=r"en:cifar10 has 10 class names \(airplane, .*\) but .* has 3 classes "
+        r"\(blu, rosso, verde\)",
+    ):
+        eval_cli.main(
+            [
+                "--model",
+                path,
+                "--task",
+                "zeroshot",
+                "--dataset",
+                f"imagefolder:{folder}",
+                "--classnames",
+                "en:cifar10",
+                "--templates",
+                "en:cifar10",
+            ]
+        )
 
 
 def test_eval_cli_retrieval(saved_model, tmp_path):
@@ -258,8 +341,10 @@ def test_eval_cli_retrieval(saved_model, tmp_path):
 
     _, path = saved_model
     folder = image_folder(tmp_path / "folder", per_class=2)
-    rows = [{"image_path": str(p), "captions": [f"un quadrato {p.parent.name}", "una foto"]}
-            for p in sorted(folder.rglob("*.png"))]
+    rows = [
+        {"image_path": str(p), "captions": [f"un quadrato {p.parent.name}", "una foto"]}
+        for p in sorted(folder.rglob("*.png"))
+    ]
     (tmp_path / "val.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
     result = eval_cli.main(["--model", path, "--task", "retrieval", "--data", str(tmp_path / "val.jsonl")])[0]
     m = result["metrics"]
@@ -280,8 +365,11 @@ def clip_benchmark_build():
     if spec is None:
         pytest.skip("clip_benchmark is not installed: pip install --no-deps clip-benchmark==1.6.2")
     source = Path(spec.origin).with_name("cli.py").read_text()
-    function = next(node for node in ast.parse(source).body
-                    if isinstance(node, ast.FunctionDef) and node.name == "main_build")
+    function = next(
+        node
+        for node in ast.parse(source).body
+        if isinstance(node, ast.FunctionDef) and node.name == "main_build"
+    )
     namespace = {"json": json, "csv": csv, "os": os}
     exec(compile(ast.Module(body=[function], type_ignores=[]), "clip_benchmark/cli.py", "exec"), namespace)
     return namespace["main_build"]
@@ -296,16 +384,36 @@ def test_clip_benchmark_build_reads_eval_output(saved_model, tmp_path):
     build = clip_benchmark_build()
     _, path = saved_model
     folder = image_folder(tmp_path / "folder", per_class=2)
-    rows = [{"image_path": str(p), "captions": [f"un quadrato {p.parent.name}", "una foto"]}
-            for p in sorted(folder.rglob("*.png"))]
+    rows = [
+        {"image_path": str(p), "captions": [f"un quadrato {p.parent.name}", "una foto"]}
+        for p in sorted(folder.rglob("*.png"))
+    ]
     (tmp_path / "val.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
     out = str(tmp_path / "results") + "/"
-    retrieval = eval_cli.main(["--model", path, "--task", "retrieval", "--data", str(tmp_path / "val.jsonl"),
-                               "--output", out])[0]
-    (tmp_path / "classes.json").write_text(json.dumps({"classnames": sorted(p.name for p in folder.iterdir())}))
-    zeroshot = eval_cli.main(["--model", path, "--task", "zeroshot", "--dataset", f"imagefolder:{folder}",
-                              "--classnames", str(tmp_path / "classes.json"), "--templates", "it:cifar10",
-                              "--output", out, "--cache_dir", str(tmp_path / "cache")])[0]
+    retrieval = eval_cli.main(
+        ["--model", path, "--task", "retrieval", "--data", str(tmp_path / "val.jsonl"), "--output", out]
+    )[0]
+    (tmp_path / "classes.json").write_text(
+        json.dumps({"classnames": sorted(p.name for p in folder.iterdir())})
+    )
+    zeroshot = eval_cli.main(
+        [
+            "--model",
+            path,
+            "--task",
+            "zeroshot",
+            "--dataset",
+            f"imagefolder:{folder}",
+            "--classnames",
+            str(tmp_path / "classes.json"),
+            "--templates",
+            "it:cifar10",
+            "--output",
+            out,
+            "--cache_dir",
+            str(tmp_path / "cache"),
+        ]
+    )[0]
     assert len(list((tmp_path / "results").glob("*.json"))) == 2
     build(argparse.Namespace(files=[str(tmp_path / "results")], output=str(tmp_path / "benchmark.csv")))
     with open(tmp_path / "benchmark.csv") as f:
@@ -313,7 +421,9 @@ def test_clip_benchmark_build_reads_eval_output(saved_model, tmp_path):
     assert set(table) == {"zeroshot_retrieval", "zeroshot_classification"}
     for task, record in (("zeroshot_retrieval", retrieval), ("zeroshot_classification", zeroshot)):
         row = table[task]
-        assert row["pretrained"] == path and row["model"].startswith("clip_vision_model-2L-32d-p8-32px+bert-2L")
+        assert row["pretrained"] == path and row["model"].startswith(
+            "clip_vision_model-2L-32d-p8-32px+bert-2L"
+        )
         assert row["model_fullname"] == f"{row['model']} {path}"
         for metric, value in record["metrics"].items():
             assert float(row[metric]) == pytest.approx(value)
@@ -327,18 +437,32 @@ def test_embedding_maps(saved_model, tmp_path):
 
     model, path = saved_model
     folder = image_folder(tmp_path / "folder", per_class=6)
-    (tmp_path / "c.json").write_text(json.dumps({"classnames": ["blu", "rosso", "verde"], "templates": ["{}"]}))
+    (tmp_path / "c.json").write_text(
+        json.dumps({"classnames": ["blu", "rosso", "verde"], "templates": ["{}"]})
+    )
     for method in ("pca", "umap"):
         if method == "umap":
             pytest.importorskip("umap")
-        result = run_embedmap(model, path, f"imagefolder:{folder}", str(tmp_path / "c.json"), str(tmp_path / "c.json"),
-                              str(tmp_path / f"{method}.png"), layers=True, method=method)
+        result = run_embedmap(
+            model,
+            path,
+            f"imagefolder:{folder}",
+            str(tmp_path / "c.json"),
+            str(tmp_path / "c.json"),
+            str(tmp_path / f"{method}.png"),
+            layers=True,
+            method=method,
+        )
         png = tmp_path / f"{method}.png"
         assert str(png) in result["metrics"]["files"]
         with Image.open(png) as image:
             assert image.size[0] > 1000  # 1 + 3 panels (embeddings, 2 layers + input) side by side
     layers = model.encode_image_layers([Image.new("RGB", (32, 32))])
-    assert layers.shape == (1 + model.module.vision.config.num_hidden_layers, 1, model.module.vision.config.hidden_size)
+    assert layers.shape == (
+        1 + model.module.vision.config.num_hidden_layers,
+        1,
+        model.module.vision.config.hidden_size,
+    )
 
 
 def test_bad_inputs(saved_model, tmp_path):
@@ -378,8 +502,12 @@ def test_tfds_dataset_built_on_disk(saved_model, tmp_path, file_format):
         VERSION = tfds.core.Version("1.0.0")
 
         def _info(self):
-            features = tfds.features.FeaturesDict({"image": tfds.features.Image(shape=(None, None, 3)),
-                                                   "label": tfds.features.ClassLabel(names=list(colours))})
+            features = tfds.features.FeaturesDict(
+                {
+                    "image": tfds.features.Image(shape=(None, None, 3)),
+                    "label": tfds.features.ClassLabel(names=list(colours)),
+                }
+            )
             return tfds.core.DatasetInfo(builder=self, features=features, supervised_keys=("image", "label"))
 
         def _split_generators(self, dl_manager):
@@ -387,7 +515,10 @@ def test_tfds_dataset_built_on_disk(saved_model, tmp_path, file_format):
 
         def _generate_examples(self, n):
             for i in range(n):  # width 24 + i tells the examples apart
-                yield i, {"image": Image.new("RGB", (24 + i, 20), list(colours.values())[i % 3]), "label": i % 3}
+                yield (
+                    i,
+                    {"image": Image.new("RGB", (24 + i, 20), list(colours.values())[i % 3]), "label": i % 3},
+                )
 
     data_dir = tmp_path / "tfds"
     TinyColours(data_dir=data_dir, file_format=file_format).download_and_prepare()
@@ -395,13 +526,27 @@ def test_tfds_dataset_built_on_disk(saved_model, tmp_path, file_format):
     spec = f"tfds:tiny_colours:test?data_dir={data_dir}"  # read by a builder that only knows the files
     images, labels, names = load_labelled(spec)
     assert names == ["rosso", "verde", "blu"] and labels.dtype.kind == "i"
-    got = sorted((image.size, image.mode, image.getpixel((0, 0)), int(label)) for image, label in zip(images, labels))
+    got = sorted(
+        (image.size, image.mode, image.getpixel((0, 0)), int(label)) for image, label in zip(images, labels)
+    )
     assert got == [((24 + i, 20), "RGB", list(colours.values())[i % 3], i % 3) for i in range(7)]
     assert len(load_labelled(spec, limit=3)[0]) == 3
     assert len(load_labelled(f"tfds:tiny_colours:train?data_dir={data_dir}")[0]) == 2
 
     _, path = saved_model
     (tmp_path / "c.json").write_text(json.dumps({"classnames": names, "templates": ["un quadrato {}"]}))
-    result = eval_cli.main(["--model", path, "--task", "zeroshot", "--dataset", spec, "--classnames",
-                            str(tmp_path / "c.json"), "--templates", str(tmp_path / "c.json")])[0]
+    result = eval_cli.main(
+        [
+            "--model",
+            path,
+            "--task",
+            "zeroshot",
+            "--dataset",
+            spec,
+            "--classnames",
+            str(tmp_path / "c.json"),
+            "--templates",
+            str(tmp_path / "c.json"),
+        ]
+    )[0]
     assert result["dataset"] == spec and "acc5" not in result["metrics"]  # 3 classes

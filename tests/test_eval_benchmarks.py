@@ -4,7 +4,6 @@ exact file layouts of their distributions; metrics checked against retrieval_met
 import gzip
 import json
 
-import numpy as np
 import pytest
 from PIL import Image
 
@@ -32,10 +31,18 @@ def xm3600(root, n=4):
     """captions.jsonl as Crossmodal-3600 ships it (image/key, image/locale, one object per language)."""
     keys = [f"{i:016x}" for i in range(n)]
     images = write_images(root / "images", [f"{k}.jpg" for k in keys])
-    rows = [{"image/key": k, "image/locale": "it",
-             "en": {"caption": [f"a square {i}", f"another {i}"], "caption/tokenized": [f"a square {i}"]},
-             "it": {"caption": [f"un quadrato {i}", f"un altro {i}", f"terzo {i}"],
-                    "caption/tokenized": [f"un quadrato {i}"]}} for i, k in enumerate(keys)]
+    rows = [
+        {
+            "image/key": k,
+            "image/locale": "it",
+            "en": {"caption": [f"a square {i}", f"another {i}"], "caption/tokenized": [f"a square {i}"]},
+            "it": {
+                "caption": [f"un quadrato {i}", f"un altro {i}", f"terzo {i}"],
+                "caption/tokenized": [f"un quadrato {i}"],
+            },
+        }
+        for i, k in enumerate(keys)
+    ]
     (root / "captions.jsonl").write_text("\n".join(json.dumps(r, ensure_ascii=False) for r in rows) + "\n")
     return images, rows
 
@@ -57,7 +64,9 @@ def multi30k(root, n=4):
     (root / "data/task1/raw").mkdir(parents=True)
     (root / "data/task1/image_splits/test_2016_flickr.txt").write_text("\n".join(names) + "\n")
     captions = [f"Zwei Hunde {i}" for i in range(n)]
-    (root / "data/task1/raw/test_2016_flickr.de.gz").write_bytes(gzip.compress(("\n".join(captions) + "\n").encode()))
+    (root / "data/task1/raw/test_2016_flickr.de.gz").write_bytes(
+        gzip.compress(("\n".join(captions) + "\n").encode())
+    )
     return images, names, captions
 
 
@@ -107,7 +116,7 @@ def test_bad_specs_name_the_problem(tmp_path):
         caption_benchmark(f"xtd10:{tmp_path}?language=it")
     with pytest.raises(FileNotFoundError, match="multi30k/dataset"):
         caption_benchmark(f"multi30k:{tmp_path}?language=de")
-    _, names, _ = xtd10(tmp_path / "x")
+    _, _names, _ = xtd10(tmp_path / "x")
     (tmp_path / "x/test_1kcaptions_it.txt").write_text("solo una\n")
     with pytest.raises(ValueError, match="4 images but .* 1 captions"):
         caption_benchmark(f"xtd10:{tmp_path / 'x'}?language=it")
@@ -115,8 +124,9 @@ def test_bad_specs_name_the_problem(tmp_path):
 
 @pytest.fixture(scope="module")
 def saved_model(checkpoints, tmp_path_factory):
-    model = CLIPModel.from_towers(vision=checkpoints["paths"]["vision"], text=checkpoints["paths"]["bert"],
-                                  projection_dim=16)
+    model = CLIPModel.from_towers(
+        vision=checkpoints["paths"]["vision"], text=checkpoints["paths"]["bert"], projection_dim=16
+    )
     return model, str(model.save_pretrained(tmp_path_factory.mktemp("model") / "m"))
 
 
@@ -143,13 +153,25 @@ def test_eval_cli_retrieval_on_benchmarks(saved_model, tmp_path, kind):
     del images[index], captions[index]
 
     # One of the 4 images is missing (25%): allowed explicitly, as the default guard (10%) would refuse it.
-    result = eval_cli.main(["--model", path, "--task", "retrieval", "--data", spec, "--max_bad_fraction", "0.5"])[0]
+    result = eval_cli.main(
+        ["--model", path, "--task", "retrieval", "--data", spec, "--max_bad_fraction", "0.5"]
+    )[0]
     texts = [c for caps in captions for c in caps]
-    expected = benchmark_names(retrieval_metrics(model.encode_image(images), model.encode_text(texts),
-                                                 [i for i, caps in enumerate(captions) for _ in caps]))
+    expected = benchmark_names(
+        retrieval_metrics(
+            model.encode_image(images),
+            model.encode_text(texts),
+            [i for i, caps in enumerate(captions) for _ in caps],
+        )
+    )
     m = result["metrics"]
     assert (m["images"], m["texts"], m["skipped"]) == (len(images), len(texts), 1)
     assert result["language"] == language and result["dataset"] == spec
-    for name in ("text_retrieval_recall@1", "text_retrieval_recall@5", "image_retrieval_recall@10",
-                 "image_retrieval_mrr@10", "text_retrieval_mrr@1"):
+    for name in (
+        "text_retrieval_recall@1",
+        "text_retrieval_recall@5",
+        "image_retrieval_recall@10",
+        "image_retrieval_mrr@10",
+        "text_retrieval_mrr@1",
+    ):
         assert m[name] == pytest.approx(expected[name], abs=1e-6), name

@@ -8,13 +8,12 @@ import pytest
 import torch
 import transformers as tf
 from PIL import Image
+from train_helpers import tiny_config
 
 from clip_jax import CLIPModel
 from clip_jax.export import main as export_main
 from clip_jax.train import Trainer, model_from_checkpoint
 from clip_jax.weights import flat_params
-
-from train_helpers import tiny_config
 
 CAPTIONS = ["due cerchi rossi a sinistra", "un quadrato blu in alto", "tre triangoli verdi in basso"]
 
@@ -22,7 +21,9 @@ CAPTIONS = ["due cerchi rossi a sinistra", "un quadrato blu in alto", "tre trian
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     root = tmp_path_factory.mktemp("export")
-    config = tiny_config(root / "cache", **{"train.phases": ("warmup", "finetune"), "model.text_pooling": "pooler"})
+    config = tiny_config(
+        root / "cache", **{"train.phases": ("warmup", "finetune"), "model.text_pooling": "pooler"}
+    )
     trainer = Trainer(config, str(root / "run"))
     trainer.run()
     return root, trainer
@@ -43,11 +44,30 @@ def test_checkpoint_restores_the_trained_parameters(trained):
 
 def test_export_loads_in_transformers_with_equal_embeddings(trained, tmp_path):
     root, _ = trained
-    results = [{"dataset": "shapes-val", "model": "run", "task": "retrieval", "language": "it",
-                "metrics": {"image_retrieval_recall@5": 0.5}}]
+    results = [
+        {
+            "dataset": "shapes-val",
+            "model": "run",
+            "task": "retrieval",
+            "language": "it",
+            "metrics": {"image_retrieval_recall@5": 0.5},
+        }
+    ]
     (tmp_path / "results.json").write_text(json.dumps(results))
-    out = export_main(["--checkpoint", str(root / "run"), "--out", str(tmp_path / "out"), "--language", "it",
-                       "--datasets", "shapes", "--results", str(tmp_path / "results.json")])
+    out = export_main(
+        [
+            "--checkpoint",
+            str(root / "run"),
+            "--out",
+            str(tmp_path / "out"),
+            "--language",
+            "it",
+            "--datasets",
+            "shapes",
+            "--results",
+            str(tmp_path / "results.json"),
+        ]
+    )
     ours = CLIPModel.from_pretrained(out)
     reference = tf.VisionTextDualEncoderModel.from_pretrained(out).eval()
     processor = tf.VisionTextDualEncoderProcessor.from_pretrained(out)
@@ -69,30 +89,67 @@ def test_model_card_metadata_and_model_index(trained, tmp_path):
 
     root, _ = trained
     results = [  # eval.py's records: a zero-shot result, a retrieval one with counts, an embedding map
-        {"dataset": f"imagefolder:{tmp_path}/data/cifar10/test", "model": "arch", "pretrained": str(root / "run"),
-         "task": "zeroshot_classification", "language": "it",
-         "metrics": {"acc1": 0.25, "acc5": 0.75, "mean_per_class_recall": 0.3}},
-        {"dataset": "mscoco-it: 2017 val", "model": "arch", "pretrained": str(root / "run"), "task": "zeroshot_retrieval",
-         "language": "", "metrics": {"text_retrieval_recall@5": 0.5, "image_retrieval_mrr@1": 0.125, "images": 6,
-                                     "texts": 12, "skipped": 3}},
-        {"dataset": "imagefolder:/x", "model": "arch", "pretrained": "m", "task": "embedmap", "language": "it",
-         "metrics": {"files": [str(tmp_path / "map.png")], "images": 6}},
+        {
+            "dataset": f"imagefolder:{tmp_path}/data/cifar10/test",
+            "model": "arch",
+            "pretrained": str(root / "run"),
+            "task": "zeroshot_classification",
+            "language": "it",
+            "metrics": {"acc1": 0.25, "acc5": 0.75, "mean_per_class_recall": 0.3},
+        },
+        {
+            "dataset": "mscoco-it: 2017 val",
+            "model": "arch",
+            "pretrained": str(root / "run"),
+            "task": "zeroshot_retrieval",
+            "language": "",
+            "metrics": {
+                "text_retrieval_recall@5": 0.5,
+                "image_retrieval_mrr@1": 0.125,
+                "images": 6,
+                "texts": 12,
+                "skipped": 3,
+            },
+        },
+        {
+            "dataset": "imagefolder:/x",
+            "model": "arch",
+            "pretrained": "m",
+            "task": "embedmap",
+            "language": "it",
+            "metrics": {"files": [str(tmp_path / "map.png")], "images": 6},
+        },
     ]
     (tmp_path / "results").mkdir()
     from clip_jax.evaluate.run import write_results
 
     write_results(results, str(tmp_path / "results") + "/")  # a directory of CLIP_benchmark files
     out = tmp_path / "out"
-    export_main(["--checkpoint", str(root / "run"), "--out", str(out), "--language", "it", "--datasets",
-                 "wit", "mscoco-it: 2017 train", "--results", str(tmp_path / "results")])
+    export_main(
+        [
+            "--checkpoint",
+            str(root / "run"),
+            "--out",
+            str(out),
+            "--language",
+            "it",
+            "--datasets",
+            "wit",
+            "mscoco-it: 2017 train",
+            "--results",
+            str(tmp_path / "results"),
+        ]
+    )
     card = ModelCard.load(out / "README.md")
     data = card.data
     assert data.language == "it" and data.license == "apache-2.0" and data.library_name == "transformers"
     assert data.pipeline_tag == "zero-shot-image-classification" and "clip" in data.tags
     assert data.datasets == ["wit", "mscoco-it: 2017 train"]  # YAML-escaped, read back as strings
     assert data.base_model is None  # the tiny config's towers are random, not hub models
-    got = {(e.task_type, e.dataset_type, e.dataset_split, e.dataset_config, e.metric_type): e.metric_value
-           for e in data.eval_results}
+    got = {
+        (e.task_type, e.dataset_type, e.dataset_split, e.dataset_config, e.metric_type): e.metric_value
+        for e in data.eval_results
+    }
     assert got == {
         ("zero-shot-image-classification", "cifar10", "test", "it", "acc1"): 0.25,
         ("zero-shot-image-classification", "cifar10", "test", "it", "acc5"): 0.75,
@@ -103,7 +160,7 @@ def test_model_card_metadata_and_model_index(trained, tmp_path):
     text = (out / "README.md").read_text()
     assert str(tmp_path) not in text and str(root) not in text  # no local paths
     assert "| 3 |" not in text and "skipped" not in text  # no skip counts
-    assert 'hypothesis_template=\'una foto di {}.\'' in text and "['gatto', 'cane']" in text
+    assert "hypothesis_template='una foto di {}.'" in text and "['gatto', 'cane']" in text
     assert "truncation=True` cuts texts at 16 tokens" in text
 
 
@@ -123,21 +180,31 @@ def test_model_card_usage_snippets_run(trained, tmp_path):
         if "probs" in namespace:
             assert tuple(namespace["probs"].shape) == (1, 2)
         if "result" in namespace:
-            assert [label for label, _ in namespace["result"].top_k[0]] in (["gatto", "cane"], ["cane", "gatto"])
+            assert [label for label, _ in namespace["result"].top_k[0]] in (
+                ["gatto", "cane"],
+                ["cane", "gatto"],
+            )
 
 
 def test_save_pretrained_with_card_keeps_only_hub_ids_as_base_models(trained, tmp_path):
     from huggingface_hub import ModelCard
 
     model = model_from_checkpoint(str(trained[0] / "run"))
-    model.save_pretrained(tmp_path / "m", weights=False, card=dict(
-        language="it", base_models=["openai/clip-vit-base-patch32", str(tmp_path), "./bert", {"model_type": "bert"}],
-        repo_id="me/clip-it"))
+    model.save_pretrained(
+        tmp_path / "m",
+        weights=False,
+        card=dict(
+            language="it",
+            base_models=["openai/clip-vit-base-patch32", str(tmp_path), "./bert", {"model_type": "bert"}],
+            repo_id="me/clip-it",
+        ),
+    )
     card = ModelCard.load(tmp_path / "m" / "README.md")
     assert card.data.base_model == ["openai/clip-vit-base-patch32"] and card.data.eval_results is None
     assert 'pipeline("zero-shot-image-classification", model="me/clip-it")' in card.text
     model.save_pretrained(tmp_path / "plain", weights=False)
     assert not (tmp_path / "plain" / "README.md").exists()  # no card unless asked for
+
 
 def test_export_embeds_a_long_caption_exactly_as_its_workdir(trained, tmp_path):
     """The training max_length (16 here, the tower allows 32) travels with the export: a caption longer than
@@ -147,12 +214,16 @@ def test_export_embeds_a_long_caption_exactly_as_its_workdir(trained, tmp_path):
     workdir_model, exported = model_from_checkpoint(str(root / "run")), CLIPModel.from_pretrained(out)
     long = [" ".join(["due cerchi rossi a sinistra e tre quadrati blu in alto"] * 3)]
     assert len(workdir_model.tokenizer(long)["input_ids"][0]) > 16 and workdir_model.max_length == 16
-    assert exported.max_length == 16 and json.loads((tmp_path / "out" / "config.json").read_text())[
-        "clip_jax"]["max_length"] == 16
+    assert (
+        exported.max_length == 16
+        and json.loads((tmp_path / "out" / "config.json").read_text())["clip_jax"]["max_length"] == 16
+    )
     np.testing.assert_array_equal(exported.encode_text(long), workdir_model.encode_text(long))
 
 
-def test_push_uploads_a_loadable_folder_and_never_prints_the_token(trained, tmp_path, monkeypatch, capsys, caplog):
+def test_push_uploads_a_loadable_folder_and_never_prints_the_token(
+    trained, tmp_path, monkeypatch, capsys, caplog
+):
     import huggingface_hub
 
     root, _ = trained
@@ -170,14 +241,29 @@ def test_push_uploads_a_loadable_folder_and_never_prints_the_token(trained, tmp_
     def upload_folder(self, *, folder_path, repo_id, **kwargs):
         calls.append(("upload_folder", repo_id, kwargs))
         shutil.copytree(folder_path, remote)
-        return huggingface_hub.CommitInfo(commit_url=f"https://huggingface.co/{repo_id}/commit/1", commit_message="m",
-                                          commit_description="", oid="1")
+        return huggingface_hub.CommitInfo(
+            commit_url=f"https://huggingface.co/{repo_id}/commit/1",
+            commit_message="m",
+            commit_description="",
+            oid="1",
+        )
 
     monkeypatch.setattr(huggingface_hub.HfApi, "create_repo", create_repo)
     monkeypatch.setattr(huggingface_hub.HfApi, "create_branch", create_branch)
     monkeypatch.setattr(huggingface_hub.HfApi, "upload_folder", upload_folder)
-    export_main(["--checkpoint", str(root / "run"), "--out", str(tmp_path / "out"), "--push_to_hub", "me/clip-it",
-                 "--private", "--revision", "v1"])
+    export_main(
+        [
+            "--checkpoint",
+            str(root / "run"),
+            "--out",
+            str(tmp_path / "out"),
+            "--push_to_hub",
+            "me/clip-it",
+            "--private",
+            "--revision",
+            "v1",
+        ]
+    )
     assert [c[0] for c in calls] == ["create_repo", "create_branch", "upload_folder"]
     assert calls[0][2]["private"] is True and calls[2][2]["revision"] == "v1"
     printed = capsys.readouterr()
@@ -196,14 +282,27 @@ def test_card_dataset_names_carry_no_local_paths():
     from clip_jax.hub import dataset_entry, hub_ids
 
     assert dataset_entry("hf:clip-benchmark/wds_mscoco_captions?image=jpg&caption=txt&split=test") == (
-        "clip-benchmark/wds_mscoco_captions", "test")
+        "clip-benchmark/wds_mscoco_captions",
+        "test",
+    )
     assert dataset_entry("tfds:cifar10") == ("cifar10", "test")
-    assert dataset_entry("tfds:imagenet2012:validation?data_dir=/home/me/tfds") == ("imagenet2012", "validation")
+    assert dataset_entry("tfds:imagenet2012:validation?data_dir=/home/me/tfds") == (
+        "imagenet2012",
+        "validation",
+    )
     assert dataset_entry("jsonl:/home/me/data/mscoco-it/val.jsonl") == ("mscoco-it", "val")
     assert dataset_entry("wds:/home/me/shards/wit/train-{00000..00099}.tar") == ("wit", "train")
     assert dataset_entry("imagefolder:/home/me/cifar10/test/") == ("cifar10", "test")
     assert dataset_entry("imagefolder:/home/me/my-photos") == ("my-photos", None)
     assert dataset_entry("mscoco-it: 2017 val") == ("mscoco-it: 2017 val", None)  # a plain name, kept
-    assert hub_ids(["openai/clip-vit-base-patch32", "/abs/dir", "../rel", "a/b/c", {"model_type": "bert"},
-                    "xlm-roberta-base", "openai/clip-vit-base-patch32"]) == ["openai/clip-vit-base-patch32",
-                                                                             "xlm-roberta-base"]
+    assert hub_ids(
+        [
+            "openai/clip-vit-base-patch32",
+            "/abs/dir",
+            "../rel",
+            "a/b/c",
+            {"model_type": "bert"},
+            "xlm-roberta-base",
+            "openai/clip-vit-base-patch32",
+        ]
+    ) == ["openai/clip-vit-base-patch32", "xlm-roberta-base"]

@@ -12,6 +12,7 @@ def without(monkeypatch):
     def hide(*modules):
         for module in modules:
             monkeypatch.setitem(__import__("sys").modules, module, None)
+
     return hide
 
 
@@ -19,7 +20,9 @@ def test_wandb(without, tmp_path):
     from clip_jax.train.logging import MetricsLogger
 
     without("wandb")
-    with pytest.raises(MissingExtra, match=r'train.wandb_project: needs wandb.*pip install "clip_jax\[wandb\]"'):
+    with pytest.raises(
+        MissingExtra, match=r'train.wandb_project: needs wandb.*pip install "clip_jax\[wandb\]"'
+    ):
         MetricsLogger(str(tmp_path), enabled=True, wandb_project="p")
 
 
@@ -27,7 +30,7 @@ def test_gcs_workdir_says_gcs_not_no_such_directory(without):
     from clip_jax.evaluate.run import load_model
 
     without("gcsfs")
-    with pytest.raises(MissingExtra, match=r'gs:// paths: needs gcsfs.*clip_jax\[gcs\]'):
+    with pytest.raises(MissingExtra, match=r"gs:// paths: needs gcsfs.*clip_jax\[gcs\]"):
         load_model("gs://bucket/runs/it")
 
 
@@ -36,11 +39,11 @@ def test_hf_and_tfds_data_sets(without):
     from clip_jax.evaluate.datasets import load_labelled
 
     without("datasets", "tensorflow_datasets")
-    with pytest.raises(MissingExtra, match=r'clip_jax\[hf\]'):
+    with pytest.raises(MissingExtra, match=r"clip_jax\[hf\]"):
         load_labelled("hf:someone/data?image=img&label=y")
-    with pytest.raises(MissingExtra, match=r'clip_jax\[hf\]'):
+    with pytest.raises(MissingExtra, match=r"clip_jax\[hf\]"):
         parse_source("hf:someone/data")
-    with pytest.raises(MissingExtra, match=r'clip_jax\[tfds\]'):
+    with pytest.raises(MissingExtra, match=r"clip_jax\[tfds\]"):
         load_labelled("tfds:cifar10")
 
 
@@ -48,7 +51,7 @@ def test_embedding_maps(without, tmp_path):
     from clip_jax.evaluate.embedmap import project_2d
 
     without("umap")
-    with pytest.raises(MissingExtra, match=r'clip_jax\[viz\].*umap-learn'):
+    with pytest.raises(MissingExtra, match=r"clip_jax\[viz\].*umap-learn"):
         project_2d(np.random.RandomState(0).randn(10, 4))
     assert project_2d(np.random.RandomState(0).randn(10, 4), method="pca").shape == (10, 2)  # needs no extra
 
@@ -59,4 +62,8 @@ def test_cli_prints_the_extra_in_one_line(without, tmp_path, capsys):
     without("gcsfs")
     assert main(["eval", "--model", "gs://bucket/run", "--task", "retrieval", "--data", "x.jsonl"]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("error: gs:// paths: needs gcsfs") and 'clip_jax[gcs]' in err and "Traceback" not in err
+    assert (
+        err.startswith("error: gs:// paths: needs gcsfs")
+        and "clip_jax[gcs]" in err
+        and "Traceback" not in err
+    )

@@ -11,6 +11,7 @@ import jax
 import numpy as np
 import pytest
 from flax import nnx
+from train_helpers import losses, tiny_config
 
 from clip_jax.config import HEAD
 from clip_jax.models.dual_encoder import pool_text
@@ -18,8 +19,6 @@ from clip_jax.train import Trainer
 from clip_jax.train.features import FeatureStore, feature_cache_path, make_feature_train_step
 from clip_jax.train.state import jit_train_step, make_train_step, split_trainable
 from clip_jax.weights import flat_params
-
-from train_helpers import losses, tiny_config
 
 
 def cached_config(tmp_path, **overrides):
@@ -48,23 +47,34 @@ def test_cache_holds_tower_outputs_and_a_cached_step_equals_a_full_step(tmp_path
     caption_rows = np.array([np.flatnonzero(store.owner == r)[-1] for r in rows])  # each image's last caption
     texts = [data.dataset.captions[r][-1] for r in rows]
     tokens = trainer._tokenize(texts)
-    pooled_text = np.asarray(pool_text(module.text(tokens["input_ids"], tokens["attention_mask"]),
-                                       tokens["attention_mask"], module.text_pooling))
+    pooled_text = np.asarray(
+        pool_text(
+            module.text(tokens["input_ids"], tokens["attention_mask"]),
+            tokens["attention_mask"],
+            module.text_pooling,
+        )
+    )
     np.testing.assert_allclose(store.text[caption_rows], pooled_text, atol=1e-5)
 
     # One step from the same state: on cached features vs. through both towers.
-    graphdef, params, frozen = split_trainable(module, phase.trainable)
+    graphdef, params, _frozen = split_trainable(module, phase.trainable)
     tx, _ = trainer._optimizer(phase, params)
     sharding = info["sharding"]
     results = []
     for step, batch in (
-            (make_feature_train_step(graphdef, tx, trainer.mesh, loss_kind="softmax"),
-             {"image_features": store.image[rows], "text_features": store.text[caption_rows]}),
-            (make_train_step(graphdef, tx, trainer.mesh, loss_kind="softmax", dropout=False),
-             {"pixel_values": data._pixels[rows], **tokens})):
+        (
+            make_feature_train_step(graphdef, tx, trainer.mesh, loss_kind="softmax"),
+            {"image_features": store.image[rows], "text_features": store.text[caption_rows]},
+        ),
+        (
+            make_train_step(graphdef, tx, trainer.mesh, loss_kind="softmax", dropout=False),
+            {"pixel_values": data._pixels[rows], **tokens},
+        ),
+    ):
         state, _, _ = trainer._prepare_phase(phase, module, 0)
         new_state, metrics = jit_train_step(step, sharding, trainer.batch_sharding, trainer.mesh)(
-            state, trainer._global_batch(batch))
+            state, trainer._global_batch(batch)
+        )
         results.append((float(metrics["loss"]), jax.device_get(nnx.to_pure_dict(new_state.params))))
     (loss_cached, params_cached), (loss_full, params_full) = results
     assert loss_cached == pytest.approx(loss_full, abs=1e-5)
@@ -81,9 +91,13 @@ def test_cached_phase_keeps_backbones_identical_then_phase_two_trains_them(tmp_p
     phase_one = [r["train/loss"] for r in records if r.get("phase") == 0]
     assert len(phase_one) == 6 and all(np.isfinite(phase_one))
     assert any(k.startswith("val/") for r in records for k in r)  # validation runs through the full model
-    after = {".".join(map(str, k)): np.asarray(jax.device_get(v))
-             for k, v in flat_params(trainer._module(trainer.state)).items()}
-    assert np.abs(after["vision.layers.0.mlp.fc1.kernel"] - initial["vision.layers.0.mlp.fc1.kernel"]).max() > 0
+    after = {
+        ".".join(map(str, k)): np.asarray(jax.device_get(v))
+        for k, v in flat_params(trainer._module(trainer.state)).items()
+    }
+    assert (
+        np.abs(after["vision.layers.0.mlp.fc1.kernel"] - initial["vision.layers.0.mlp.fc1.kernel"]).max() > 0
+    )
 
 
 def test_phase_training_a_tower_cannot_cache(tmp_path):
@@ -141,17 +155,33 @@ def test_two_processes_each_cache_their_half_in_lock_step(tmp_path):
 
     from train_helpers import run, subprocess_env, train_command
 
-    extra = ["--config.phases.warmup.steps=2", "--config.phases.finetune.steps=1",
-             "--config.phases.warmup.cache_features=True", "--config.model.dropout=False"]
+    extra = [
+        "--config.phases.warmup.steps=2",
+        "--config.phases.finetune.steps=1",
+        "--config.phases.warmup.cache_features=True",
+        "--config.model.dropout=False",
+    ]
     run(train_command(tmp_path / "single", tmp_path / "cache", *extra), subprocess_env(8))
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    procs = [subprocess.Popen(train_command(tmp_path / "multi", tmp_path / "cache", *extra,
-                                            f"--coordinator=127.0.0.1:{port}", "--num_processes=2",
-                                            f"--process_id={i}"),
-                              env=subprocess_env(4), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for i in range(2)]
+    procs = [
+        subprocess.Popen(
+            train_command(
+                tmp_path / "multi",
+                tmp_path / "cache",
+                *extra,
+                f"--coordinator=127.0.0.1:{port}",
+                "--num_processes=2",
+                f"--process_id={i}",
+            ),
+            env=subprocess_env(4),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(2)
+    ]
     for p, (_, err) in zip(procs, [p.communicate(timeout=300) for p in procs]):
         assert p.returncode == 0, err[-3000:]
     single = FeatureStore.load(feature_cache_path(str(tmp_path / "single"), "warmup", 0))

@@ -6,26 +6,28 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
+from train_helpers import losses, tiny_config
 
 from clip_jax.config import validate
 from clip_jax.sharding import MeshError, batch_sharding, make_mesh
 from clip_jax.train import Trainer
-from clip_jax.train.state import (cached_value_and_grad, merge_micro_batches, split_micro_batches)
+from clip_jax.train.state import cached_value_and_grad, merge_micro_batches, split_micro_batches
 from clip_jax.weights import flat_params
-
-from train_helpers import losses, tiny_config
 
 
 def random_batch(size, rs):
     """Random pixels and tokens: unlike the tiny model on the shapes data (whose embeddings are nearly
     parallel, so its gradients are ~1e-4 and mostly float noise), these give well-conditioned gradients."""
-    return {"pixel_values": rs.randn(size, 32, 32, 3).astype(np.float32),
-            "input_ids": rs.randint(5, 30, (size, 12)).astype(np.int32),
-            "attention_mask": (np.arange(12)[None, :] < rs.randint(4, 13, (size, 1))).astype(np.int32)}
+    return {
+        "pixel_values": rs.randn(size, 32, 32, 3).astype(np.float32),
+        "input_ids": rs.randint(5, 30, (size, 12)).astype(np.int32),
+        "attention_mask": (np.arange(12)[None, :] < rs.randint(4, 13, (size, 1))).astype(np.int32),
+    }
 
 
-@pytest.mark.parametrize("kind,remat,phases", [("softmax", False, (0, 1)), ("sigmoid", False, (0, 1)),
-                                               ("softmax", True, (1,))])
+@pytest.mark.parametrize(
+    "kind,remat,phases", [("softmax", False, (0, 1)), ("sigmoid", False, (0, 1)), ("softmax", True, (1,))]
+)
 def test_micro_batched_step_equals_full_batch_step_on_8_devices(tmp_path, kind, remat, phases):
     """One phase-1 step and one phase-2 step (FSDP over 2 x data over 4 devices, dropout off): the same
     updated parameters with micro-batches of 8 (1 example per device at a time) as with the batch of 32;
@@ -34,31 +36,47 @@ def test_micro_batched_step_equals_full_batch_step_on_8_devices(tmp_path, kind, 
     for phase_index in phases:
         updated = {}
         for micro in (0, 8):
-            config = tiny_config(tmp_path / "cache", **{"train.batch_size": 32, "train.micro_batch_size": micro,
-                                                        "loss.kind": kind, "model.dropout": False,
-                                                        "model.remat": remat})
+            config = tiny_config(
+                tmp_path / "cache",
+                **{
+                    "train.batch_size": 32,
+                    "train.micro_batch_size": micro,
+                    "loss.kind": kind,
+                    "model.dropout": False,
+                    "model.remat": remat,
+                },
+            )
             config.mesh.axes = {"data": 4, "fsdp": 2}
             trainer = Trainer(config, str(tmp_path / f"{kind}-{remat}-{phase_index}-{micro}"))
             phase = trainer.phases[phase_index]
-            initial = {".".join(map(str, k)): np.asarray(v) for k, v in flat_params(trainer.model.module).items()}
+            initial = {
+                ".".join(map(str, k)): np.asarray(v) for k, v in flat_params(trainer.model.module).items()
+            }
             state, step_fn, _ = trainer._prepare_phase(phase, trainer.model.module, 0)
             state, metrics = step_fn(state, trainer._global_batch(batch))
             module = nnx.merge(trainer.graphdef, state.params, state.frozen)
-            updated[micro] = (float(metrics["loss"]), float(metrics["grad_norm"]),
-                              {".".join(map(str, k)): np.asarray(jax.device_get(v))
-                               for k, v in flat_params(module).items()})
+            updated[micro] = (
+                float(metrics["loss"]),
+                float(metrics["grad_norm"]),
+                {
+                    ".".join(map(str, k)): np.asarray(jax.device_get(v))
+                    for k, v in flat_params(module).items()
+                },
+            )
         (loss, norm, full), (loss_m, norm_m, micro_params) = updated[0], updated[8]
         assert loss_m == pytest.approx(loss, abs=1e-5) and norm_m == pytest.approx(norm, rel=1e-5)
         for key in full:
             np.testing.assert_allclose(micro_params[key], full[key], atol=1e-5, err_msg=key)
         # The comparison means something: the step moved the parameters far more than the tolerance.
-        moved = ["visual_projection.kernel"] + (["vision.layers.0.mlp.fc1.kernel", "text.layers.1.mlp.fc2.kernel"]
-                                                if phase_index else [])
+        moved = ["visual_projection.kernel"] + (
+            ["vision.layers.0.mlp.fc1.kernel", "text.layers.1.mlp.fc2.kernel"] if phase_index else []
+        )
         for key in moved:
             assert np.abs(full[key] - initial[key]).max() > 1e-4, key
         if phase_index == 0:
-            np.testing.assert_array_equal(micro_params["vision.layers.0.mlp.fc1.kernel"],
-                                          initial["vision.layers.0.mlp.fc1.kernel"])
+            np.testing.assert_array_equal(
+                micro_params["vision.layers.0.mlp.fc1.kernel"], initial["vision.layers.0.mlp.fc1.kernel"]
+            )
 
 
 def test_training_with_micro_batches_logs_the_same_losses(tmp_path):
@@ -66,8 +84,10 @@ def test_training_with_micro_batches_logs_the_same_losses(tmp_path):
     8 devices, the shapes data)."""
     runs = {}
     for name, micro in (("full", 0), ("micro", 8)):
-        config = tiny_config(tmp_path / "cache", **{"train.batch_size": 32, "train.micro_batch_size": micro,
-                                                    "model.dropout": False})
+        config = tiny_config(
+            tmp_path / "cache",
+            **{"train.batch_size": 32, "train.micro_batch_size": micro, "model.dropout": False},
+        )
         config.phases.warmup.steps = config.phases.finetune.steps = 2
         Trainer(config, str(tmp_path / name)).run()
         runs[name] = losses(tmp_path / name)
@@ -93,9 +113,12 @@ def test_split_and_merge_keep_every_row_on_its_device():
     np.testing.assert_array_equal(np.asarray(parts[1, 2:4, 0]), [6 * 3, 7 * 3])
     for shard in parts.addressable_shards:  # every device's slice of each micro-batch came from its own rows
         own = next(s for s in x.addressable_shards if s.device == shard.device)
-        np.testing.assert_array_equal(np.sort(np.asarray(shard.data).reshape(-1, 3), axis=0),
-                                      np.sort(np.asarray(own.data), axis=0))
-    np.testing.assert_array_equal(np.asarray(jax.jit(lambda p: merge_micro_batches(p, mesh))(parts)), np.asarray(x))
+        np.testing.assert_array_equal(
+            np.sort(np.asarray(shard.data).reshape(-1, 3), axis=0), np.sort(np.asarray(own.data), axis=0)
+        )
+    np.testing.assert_array_equal(
+        np.asarray(jax.jit(lambda p: merge_micro_batches(p, mesh))(parts)), np.asarray(x)
+    )
 
 
 def _tiny_dual_encoder(tmp_path):
@@ -114,34 +137,47 @@ def test_dropout_masks_are_the_same_in_both_passes(tmp_path):
     graphdef, params = nnx.split(model.module)
     mesh = make_mesh({"data": 1}, jax.devices()[:1])
     rs = np.random.RandomState(0)
-    batch = {"pixel_values": jnp.asarray(rs.randn(16, 32, 32, 3), jnp.float32),
-             "input_ids": jnp.asarray(rs.randint(5, 30, (16, 12)), jnp.int32),
-             "attention_mask": jnp.ones((16, 12), jnp.int32)}
+    batch = {
+        "pixel_values": jnp.asarray(rs.randn(16, 32, 32, 3), jnp.float32),
+        "input_ids": jnp.asarray(rs.randint(5, 30, (16, 12)), jnp.int32),
+        "attention_mask": jnp.ones((16, 12), jnp.int32),
+    }
     from clip_jax.loss import contrastive_loss
 
     def embed(p, b, key):
-        out = nnx.merge(graphdef, p)(b["pixel_values"], b["input_ids"], b["attention_mask"], deterministic=False,
-                                     rngs=nnx.Rngs(dropout=key))
+        out = nnx.merge(graphdef, p)(
+            b["pixel_values"],
+            b["input_ids"],
+            b["attention_mask"],
+            deterministic=False,
+            rngs=nnx.Rngs(dropout=key),
+        )
         return out.image_embeds, out.text_embeds
 
     def loss_of_embeds(p, img, txt):
         return contrastive_loss(img, txt, nnx.merge(graphdef, p).scale(), mesh=mesh)
 
     rng = jax.random.key(3)
-    (loss, _), grads = jax.jit(lambda p: cached_value_and_grad(embed, loss_of_embeds, p, batch, rng,
-                                                               micro_batch_size=4, mesh=mesh))(params)
+    (loss, _), grads = jax.jit(
+        lambda p: cached_value_and_grad(embed, loss_of_embeds, p, batch, rng, micro_batch_size=4, mesh=mesh)
+    )(params)
 
     def reference(p, keys):  # the whole graph at once: the first pass's embeddings, differentiated directly
-        parts = [embed(p, jax.tree.map(lambda x: x[4 * k:4 * k + 4], batch), keys[k]) for k in range(4)]
-        return loss_of_embeds(p, jnp.concatenate([a for a, _ in parts]), jnp.concatenate([b for _, b in parts]))[0]
+        parts = [
+            embed(p, jax.tree.map(lambda x, k=k: x[4 * k : 4 * k + 4], batch), keys[k]) for k in range(4)
+        ]
+        return loss_of_embeds(
+            p, jnp.concatenate([a for a, _ in parts]), jnp.concatenate([b for _, b in parts])
+        )[0]
 
     same = [jax.random.fold_in(rng, k) for k in range(4)]
     ref_loss, ref_grads = jax.value_and_grad(reference)(params, same)
     assert float(loss) == pytest.approx(float(ref_loss), abs=1e-5)
     flat, ref_flat = dict(nnx.to_flat_state(grads)), dict(nnx.to_flat_state(ref_grads))
     for key in ref_flat:
-        np.testing.assert_allclose(np.asarray(flat[key][...]), np.asarray(ref_flat[key][...]), atol=2e-5,
-                                   err_msg=str(key))
+        np.testing.assert_allclose(
+            np.asarray(flat[key][...]), np.asarray(ref_flat[key][...]), atol=2e-5, err_msg=str(key)
+        )
     # Dropout really acts: other masks give another loss (so a re-run with other keys would be caught above).
     other = [jax.random.fold_in(rng, k + 100) for k in range(4)]
     assert abs(float(reference(params, other)) - float(ref_loss)) > 1e-3
@@ -164,11 +200,22 @@ def compiled_temp_bytes(model, batch_size, micro_batch_size, mesh):
 
     graphdef, params, frozen = split_trainable(model.module, ".*")
     tx = optax.adamw(1e-3)
-    step = make_train_step(graphdef, tx, mesh, loss_kind="softmax", dropout=True, micro_batch_size=micro_batch_size)
-    state = jax.eval_shape(lambda: TrainState(step=jnp.zeros((), jnp.int32), params=params, frozen=frozen,
-                                              opt_state=tx.init(params), rng=initial_rng(0)))
-    batch = {k: jax.ShapeDtypeStruct((batch_size, *v.shape[1:]), v.dtype, sharding=batch_sharding(mesh))
-             for k, v in random_batch(1, np.random.RandomState(0)).items()}
+    step = make_train_step(
+        graphdef, tx, mesh, loss_kind="softmax", dropout=True, micro_batch_size=micro_batch_size
+    )
+    state = jax.eval_shape(
+        lambda: TrainState(
+            step=jnp.zeros((), jnp.int32),
+            params=params,
+            frozen=frozen,
+            opt_state=tx.init(params),
+            rng=initial_rng(0),
+        )
+    )
+    batch = {
+        k: jax.ShapeDtypeStruct((batch_size, *v.shape[1:]), v.dtype, sharding=batch_sharding(mesh))
+        for k, v in random_batch(1, np.random.RandomState(0)).items()
+    }
     compiled = jax.jit(step, donate_argnums=(0,)).lower(state, batch).compile()
     return compiled.memory_analysis().temp_size_in_bytes
 

@@ -4,18 +4,18 @@ the real client writing its run file in the workdir, nothing sent anywhere)."""
 import json
 
 import pytest
+from train_helpers import tensorboard_scalars
 
 from clip_jax.train.logging import MetricsLogger
-
-from train_helpers import tensorboard_scalars
 
 
 def test_metrics_go_to_jsonl_tensorboard_and_wandb(tmp_path, monkeypatch):
     pytest.importorskip("wandb", reason="train.wandb_project needs wandb (the [wandb] extra)")
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")
-    logger = MetricsLogger(str(tmp_path), enabled=True, wandb_project="clip-jax-test",
-                           config={"train": {"batch_size": 16}})
+    logger = MetricsLogger(
+        str(tmp_path), enabled=True, wandb_project="clip-jax-test", config={"train": {"batch_size": 16}}
+    )
     logger.write(1, {"train/loss": 2.5, "lr/head": 1e-3})
     logger.write(2, {"train/loss": 2.25, "val/text_retrieval_recall@1": 0.5, "train/grad_norm": float("nan")})
     logger.close()
@@ -25,7 +25,10 @@ def test_metrics_go_to_jsonl_tensorboard_and_wandb(tmp_path, monkeypatch):
     assert records[1]["val/text_retrieval_recall@1"] == 0.5
     # TensorBoard: the same names (no '@' rewriting), non-finite values left out
     assert tensorboard_scalars(tmp_path / "tensorboard") == {
-        "train/loss": {1: 2.5, 2: 2.25}, "lr/head": {1: pytest.approx(1e-3)}, "val/text_retrieval_recall@1": {2: 0.5}}
+        "train/loss": {1: 2.5, 2: 2.25},
+        "lr/head": {1: pytest.approx(1e-3)},
+        "val/text_retrieval_recall@1": {2: 0.5},
+    }
 
     runs = list((tmp_path / "wandb").glob("offline-run-*/run-*.wandb"))
     assert len(runs) == 1
@@ -51,5 +54,9 @@ def test_metrics_jsonl_is_strict_json(tmp_path):
         raise ValueError(f"non-JSON token {token}")
 
     (line,) = (tmp_path / "metrics.jsonl").read_text().splitlines()
-    assert json.loads(line, parse_constant=refuse) == {"step": 3, "train/loss": None, "train/grad_norm": None,
-                                                       "lr/head": 1e-3}
+    assert json.loads(line, parse_constant=refuse) == {
+        "step": 3,
+        "train/loss": None,
+        "train/grad_norm": None,
+        "lr/head": 1e-3,
+    }

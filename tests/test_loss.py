@@ -4,7 +4,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from jax.sharding import NamedSharding, PartitionSpec as P
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from clip_jax.loss import contrastive_loss, dense_contrastive_loss
 from clip_jax.sharding import make_mesh
@@ -43,10 +44,12 @@ def test_sharded_loss_and_gradients_equal_dense(axes, kind):
         return contrastive_loss(i, t, s, mesh=mesh, kind=kind, logit_bias=b)[0]
 
     value, grads = jax.jit(jax.value_and_grad(sharded, argnums=(0, 1, 2, 3)))(
-        put(img), put(txt), jnp.float32(scale), jnp.float32(bias))
+        put(img), put(txt), jnp.float32(scale), jnp.float32(bias)
+    )
     assert float(value) == pytest.approx(numpy_loss(img, txt, scale, kind, bias), rel=1e-5)
-    dense = jax.grad(lambda i, t, s, b: dense_contrastive_loss(i, t, s, kind=kind, logit_bias=b), argnums=(0, 1, 2, 3))(
-        jnp.asarray(img, jnp.float32), jnp.asarray(txt, jnp.float32), jnp.float32(scale), jnp.float32(bias))
+    dense = jax.grad(
+        lambda i, t, s, b: dense_contrastive_loss(i, t, s, kind=kind, logit_bias=b), argnums=(0, 1, 2, 3)
+    )(jnp.asarray(img, jnp.float32), jnp.asarray(txt, jnp.float32), jnp.float32(scale), jnp.float32(bias))
     for ours, reference in zip(grads, dense):
         np.testing.assert_allclose(np.asarray(ours), np.asarray(reference), rtol=1e-5, atol=1e-6)
     # Cross-device negatives matter: the gradient of row 0 depends on rows held by other devices.
@@ -56,15 +59,17 @@ def test_sharded_loss_and_gradients_equal_dense(axes, kind):
 def test_dense_reference_matches_numpy():
     img, txt = embeddings(12, seed=3)
     assert float(dense_contrastive_loss(jnp.asarray(img), jnp.asarray(txt), 5.0)) == pytest.approx(
-        numpy_loss(img, txt, 5.0, "softmax"), rel=1e-5)
+        numpy_loss(img, txt, 5.0, "softmax"), rel=1e-5
+    )
 
 
 def test_accuracy_metrics_count_global_argmax():
     mesh = make_mesh({"data": 8})
     img, txt = embeddings(16, seed=1)
     txt[:10] = img[:10]  # the first 10 pairs match exactly
-    _, metrics = contrastive_loss(jnp.asarray(img, jnp.float32), jnp.asarray(txt, jnp.float32), jnp.float32(10.0),
-                                  mesh=mesh)
+    _, metrics = contrastive_loss(
+        jnp.asarray(img, jnp.float32), jnp.asarray(txt, jnp.float32), jnp.float32(10.0), mesh=mesh
+    )
     logits = img @ txt.T
     assert float(metrics["i2t_accuracy"]) == pytest.approx(np.mean(logits.argmax(1) == np.arange(16)))
     assert float(metrics["t2i_accuracy"]) == pytest.approx(np.mean(logits.argmax(0) == np.arange(16)))
@@ -75,7 +80,9 @@ def test_loss_block_memory_is_local():
     mesh = make_mesh({"data": 8})
     n, d = 256, 8
     img = jax.ShapeDtypeStruct((n, d), jnp.float32, sharding=NamedSharding(mesh, P("data")))
-    compiled = jax.jit(lambda i, t: contrastive_loss(i, t, jnp.float32(1.0), mesh=mesh)[0]).lower(img, img).compile()
+    compiled = (
+        jax.jit(lambda i, t: contrastive_loss(i, t, jnp.float32(1.0), mesh=mesh)[0]).lower(img, img).compile()
+    )
     text = compiled.as_text()
     assert f"f32[{n // 8},{n}]" in text  # the local logits block
     assert f"f32[{n},{n}]" not in text
@@ -97,8 +104,17 @@ def test_local_negatives_equal_per_device_dense_losses(kind):
     scale, bias = 7.0, -2.5
     sharding = NamedSharding(mesh, P(("data", "fsdp")))
     put = lambda x: jax.device_put(jnp.asarray(x, jnp.float32), sharding)
-    loss, _ = contrastive_loss(put(img), put(txt), jnp.float32(scale), mesh=mesh, kind=kind,
-                               logit_bias=jnp.float32(bias), negatives="local")
-    expected = np.mean([numpy_loss(img[i:i + 4], txt[i:i + 4], scale, kind, bias) for i in range(0, 32, 4)])
+    loss, _ = contrastive_loss(
+        put(img),
+        put(txt),
+        jnp.float32(scale),
+        mesh=mesh,
+        kind=kind,
+        logit_bias=jnp.float32(bias),
+        negatives="local",
+    )
+    expected = np.mean(
+        [numpy_loss(img[i : i + 4], txt[i : i + 4], scale, kind, bias) for i in range(0, 32, 4)]
+    )
     np.testing.assert_allclose(float(loss), expected, rtol=1e-5)
     assert abs(float(loss) - numpy_loss(img, txt, scale, kind, bias)) > 1e-2  # not the global loss

@@ -17,7 +17,9 @@ def photo(height, width, seed=0):
 
 
 def images():
-    rgba = np.dstack([photo(101, 640, 2), np.random.RandomState(3).randint(0, 256, (101, 640), dtype=np.uint8)])
+    rgba = np.dstack(
+        [photo(101, 640, 2), np.random.RandomState(3).randint(0, 256, (101, 640), dtype=np.uint8)]
+    )
     return {
         "landscape": Image.fromarray(photo(300, 451)),
         "portrait": Image.fromarray(photo(640, 101, 1)),
@@ -45,7 +47,9 @@ def test_matches_clip_image_processor(name, size):
 def test_uint8_arrays_are_preprocessed_like_pil():
     array = photo(300, 451)
     config = ImageProcessorConfig()
-    np.testing.assert_array_equal(preprocess_images([array], config), preprocess_images([Image.fromarray(array)], config))
+    np.testing.assert_array_equal(
+        preprocess_images([array], config), preprocess_images([Image.fromarray(array)], config)
+    )
     with pytest.raises(ValueError, match="uint8"):
         preprocess_images([array.astype(np.float32)], config)
 

@@ -37,11 +37,16 @@ def test_minilm_mean_pooled_embeddings_match_pytorch(minilm):
     mask = batch["attention_mask"][..., None]
     ref_embeds = (ref.last_hidden_state.numpy() * mask).sum(1) / mask.sum(1)
     ref_embeds /= np.linalg.norm(ref_embeds, axis=1, keepdims=True)
-    out = tower(jnp.asarray(batch["input_ids"]), jnp.asarray(batch["attention_mask"]),
-                jnp.asarray(batch["token_type_ids"]))
+    out = tower(
+        jnp.asarray(batch["input_ids"]),
+        jnp.asarray(batch["attention_mask"]),
+        jnp.asarray(batch["token_type_ids"]),
+    )
     ours = np.asarray(l2_normalize(pool_text(out, jnp.asarray(batch["attention_mask"]), "mean")))
     assert np.abs(ours - ref_embeds).max() <= 1e-4
     assert np.abs(np.asarray(out.pooler_output) - ref.pooler_output.numpy()).max() <= 1e-4
     similarity = ours @ ours.T
-    assert similarity[0, 1] > 0.5 > similarity[0, 2]  # the paraphrase is much closer than the unrelated sentence
+    assert (
+        similarity[0, 1] > 0.5 > similarity[0, 2]
+    )  # the paraphrase is much closer than the unrelated sentence
     assert similarity[0, 1] > similarity[0, 3]

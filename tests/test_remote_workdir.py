@@ -16,7 +16,6 @@ import numpy as np
 import pytest
 
 
-
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -26,21 +25,29 @@ def _free_port() -> int:
 PORT = _free_port()
 URL = f"http://127.0.0.1:{PORT}"
 # Read at import time by gcsfs and at first use by tensorstore, so set before either is used.
-os.environ.update(STORAGE_EMULATOR_HOST=URL, TENSORSTORE_GCS_HTTP_URL=URL, GOOGLE_AUTH_TOKEN_FOR_TESTING="test",
-                  GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT="false")
+os.environ.update(
+    STORAGE_EMULATOR_HOST=URL,
+    TENSORSTORE_GCS_HTTP_URL=URL,
+    GOOGLE_AUTH_TOKEN_FOR_TESTING="test",
+    GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT="false",
+)
 pytest.importorskip("gcsfs", reason="remote workdirs need the [gcs] extra (gcsfs)")
 pytest.importorskip("gcp_storage_emulator", reason="the test bucket needs gcp-storage-emulator (test extra)")
 
-from clip_jax.train import Trainer, model_from_checkpoint  # noqa: E402
-
 from train_helpers import losses, tiny_config  # noqa: E402
+
+from clip_jax.train import Trainer, model_from_checkpoint  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def bucket(tmp_path_factory):
-    log = open(tmp_path_factory.mktemp("gcs") / "server.log", "w+")  # a file, not a pipe nobody drains
-    server = subprocess.Popen([sys.executable, str(Path(__file__).with_name("gcs_server.py")), str(PORT),
-                               "clip-jax-test"], stdout=log, stderr=subprocess.STDOUT, text=True)
+    log = open(tmp_path_factory.mktemp("gcs") / "server.log", "w+")  # noqa: SIM115  # a file, not a pipe nobody drains
+    server = subprocess.Popen(
+        [sys.executable, str(Path(__file__).with_name("gcs_server.py")), str(PORT), "clip-jax-test"],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         try:
@@ -97,31 +104,38 @@ def test_run_in_a_gcs_bucket_resumes_and_is_evaluated_from_it(tmp_path, bucket):
     remote_model = model_from_checkpoint(workdir)
     local_model = model_from_checkpoint(str(tmp_path / "reference"))
     pixels = np.random.default_rng(0).normal(size=(2, 32, 32, 3)).astype(np.float32)
-    np.testing.assert_allclose(np.asarray(remote_model.encode_image(pixels)),
-                               np.asarray(local_model.encode_image(pixels)), atol=1e-5)
+    np.testing.assert_allclose(
+        np.asarray(remote_model.encode_image(pixels)), np.asarray(local_model.encode_image(pixels)), atol=1e-5
+    )
     config = json.loads(fs.cat_file("clip-jax-test/runs/it/config.json"))
     assert config["train"]["batch_size"] == 16
 
 
 def test_listings_and_shards_are_read_from_the_bucket(tmp_path, bucket):
     """Data sources through fsspec: a JSONL listing with relative image paths and WebDataset shards in gs://."""
+    from test_data import PROCESSOR, write_images
+
     from clip_jax.data.pipeline import ExampleStream, Transform, load_eval_examples
     from clip_jax.data.to_webdataset import convert
-
-    from test_data import PROCESSOR, write_images
 
     root, fs = bucket
     write_images(tmp_path / "data")
     convert(str(tmp_path / "data" / "train.jsonl"), str(tmp_path / "data" / "shards" / "t"), shard_size=5)
     fs.put(str(tmp_path / "data"), "clip-jax-test/data", recursive=True)
-    for local, remote in ((f"jsonl:{tmp_path}/data/train.jsonl", f"jsonl:{root}/data/train.jsonl"),
-                          (f"wds:{tmp_path}/data/shards/t-{{00000..00002}}.tar",
-                           f"wds:{root}/data/shards/t-{{00000..00002}}.tar")):
+    for local, remote in (
+        (f"jsonl:{tmp_path}/data/train.jsonl", f"jsonl:{root}/data/train.jsonl"),
+        (
+            f"wds:{tmp_path}/data/shards/t-{{00000..00002}}.tar",
+            f"wds:{root}/data/shards/t-{{00000..00002}}.tar",
+        ),
+    ):
         pixels, captions, skipped = load_eval_examples(remote, PROCESSOR)
         expected_pixels, expected_captions, _ = load_eval_examples(local, PROCESSOR)
         assert captions == expected_captions and not skipped
         np.testing.assert_array_equal(pixels, expected_pixels)
-        streams = [ExampleStream(spec, Transform(PROCESSOR, train=True), workers=2) for spec in (local, remote)]
+        streams = [
+            ExampleStream(spec, Transform(PROCESSOR, train=True), workers=2) for spec in (local, remote)
+        ]
         for _ in range(14):  # past the first epoch
             a, b = (next(s) for s in streams)
             assert a["caption"] == b["caption"]

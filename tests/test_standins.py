@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 import transformers as tf
+from conftest import SMALL_ENGLISH
 from flax import nnx
 
 from clip_jax.clip_model import CLIPModel
@@ -18,12 +19,16 @@ from clip_jax.models.bert import BertConfig, BertForMaskedLM
 from clip_jax.models.registry import build_tower
 from clip_jax.weights.loading import flat_params
 
-from conftest import SMALL_ENGLISH
-
 
 def test_masked_lm_checkpoint_matches_transformers(tmp_path):
-    config = BertConfig(vocab_size=60, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                        intermediate_size=48, max_position_embeddings=24)
+    config = BertConfig(
+        vocab_size=60,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=48,
+        max_position_embeddings=24,
+    )
     model = BertForMaskedLM(config, rngs=nnx.Rngs(0))
     for name in ("bias",):  # non-zero so that the comparison covers the output bias
         getattr(model, name).set_value(jax.random.normal(jax.random.key(1), (60,)) * 0.1)
@@ -61,22 +66,60 @@ def _std_by_name(named: dict[str, np.ndarray]) -> dict[str, float]:
     return {k: float(np.std(v)) for k, v in named.items()}
 
 
-@pytest.mark.parametrize("kind,config", [
-    ("text", tf.BertConfig(vocab_size=300, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
-                           intermediate_size=128, max_position_embeddings=64, initializer_range=0.05)),
-    ("vision", tf.CLIPVisionConfig(hidden_size=64, intermediate_size=256, num_hidden_layers=3, num_attention_heads=4,
-                                   image_size=32, patch_size=4, initializer_factor=2.0)),
-    ("text", tf.CLIPTextConfig(vocab_size=300, hidden_size=64, intermediate_size=256, num_hidden_layers=3,
-                               num_attention_heads=4, max_position_embeddings=32, bos_token_id=1, eos_token_id=2,
-                               pad_token_id=0)),
-])
+@pytest.mark.parametrize(
+    "kind,config",
+    [
+        (
+            "text",
+            tf.BertConfig(
+                vocab_size=300,
+                hidden_size=64,
+                num_hidden_layers=2,
+                num_attention_heads=4,
+                intermediate_size=128,
+                max_position_embeddings=64,
+                initializer_range=0.05,
+            ),
+        ),
+        (
+            "vision",
+            tf.CLIPVisionConfig(
+                hidden_size=64,
+                intermediate_size=256,
+                num_hidden_layers=3,
+                num_attention_heads=4,
+                image_size=32,
+                patch_size=4,
+                initializer_factor=2.0,
+            ),
+        ),
+        (
+            "text",
+            tf.CLIPTextConfig(
+                vocab_size=300,
+                hidden_size=64,
+                intermediate_size=256,
+                num_hidden_layers=3,
+                num_attention_heads=4,
+                max_position_embeddings=32,
+                bos_token_id=1,
+                eos_token_id=2,
+                pad_token_id=0,
+            ),
+        ),
+    ],
+)
 def test_random_init_follows_transformers(kind, config):
     """Every parameter's spread equals that of transformers' own initialisation (within sampling error);
     biases start at zero and LayerNorms at one, as there."""
     from clip_jax.models.registry import architecture_of
 
     torch.manual_seed(0)
-    model_cls = {"bert": tf.BertModel, "clip_vision_model": tf.CLIPVisionModel, "clip_text_model": tf.CLIPTextModel}
+    model_cls = {
+        "bert": tf.BertModel,
+        "clip_vision_model": tf.CLIPVisionModel,
+        "clip_text_model": tf.CLIPTextModel,
+    }
     reference = model_cls[config.model_type](config)
     expected = {k: v.detach().numpy() for k, v in reference.state_dict().items()}
     tower = build_tower(config, kind, seed=0).module
@@ -100,10 +143,22 @@ def test_random_towers_are_not_collapsed():
     from clip_jax.data.preprocess import ImageProcessorConfig, preprocess_images
     from clip_jax.data.shapes import ShapesSpec, generate
 
-    vision = build_tower(dict(model_type="clip_vision_model", hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                              num_attention_heads=4, image_size=64, patch_size=8), "vision").module
+    vision = build_tower(
+        dict(
+            model_type="clip_vision_model",
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            image_size=64,
+            patch_size=8,
+        ),
+        "vision",
+    ).module
     images = generate(ShapesSpec(num_train=8, num_val=8, holdout=""))["train"]["images"]
-    pooled = np.asarray(vision(preprocess_images(list(images), ImageProcessorConfig.for_image_size(64))).pooler_output)
+    pooled = np.asarray(
+        vision(preprocess_images(list(images), ImageProcessorConfig.for_image_size(64))).pooler_output
+    )
     unit = pooled / np.linalg.norm(pooled, axis=1, keepdims=True)
     cosines = (unit @ unit.T)[np.triu_indices(8, 1)]
     assert np.mean(1 - cosines) > 1e-3
@@ -121,7 +176,8 @@ def test_standins_are_built_and_cached(small_standins):
     assert standins.english_clip(cache, SMALL_ENGLISH, log=pytest.fail) == english
     assert (english / "model.safetensors").stat().st_mtime_ns == stamp
     assert standins.standin_dir("english-clip", SMALL_ENGLISH, cache) != standins.standin_dir(
-        "english-clip", standins.EnglishCLIPSettings(), cache)
+        "english-clip", standins.EnglishCLIPSettings(), cache
+    )
     assert standins.resolve("demo:english-clip", cache) != str(english)  # default settings: not built here
     assert standins.resolve("openai/clip-vit-base-patch32", cache) == "openai/clip-vit-base-patch32"
     with pytest.raises(ValueError, match="demo:english-clip"):
@@ -140,8 +196,10 @@ def test_standins_load_like_hub_checkpoints(small_standins):
     assert model.encode_text(["tre quadrati verdi in alto"]).shape == (1, 16)
     # The transferred vision tower is the English CLIP's, weight for weight.
     reference = CLIPModel.from_pretrained(english)
-    np.testing.assert_array_equal(np.asarray(model.module.vision.position_embedding[...]),
-                                  np.asarray(reference.module.vision.position_embedding[...]))
+    np.testing.assert_array_equal(
+        np.asarray(model.module.vision.position_embedding[...]),
+        np.asarray(reference.module.vision.position_embedding[...]),
+    )
 
 
 def test_phase_one_on_standins_lowers_the_loss(small_standins, tmp_path):
@@ -159,6 +217,9 @@ def test_phase_one_on_standins_lowers_the_loss(small_standins, tmp_path):
     c.train.phases = ("warmup",)
     c.phases.warmup = phase(60, HEAD, {"head": 1e-2}, warmup_steps=5)
     Trainer(c, str(tmp_path)).run()
-    losses = [json.loads(line)["train/loss"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()
-              if "train/loss" in line]
+    losses = [
+        json.loads(line)["train/loss"]
+        for line in (tmp_path / "metrics.jsonl").read_text().splitlines()
+        if "train/loss" in line
+    ]
     assert np.mean(losses[-10:]) < np.mean(losses[:5]) - 0.3

@@ -4,11 +4,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
+from conftest import TINY_BERT, TINY_CLIP_TEXT, TINY_VISION, save_torch_model
 
 from clip_jax.models import load_text_tower, load_vision_tower
 from clip_jax.models.vit import bicubic_resize_matrix
-
-from conftest import TINY_BERT, TINY_CLIP_TEXT, TINY_VISION, save_torch_model
 
 TOL = 1e-4
 
@@ -93,13 +92,18 @@ def test_bert_family_matches_transformers(checkpoints, tmp_path, name, fmt):
     if name == "bert":
         token_types[:, 5:] = 1  # segment embeddings must matter too
     with torch.no_grad():
-        ref = model(torch.tensor(ids), attention_mask=torch.tensor(mask), token_type_ids=torch.tensor(token_types))
+        ref = model(
+            torch.tensor(ids), attention_mask=torch.tensor(mask), token_type_ids=torch.tensor(token_types)
+        )
     out = tower(jnp.asarray(ids), jnp.asarray(mask), jnp.asarray(token_types))
     assert max_diff(ref.last_hidden_state, out.last_hidden_state) <= TOL
     assert max_diff(ref.pooler_output, out.pooler_output) <= TOL
     # The mask matters: without it the padded rows change.
     unmasked = tower(jnp.asarray(ids), None, jnp.asarray(token_types))
-    assert np.abs(np.asarray(unmasked.last_hidden_state[1, :6]) - np.asarray(out.last_hidden_state[1, :6])).max() > 1e-3
+    assert (
+        np.abs(np.asarray(unmasked.last_hidden_state[1, :6]) - np.asarray(out.last_hidden_state[1, :6])).max()
+        > 1e-3
+    )
 
 
 def test_clip_text_tower_matches_transformers(checkpoints):
@@ -141,7 +145,9 @@ def test_masked_lm_checkpoint_loads_as_tower_with_head_ignored(checkpoints, capl
     ids, mask = padded_ids(TINY_BERT["vocab_size"], 0)
     with torch.no_grad():
         ref = model.bert(torch.tensor(ids), attention_mask=torch.tensor(mask))
-    assert max_diff(ref.last_hidden_state, tower(jnp.asarray(ids), jnp.asarray(mask)).last_hidden_state) <= TOL
+    assert (
+        max_diff(ref.last_hidden_state, tower(jnp.asarray(ids), jnp.asarray(mask)).last_hidden_state) <= TOL
+    )
 
 
 def test_bfloat16_parameters(checkpoints):
@@ -157,9 +163,8 @@ def test_bfloat16_parameters(checkpoints):
 
 
 def test_remat_changes_memory_plan_not_results(checkpoints):
-    from flax import nnx
-
     import jax
+    from flax import nnx
 
     tower = load_text_tower(checkpoints["paths"]["bert"])
     ids, mask = padded_ids(TINY_BERT["vocab_size"], 0)

@@ -11,13 +11,12 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
+from train_helpers import losses, run, subprocess_env, tensorboard_scalars, tiny_config, train_command
 
 from clip_jax.config import validate
 from clip_jax.sharding import MeshError
 from clip_jax.train import Trainer, TrainingDiverged
 from clip_jax.weights import flat_params
-
-from train_helpers import losses, run, subprocess_env, tensorboard_scalars, tiny_config, train_command
 
 
 def params_of(trainer):
@@ -27,8 +26,10 @@ def params_of(trainer):
 
 def test_one_step_on_8_devices_equals_1_device(tmp_path):
     results = []
-    for name, axes, devices in (("one", {"data": 1, "fsdp": 1}, jax.devices()[:1]),
-                                ("eight", {"data": 4, "fsdp": 2}, jax.devices())):
+    for name, axes, devices in (
+        ("one", {"data": 1, "fsdp": 1}, jax.devices()[:1]),
+        ("eight", {"data": 4, "fsdp": 2}, jax.devices()),
+    ):
         config = tiny_config(tmp_path / "cache", **{"train.phases": ("finetune",)})
         config.mesh.axes = axes
         config.phases.finetune.steps = 1
@@ -69,11 +70,22 @@ def test_phase_one_freezes_backbones_and_phase_two_unfreezes(tmp_path):
     trainer = Trainer(config, str(tmp_path / "run2"))
     summary = trainer.run()
     after = params_of(trainer)
-    assert np.abs(after["vision.layers.0.mlp.fc1.kernel"] - initial["vision.layers.0.mlp.fc1.kernel"]).max() > 0
-    assert np.abs(after["text.layers.0.attention.query.kernel"] - initial["text.layers.0.attention.query.kernel"]).max() > 0
-    records = [json.loads(l) for l in Path(tmp_path / "run2" / "metrics.jsonl").read_text().splitlines()]
+    assert (
+        np.abs(after["vision.layers.0.mlp.fc1.kernel"] - initial["vision.layers.0.mlp.fc1.kernel"]).max() > 0
+    )
+    assert (
+        np.abs(
+            after["text.layers.0.attention.query.kernel"] - initial["text.layers.0.attention.query.kernel"]
+        ).max()
+        > 0
+    )
+    records = [
+        json.loads(line) for line in Path(tmp_path / "run2" / "metrics.jsonl").read_text().splitlines()
+    ]
     assert [r["phase"] for r in records if "phase" in r] == [0, 0, 0, 1, 1, 1]
-    assert {"lr/head", "train/i2t_accuracy", "train/logit_scale", "train/grad_norm"} <= set(records[-1]) | set(records[-2])
+    assert {"lr/head", "train/i2t_accuracy", "train/logit_scale", "train/grad_norm"} <= set(
+        records[-1]
+    ) | set(records[-2])
     # one vocabulary: validation metrics under CLIP_benchmark's names in metrics.jsonl, TensorBoard and the summary
     val = {"val/loss"} | {f"val/{d}_retrieval_recall@{k}" for d in ("image", "text") for k in (1, 5)}
     assert set(summary["val"]) == val
@@ -91,21 +103,30 @@ def test_lit_config_keeps_vision_locked_in_phase_two(tmp_path):
     initial = {".".join(map(str, k)): np.asarray(v) for k, v in flat_params(trainer.model.module).items()}
     trainer.run()
     after = params_of(trainer)
-    np.testing.assert_array_equal(after["vision.layers.1.mlp.fc2.kernel"], initial["vision.layers.1.mlp.fc2.kernel"])
+    np.testing.assert_array_equal(
+        after["vision.layers.1.mlp.fc2.kernel"], initial["vision.layers.1.mlp.fc2.kernel"]
+    )
     assert np.abs(after["text.layers.1.mlp.fc2.kernel"] - initial["text.layers.1.mlp.fc2.kernel"]).max() > 0
 
 
 def test_resume_after_kill_9_continues_with_identical_losses(tmp_path):
     env = subprocess_env()
-    steps = ["--config.phases.warmup.steps=6", "--config.phases.finetune.steps=14",
-             "--config.train.checkpoint_every=3"]
+    steps = [
+        "--config.phases.warmup.steps=6",
+        "--config.phases.finetune.steps=14",
+        "--config.train.checkpoint_every=3",
+    ]
     run(train_command(tmp_path / "straight", tmp_path / "cache", *steps), env)
     reference = losses(tmp_path / "straight")
     assert sorted(reference) == list(range(1, 21))
 
     workdir = tmp_path / "killed"
-    process = subprocess.Popen(train_command(workdir, tmp_path / "cache", *steps), env=env,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    process = subprocess.Popen(
+        train_command(workdir, tmp_path / "cache", *steps),
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     deadline = time.time() + 240
     while time.time() < deadline and not (workdir / "checkpoints" / "9").exists():
         time.sleep(0.05)
@@ -125,8 +146,13 @@ def test_resume_after_kill_9_continues_with_identical_losses(tmp_path):
 def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tmp_path):
     env = subprocess_env()
     workdir = tmp_path / "run"
-    cmd = train_command(workdir, tmp_path / "cache", "--config.phases.warmup.steps=3",
-                        "--config.phases.finetune.steps=400", "--config.train.checkpoint_every=1000")
+    cmd = train_command(
+        workdir,
+        tmp_path / "cache",
+        "--config.phases.warmup.steps=3",
+        "--config.phases.finetune.steps=400",
+        "--config.train.checkpoint_every=1000",
+    )
     process = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 240
     while time.time() < deadline and process.poll() is None:  # wait until phase 2 runs (step 5)
@@ -171,8 +197,13 @@ def test_unknown_config_keys_are_errors_listing_valid_keys(tmp_path):
     config.train.bach_size = 3
     with pytest.raises(ValueError, match=r"Unknown config key\(s\) \['train.bach_size'\].*'batch_size'"):
         validate(config)
-    result = subprocess.run(train_command(tmp_path / "w", tmp_path / "cache", "--config.train.bach_size=3"),
-                            env=subprocess_env(), capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        train_command(tmp_path / "w", tmp_path / "cache", "--config.train.bach_size=3"),
+        env=subprocess_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode != 0
     assert "bach_size" in result.stderr and "batch_size" in result.stderr
 
@@ -185,16 +216,33 @@ def _free_port():
 
 def test_two_processes_match_one_process(tmp_path):
     """A real 2-process jax.distributed run (gloo, 4 CPU devices each) = a 1-process 8-device run."""
-    extra = ["--config.phases.warmup.steps=2", "--config.phases.finetune.steps=3", "--config.mesh.axes.fsdp=2"]
+    extra = [
+        "--config.phases.warmup.steps=2",
+        "--config.phases.finetune.steps=3",
+        "--config.mesh.axes.fsdp=2",
+    ]
     run(train_command(tmp_path / "single", tmp_path / "cache", *extra), subprocess_env(8))
     port = _free_port()
     workdir = tmp_path / "multi"
-    procs = [subprocess.Popen(train_command(workdir, tmp_path / "cache", *extra, f"--coordinator=127.0.0.1:{port}",
-                                            "--num_processes=2", f"--process_id={i}"),
-                              env=subprocess_env(4), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for i in range(2)]
+    procs = [
+        subprocess.Popen(
+            train_command(
+                workdir,
+                tmp_path / "cache",
+                *extra,
+                f"--coordinator=127.0.0.1:{port}",
+                "--num_processes=2",
+                f"--process_id={i}",
+            ),
+            env=subprocess_env(4),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(2)
+    ]
     outputs = [p.communicate(timeout=300) for p in procs]
-    for p, (out, err) in zip(procs, outputs):
+    for p, (_out, err) in zip(procs, outputs):
         assert p.returncode == 0, err[-3000:]
     single, multi = losses(tmp_path / "single"), losses(workdir)
     assert sorted(multi) == sorted(single) == [1, 2, 3, 4, 5]

@@ -7,14 +7,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
+from conftest import TINY_BERT, save_torch_model
 from flax import serialization
 
-from clip_jax.models import load_text_tower, load_vision_tower
-from clip_jax.models import bert, vit
+from clip_jax.models import bert, load_text_tower, load_vision_tower, vit
 from clip_jax.weights import CheckpointError, read_state_dict
 from clip_jax.weights.keymap import CONV, HEADS_BIAS, HEADS_IN, HEADS_OUT, LINEAR
-
-from conftest import TINY_BERT, save_torch_model
 
 
 def _torch_to_flax_tree(state_dict):
@@ -47,7 +45,9 @@ def test_legacy_flax_msgpack_loads(checkpoints, tmp_path):
         directory = tmp_path / name
         model.config.save_pretrained(directory)
         state = {k: v for k, v in model.state_dict().items() if not k.endswith("position_ids")}
-        (directory / "flax_model.msgpack").write_bytes(serialization.msgpack_serialize(_torch_to_flax_tree(state)))
+        (directory / "flax_model.msgpack").write_bytes(
+            serialization.msgpack_serialize(_torch_to_flax_tree(state))
+        )
         reference = {k: v.numpy() for k, v in state.items()}
         loaded = read_state_dict(directory)
         assert set(loaded) == set(reference)
@@ -69,13 +69,16 @@ def test_bfloat16_safetensors_are_read(checkpoints, tmp_path):
     np.testing.assert_array_equal(loaded["embeddings.word_embeddings.weight"].astype(np.float32), ref)
 
 
-@pytest.mark.parametrize("transform,torch_shape,ours_shape", [
-    (LINEAR, (6, 4), (4, 6)),
-    (HEADS_IN, (8, 4), (4, 2, 4)),
-    (HEADS_BIAS, (8,), (2, 4)),
-    (HEADS_OUT, (4, 8), (2, 4, 4)),
-    (CONV, (5, 3, 2, 2), (2, 2, 3, 5)),
-])
+@pytest.mark.parametrize(
+    "transform,torch_shape,ours_shape",
+    [
+        (LINEAR, (6, 4), (4, 6)),
+        (HEADS_IN, (8, 4), (4, 2, 4)),
+        (HEADS_BIAS, (8,), (2, 4)),
+        (HEADS_OUT, (4, 8), (2, 4, 4)),
+        (CONV, (5, 3, 2, 2), (2, 2, 3, 5)),
+    ],
+)
 def test_transforms_round_trip(transform, torch_shape, ours_shape):
     array = np.random.RandomState(0).randn(*torch_shape)
     ours = transform.forward(array, ours_shape)
@@ -99,7 +102,7 @@ def test_every_parameter_has_a_rule_both_ways(checkpoints):
         for key in checkpoints["models"][name].state_dict():
             if key.endswith(("position_ids", "token_type_ids")):
                 continue
-            hit = key_map.to_ours(key[len(prefix_drop):])
+            hit = key_map.to_ours(key[len(prefix_drop) :])
             assert hit is not None, key
             assert key_map.to_torch(hit[0])[0] == key
 
@@ -112,7 +115,10 @@ def test_wrong_shape_names_key_shapes_and_cause(checkpoints, tmp_path):
     with pytest.raises(CheckpointError) as error:
         load_text_tower(directory)
     message = str(error.value)
-    assert "encoder.layer.0.intermediate.dense.weight: (32, 48) does not fit layers.0.mlp.fc1.kernel (32, 40)" in message
+    assert (
+        "encoder.layer.0.intermediate.dense.weight: (32, 48) does not fit layers.0.mlp.fc1.kernel (32, 40)"
+        in message
+    )
     assert "config.json does not describe these weights" in message
 
 
@@ -141,11 +147,21 @@ def test_unreachable_hub_says_so(tmp_path):
     import subprocess
     import sys
 
-    env = dict(os.environ, HF_HUB_OFFLINE="0", HF_ENDPOINT="http://127.0.0.1:9", HF_HOME=str(tmp_path),
-               HF_HUB_ETAG_TIMEOUT="2", HF_HUB_DOWNLOAD_TIMEOUT="2")
-    code = ("from clip_jax.weights.readers import CheckpointError, resolve_checkpoint\n"
-            "try:\n    resolve_checkpoint('someone/some-model')\nexcept CheckpointError as e:\n    print(e)\n")
-    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=240)
+    env = dict(
+        os.environ,
+        HF_HUB_OFFLINE="0",
+        HF_ENDPOINT="http://127.0.0.1:9",
+        HF_HOME=str(tmp_path),
+        HF_HUB_ETAG_TIMEOUT="2",
+        HF_HUB_DOWNLOAD_TIMEOUT="2",
+    )
+    code = (
+        "from clip_jax.weights.readers import CheckpointError, resolve_checkpoint\n"
+        "try:\n    resolve_checkpoint('someone/some-model')\nexcept CheckpointError as e:\n    print(e)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=240
+    )
     assert "Could not get someone/some-model" in result.stdout, result.stdout + result.stderr[-2000:]
     assert "the hub could not be reached" in result.stdout and "check the network" in result.stdout
 
@@ -174,7 +190,9 @@ def test_missing_and_unexpected_keys_are_named(checkpoints, tmp_path):
     with pytest.raises(CheckpointError) as error:
         load_text_tower(directory)
     assert "missing from the checkpoint: encoder.layer.1.output.LayerNorm.bias" in str(error.value)
-    assert "unexpected keys (not used by the model): encoder.layer.0.attention.self.rotary.weight" in str(error.value)
+    assert "unexpected keys (not used by the model): encoder.layer.0.attention.self.rotary.weight" in str(
+        error.value
+    )
     with pytest.raises(CheckpointError, match="missing from the checkpoint"):
         load_text_tower(directory, ignore=(r".*rotary.*",))
     tower = load_text_tower(directory, ignore=(r".*rotary.*",), allow_missing=(r"layers\.1\.mlp_norm\.bias",))
@@ -240,5 +258,7 @@ def test_readers_never_leak_an_internal_error(checkpoints, tmp_path):
     directory.mkdir()
     (directory / "config.json").write_text(json.dumps(config))
     (directory / "flax_model.msgpack").write_bytes(serialization.msgpack_serialize([1, 2, 3]))
-    with pytest.raises(CheckpointError, match=r"flax_model.msgpack is not a Flax checkpoint: its root is a list"):
+    with pytest.raises(
+        CheckpointError, match=r"flax_model.msgpack is not a Flax checkpoint: its root is a list"
+    ):
         load_text_tower(directory)

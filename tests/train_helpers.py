@@ -21,7 +21,9 @@ def tiny_config(cache_dir, **overrides):
     c.model.projection_dim = 16
     c.data.cache_dir = str(cache_dir)
     c.data.shapes.update(num_train=64, num_val=16, image_size=32)
-    c.train.update(batch_size=16, log_every=1, checkpoint_every=2, eval_batch_size=16, async_checkpoints=False)
+    c.train.update(
+        batch_size=16, log_every=1, checkpoint_every=2, eval_batch_size=16, async_checkpoints=False
+    )
     c.phases.warmup = phase(3, HEAD, {"head": 1e-2})
     c.phases.finetune = phase(3, ".*", {"head": 1e-3, "vision": 1e-3, "text": 1e-3})
     c.mesh.fsdp_min_size = 0
@@ -36,22 +38,39 @@ def tiny_config(cache_dir, **overrides):
 
 CLI_TINY = [
     "--config=tiny",  # the built-in recipe of tiny random towers (clip_jax/configs/tiny.py)
-    "--config.model.vision.image_size=32", "--config.model.vision.hidden_size=32",
-    "--config.model.text.hidden_size=32", "--config.model.projection_dim=16",
-    "--config.data.shapes.num_train=64", "--config.data.shapes.num_val=16", "--config.data.shapes.image_size=32",
-    "--config.train.batch_size=16", "--config.train.log_every=1", "--config.train.eval_batch_size=16",
+    "--config.model.vision.image_size=32",
+    "--config.model.vision.hidden_size=32",
+    "--config.model.text.hidden_size=32",
+    "--config.model.projection_dim=16",
+    "--config.data.shapes.num_train=64",
+    "--config.data.shapes.num_val=16",
+    "--config.data.shapes.image_size=32",
+    "--config.train.batch_size=16",
+    "--config.train.log_every=1",
+    "--config.train.eval_batch_size=16",
     "--config.mesh.fsdp_min_size=0",
 ]
 
 
 def train_command(workdir, cache_dir, *extra):
-    return [sys.executable, str(REPO / "train.py"), f"--workdir={workdir}", f"--config.data.cache_dir={cache_dir}",
-            *CLI_TINY, *extra]
+    return [
+        sys.executable,
+        str(REPO / "train.py"),
+        f"--workdir={workdir}",
+        f"--config.data.cache_dir={cache_dir}",
+        *CLI_TINY,
+        *extra,
+    ]
 
 
 def subprocess_env(devices=8):
-    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1",
-               XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", JAX_PLATFORMS="cpu")
+    env = dict(
+        os.environ,
+        HF_HUB_OFFLINE="1",
+        PYTHONUNBUFFERED="1",
+        XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+        JAX_PLATFORMS="cpu",
+    )
     env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
     return env
 
@@ -83,8 +102,8 @@ def tensorboard_scalars(directory) -> dict[str, dict[int, float]]:
     for path in sorted(Path(directory).rglob("events.out.tfevents.*")):
         data, offset = path.read_bytes(), 0
         while offset < len(data):
-            (length,) = struct.unpack("<Q", data[offset:offset + 8])
-            event = Event.FromString(data[offset + 12:offset + 12 + length])
+            (length,) = struct.unpack("<Q", data[offset : offset + 8])
+            event = Event.FromString(data[offset + 12 : offset + 12 + length])
             offset += 12 + length + 4
             for value in event.summary.value:
                 out.setdefault(value.tag, {})[event.step] = value.simple_value

@@ -39,10 +39,17 @@ EN_DUPLICATES = {"missile", "sunglasses"}  # OpenAI's notebook: 'missile' (657, 
 def wheel_info(wheel: zipfile.ZipFile, path: Path) -> dict:
     dist_info = next(n.split("/")[0] for n in wheel.namelist() if n.split("/")[0].endswith(".dist-info"))
     meta = Parser().parsestr(wheel.read(f"{dist_info}/METADATA").decode())
-    licence = next((n for n in wheel.namelist() if n.startswith(f"{dist_info}/") and "LICENSE" in n.upper()), None)
-    return {"package": meta["Name"], "version": meta["Version"], "wheel": path.name,
-            "wheel_sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
-            "license_file": licence, "license_text": wheel.read(licence).decode().strip() if licence else None}
+    licence = next(
+        (n for n in wheel.namelist() if n.startswith(f"{dist_info}/") and "LICENSE" in n.upper()), None
+    )
+    return {
+        "package": meta["Name"],
+        "version": meta["Version"],
+        "wheel": path.name,
+        "wheel_sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
+        "license_file": licence,
+        "license_text": wheel.read(licence).decode().strip() if licence else None,
+    }
 
 
 def read_json(wheel: zipfile.ZipFile, name: str) -> list[str]:
@@ -87,9 +94,13 @@ def notice(info: dict) -> str:
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("clip_benchmark_wheel", type=Path)
-    parser.add_argument("--open_clip_wheel", type=Path, help="cross-check the English lists against open_clip's copy")
+    parser.add_argument(
+        "--open_clip_wheel", type=Path, help="cross-check the English lists against open_clip's copy"
+    )
     parser.add_argument("--out", type=Path, default=OUT)
     args = parser.parse_args(argv)
 
@@ -98,7 +109,10 @@ def main(argv=None) -> None:
         en_names, it_names = read_json(wheel, "en_classnames.json"), read_json(wheel, "it_classnames.json")
         en_templates = braces(read_json(wheel, "en_zeroshot_classification_templates.json"), "en templates")
         it_templates = braces(read_json(wheel, "it_zeroshot_classification_templates.json"), "it templates")
-    if (info["package"].lower().replace("_", "-"), info["license_text"] is not None) != ("clip-benchmark", True):
+    if (info["package"].lower().replace("_", "-"), info["license_text"] is not None) != (
+        "clip-benchmark",
+        True,
+    ):
         raise ValueError(f"{args.clip_benchmark_wheel} is not a clip-benchmark wheel with a licence file.")
     check_classnames(en_names, "en_classnames.json")
     check_classnames(it_names, "it_classnames.json")
@@ -110,61 +124,85 @@ def main(argv=None) -> None:
     if args.open_clip_wheel:
         oc_names, oc_templates = open_clip_lists(args.open_clip_wheel)
         if oc_names != en_names or oc_templates != en_templates:
-            raise ValueError("open_clip's IMAGENET_CLASSNAMES / OPENAI_IMAGENET_TEMPLATES differ from "
-                             "clip_benchmark's.")
+            raise ValueError(
+                "open_clip's IMAGENET_CLASSNAMES / OPENAI_IMAGENET_TEMPLATES differ from clip_benchmark's."
+            )
         with zipfile.ZipFile(args.open_clip_wheel) as wheel:
             oc = wheel_info(wheel, args.open_clip_wheel)
-        cross_check = ("identical to IMAGENET_CLASSNAMES and OPENAI_IMAGENET_TEMPLATES in "
-                       f"open_clip/zero_shot_metadata.py of {oc['package']} {oc['version']} "
-                       f"({oc['wheel']}, sha256 {oc['wheel_sha256']})")
+        cross_check = (
+            "identical to IMAGENET_CLASSNAMES and OPENAI_IMAGENET_TEMPLATES in "
+            f"open_clip/zero_shot_metadata.py of {oc['package']} {oc['version']} "
+            f"({oc['wheel']}, sha256 {oc['wheel_sha256']})"
+        )
 
     source = {k: info[k] for k in ("package", "version", "wheel", "wheel_sha256")}
     license_ = "MIT (clip_benchmark); copyright notices below."
     en = {
-        "dataset": "imagenet", "language": "en",
+        "dataset": "imagenet",
+        "language": "en",
         "provenance": {
             **source,
-            "files": {"classnames": f"{DATA}/en_classnames.json [{KEY!r}]",
-                      "templates": f"{DATA}/en_zeroshot_classification_templates.json [{KEY!r}]"},
-            "upstream": ("OpenAI CLIP's ImageNet class names (edited ImageNet labels) and its 80 prompt templates, "
-                         f"from {OPENAI_NOTEBOOK} (its cell prints '1000 classes, 80 templates')."),
+            "files": {
+                "classnames": f"{DATA}/en_classnames.json [{KEY!r}]",
+                "templates": f"{DATA}/en_zeroshot_classification_templates.json [{KEY!r}]",
+            },
+            "upstream": (
+                "OpenAI CLIP's ImageNet class names (edited ImageNet labels) and its 80 prompt templates, "
+                f"from {OPENAI_NOTEBOOK} (its cell prints '1000 classes, 80 templates')."
+            ),
             **({"cross_check": cross_check} if cross_check else {}),
             "changes": "none, except that the {c} placeholder is written {} as in OpenAI's notebook.",
-            "duplicates": {"classnames": duplicates(en_names),
-                           "note": "as in OpenAI's list; such classes get identical text embeddings."},
+            "duplicates": {
+                "classnames": duplicates(en_names),
+                "note": "as in OpenAI's list; such classes get identical text embeddings.",
+            },
             "license": license_,
             "license_notice": [notice(info), OPENAI_NOTICE],
             "generated_by": "tools/make_eval_resources.py",
         },
-        "classnames": en_names, "templates": en_templates,
+        "classnames": en_names,
+        "templates": en_templates,
     }
     it = {
-        "dataset": "imagenet", "language": "it",
+        "dataset": "imagenet",
+        "language": "it",
         "provenance": {
             **source,
-            "files": {"classnames": f"{DATA}/it_classnames.json [{KEY!r}]",
-                      "templates": f"{DATA}/it_zeroshot_classification_templates.json [{KEY!r}]"},
-            "upstream": ("clip_benchmark does not say where its Italian lists come from. They match CLIP-Italian's "
-                         f"evaluation files ({CLIP_ITALIAN}): the class names are the query_short_translated column of "
-                         "imagenet_labels_IT.tsv (WordNet's first synonym with an article, machine-translated with "
-                         "DeepL per CLIP-Italian's README, no manual editing), the templates are "
-                         "italian_templates_IT.txt (49 lines, an Italian adaptation of part of OpenAI's 80, with "
-                         "masculine/feminine variants). "
-                         "Checked by hand on the 49 templates and on about 130 class names at the start and the end."),
+            "files": {
+                "classnames": f"{DATA}/it_classnames.json [{KEY!r}]",
+                "templates": f"{DATA}/it_zeroshot_classification_templates.json [{KEY!r}]",
+            },
+            "upstream": (
+                "clip_benchmark does not say where its Italian lists come from. They match CLIP-Italian's "
+                f"evaluation files ({CLIP_ITALIAN}): the class names are the query_short_translated column of "
+                "imagenet_labels_IT.tsv (WordNet's first synonym with an article, machine-translated with "
+                "DeepL per CLIP-Italian's README, no manual editing), the templates are "
+                "italian_templates_IT.txt (49 lines, an Italian adaptation of part of OpenAI's 80, with "
+                "masculine/feminine variants). "
+                "Checked by hand on the 49 templates and on about 130 class names at the start and the end."
+            ),
             "changes": "none, except that the {c} placeholder is written {} as in CLIP-Italian's file.",
-            "duplicates": {"classnames": duplicates(it_names), "templates": duplicates(it_templates),
-                           "note": ("as in the source: different ImageNet classes translated to the same Italian "
-                                    "words get identical text embeddings (and the first index wins a tie); repeated "
-                                    "templates weigh twice in the ensemble. Kept, so that numbers match "
-                                    "CLIP-Italian's and CLIP_benchmark's Italian ImageNet setup.")},
-            "quality": ("machine translations of the raw WordNet names, not of OpenAI's edited names: some are wrong "
-                        "(e.g. 'kite' -> 'un aquilone', the toy; 'tick' -> 'un segno di spunta'), some untranslated "
-                        "('a agama'). Class order is the same as the English list (the standard ImageNet-1k order)."),
+            "duplicates": {
+                "classnames": duplicates(it_names),
+                "templates": duplicates(it_templates),
+                "note": (
+                    "as in the source: different ImageNet classes translated to the same Italian "
+                    "words get identical text embeddings (and the first index wins a tie); repeated "
+                    "templates weigh twice in the ensemble. Kept, so that numbers match "
+                    "CLIP-Italian's and CLIP_benchmark's Italian ImageNet setup."
+                ),
+            },
+            "quality": (
+                "machine translations of the raw WordNet names, not of OpenAI's edited names: some are wrong "
+                "(e.g. 'kite' -> 'un aquilone', the toy; 'tick' -> 'un segno di spunta'), some untranslated "
+                "('a agama'). Class order is the same as the English list (the standard ImageNet-1k order)."
+            ),
             "license": license_,
             "license_notice": [notice(info)],
             "generated_by": "tools/make_eval_resources.py",
         },
-        "classnames": it_names, "templates": it_templates,
+        "classnames": it_names,
+        "templates": it_templates,
     }
     args.out.mkdir(parents=True, exist_ok=True)
     for data in (en, it):

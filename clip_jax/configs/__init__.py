@@ -25,7 +25,11 @@ def resolve(spec: str) -> str:
     if not path.endswith(".py") and "/" not in path and path in names():
         return str(resources.files(__name__) / f"{path}.py") + sep + arg
     if path.endswith(".py") or "/" in path or os.sep in path:
-        raise ValueError(f"config file {path} does not exist — give a path to a .py file with get_config(), or a "
-                         f"built-in recipe: {', '.join(names())}")
-    raise ValueError(f"no built-in recipe {path!r} — choose one of {', '.join(names())}, or give a path to a "
-                     "config file (.py with get_config())")
+        raise ValueError(
+            f"config file {path} does not exist — give a path to a .py file with get_config(), or a "
+            f"built-in recipe: {', '.join(names())}"
+        )
+    raise ValueError(
+        f"no built-in recipe {path!r} — choose one of {', '.join(names())}, or give a path to a "
+        "config file (.py with get_config())"
+    )

@@ -50,6 +50,10 @@ def get_config():
     c.train.eval_every = 1000
     projections = r"(visual_projection|text_projection)(\..*)?"
     c.phases.warmup = phase(2000, projections, {"head": 1e-3}, warmup_steps=200)
-    c.phases.finetune = phase(20000, r"(vision|text|visual_projection|text_projection)\..*",
-                              {"head": 1e-5, "vision": 1e-5, "text": 1e-5}, warmup_steps=500)
+    c.phases.finetune = phase(
+        20000,
+        r"(vision|text|visual_projection|text_projection)\..*",
+        {"head": 1e-5, "vision": 1e-5, "text": 1e-5},
+        warmup_steps=500,
+    )
     return c

@@ -20,7 +20,9 @@ STUDENT = r"(text|text_projection)\..*"
 def get_config():
     c = base_config()
     c.train.objective = "distill"
-    c.model.vision = "demo:english-clip"  # the teacher: its vision side is kept, its text side gives the targets
+    c.model.vision = (
+        "demo:english-clip"  # the teacher: its vision side is kept, its text side gives the targets
+    )
     c.model.text = "demo:italian-bert"  # the student
     c.model.projection_dim = 64  # the teacher's embedding size
     c.model.max_length = 24

@@ -37,5 +37,7 @@ def get_config():
     c.train.checkpoint_every = 1000
     c.train.eval_every = 1000
     c.phases.warmup = phase(1000, r"text_projection\..*", {"head": 1e-3}, warmup_steps=100)
-    c.phases.finetune = phase(20000, r"(text|text_projection)\..*", {"head": 1e-4, "text": 2e-5}, warmup_steps=500)
+    c.phases.finetune = phase(
+        20000, r"(text|text_projection)\..*", {"head": 1e-4, "text": 2e-5}, warmup_steps=500
+    )
     return c

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -33,17 +33,26 @@ class BatchIterator:
     make the position resumable: a restored iterator yields exactly the batch the original would have.
     """
 
-    def __init__(self, dataset: ArrayDataset, batch_size: int, *, tokenize: Callable[[list[str]], dict],
-                 image_processor: ImageProcessorConfig, seed: int = 0, process_index: int = 0,
-                 process_count: int = 1):
+    def __init__(
+        self,
+        dataset: ArrayDataset,
+        batch_size: int,
+        *,
+        tokenize: Callable[[list[str]], dict],
+        image_processor: ImageProcessorConfig,
+        seed: int = 0,
+        process_index: int = 0,
+        process_count: int = 1,
+    ):
         if batch_size % process_count:
             raise ValueError(f"Batch size {batch_size} is not divisible by {process_count} processes.")
         if batch_size > len(dataset):
             raise ValueError(f"Batch size {batch_size} exceeds the {len(dataset)} examples of the data set.")
         self.dataset, self.batch_size, self.seed = dataset, batch_size, seed
         self.tokenize, self.image_processor = tokenize, image_processor
-        self.local = slice(process_index * batch_size // process_count,
-                           (process_index + 1) * batch_size // process_count)
+        self.local = slice(
+            process_index * batch_size // process_count, (process_index + 1) * batch_size // process_count
+        )
         self.epoch, self.position = 0, 0
         self._pixels = preprocess_images(list(dataset.images), image_processor)
 
@@ -57,7 +66,7 @@ class BatchIterator:
     def set_state(self, state: dict[str, int]) -> None:
         self.epoch, self.position = int(state["epoch"]), int(state["position"])
 
-    def __iter__(self) -> "BatchIterator":
+    def __iter__(self) -> BatchIterator:
         return self
 
     def __next__(self) -> dict[str, np.ndarray]:
@@ -66,9 +75,8 @@ class BatchIterator:
         rs = np.random.RandomState([self.seed, self.epoch])
         order = rs.permutation(len(self.dataset))
         choice = rs.randint(0, 1 << 30, len(self.dataset))
-        rows = order[self.position * self.batch_size:(self.position + 1) * self.batch_size][self.local]
+        rows = order[self.position * self.batch_size : (self.position + 1) * self.batch_size][self.local]
         self.position += 1
         texts = [self.dataset.captions[i][choice[i] % len(self.dataset.captions[i])] for i in rows]
         tokens = self.tokenize(texts)
         return {"pixel_values": self._pixels[rows], "index": rows.astype(np.int32), **tokens}
-

@@ -13,7 +13,7 @@ from __future__ import annotations
 import csv
 import io
 import json
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -33,22 +33,31 @@ def shapes_pairs(spec: ShapesSpec, split: str = "train") -> tuple[list[str], lis
                 continue
             for count in COUNTS:
                 for position in POSITIONS:
-                    en, it = captions(colour, shape, count, position, "en"), captions(colour, shape, count, position)
+                    en, it = (
+                        captions(colour, shape, count, position, "en"),
+                        captions(colour, shape, count, position),
+                    )
                     english += en
                     italian += it
     return english, italian
 
 
-def read_pairs(spec: str, teacher_column: str = "en", student_column: str = "it", *,
-               shapes: ShapesSpec | None = None) -> tuple[list[str], list[str]]:
+def read_pairs(
+    spec: str, teacher_column: str = "en", student_column: str = "it", *, shapes: ShapesSpec | None = None
+) -> tuple[list[str], list[str]]:
     """(teacher-language sentences, student-language sentences) of a pairs spec (see the module docstring)."""
     if spec == "shapes" or spec.startswith("shapes:"):
         return shapes_pairs(shapes or ShapesSpec(), spec.partition(":")[2] or "train")
     prefix, sep, rest = spec.partition(":")
-    fmt, path = (prefix, rest) if sep and prefix in ("jsonl", "json", "csv", "tsv") else (spec.rsplit(".", 1)[-1], spec)
+    fmt, path = (
+        (prefix, rest)
+        if sep and prefix in ("jsonl", "json", "csv", "tsv")
+        else (spec.rsplit(".", 1)[-1], spec)
+    )
     if fmt not in ("jsonl", "json", "csv", "tsv"):
-        raise ValueError(f"Cannot tell the format of parallel pairs {spec!r}; prefix it with jsonl:, json:, csv: "
-                         "or tsv:.")
+        raise ValueError(
+            f"Cannot tell the format of parallel pairs {spec!r}; prefix it with jsonl:, json:, csv: or tsv:."
+        )
     try:
         with open(path, encoding="utf-8") as f:
             text = f.read()
@@ -64,13 +73,20 @@ def read_pairs(spec: str, teacher_column: str = "en", student_column: str = "it"
         raise ValueError(f"Parallel pairs file {path} has no rows.")
     missing = [c for c in (teacher_column, student_column) if c not in rows[0]]
     if missing:
-        raise ValueError(f"{path}: no column(s) {missing} (columns: {sorted(rows[0])}); set distill.teacher_column "
-                         "/ distill.student_column.")
-    bad = [i for i, r in enumerate(rows) if not all(isinstance(r.get(c), str) and r[c].strip()
-                                                      for c in (teacher_column, student_column))]
+        raise ValueError(
+            f"{path}: no column(s) {missing} (columns: {sorted(rows[0])}); set distill.teacher_column "
+            "/ distill.student_column."
+        )
+    bad = [
+        i
+        for i, r in enumerate(rows)
+        if not all(isinstance(r.get(c), str) and r[c].strip() for c in (teacher_column, student_column))
+    ]
     if bad:
-        raise ValueError(f"{path}: rows {bad[:5]}{' ...' if len(bad) > 5 else ''} lack a non-empty text in "
-                         f"{teacher_column!r} or {student_column!r}.")
+        raise ValueError(
+            f"{path}: rows {bad[:5]}{' ...' if len(bad) > 5 else ''} lack a non-empty text in "
+            f"{teacher_column!r} or {student_column!r}."
+        )
     return [r[teacher_column] for r in rows], [r[student_column] for r in rows]
 
 
@@ -80,8 +96,17 @@ class PairBatches:
     ``input_ids``, ``attention_mask`` (the student's tokens) and ``target`` (float32 ``[B, D]``).
     ``get_state``/``set_state`` make the position resumable (as :class:`clip_jax.data.memory.BatchIterator`)."""
 
-    def __init__(self, texts: Sequence[str], targets: np.ndarray, batch_size: int, *,
-                 tokenize: Callable[[list[str]], dict], seed: int = 0, process_index: int = 0, process_count: int = 1):
+    def __init__(
+        self,
+        texts: Sequence[str],
+        targets: np.ndarray,
+        batch_size: int,
+        *,
+        tokenize: Callable[[list[str]], dict],
+        seed: int = 0,
+        process_index: int = 0,
+        process_count: int = 1,
+    ):
         if len(texts) != len(targets):
             raise ValueError(f"{len(texts)} sentences but {len(targets)} teacher embeddings.")
         if batch_size % process_count:
@@ -90,7 +115,9 @@ class PairBatches:
             raise ValueError(f"Batch size {batch_size} exceeds the {len(texts)} sentence pairs.")
         self.texts, self.targets = list(texts), np.asarray(targets, np.float32)
         self.batch_size, self.seed, self.tokenize = batch_size, seed, tokenize
-        self.local = slice(process_index * batch_size // process_count, (process_index + 1) * batch_size // process_count)
+        self.local = slice(
+            process_index * batch_size // process_count, (process_index + 1) * batch_size // process_count
+        )
         self.epoch, self.position = 0, 0
 
     @property
@@ -103,13 +130,13 @@ class PairBatches:
     def set_state(self, state: dict[str, int]) -> None:
         self.epoch, self.position = int(state["epoch"]), int(state["position"])
 
-    def __iter__(self) -> "PairBatches":
+    def __iter__(self) -> PairBatches:
         return self
 
     def __next__(self) -> dict[str, np.ndarray]:
         if self.position >= self.steps_per_epoch:
             self.epoch, self.position = self.epoch + 1, 0
         order = np.random.RandomState([self.seed, self.epoch]).permutation(len(self.texts))
-        rows = order[self.position * self.batch_size:(self.position + 1) * self.batch_size][self.local]
+        rows = order[self.position * self.batch_size : (self.position + 1) * self.batch_size][self.local]
         self.position += 1
         return {**self.tokenize([self.texts[i] for i in rows]), "target": self.targets[rows]}

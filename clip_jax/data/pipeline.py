@@ -18,8 +18,9 @@ import io
 import logging
 import math
 import warnings
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageOps
@@ -49,8 +50,11 @@ def check_pixel_count(image: Image.Image, path: str = "") -> None:
     limit = Image.MAX_IMAGE_PIXELS
     width, height = image.size
     if limit is not None and width * height > limit:
-        raise BadExample("decompression_bomb", f"{path}: {width}x{height} = {width * height} pixels, more than "
-                                               f"PIL.Image.MAX_IMAGE_PIXELS={limit}")
+        raise BadExample(
+            "decompression_bomb",
+            f"{path}: {width}x{height} = {width * height} pixels, more than "
+            f"PIL.Image.MAX_IMAGE_PIXELS={limit}",
+        )
 
 
 def decode_image(data: bytes | None, path: str = "") -> Image.Image:
@@ -69,7 +73,11 @@ def decode_image(data: bytes | None, path: str = "") -> Image.Image:
         image.load()
     except Image.DecompressionBombError as error:
         raise BadExample("decompression_bomb", f"{path}: {error}") from None
-    except (OSError, SyntaxError, ValueError) as error:  # PIL's errors for truncated / corrupt / unknown files
+    except (
+        OSError,
+        SyntaxError,
+        ValueError,
+    ) as error:  # PIL's errors for truncated / corrupt / unknown files
         raise BadExample("corrupt_image", f"{path}: {error}") from None
     image = ImageOps.exif_transpose(image)
     if image.mode in ("I;16", "I;16B", "I;16L", "I"):  # 16/32-bit greyscale: scale to 8 bits
@@ -93,15 +101,20 @@ def valid_captions(captions: Sequence[Any], key: str) -> list[str]:
     return good
 
 
-def random_resized_crop(image: Image.Image, size: int, scale: tuple[float, float], ratio: tuple[float, float],
-                        rng: np.random.Generator) -> Image.Image:
+def random_resized_crop(
+    image: Image.Image,
+    size: int,
+    scale: tuple[float, float],
+    ratio: tuple[float, float],
+    rng: np.random.Generator,
+) -> Image.Image:
     """A random crop of ``scale`` x area and ``ratio`` aspect, resized to ``size``² (bicubic), as torchvision's."""
     width, height = image.size
     area = width * height
     for _ in range(10):
         target = area * rng.uniform(*scale)
         aspect = math.exp(rng.uniform(math.log(ratio[0]), math.log(ratio[1])))
-        w, h = int(round(math.sqrt(target * aspect))), int(round(math.sqrt(target / aspect)))
+        w, h = round(math.sqrt(target * aspect)), round(math.sqrt(target / aspect))
         if 0 < w <= width and 0 < h <= height:
             left, top = int(rng.integers(0, width - w + 1)), int(rng.integers(0, height - h + 1))
             return image.resize((size, size), Image.Resampling.BICUBIC, box=(left, top, left + w, top + h))
@@ -130,7 +143,8 @@ class Transform:
                 image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
             array = np.asarray(image).astype(np.float32) * np.float32(self.processor.rescale_factor)
             pixels = (array - np.asarray(self.processor.image_mean, np.float32)) / np.asarray(
-                self.processor.image_std, np.float32)
+                self.processor.image_std, np.float32
+            )
             return {"pixel_values": pixels, "caption": captions[int(rng.integers(len(captions)))]}
         return {"pixel_values": preprocess_image(image, self.processor), "captions": captions}
 
@@ -138,7 +152,9 @@ class Transform:
 class BadDataMonitor:
     """Counts skipped examples by reason; warns periodically; stops when too much is bad."""
 
-    def __init__(self, source: str, max_bad_fraction: float = 0.1, report_every: int = 10000, min_seen: int = 100):
+    def __init__(
+        self, source: str, max_bad_fraction: float = 0.1, report_every: int = 10000, min_seen: int = 100
+    ):
         self.source, self.max_bad_fraction = source, max_bad_fraction
         self.report_every, self.min_seen = report_every, min_seen
         self.counts: collections.Counter = collections.Counter()
@@ -156,8 +172,10 @@ class BadDataMonitor:
             self.first.append(str(error))
         bad = sum(self.counts.values())
         if self.seen >= self.min_seen and bad / self.seen > self.max_bad_fraction:
-            raise DataError(f"{bad} of {self.seen} examples from {self.source} are bad ({dict(self.counts)}), more "
-                            f"than data.max_bad_fraction={self.max_bad_fraction}. First failures: {self.first}")
+            raise DataError(
+                f"{bad} of {self.seen} examples from {self.source} are bad ({dict(self.counts)}), more "
+                f"than data.max_bad_fraction={self.max_bad_fraction}. First failures: {self.first}"
+            )
         self._maybe_report()
 
     def _maybe_report(self) -> None:
@@ -167,8 +185,14 @@ class BadDataMonitor:
     def report(self, when: str = "") -> None:
         """Log the skip counts so far (if any), ``when`` saying what prompted it (e.g. an epoch end)."""
         if self.counts:
-            logger.warning("%sSkipped %d of %d examples from %s so far: %s", f"{when}: " if when else "",
-                           sum(self.counts.values()), self.seen, self.source, dict(self.counts))
+            logger.warning(
+                "%sSkipped %d of %d examples from %s so far: %s",
+                f"{when}: " if when else "",
+                sum(self.counts.values()),
+                self.seen,
+                self.source,
+                dict(self.counts),
+            )
 
     def state(self) -> dict:
         return {"seen": self.seen, "counts": dict(self.counts)}
@@ -212,8 +236,15 @@ class _Positioned:
         self.epoch, self.value = epoch, value
 
 
-def _transform_at(transform: Transform, seed: int, process_index: int, process_count: int, epoch_length: int,
-                  index: int, record: dict) -> _Positioned:
+def _transform_at(
+    transform: Transform,
+    seed: int,
+    process_index: int,
+    process_count: int,
+    epoch_length: int,
+    index: int,
+    record: dict,
+) -> _Positioned:
     """Transform the ``index``-th example of this process's share (picklable for worker processes)."""
     position = index * process_count + process_index
     return _Positioned(position // epoch_length, _safe(transform, record, _element_rng(seed, position)))
@@ -233,16 +264,28 @@ class ExampleStream:
     that ended since it was last called.
     """
 
-    def __init__(self, specs: Sequence[str] | str, transform: Transform, *, seed: int = 0, process_index: int = 0,
-                 process_count: int = 1, workers: int = 4, worker_processes: int = 0, image_key: str = "",
-                 caption_key: str = ""):
+    def __init__(
+        self,
+        specs: Sequence[str] | str,
+        transform: Transform,
+        *,
+        seed: int = 0,
+        process_index: int = 0,
+        process_count: int = 1,
+        workers: int = 4,
+        worker_processes: int = 0,
+        image_key: str = "",
+        caption_key: str = "",
+    ):
         import functools
 
         import grain
 
         if worker_processes < 0 or workers < 1:
-            raise ValueError(f"data.workers must be >= 1 and data.worker_processes >= 0; got {workers} and "
-                             f"{worker_processes}.")
+            raise ValueError(
+                f"data.workers must be >= 1 and data.worker_processes >= 0; got {workers} and "
+                f"{worker_processes}."
+            )
         self.transform, self.seed, self.workers = transform, seed, workers
         self._epoch: int | None = None
         self._ended: list[tuple[str, int]] = []
@@ -250,35 +293,64 @@ class ExampleStream:
         keys = {k: v for k, v in (("image_key", image_key), ("caption_key", caption_key)) if v}
         sources = [(_source(spec, keys), weight) for spec, weight in mixture]
         self.name = ", ".join(spec for spec, _ in mixture)
-        streaming = [s for s, _ in sources if isinstance(s, WebDatasetSource) or getattr(s, "streaming", False)]
+        streaming = [
+            s for s, _ in sources if isinstance(s, WebDatasetSource) or getattr(s, "streaming", False)
+        ]
         if streaming and len(sources) > 1:  # weighted interleaving of one stream per source
-            streams = [ExampleStream(spec, transform, seed=seed + i, process_index=process_index,
-                                     process_count=process_count, workers=workers,
-                                     worker_processes=worker_processes, image_key=image_key,
-                                     caption_key=caption_key) for i, (spec, _) in enumerate(mixture)]
+            streams = [
+                ExampleStream(
+                    spec,
+                    transform,
+                    seed=seed + i,
+                    process_index=process_index,
+                    process_count=process_count,
+                    workers=workers,
+                    worker_processes=worker_processes,
+                    image_key=image_key,
+                    caption_key=caption_key,
+                )
+                for i, (spec, _) in enumerate(mixture)
+            ]
             self._wds, self._iter = _MixedStream(streams, [w for _, w in mixture], seed), None
             return
         if streaming:
-            self._wds = _SequentialStream(sources[0][0], transform, seed, process_index, process_count, workers,
-                                          worker_processes, name=self.name)
+            self._wds = _SequentialStream(
+                sources[0][0],
+                transform,
+                seed,
+                process_index,
+                process_count,
+                workers,
+                worker_processes,
+                name=self.name,
+            )
             self._iter = None
             return
         self._wds = None
-        datasets = [grain.MapDataset.source(s).shuffle(seed=seed + i).repeat(None) for i, (s, _) in enumerate(sources)]
+        datasets = [
+            grain.MapDataset.source(s).shuffle(seed=seed + i).repeat(None) for i, (s, _) in enumerate(sources)
+        ]
         mixed = datasets[0] if len(datasets) == 1 else grain.MapDataset.mix(datasets, [w for _, w in sources])
         mine = mixed[process_index::process_count]
         epoch_length = max(1, sum(len(s) for s, _ in sources))  # one pass over every source's examples
-        mapped = mine.map_with_index(functools.partial(_transform_at, transform, seed, process_index, process_count,
-                                                       epoch_length))
-        dataset = mapped.to_iter_dataset(grain.ReadOptions(num_threads=workers, prefetch_buffer_size=
-                                                           max(2 * workers, 8)))
+        mapped = mine.map_with_index(
+            functools.partial(_transform_at, transform, seed, process_index, process_count, epoch_length)
+        )
+        dataset = mapped.to_iter_dataset(
+            grain.ReadOptions(num_threads=workers, prefetch_buffer_size=max(2 * workers, 8))
+        )
         if worker_processes:
             from absl import flags
 
-            if not flags.FLAGS.is_parsed():  # grain reads its absl flags; outside an absl app use their defaults
+            if (
+                not flags.FLAGS.is_parsed()
+            ):  # grain reads its absl flags; outside an absl app use their defaults
                 flags.FLAGS.mark_as_parsed()
-            dataset = dataset.mp_prefetch(grain.MultiprocessingOptions(
-                num_workers=worker_processes, per_worker_buffer_size=max(2 * workers, 8)))
+            dataset = dataset.mp_prefetch(
+                grain.MultiprocessingOptions(
+                    num_workers=worker_processes, per_worker_buffer_size=max(2 * workers, 8)
+                )
+            )
         self._iter = iter(dataset)
 
     def __iter__(self):
@@ -325,10 +397,17 @@ class _MixedStream:
         total = float(sum(weights))
         if total <= 0 or any(w < 0 for w in weights):
             raise ValueError(f"Mixture weights must be non-negative and not all zero; got {list(weights)}.")
-        self.streams, self.probabilities, self.seed, self.draws = streams, np.asarray(weights) / total, seed, 0
+        self.streams, self.probabilities, self.seed, self.draws = (
+            streams,
+            np.asarray(weights) / total,
+            seed,
+            0,
+        )
 
     def __next__(self) -> Any:
-        choice = np.random.default_rng([self.seed, 7919, self.draws]).choice(len(self.streams), p=self.probabilities)
+        choice = np.random.default_rng([self.seed, 7919, self.draws]).choice(
+            len(self.streams), p=self.probabilities
+        )
         self.draws += 1
         return next(self.streams[choice])
 
@@ -353,11 +432,22 @@ class _SequentialStream:
     shards, reshuffled per epoch; streaming HF datasets: one unit per epoch), decoding in a thread
     pool or in worker processes; resumable by (epoch, unit, example)."""
 
-    def __init__(self, source: WebDatasetSource | HFSource, transform: Transform, seed: int, process_index: int,
-                 process_count: int, workers: int, worker_processes: int = 0, name: str = ""):
+    def __init__(
+        self,
+        source: WebDatasetSource | HFSource,
+        transform: Transform,
+        seed: int,
+        process_index: int,
+        process_count: int,
+        workers: int,
+        worker_processes: int = 0,
+        name: str = "",
+    ):
         if isinstance(source, WebDatasetSource) and len(source.shards) < process_count:
-            raise ValueError(f"{len(source.shards)} shards cannot be split over {process_count} processes; "
-                             "write more shards (python -m clip_jax.data.to_webdataset --shard_size ...).")
+            raise ValueError(
+                f"{len(source.shards)} shards cannot be split over {process_count} processes; "
+                "write more shards (python -m clip_jax.data.to_webdataset --shard_size ...)."
+            )
         self.source, self.transform, self.seed = source, transform, seed
         self.process_index, self.process_count = process_index, process_count
         self.name = name or type(source).__name__
@@ -365,7 +455,9 @@ class _SequentialStream:
             import multiprocessing
 
             self.workers = worker_processes
-            self.pool = futures.ProcessPoolExecutor(worker_processes, mp_context=multiprocessing.get_context("spawn"))
+            self.pool = futures.ProcessPoolExecutor(
+                worker_processes, mp_context=multiprocessing.get_context("spawn")
+            )
         else:
             self.workers = max(1, workers)
             self.pool = futures.ThreadPoolExecutor(self.workers)
@@ -377,9 +469,11 @@ class _SequentialStream:
 
     def _units(self) -> list[Callable[[], Iterator[dict]]]:
         if isinstance(self.source, HFSource):
-            return [lambda: self.source.iterate(self.epoch, self.seed, self.process_index, self.process_count)]
+            return [
+                lambda: self.source.iterate(self.epoch, self.seed, self.process_index, self.process_count)
+            ]
         order = np.random.default_rng([self.seed, self.epoch]).permutation(len(self.source.shards))
-        mine = [self.source.shards[i] for i in order][self.process_index::self.process_count]
+        mine = [self.source.shards[i] for i in order][self.process_index :: self.process_count]
         return [lambda shard=shard: self.source.read_shard(shard) for shard in mine]
 
     def _records(self) -> Iterator[tuple[tuple[int, int, int], dict]]:
@@ -398,7 +492,9 @@ class _SequentialStream:
         while len(self._buffer) < 2 * self.workers:
             position, record = next(self._reader)
             rng = np.random.default_rng([self.seed, *position, self.process_index])
-            self._buffer.append((position, self.pool.submit(_transform_streamed, self.transform, record, rng)))
+            self._buffer.append(
+                (position, self.pool.submit(_transform_streamed, self.transform, record, rng))
+            )
         (epoch, unit, i), future = self._buffer.popleft()
         if epoch > self._consumed[0]:
             self._ended.append((self.name, self._consumed[0]))
@@ -430,8 +526,13 @@ class TrainBatches:
     Yields ``pixel_values`` float32 ``[b, S, S, 3]``, ``input_ids``, ``attention_mask``.
     """
 
-    def __init__(self, stream: ExampleStream, local_batch: int, tokenize: Callable[[list[str]], dict],
-                 monitor: BadDataMonitor):
+    def __init__(
+        self,
+        stream: ExampleStream,
+        local_batch: int,
+        tokenize: Callable[[list[str]], dict],
+        monitor: BadDataMonitor,
+    ):
         self.stream, self.local_batch, self.tokenize, self.monitor = stream, local_batch, tokenize, monitor
 
     def __iter__(self):
@@ -471,8 +572,9 @@ def _process_records(source, process_index: int = 0, process_count: int = 1) -> 
     return (source[i] for i in range(process_index, len(source), process_count))
 
 
-def _eval_examples(records: Iterator[dict], processor: ImageProcessorConfig, workers: int,
-                   counts: collections.Counter) -> Iterator[tuple[np.ndarray, list[str]]]:
+def _eval_examples(
+    records: Iterator[dict], processor: ImageProcessorConfig, workers: int, counts: collections.Counter
+) -> Iterator[tuple[np.ndarray, list[str]]]:
     """``(pixels, captions)`` of the usable records in order (eval preprocessing), decoded ``workers`` at a
     time with at most ``4 * workers`` in flight (memory stays bounded on any data size); skips counted."""
     transform = Transform(processor, train=False)
@@ -494,9 +596,16 @@ def _eval_examples(records: Iterator[dict], processor: ImageProcessorConfig, wor
             yield result["pixel_values"], result["captions"]
 
 
-def process_examples(specs: Sequence[str] | str, processor: ImageProcessorConfig, *, process_index: int = 0,
-                     process_count: int = 1, chunk: int = 64, workers: int = 4, **keys: str
-                     ) -> Iterator[tuple[np.ndarray, list[list[str]]]]:
+def process_examples(
+    specs: Sequence[str] | str,
+    processor: ImageProcessorConfig,
+    *,
+    process_index: int = 0,
+    process_count: int = 1,
+    chunk: int = 64,
+    workers: int = 4,
+    **keys: str,
+) -> Iterator[tuple[np.ndarray, list[list[str]]]]:
     """One pass over this process's part of every source of a mixture (weights ignored), with eval
     preprocessing and every caption: chunks of ``(pixels, captions)``. Bad examples are skipped and
     counted (a warning at the end); none usable is a :class:`DataError`."""
@@ -527,14 +636,22 @@ def check_bad_fraction(spec: str, skipped: dict, used: int, max_bad_fraction: fl
     bad = sum(skipped.values())
     seen = bad + used
     if max_bad_fraction is not None and seen and bad / seen > max_bad_fraction:
-        raise DataError(f"{bad} of {seen} examples of {spec} could not be used ({dict(skipped)}), more than the "
-                        f"allowed fraction {max_bad_fraction} — fix the data (or its image/caption keys), or raise "
-                        "the limit (eval: --max_bad_fraction; training: data.max_bad_fraction)")
+        raise DataError(
+            f"{bad} of {seen} examples of {spec} could not be used ({dict(skipped)}), more than the "
+            f"allowed fraction {max_bad_fraction} — fix the data (or its image/caption keys), or raise "
+            "the limit (eval: --max_bad_fraction; training: data.max_bad_fraction)"
+        )
 
 
-def load_eval_examples(spec: str, processor: ImageProcessorConfig, *, limit: int | None = None,
-                       workers: int = 4, max_bad_fraction: float | None = None, **keys: str
-                       ) -> tuple[np.ndarray, list[list[str]], dict]:
+def load_eval_examples(
+    spec: str,
+    processor: ImageProcessorConfig,
+    *,
+    limit: int | None = None,
+    workers: int = 4,
+    max_bad_fraction: float | None = None,
+    **keys: str,
+) -> tuple[np.ndarray, list[list[str]], dict]:
     """All usable examples of a source in order (eval preprocessing, every caption): pixels, captions, skip
     counts. More skipped than ``max_bad_fraction`` of the examples seen is a :class:`DataError`."""
     pixels, captions, counts = [], [], collections.Counter()

@@ -10,8 +10,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageOps
@@ -37,32 +38,39 @@ class ImageProcessorConfig:
     do_normalize: bool = True
 
     @classmethod
-    def for_image_size(cls, image_size: int) -> "ImageProcessorConfig":
+    def for_image_size(cls, image_size: int) -> ImageProcessorConfig:
         """OpenAI CLIP's preprocessing for a tower taking ``image_size`` pixels."""
         return cls(shortest_edge=image_size, crop_height=image_size, crop_width=image_size)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "ImageProcessorConfig":
+    def from_dict(cls, d: dict[str, Any]) -> ImageProcessorConfig:
         """From the contents of a ``preprocessor_config.json``."""
         size, crop = d.get("size", 224), d.get("crop_size", 224)
         if isinstance(size, dict):
             if "shortest_edge" not in size:
-                raise ValueError(f"Only size={{'shortest_edge': N}} is supported by CLIP preprocessing; got {size}.")
+                raise ValueError(
+                    f"Only size={{'shortest_edge': N}} is supported by CLIP preprocessing; got {size}."
+                )
             size = size["shortest_edge"]
         if isinstance(crop, dict):
             crop_h, crop_w = crop["height"], crop["width"]
         else:
             crop_h = crop_w = crop
-        return cls(shortest_edge=int(size), crop_height=int(crop_h), crop_width=int(crop_w),
-                   image_mean=tuple(d.get("image_mean", OPENAI_CLIP_MEAN)),
-                   image_std=tuple(d.get("image_std", OPENAI_CLIP_STD)),
-                   resample=int(d.get("resample", Image.Resampling.BICUBIC)),
-                   rescale_factor=float(d.get("rescale_factor", 1 / 255)),
-                   do_resize=bool(d.get("do_resize", True)), do_center_crop=bool(d.get("do_center_crop", True)),
-                   do_normalize=bool(d.get("do_normalize", True)))
+        return cls(
+            shortest_edge=int(size),
+            crop_height=int(crop_h),
+            crop_width=int(crop_w),
+            image_mean=tuple(d.get("image_mean", OPENAI_CLIP_MEAN)),
+            image_std=tuple(d.get("image_std", OPENAI_CLIP_STD)),
+            resample=int(d.get("resample", Image.Resampling.BICUBIC)),
+            rescale_factor=float(d.get("rescale_factor", 1 / 255)),
+            do_resize=bool(d.get("do_resize", True)),
+            do_center_crop=bool(d.get("do_center_crop", True)),
+            do_normalize=bool(d.get("do_normalize", True)),
+        )
 
     @classmethod
-    def from_pretrained(cls, directory: str | os.PathLike) -> "ImageProcessorConfig | None":
+    def from_pretrained(cls, directory: str | os.PathLike) -> ImageProcessorConfig | None:
         """The directory's ``preprocessor_config.json``, or None if it has none."""
         path = Path(directory) / PREPROCESSOR_CONFIG
         return cls.from_dict(json.loads(path.read_text())) if path.is_file() else None
@@ -70,11 +78,18 @@ class ImageProcessorConfig:
     def to_dict(self) -> dict[str, Any]:
         """A ``preprocessor_config.json`` that transformers' ``CLIPImageProcessor`` reads."""
         return {
-            "image_processor_type": "CLIPImageProcessor", "do_resize": self.do_resize,
-            "size": {"shortest_edge": self.shortest_edge}, "resample": self.resample,
-            "do_center_crop": self.do_center_crop, "crop_size": {"height": self.crop_height, "width": self.crop_width},
-            "do_rescale": True, "rescale_factor": self.rescale_factor, "do_normalize": self.do_normalize,
-            "image_mean": list(self.image_mean), "image_std": list(self.image_std), "do_convert_rgb": True,
+            "image_processor_type": "CLIPImageProcessor",
+            "do_resize": self.do_resize,
+            "size": {"shortest_edge": self.shortest_edge},
+            "resample": self.resample,
+            "do_center_crop": self.do_center_crop,
+            "crop_size": {"height": self.crop_height, "width": self.crop_width},
+            "do_rescale": True,
+            "rescale_factor": self.rescale_factor,
+            "do_normalize": self.do_normalize,
+            "image_mean": list(self.image_mean),
+            "image_std": list(self.image_std),
+            "do_convert_rgb": True,
         }
 
     def save_pretrained(self, directory: str | os.PathLike) -> None:
@@ -111,10 +126,10 @@ def _center_crop(array: np.ndarray, crop_h: int, crop_w: int) -> np.ndarray:
     if h < crop_h or w < crop_w:  # pad with zeros, centred, as transformers does
         padded = np.zeros((max(h, crop_h), max(w, crop_w), array.shape[2]), array.dtype)
         top, left = (padded.shape[0] - h + 1) // 2, (padded.shape[1] - w + 1) // 2
-        padded[top:top + h, left:left + w] = array
+        padded[top : top + h, left : left + w] = array
         array, h, w = padded, padded.shape[0], padded.shape[1]
     top, left = (h - crop_h) // 2, (w - crop_w) // 2
-    return array[top:top + crop_h, left:left + crop_w]
+    return array[top : top + crop_h, left : left + crop_w]
 
 
 def preprocess_image(image: Image.Image | np.ndarray, config: ImageProcessorConfig) -> np.ndarray:

@@ -16,38 +16,69 @@ from PIL import Image, ImageDraw
 
 # Scenes are described by Italian ids (colour, shape, count, position); each language says them its own way.
 # noun: (singular, plural); colour: (RGB, masculine singular, masculine plural)
-SHAPES = {"cerchio": ("cerchio", "cerchi"), "quadrato": ("quadrato", "quadrati"),
-          "triangolo": ("triangolo", "triangoli")}
-COLOURS = {"rosso": ((220, 30, 30), "rosso", "rossi"), "verde": ((30, 170, 40), "verde", "verdi"),
-           "blu": ((30, 60, 220), "blu", "blu"), "giallo": ((235, 200, 20), "giallo", "gialli")}
+SHAPES = {
+    "cerchio": ("cerchio", "cerchi"),
+    "quadrato": ("quadrato", "quadrati"),
+    "triangolo": ("triangolo", "triangoli"),
+}
+COLOURS = {
+    "rosso": ((220, 30, 30), "rosso", "rossi"),
+    "verde": ((30, 170, 40), "verde", "verdi"),
+    "blu": ((30, 60, 220), "blu", "blu"),
+    "giallo": ((235, 200, 20), "giallo", "gialli"),
+}
 COUNTS = {1: "un", 2: "due", 3: "tre"}
-POSITIONS = {"a sinistra": (0.0, 0.0, 0.5, 1.0), "a destra": (0.5, 0.0, 1.0, 1.0),
-             "in alto": (0.0, 0.0, 1.0, 0.5), "in basso": (0.0, 0.5, 1.0, 1.0)}
+POSITIONS = {
+    "a sinistra": (0.0, 0.0, 0.5, 1.0),
+    "a destra": (0.5, 0.0, 1.0, 1.0),
+    "in alto": (0.0, 0.0, 1.0, 0.5),
+    "in basso": (0.0, 0.5, 1.0, 1.0),
+}
 LANGUAGES = ("it", "en")
 
 #: English words for the same scenes.
-SHAPES_EN = {"cerchio": ("circle", "circles"), "quadrato": ("square", "squares"), "triangolo": ("triangle", "triangles")}
+SHAPES_EN = {
+    "cerchio": ("circle", "circles"),
+    "quadrato": ("square", "squares"),
+    "triangolo": ("triangle", "triangles"),
+}
 COLOURS_EN = {"rosso": "red", "verde": "green", "blu": "blue", "giallo": "yellow"}
 COUNTS_EN = {1: "one", 2: "two", 3: "three"}
-POSITIONS_EN = {"a sinistra": "on the left", "a destra": "on the right", "in alto": "at the top",
-                "in basso": "at the bottom"}
+POSITIONS_EN = {
+    "a sinistra": "on the left",
+    "a destra": "on the right",
+    "in alto": "at the top",
+    "in basso": "at the bottom",
+}
 
 
 def _italian(colour: str, shape: str, count: int, position: str) -> list[str]:
     noun = SHAPES[shape][0 if count == 1 else 1]
     adjective = COLOURS[colour][1 if count == 1 else 2]
     number = COUNTS[count]
-    there = f"{position} c'è un {noun} {adjective}" if count == 1 else f"{position} ci sono {number} {noun} {adjective}"
-    return [f"{number} {noun} {adjective} {position}", there, f"una foto di {number} {noun} {adjective} {position}",
-            f"{number} {noun} di colore {COLOURS[colour][1]} {position}"]
+    there = (
+        f"{position} c'è un {noun} {adjective}"
+        if count == 1
+        else f"{position} ci sono {number} {noun} {adjective}"
+    )
+    return [
+        f"{number} {noun} {adjective} {position}",
+        there,
+        f"una foto di {number} {noun} {adjective} {position}",
+        f"{number} {noun} di colore {COLOURS[colour][1]} {position}",
+    ]
 
 
 def _english(colour: str, shape: str, count: int, position: str) -> list[str]:
     noun = SHAPES_EN[shape][0 if count == 1 else 1]
     number, adjective, where = COUNTS_EN[count], COLOURS_EN[colour], POSITIONS_EN[position]
     be = "is" if count == 1 else "are"
-    return [f"{number} {adjective} {noun} {where}", f"{where} there {be} {number} {adjective} {noun}",
-            f"a photo of {number} {adjective} {noun} {where}", f"{number} {noun} coloured {adjective} {where}"]
+    return [
+        f"{number} {adjective} {noun} {where}",
+        f"{where} there {be} {number} {adjective} {noun}",
+        f"a photo of {number} {adjective} {noun} {where}",
+        f"{number} {noun} coloured {adjective} {where}",
+    ]
 
 
 def captions(colour: str, shape: str, count: int, position: str, language: str = "it") -> list[str]:
@@ -84,12 +115,16 @@ class ShapesSpec:
         pairs = {tuple(p.split(":")) for p in self.holdout.split(",") if p}
         for colour, shape in pairs:
             if colour not in COLOURS or shape not in SHAPES:
-                raise ValueError(f"Held-out pair {colour}:{shape} is not a colour:shape of {sorted(COLOURS)} x "
-                                 f"{sorted(SHAPES)}.")
+                raise ValueError(
+                    f"Held-out pair {colour}:{shape} is not a colour:shape of {sorted(COLOURS)} x "
+                    f"{sorted(SHAPES)}."
+                )
         return pairs
 
 
-def draw(colour: str, shape: str, count: int, position: str, size: int, rs: np.random.RandomState) -> np.ndarray:
+def draw(
+    colour: str, shape: str, count: int, position: str, size: int, rs: np.random.RandomState
+) -> np.ndarray:
     """A ``size x size`` RGB uint8 picture of ``count`` shapes of one colour inside the named region."""
     background = tuple(int(v) for v in rs.randint(200, 256, 3))
     image = Image.new("RGB", (size, size), background)
@@ -137,8 +172,11 @@ def generate(spec: ShapesSpec) -> dict[str, object]:
             labels.append({"colour": colour, "shape": shape, "count": count, "position": position})
         return {"images": np.stack(images), "captions": texts, "labels": labels}
 
-    return {"train": split(spec.num_train, seen), "val": split(spec.num_val, seen),
-            "heldout": split(max(spec.num_val, 64), sorted(holdout)) if holdout else None}
+    return {
+        "train": split(spec.num_train, seen),
+        "val": split(spec.num_val, seen),
+        "heldout": split(max(spec.num_val, 64), sorted(holdout)) if holdout else None,
+    }
 
 
 def vocabulary(language: str = "it") -> list[str]:
@@ -152,7 +190,7 @@ def vocabulary(language: str = "it") -> list[str]:
     split = lambda text: [w for w, _ in pre_tokenizer.pre_tokenize_str(normalizer.normalize_str(text))]
     texts = [text for scene in all_scenes() for text in captions(*scene, language)]
     if language == "it":
-        texts += sentences(np.random.RandomState(0), 2000) + ["una immagine con forme di colore e forma"]
+        texts += [*sentences(np.random.RandomState(0), 2000), "una immagine con forme di colore e forma"]
     return sorted({w for text in texts for w in split(text)})
 
 
@@ -167,7 +205,9 @@ def load_or_generate(spec: ShapesSpec, cache_dir: str | os.PathLike) -> dict[str
             if split is None:
                 continue
             np.save(path / f"{name}_images.npy", split["images"])
-            (path / f"{name}.json").write_text(json.dumps({"captions": split["captions"], "labels": split["labels"]}))
+            (path / f"{name}.json").write_text(
+                json.dumps({"captions": split["captions"], "labels": split["labels"]})
+            )
         (path / "done").write_text("ok")
     out = {}
     for name in ("train", "val", "heldout"):

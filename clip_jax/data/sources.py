@@ -20,8 +20,9 @@ import logging
 import os
 import re
 import tarfile
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 logger = logging.getLogger(__name__)
 
@@ -71,7 +72,7 @@ def expand_braces(pattern: str) -> list[str]:
         choices = body.split(",")
     out = []
     for choice in choices:
-        out.extend(expand_braces(pattern[:match.start()] + choice + pattern[match.end():]))
+        out.extend(expand_braces(pattern[: match.start()] + choice + pattern[match.end() :]))
     return out
 
 
@@ -88,10 +89,11 @@ def split_outside_braces(text: str, separator: str = ",") -> list[str]:
     parts.append("".join(current))
     return parts
 
+
 class _BadRow:
     """A listing row that cannot be an example: ``reason`` (for the counts) and where it is."""
 
-    __slots__ = ("reason", "detail")
+    __slots__ = ("detail", "reason")
 
     def __init__(self, reason: str, detail: str):
         self.reason, self.detail = reason, detail
@@ -114,7 +116,9 @@ class FileSource:
     def __post_init__(self):
         self.fmt = self.fmt or self.path.rsplit(".", 1)[-1].lower()
         if self.fmt not in ("jsonl", "json", "csv", "tsv"):
-            raise ValueError(f"Cannot tell the format of {self.path}; prefix it with jsonl:, json:, csv: or tsv:.")
+            raise ValueError(
+                f"Cannot tell the format of {self.path}; prefix it with jsonl:, json:, csv: or tsv:."
+            )
         try:
             with _open(self.path, "rb") as f:
                 text = f.read().decode("utf-8")
@@ -133,33 +137,46 @@ class FileSource:
                     rows.append(_BadRow("malformed_line", f"{self.path}:{number}: {error.msg}"))
                     continue
                 if not isinstance(rows[-1], dict):
-                    rows[-1] = _BadRow("not_an_object", f"{self.path}:{number}: a JSON "
-                                                        f"{type(rows[-1]).__name__}, not an object")
+                    rows[-1] = _BadRow(
+                        "not_an_object",
+                        f"{self.path}:{number}: a JSON {type(rows[-1]).__name__}, not an object",
+                    )
         elif self.fmt == "json":
             try:
                 rows = json.loads(text)
             except json.JSONDecodeError as error:
-                raise ValueError(f"Data listing {self.path} is not valid JSON ({error}) — fix the file, or use a "
-                                 "JSONL listing (one object per line; bad lines are then skipped).") from None
+                raise ValueError(
+                    f"Data listing {self.path} is not valid JSON ({error}) — fix the file, or use a "
+                    "JSONL listing (one object per line; bad lines are then skipped)."
+                ) from None
             if isinstance(rows, dict):  # {"data": [...]} or {"images": [...]}
                 rows = next((v for v in rows.values() if isinstance(v, list)), [])
-            rows = [r if isinstance(r, dict) else _BadRow("not_an_object", f"{self.path}: entry {i}: a "
-                                                          f"{type(r).__name__}, not an object")
-                    for i, r in enumerate(rows if isinstance(rows, list) else [])]
+            rows = [
+                r
+                if isinstance(r, dict)
+                else _BadRow("not_an_object", f"{self.path}: entry {i}: a {type(r).__name__}, not an object")
+                for i, r in enumerate(rows if isinstance(rows, list) else [])
+            ]
         else:
             rows = list(csv.DictReader(io.StringIO(text), delimiter="\t" if self.fmt == "tsv" else ","))
         if not rows:
             raise ValueError(f"Data listing {self.path} has no records.")
         objects = [r for r in rows[:1000] if isinstance(r, dict)]
         if not objects:
-            raise ValueError(f"Data listing {self.path}: none of its first {min(len(rows), 1000)} rows is a JSON "
-                             f"object (first problem: {rows[0].detail}) — fix the file.")
-        seen = {k for r in objects for k in r}  # the columns of the first rows: one row without a key is one bad row
+            raise ValueError(
+                f"Data listing {self.path}: none of its first {min(len(rows), 1000)} rows is a JSON "
+                f"object (first problem: {rows[0].detail}) — fix the file."
+            )
+        seen = {
+            k for r in objects for k in r
+        }  # the columns of the first rows: one row without a key is one bad row
         self.image_key = self.image_key or next((k for k in IMAGE_KEYS if k in seen), "")
         self.caption_key = self.caption_key or next((k for k in CAPTION_KEYS if k in seen), "")
         if not self.image_key or not self.caption_key:
-            raise ValueError(f"{self.path}: cannot find the image/caption columns among {sorted(seen)}; set "
-                             f"data image_key / caption_key (defaults tried: {IMAGE_KEYS} / {CAPTION_KEYS}).")
+            raise ValueError(
+                f"{self.path}: cannot find the image/caption columns among {sorted(seen)}; set "
+                f"data image_key / caption_key (defaults tried: {IMAGE_KEYS} / {CAPTION_KEYS})."
+            )
         self.records, self._lines = rows, lines
         bad = [r for r in rows if isinstance(r, _BadRow)]
         if bad:
@@ -178,12 +195,25 @@ class FileSource:
         row = self.records[index]
         key = f"{self.path}:{index}"
         if isinstance(row, _BadRow):  # counted and skipped by the pipeline
-            return {"image": None, "path": self.path, "captions": [], "key": key, "error": (row.reason, row.detail)}
+            return {
+                "image": None,
+                "path": self.path,
+                "captions": [],
+                "key": key,
+                "error": (row.reason, row.detail),
+            }
         missing = [k for k in (self.image_key, self.caption_key) if k not in row]
         if missing:
-            return {"image": None, "path": self.path, "captions": [], "key": key,
-                    "error": ("missing_key", f"{self._where(index)}: no {' / '.join(map(repr, missing))} "
-                                             f"(keys: {sorted(row)})")}
+            return {
+                "image": None,
+                "path": self.path,
+                "captions": [],
+                "key": key,
+                "error": (
+                    "missing_key",
+                    f"{self._where(index)}: no {' / '.join(map(repr, missing))} (keys: {sorted(row)})",
+                ),
+            }
         image = row.get(self.image_key)
         captions = row.get(self.caption_key)
         captions = captions if isinstance(captions, list) else [captions]
@@ -195,7 +225,12 @@ class FileSource:
                     data = f.read()
             except (FileNotFoundError, IsADirectoryError, PermissionError):
                 data = None
-        return {"image": data, "path": path or repr(image), "captions": captions, "key": f"{self.path}:{index}"}
+        return {
+            "image": data,
+            "path": path or repr(image),
+            "captions": captions,
+            "key": f"{self.path}:{index}",
+        }
 
 
 @dataclass
@@ -232,8 +267,13 @@ class WebDatasetSource:
                         parts[ext.lower()] = tar.extractfile(member).read()
         except (tarfile.TarError, EOFError, OSError) as error:
             reason = "missing_shard" if isinstance(error, FileNotFoundError) else "corrupt_shard"
-            yield {"image": None, "path": shard, "captions": [], "key": shard,
-                   "error": (reason, f"{shard} after {current_key!r}: {error}")}
+            yield {
+                "image": None,
+                "path": shard,
+                "captions": [],
+                "key": shard,
+                "error": (reason, f"{shard} after {current_key!r}: {error}"),
+            }
             return
         if current_key is not None:
             yield self._example(shard, current_key, parts)
@@ -274,7 +314,9 @@ class HFSource:
 
         datasets = require("datasets", "Hugging Face datasets (hf: sources)")
         local = os.path.isdir(self.name)
-        if local and any(os.path.exists(os.path.join(self.name, f)) for f in ("state.json", "dataset_dict.json")):
+        if local and any(
+            os.path.exists(os.path.join(self.name, f)) for f in ("state.json", "dataset_dict.json")
+        ):
             data = datasets.load_from_disk(self.name)
             data = data[self.split] if isinstance(data, datasets.DatasetDict) else data
             if self.streaming:
@@ -284,8 +326,10 @@ class HFSource:
         columns = data.column_names or []
         missing = [c for c in (self.image_column, self.caption_column) if columns and c not in columns]
         if missing:
-            raise ValueError(f"Dataset {self.name} has no column(s) {missing}; columns: {columns}. Set them with "
-                             f"hf:{self.name}?image=COLUMN&caption=COLUMN.")
+            raise ValueError(
+                f"Dataset {self.name} has no column(s) {missing}; columns: {columns}. Set them with "
+                f"hf:{self.name}?image=COLUMN&caption=COLUMN."
+            )
         self.dataset = data.cast_column(self.image_column, datasets.Image(decode=False))
 
     def _record(self, row: dict, key: str) -> dict[str, Any]:
@@ -299,8 +343,12 @@ class HFSource:
             except (FileNotFoundError, IsADirectoryError, PermissionError):
                 data = None
         captions = row.get(self.caption_column)
-        return {"image": data, "path": path or key, "captions": captions if isinstance(captions, list)
-                else [captions], "key": key}
+        return {
+            "image": data,
+            "path": path or key,
+            "captions": captions if isinstance(captions, list) else [captions],
+            "key": key,
+        }
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -325,10 +373,16 @@ def _parse_hf(rest: str) -> HFSource:
     options = {k: v[-1] for k, v in parse_qs(query).items()}
     unknown = set(options) - {"image", "caption", "split", "streaming"}
     if unknown:
-        raise ValueError(f"Unknown option(s) {sorted(unknown)} in hf:{rest}; valid: image, caption, split, streaming.")
-    return HFSource(name, image_column=options.get("image", "image"), caption_column=options.get("caption", "caption"),
-                    split=options.get("split", "train"),
-                    streaming=options.get("streaming", "0").lower() in ("1", "true", "yes"))
+        raise ValueError(
+            f"Unknown option(s) {sorted(unknown)} in hf:{rest}; valid: image, caption, split, streaming."
+        )
+    return HFSource(
+        name,
+        image_column=options.get("image", "image"),
+        caption_column=options.get("caption", "caption"),
+        split=options.get("split", "train"),
+        streaming=options.get("streaming", "0").lower() in ("1", "true", "yes"),
+    )
 
 
 def parse_source(spec: str, **keys: str) -> FileSource | WebDatasetSource | HFSource:
@@ -340,11 +394,15 @@ def parse_source(spec: str, **keys: str) -> FileSource | WebDatasetSource | HFSo
         return FileSource(rest, fmt=prefix, **keys)
     if sep and prefix == "wds":
         return WebDatasetSource(rest)
-    if sep and prefix in ("xm3600", "xtd10", "multi30k"):  # multilingual benchmarks, read where eval sets live
+    if sep and prefix in (
+        "xm3600",
+        "xtd10",
+        "multi30k",
+    ):  # multilingual benchmarks, read where eval sets live
         from clip_jax.evaluate.datasets import caption_benchmark
 
         return caption_benchmark(spec)
-    if spec.endswith(".tar") or re.search(r"\.tar(\}|$)", spec) or "{" in spec and ".tar" in spec:
+    if spec.endswith(".tar") or re.search(r"\.tar(\}|$)", spec) or ("{" in spec and ".tar" in spec):
         return WebDatasetSource(spec)
     return FileSource(spec, **keys)
 
@@ -352,9 +410,13 @@ def parse_source(spec: str, **keys: str) -> FileSource | WebDatasetSource | HFSo
 def parse_mixture(specs: Sequence[str] | str) -> list[tuple[str, float]]:
     """``["wit.jsonl=0.5", "coco.jsonl=0.3", ...]`` or one comma-separated string -> (spec, weight) pairs."""
     if isinstance(specs, str):
-        specs = [s for s in split_outside_braces(specs) if s.strip()]  # "wds:{train,extra}-{0..9}.tar,x.jsonl"
+        specs = [
+            s for s in split_outside_braces(specs) if s.strip()
+        ]  # "wds:{train,extra}-{0..9}.tar,x.jsonl"
     out = []
     for item in specs:
-        spec, _, weight = item.strip().rpartition("=") if re.search(r"=[\d.]+$", item.strip()) else (item, "", "1")
+        spec, _, weight = (
+            item.strip().rpartition("=") if re.search(r"=[\d.]+$", item.strip()) else (item, "", "1")
+        )
         out.append((spec.strip(), float(weight)))
     return out

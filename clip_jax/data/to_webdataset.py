@@ -30,8 +30,15 @@ def _image_extension(data: bytes) -> str:
         return {"JPEG": "jpg", "PNG": "png", "WEBP": "webp"}.get(image.format, "")
 
 
-def convert(spec: str, output: str, shard_size: int = 5000, *, image_key: str = "", caption_key: str = "",
-            verify: bool = True) -> tuple[str, dict]:
+def convert(
+    spec: str,
+    output: str,
+    shard_size: int = 5000,
+    *,
+    image_key: str = "",
+    caption_key: str = "",
+    verify: bool = True,
+) -> tuple[str, dict]:
     """Write the shards; returns (brace pattern, counts: written and skipped by reason)."""
     keys = {k: v for k, v in (("image_key", image_key), ("caption_key", caption_key)) if v}
     source = parse_source(spec, **keys)
@@ -60,10 +67,13 @@ def convert(spec: str, output: str, shard_size: int = 5000, *, image_key: str = 
             if tar is not None:
                 tar.close()
             shard, in_shard = shard + 1, 0
-            tar = tarfile.open(f"{output}-{shard:0{width}d}.tar", "w")
+            tar = tarfile.open(f"{output}-{shard:0{width}d}.tar", "w")  # noqa: SIM115  (closed when the shard fills)
         key = f"{index:09d}"
-        text = ((f"{key}.txt", captions[0].encode()) if len(captions) == 1 else
-                (f"{key}.json", json.dumps({"captions": captions}, ensure_ascii=False).encode()))
+        text = (
+            (f"{key}.txt", captions[0].encode())
+            if len(captions) == 1
+            else (f"{key}.json", json.dumps({"captions": captions}, ensure_ascii=False).encode())
+        )
         for name, payload in ((f"{key}.{ext}", record["image"]), text):
             info = tarfile.TarInfo(name)
             info.size, info.mtime = len(payload), int(time.time())
@@ -80,7 +90,11 @@ def convert(spec: str, output: str, shard_size: int = 5000, *, image_key: str = 
 
 def main(argv: list[str] | None = None) -> None:
     """``clip-jax to-webdataset``: convert a listing and print the ``data.train`` spec to use."""
-    parser = argparse.ArgumentParser(prog="clip-jax to-webdataset", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="clip-jax to-webdataset",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--input", required=True, help="a listing spec, e.g. jsonl:/data/train.jsonl")
     parser.add_argument("--output", required=True, help="shard path prefix, e.g. /data/shards/train")
     parser.add_argument("--shard_size", type=int, default=5000)
@@ -90,10 +104,18 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.shard_size < 1:
         parser.error(f"--shard_size must be at least 1, not {args.shard_size}")
-    pattern, counts = convert(args.input, args.output, args.shard_size, image_key=args.image_key,
-                              caption_key=args.caption_key, verify=not args.no_verify)
-    print(f"Wrote {counts.get('written', 0)} examples; skipped: "
-          f"{ {k: v for k, v in counts.items() if k != 'written'} }")
+    pattern, counts = convert(
+        args.input,
+        args.output,
+        args.shard_size,
+        image_key=args.image_key,
+        caption_key=args.caption_key,
+        verify=not args.no_verify,
+    )
+    print(
+        f"Wrote {counts.get('written', 0)} examples; skipped: "
+        f"{ {k: v for k, v in counts.items() if k != 'written'} }"
+    )
     print(f"Use: --config.data.train=wds:{pattern}")
 
 

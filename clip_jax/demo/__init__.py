@@ -35,8 +35,12 @@ def _scene(label: dict) -> tuple:
 def _captions_with(condition: dict[str, Any], language: str) -> list[str]:
     """Every phrasing of every scene that matches ``condition`` (the prompt ensemble of a class)."""
     scenes = itertools.product(COLOURS, SHAPES, COUNTS, POSITIONS)
-    return [text for scene in scenes if all(dict(zip(KEYS, scene))[k] == v for k, v in condition.items())
-            for text in captions(*scene, language)]
+    return [
+        text
+        for scene in scenes
+        if all(dict(zip(KEYS, scene))[k] == v for k, v in condition.items())
+        for text in captions(*scene, language)
+    ]
 
 
 def zero_shot_heldout(model, split: dict, language: str = "it") -> dict[str, dict[str, float]]:
@@ -107,11 +111,26 @@ def random_towers_config() -> ConfigDict:
 
     c = base_config()
     with c.model.ignore_type():  # towers given as configs (random init) instead of checkpoint paths
-        c.model.vision = dict(model_type="clip_vision_model", hidden_size=64, intermediate_size=128,
-                              num_hidden_layers=2, num_attention_heads=4, image_size=64, patch_size=8)
-        c.model.text = dict(model_type="bert", vocab_size="tokenizer", hidden_size=64, intermediate_size=128,
-                            num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=32,
-                            hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+        c.model.vision = dict(
+            model_type="clip_vision_model",
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            image_size=64,
+            patch_size=8,
+        )
+        c.model.text = dict(
+            model_type="bert",
+            vocab_size="tokenizer",
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            max_position_embeddings=32,
+            hidden_dropout_prob=0.0,
+            attention_probs_dropout_prob=0.0,
+        )
     c.model.tokenizer = "shapes"
     c.model.projection_dim = 64
     c.model.max_length = 16
@@ -149,8 +168,9 @@ def with_vision_tower(model, vision_tower):
 
     module = nnx.clone(model.module)
     module.vision = nnx.clone(vision_tower)
-    return CLIPModel(module, tokenizer=model.tokenizer, image_processor=model.image_processor,
-                     max_length=model.max_length)
+    return CLIPModel(
+        module, tokenizer=model.tokenizer, image_processor=model.image_processor, max_length=model.max_length
+    )
 
 
 def _phase_ends(config: ConfigDict) -> list[tuple[str, int]]:
@@ -189,8 +209,9 @@ def evaluate_transfer(config: ConfigDict, workdir: str, english_clip: str | None
         model = model_from_checkpoint(workdir, step=step)
         rows[f"after_{name}"] = _metrics(model, data, "it")
         if english is not None:
-            rows[f"after_{name}"]["forgetting_en"] = zero_shot_heldout(with_vision_tower(english, model.module.vision),
-                                                                       data["heldout"] or data["val"], "en")
+            rows[f"after_{name}"]["forgetting_en"] = zero_shot_heldout(
+                with_vision_tower(english, model.module.vision), data["heldout"] or data["val"], "en"
+            )
     return {"rows": rows, "model": model, "data": data}
 
 
@@ -211,20 +232,31 @@ def format_table(rows: dict[str, dict], holdout: str = "") -> str:
         label = names.get(key, key.replace("after_", "after phase ") + " (Italian)")
         zs = row.get("heldout_zero_shot", {})
         r = row["val_retrieval"]
-        lines.append(f"  {label:34s}" + "".join(f"{zs[c]['acc1']:13.3f}" if c in zs else f"{'-':>13s}"
-                                                 for c in columns) + f"{r['text_retrieval_recall@1']:10.3f}"
-                     f"{r['text_retrieval_recall@5']:10.3f}")
+        lines.append(
+            f"  {label:34s}"
+            + "".join(f"{zs[c]['acc1']:13.3f}" if c in zs else f"{'-':>13s}" for c in columns)
+            + f"{r['text_retrieval_recall@1']:10.3f}"
+            f"{r['text_retrieval_recall@5']:10.3f}"
+        )
         if "forgetting_en" in row:
             f = row["forgetting_en"]
-            lines.append(f"  {'  English CLIP w/ this vision tower':34s}" + "".join(f"{f[c]['acc1']:13.3f}" for c in columns))
-    chance = {"colour": 1 / len(COLOURS), "shape": 1 / len(SHAPES), "count": 1 / len(COUNTS),
-              "colour+shape": 1 / (len(COLOURS) * len(SHAPES))}
+            lines.append(
+                f"  {'  English CLIP w/ this vision tower':34s}"
+                + "".join(f"{f[c]['acc1']:13.3f}" for c in columns)
+            )
+    chance = {
+        "colour": 1 / len(COLOURS),
+        "shape": 1 / len(SHAPES),
+        "count": 1 / len(COUNTS),
+        "colour+shape": 1 / (len(COLOURS) * len(SHAPES)),
+    }
     lines.append(f"  {'chance':34s}" + "".join(f"{chance[c]:13.3f}" for c in columns))
     return "\n".join(lines)
 
 
-def report(config: ConfigDict, workdir: str, *, export: bool = True, english_clip: str | None = None
-           ) -> dict[str, Any]:
+def report(
+    config: ConfigDict, workdir: str, *, export: bool = True, english_clip: str | None = None
+) -> dict[str, Any]:
     """Evaluate the demo run in ``workdir`` after each phase (see :func:`evaluate_transfer`), export the
     final model, print and return a summary."""
     result = evaluate_transfer(config, workdir, english_clip)
@@ -233,16 +265,21 @@ def report(config: ConfigDict, workdir: str, *, export: bool = True, english_cli
     summary: dict[str, Any] = {"rows": rows, "val_retrieval": final["val_retrieval"]}
     if "heldout_zero_shot" in final:
         summary["heldout_zero_shot"] = final["heldout_zero_shot"]
-    lines = ["", "Demo results",
-             f"  zero-shot accuracy on {len(data['heldout']['images']) if data.get('heldout') else 0} pictures of "
-             f"colour-shape pairs held out of the Italian training ({config.data.shapes.holdout}); retrieval on "
-             f"{len(data['val']['images'])} validation pictures:",
-             format_table(rows)]
+    lines = [
+        "",
+        "Demo results",
+        f"  zero-shot accuracy on {len(data['heldout']['images']) if data.get('heldout') else 0} pictures of "
+        f"colour-shape pairs held out of the Italian training ({config.data.shapes.holdout}); retrieval on "
+        f"{len(data['val']['images'])} validation pictures:",
+        format_table(rows),
+    ]
     if export:
         out = Path(workdir) / "exported"
         model.save_pretrained(out)
         summary["exported"] = str(out)
-        kind = "transformers VisionTextDualEncoderModel" if model.module.text_pooling == "pooler" else "clip_jax"
+        kind = (
+            "transformers VisionTextDualEncoderModel" if model.module.text_pooling == "pooler" else "clip_jax"
+        )
         lines.append(f"  exported ({kind} format) to {out}")
     print("\n".join(lines))
     return summary

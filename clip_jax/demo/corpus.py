@@ -13,8 +13,18 @@ import numpy as np
 from clip_jax.data.shapes import COLOURS, COUNTS, POSITIONS, all_scenes, captions
 
 # Masculine nouns (singular, plural), so that the colour adjectives agree as in the captions.
-NOUNS = {"gatto": "gatti", "cane": "cani", "libro": "libri", "fiore": "fiori", "palloncino": "palloncini",
-         "cappello": "cappelli", "treno": "treni", "pesce": "pesci", "bicchiere": "bicchieri", "cuscino": "cuscini"}
+NOUNS = {
+    "gatto": "gatti",
+    "cane": "cani",
+    "libro": "libri",
+    "fiore": "fiori",
+    "palloncino": "palloncini",
+    "cappello": "cappelli",
+    "treno": "treni",
+    "pesce": "pesci",
+    "bicchiere": "bicchieri",
+    "cuscino": "cuscini",
+}
 VERBS = ("vede", "compra", "disegna", "cerca", "guarda", "prende")
 SUBJECTS = ("marco", "anna", "la bambina", "il nonno", "la maestra", "mio fratello")
 PLACES = ("sul tavolo", "nel giardino", "sulla strada", "nella scatola", "vicino alla finestra")

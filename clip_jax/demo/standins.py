@@ -20,8 +20,9 @@ import json
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -88,8 +89,9 @@ def write_wordpiece_tokenizer(words: list[str], directory: str | Path) -> Path:
     return directory
 
 
-def _build(name: str, settings: Any, cache_dir: str, build: Callable[[Path], dict], log: Callable[[str], None]
-           ) -> Path:
+def _build(
+    name: str, settings: Any, cache_dir: str, build: Callable[[Path], dict], log: Callable[[str], None]
+) -> Path:
     """``build`` into a temporary directory beside the target, then rename it into place (atomic)."""
     target = standin_dir(name, settings, cache_dir)
     if (target / "standin.json").exists():
@@ -99,8 +101,12 @@ def _build(name: str, settings: Any, cache_dir: str, build: Callable[[Path], dic
     tick = time.perf_counter()
     with tempfile.TemporaryDirectory(dir=target.parent, prefix=f".{name}-") as tmp:
         info = build(Path(tmp))
-        info.update(name=name, settings=dataclasses.asdict(settings), build_version=BUILD_VERSION,
-                    build_seconds=round(time.perf_counter() - tick, 1))
+        info.update(
+            name=name,
+            settings=dataclasses.asdict(settings),
+            build_version=BUILD_VERSION,
+            build_seconds=round(time.perf_counter() - tick, 1),
+        )
         (Path(tmp) / "standin.json").write_text(json.dumps(info, indent=2) + "\n")
         if target.exists():  # a half-built leftover without standin.json
             shutil.rmtree(target)
@@ -120,36 +126,65 @@ def english_clip_config(settings: EnglishCLIPSettings, cache_dir: str, tokenizer
     s = settings
     c = base_config()
     with c.model.ignore_type():
-        c.model.vision = dict(model_type="clip_vision_model", hidden_size=s.vision_width,
-                              intermediate_size=4 * s.vision_width, num_hidden_layers=s.vision_layers,
-                              num_attention_heads=s.heads, image_size=s.image_size, patch_size=s.patch_size)
-        c.model.text = dict(model_type="clip_text_model", vocab_size="tokenizer", hidden_size=s.text_width,
-                            intermediate_size=4 * s.text_width, num_hidden_layers=s.text_layers,
-                            num_attention_heads=s.heads, max_position_embeddings=s.max_length,
-                            pad_token_id=0, bos_token_id=2, eos_token_id=3)  # [PAD], [CLS], [SEP]
+        c.model.vision = dict(
+            model_type="clip_vision_model",
+            hidden_size=s.vision_width,
+            intermediate_size=4 * s.vision_width,
+            num_hidden_layers=s.vision_layers,
+            num_attention_heads=s.heads,
+            image_size=s.image_size,
+            patch_size=s.patch_size,
+        )
+        c.model.text = dict(
+            model_type="clip_text_model",
+            vocab_size="tokenizer",
+            hidden_size=s.text_width,
+            intermediate_size=4 * s.text_width,
+            num_hidden_layers=s.text_layers,
+            num_attention_heads=s.heads,
+            max_position_embeddings=s.max_length,
+            pad_token_id=0,
+            bos_token_id=2,
+            eos_token_id=3,
+        )  # [PAD], [CLS], [SEP]
     c.model.tokenizer = str(tokenizer_dir)
     c.model.projection_dim = s.projection_dim
     c.model.max_length = s.max_length
     c.data.source = "shapes"
     c.data.cache_dir = cache_dir
-    c.data.shapes.update(num_train=s.num_train, num_val=256, image_size=s.image_size, seed=s.seed, holdout="",
-                         language="en")
-    c.train.update(batch_size=s.batch_size, seed=s.seed, log_every=50, eval_every=0, checkpoint_every=s.steps,
-                   keep_checkpoints=1, async_checkpoints=False, weight_decay=0.01, phases=("pretrain",))
+    c.data.shapes.update(
+        num_train=s.num_train, num_val=256, image_size=s.image_size, seed=s.seed, holdout="", language="en"
+    )
+    c.train.update(
+        batch_size=s.batch_size,
+        seed=s.seed,
+        log_every=50,
+        eval_every=0,
+        checkpoint_every=s.steps,
+        keep_checkpoints=1,
+        async_checkpoints=False,
+        weight_decay=0.01,
+        phases=("pretrain",),
+    )
     lr = s.learning_rate
-    c.phases = ConfigDict({"pretrain": phase(s.steps, ".*", {"head": lr, "vision": lr, "text": lr},
-                                             warmup_steps=s.steps // 10)})
+    c.phases = ConfigDict(
+        {"pretrain": phase(s.steps, ".*", {"head": lr, "vision": lr, "text": lr}, warmup_steps=s.steps // 10)}
+    )
     return c
 
 
-def english_clip(cache_dir: str = "~/.cache/clip_jax", settings: EnglishCLIPSettings = EnglishCLIPSettings(), *,
-                 log: Callable[[str], None] = print) -> Path:
+def english_clip(
+    cache_dir: str = "~/.cache/clip_jax",
+    settings: EnglishCLIPSettings = EnglishCLIPSettings(),
+    *,
+    log: Callable[[str], None] = print,
+) -> Path:
     """The English CLIP stand-in's directory, built (about a minute on 2 cores) if not cached."""
     from clip_jax.data.shapes import vocabulary
 
     def build(out: Path) -> dict:
-        from clip_jax.demo import zero_shot_heldout
         from clip_jax.data.shapes import ShapesSpec, load_or_generate
+        from clip_jax.demo import zero_shot_heldout
         from clip_jax.train import model_from_checkpoint, train
 
         tokenizer = write_wordpiece_tokenizer(vocabulary("en"), out / "tokenizer")
@@ -170,9 +205,15 @@ def english_clip(cache_dir: str = "~/.cache/clip_jax", settings: EnglishCLIPSett
 
 
 # ---------------------------------------------------------------------- Italian BERT
-def mask_tokens(input_ids: np.ndarray, attention_mask: np.ndarray, rs: np.random.RandomState, vocab_size: int,
-                probability: float = 0.15, first_word: int = len(SPECIAL_TOKENS), mask_id: int = 4
-                ) -> tuple[np.ndarray, np.ndarray]:
+def mask_tokens(
+    input_ids: np.ndarray,
+    attention_mask: np.ndarray,
+    rs: np.random.RandomState,
+    vocab_size: int,
+    probability: float = 0.15,
+    first_word: int = len(SPECIAL_TOKENS),
+    mask_id: int = 4,
+) -> tuple[np.ndarray, np.ndarray]:
     """BERT's masking: ``probability`` of the word tokens are targets; of those 80% become [MASK], 10% a
     random word, 10% stay. Returns the corrupted ids and the targets (-1 where there is none)."""
     words = (input_ids >= first_word) & attention_mask.astype(bool)
@@ -199,8 +240,9 @@ def masked_lm_loss(logits, labels):
     return loss, accuracy
 
 
-def train_masked_lm(model, texts: list[str], tokenizer, settings: ItalianBertSettings,
-                    log: Callable[[str], None] = print) -> list[tuple[int, float, float]]:
+def train_masked_lm(
+    model, texts: list[str], tokenizer, settings: ItalianBertSettings, log: Callable[[str], None] = print
+) -> list[tuple[int, float, float]]:
     """Masked-language-model training of ``model`` (a :class:`~clip_jax.models.bert.BertForMaskedLM`) on
     ``texts``; returns ``(step, loss, masked-token accuracy)`` every 50 steps."""
     import jax
@@ -208,7 +250,9 @@ def train_masked_lm(model, texts: list[str], tokenizer, settings: ItalianBertSet
     from flax import nnx
 
     s = settings
-    tokens = tokenizer(texts, padding="max_length", truncation=True, max_length=s.max_length, return_tensors="np")
+    tokens = tokenizer(
+        texts, padding="max_length", truncation=True, max_length=s.max_length, return_tensors="np"
+    )
     ids, attention = tokens["input_ids"], tokens["attention_mask"]
     schedule = optax.warmup_cosine_decay_schedule(0.0, s.learning_rate, s.steps // 10, s.steps)
     optimizer = nnx.Optimizer(model, optax.adamw(schedule, weight_decay=0.01), wrt=nnx.Param)
@@ -229,16 +273,24 @@ def train_masked_lm(model, texts: list[str], tokenizer, settings: ItalianBertSet
     for i in range(1, s.steps + 1):
         rows = rs.randint(0, len(ids), s.batch_size)
         corrupted, labels = mask_tokens(ids[rows], attention[rows], rs, len(tokenizer), s.mask_probability)
-        loss, accuracy = step(model, optimizer, corrupted, attention[rows], labels, jax.random.fold_in(key, i))
+        loss, accuracy = step(
+            model, optimizer, corrupted, attention[rows], labels, jax.random.fold_in(key, i)
+        )
         if i % 50 == 0 or i == 1:
             history.append((i, round(float(loss), 4), round(float(accuracy), 4)))
             if i % 250 == 0:
-                log(f"  masked LM step {i}/{s.steps}: loss {float(loss):.3f}, masked-token accuracy {float(accuracy):.3f}")
+                log(
+                    f"  masked LM step {i}/{s.steps}: loss {float(loss):.3f}, masked-token accuracy {float(accuracy):.3f}"
+                )
     return history
 
 
-def italian_bert(cache_dir: str = "~/.cache/clip_jax", settings: ItalianBertSettings = ItalianBertSettings(), *,
-                 log: Callable[[str], None] = print) -> Path:
+def italian_bert(
+    cache_dir: str = "~/.cache/clip_jax",
+    settings: ItalianBertSettings = ItalianBertSettings(),
+    *,
+    log: Callable[[str], None] = print,
+) -> Path:
     """The Italian BERT stand-in's directory, built (well under a minute on 2 cores) if not cached."""
 
     def build(out: Path) -> dict:
@@ -252,9 +304,14 @@ def italian_bert(cache_dir: str = "~/.cache/clip_jax", settings: ItalianBertSett
         write_wordpiece_tokenizer(vocabulary("it"), out)
         tokenizer = AutoTokenizer.from_pretrained(str(out))
         s = settings
-        config = BertConfig(vocab_size=len(tokenizer), hidden_size=s.width, num_hidden_layers=s.layers,
-                            num_attention_heads=s.heads, intermediate_size=4 * s.width,
-                            max_position_embeddings=s.max_length)
+        config = BertConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=s.width,
+            num_hidden_layers=s.layers,
+            num_attention_heads=s.heads,
+            intermediate_size=4 * s.width,
+            max_position_embeddings=s.max_length,
+        )
         model = BertForMaskedLM(config, rngs=nnx.Rngs(params=s.seed))
         corpus = italian_corpus(s.seed, s.num_other_sentences)
         history = train_masked_lm(model, corpus, tokenizer, s, log)
@@ -272,7 +329,7 @@ def resolve(spec: Any, cache_dir: str, log: Callable[[str], None] = print) -> An
     anything else unchanged."""
     if not (isinstance(spec, str) and spec.startswith(PREFIX)):
         return spec
-    name = spec[len(PREFIX):]
+    name = spec[len(PREFIX) :]
     if name not in STANDINS:
         raise ValueError(f"Unknown demo stand-in {spec!r}; choose one of {[PREFIX + n for n in STANDINS]}.")
     return str(STANDINS[name](cache_dir, log=log))

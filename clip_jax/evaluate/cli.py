@@ -15,34 +15,54 @@ several times to compare models in one table. Results are printed and, with --ou
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """The eval command's arguments; a missing option for the chosen task is a usage error."""
-    parser = argparse.ArgumentParser(prog="clip-jax eval", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", action="append", required=True, help="workdir, directory or hub id (repeatable)")
+    parser = argparse.ArgumentParser(
+        prog="clip-jax eval", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--model", action="append", required=True, help="workdir, directory or hub id (repeatable)"
+    )
     parser.add_argument("--task", choices=["zeroshot", "retrieval", "embedmap"], required=True)
-    parser.add_argument("--dataset", help="zeroshot/embedmap: imagefolder:PATH | hf:NAME?image=..&label=.. | tfds:NAME")
+    parser.add_argument(
+        "--dataset", help="zeroshot/embedmap: imagefolder:PATH | hf:NAME?image=..&label=.. | tfds:NAME"
+    )
     parser.add_argument("--classnames", help="it:cifar10, en:cifar100, ... or a JSON / text file")
-    parser.add_argument("--templates", help="it:cifar10, en:cifar10, ... or a JSON / text file (with {} for the name)")
+    parser.add_argument(
+        "--templates", help="it:cifar10, en:cifar10, ... or a JSON / text file (with {} for the name)"
+    )
     parser.add_argument("--data", help="retrieval: jsonl:/csv:/wds:/hf: source with captions")
     parser.add_argument("--limit", type=int, default=None, help="use at most this many images")
     parser.add_argument("--batch_size", type=int, default=64)
-    parser.add_argument("--logit_scale", type=float, default=None, help="override every model's temperature scale")
+    parser.add_argument(
+        "--logit_scale", type=float, default=None, help="override every model's temperature scale"
+    )
     parser.add_argument("--layers", action="store_true", help="embedmap: also one map per vision layer")
     parser.add_argument("--projection", default="umap", choices=["umap", "pca"])
     parser.add_argument("--map_out", default="embedding_map.png")
     parser.add_argument("--cache_dir", default="~/.cache/clip_jax/class_embeddings")
-    parser.add_argument("--output", default=None, help="write the results as a JSON list to this file, or into this "
-                        "directory (existing, or ending in /) one CLIP_benchmark JSON file per result")
-    parser.add_argument("--max_bad_fraction", type=float, default=0.1,
-                        help="refuse to report metrics if more of the images than this could not be used")
+    parser.add_argument(
+        "--output",
+        default=None,
+        help="write the results as a JSON list to this file, or into this "
+        "directory (existing, or ending in /) one CLIP_benchmark JSON file per result",
+    )
+    parser.add_argument(
+        "--max_bad_fraction",
+        type=float,
+        default=0.1,
+        help="refuse to report metrics if more of the images than this could not be used",
+    )
     args = parser.parse_args(argv)
-    needs = {"zeroshot": ("dataset", "classnames", "templates"), "retrieval": ("data",),
-             "embedmap": ("dataset", "classnames", "templates")}[args.task]
+    needs = {
+        "zeroshot": ("dataset", "classnames", "templates"),
+        "retrieval": ("data",),
+        "embedmap": ("dataset", "classnames", "templates"),
+    }[args.task]
     if not 0 <= args.max_bad_fraction <= 1:
         parser.error(f"--max_bad_fraction must be between 0 and 1, not {args.max_bad_fraction}")
     if args.batch_size < 1 or (args.limit is not None and args.limit < 1):
@@ -64,24 +84,56 @@ def main(argv: list[str] | None = None) -> list:
     for i, spec in enumerate(args.model):
         model = load_model(spec, logit_scale=args.logit_scale)
         if args.task == "zeroshot":
-            results.append(run_zeroshot(model, spec, args.dataset, args.classnames, args.templates, cache=cache,
-                                        limit=args.limit, batch_size=args.batch_size,
-                                        max_bad_fraction=args.max_bad_fraction))
+            results.append(
+                run_zeroshot(
+                    model,
+                    spec,
+                    args.dataset,
+                    args.classnames,
+                    args.templates,
+                    cache=cache,
+                    limit=args.limit,
+                    batch_size=args.batch_size,
+                    max_bad_fraction=args.max_bad_fraction,
+                )
+            )
         elif args.task == "retrieval":
-            results.append(run_retrieval(model, spec, args.data, limit=args.limit, batch_size=args.batch_size,
-                                         max_bad_fraction=args.max_bad_fraction))
+            results.append(
+                run_retrieval(
+                    model,
+                    spec,
+                    args.data,
+                    limit=args.limit,
+                    batch_size=args.batch_size,
+                    max_bad_fraction=args.max_bad_fraction,
+                )
+            )
         else:
             out = Path(args.map_out)
             if len(args.model) > 1:
                 out = out.with_name(f"{out.stem}-{i}{out.suffix}")
-            results.append(run_embedmap(model, spec, args.dataset, args.classnames, args.templates, str(out),
-                                        layers=args.layers, limit=args.limit, method=args.projection,
-                                        batch_size=args.batch_size, max_bad_fraction=args.max_bad_fraction))
+            results.append(
+                run_embedmap(
+                    model,
+                    spec,
+                    args.dataset,
+                    args.classnames,
+                    args.templates,
+                    str(out),
+                    layers=args.layers,
+                    limit=args.limit,
+                    method=args.projection,
+                    batch_size=args.batch_size,
+                    max_bad_fraction=args.max_bad_fraction,
+                )
+            )
     print(format_table(results))
     for r in results:
         if r.get("skipped") or (r["metrics"].get("skipped") if isinstance(r["metrics"], dict) else 0):
-            print(f"{r['model']} on {r['dataset']}: skipped unusable examples: "
-                  f"{r.get('skipped') or r['metrics'].get('skipped')}")
+            print(
+                f"{r['model']} on {r['dataset']}: skipped unusable examples: "
+                f"{r.get('skipped') or r['metrics'].get('skipped')}"
+            )
     for r in results:
         if r["task"] == "embedmap":
             print(f"{r['model']}: wrote {', '.join(r['metrics']['files'])}")

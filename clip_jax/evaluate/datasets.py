@@ -23,10 +23,9 @@ An image listed but missing from the images folder is skipped and counted (CLIP_
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import gzip
 import json
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -36,16 +35,18 @@ from PIL import Image
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
 
 
-def load_labelled(spec: str, *, limit: int | None = None, skipped: dict | None = None
-                  ) -> tuple[list[Image.Image], np.ndarray, list[str]]:
+def load_labelled(
+    spec: str, *, limit: int | None = None, skipped: dict | None = None
+) -> tuple[list[Image.Image], np.ndarray, list[str]]:
     """(RGB images, integer labels, the data set's own class folder/label names).
 
     Image files that cannot be used (corrupt, empty, decompression bombs) are left out and counted by reason
     in ``skipped`` when it is given (see :func:`clip_jax.data.pipeline.check_bad_fraction`)."""
     kind, sep, rest = spec.partition(":")
     if not sep:
-        raise ValueError(f"Unknown data set spec {spec!r}; use imagefolder:PATH, hf:NAME?image=..&label=.. or "
-                         "tfds:NAME.")
+        raise ValueError(
+            f"Unknown data set spec {spec!r}; use imagefolder:PATH, hf:NAME?image=..&label=.. or tfds:NAME."
+        )
     if kind == "imagefolder":
         return _image_folder(Path(rest), limit, skipped if skipped is not None else {})
     if kind == "hf":
@@ -61,10 +62,16 @@ def _image_folder(root: Path, limit: int | None, skipped: dict):
     if not root.is_dir():
         raise FileNotFoundError(f"Image folder {root} does not exist.")
     classes = sorted(p.name for p in root.iterdir() if p.is_dir())
-    files = [(f, i) for i, c in enumerate(classes) for f in sorted((root / c).rglob("*"))
-             if f.suffix.lower() in IMAGE_SUFFIXES]
+    files = [
+        (f, i)
+        for i, c in enumerate(classes)
+        for f in sorted((root / c).rglob("*"))
+        if f.suffix.lower() in IMAGE_SUFFIXES
+    ]
     if not files:
-        raise ValueError(f"Image folder {root} holds no images in class sub-folders ({len(classes)} folders found).")
+        raise ValueError(
+            f"Image folder {root} holds no images in class sub-folders ({len(classes)} folders found)."
+        )
     images, labels = [], []
     for file, label in files:
         try:
@@ -93,7 +100,6 @@ def spec_options(spec: str, allowed: tuple[str, ...] | None = None) -> tuple[str
     return path, options
 
 
-
 def _hf(rest: str, limit: int | None):
     from clip_jax.extras import require
 
@@ -101,7 +107,9 @@ def _hf(rest: str, limit: int | None):
     name, options = spec_options("hf:" + rest)
     image_col, label_col = options.get("image", "image"), options.get("label", "label")
     split = options.get("split", "test")
-    saved = Path(name).is_dir() and any((Path(name) / f).exists() for f in ("state.json", "dataset_dict.json"))
+    saved = Path(name).is_dir() and any(
+        (Path(name) / f).exists() for f in ("state.json", "dataset_dict.json")
+    )
     data = datasets.load_from_disk(name) if saved else datasets.load_dataset(name, split=split)
     if isinstance(data, datasets.DatasetDict):
         data = data[split]
@@ -141,8 +149,10 @@ def _tfds(rest: str, limit: int | None):
         try:
             import tensorflow  # noqa: F401
         except ImportError:
-            raise ImportError(f"tfds:{name} is stored as {builder.info.file_format.value}, which needs `pip install "
-                              "tensorflow` to read; or prepare it with file_format=array_record.") from None
+            raise ImportError(
+                f"tfds:{name} is stored as {builder.info.file_format.value}, which needs `pip install "
+                "tensorflow` to read; or prepare it with file_format=array_record."
+            ) from None
         data = builder.as_dataset(split=split)
         examples = tfds.as_numpy(data.take(limit) if limit else data)
     images, labels = [], []
@@ -187,7 +197,9 @@ def caption_benchmark(spec: str) -> CaptionedImages:
     elif kind == "multi30k":
         path, options = spec_options(spec, ("language", "split"))
     else:
-        raise ValueError(f"Unknown benchmark {kind!r} in {spec!r}; use one of {', '.join(CAPTION_BENCHMARKS)}.")
+        raise ValueError(
+            f"Unknown benchmark {kind!r} in {spec!r}; use one of {', '.join(CAPTION_BENCHMARKS)}."
+        )
     root = Path(path).expanduser()
     if not root.is_dir():
         raise FileNotFoundError(f"{kind}: data directory {root} does not exist (spec {spec!r}).")
@@ -205,10 +217,14 @@ def caption_benchmark(spec: str) -> CaptionedImages:
 
 def _xm3600(root: Path, language: str, which: str) -> list[tuple[Path, list[str]]]:
     if which not in ("first", "all"):
-        raise ValueError(f"xm3600: captions={which!r}; use captions=first (CLIP_benchmark's choice) or captions=all.")
+        raise ValueError(
+            f"xm3600: captions={which!r}; use captions=first (CLIP_benchmark's choice) or captions=all."
+        )
     listing = root / "captions.jsonl"
     if not listing.is_file():
-        raise FileNotFoundError(f"xm3600: {listing} does not exist; unzip Crossmodal-3600's captions.zip into {root}.")
+        raise FileNotFoundError(
+            f"xm3600: {listing} does not exist; unzip Crossmodal-3600's captions.zip into {root}."
+        )
     items = []
     for number, line in enumerate(listing.read_text(encoding="utf-8").splitlines(), 1):
         if not line.strip():
@@ -218,7 +234,9 @@ def _xm3600(root: Path, language: str, which: str) -> list[tuple[Path, list[str]
             known = sorted(k for k, v in row.items() if isinstance(v, dict) and "caption" in v)
             raise ValueError(f"xm3600: {listing} line {number} has no language {language!r}; it has {known}.")
         captions = row[language]["caption"]
-        items.append((root / "images" / f"{row['image/key']}.jpg", captions[:1] if which == "first" else captions))
+        items.append(
+            (root / "images" / f"{row['image/key']}.jpg", captions[:1] if which == "first" else captions)
+        )
     if not items:
         raise ValueError(f"xm3600: {listing} holds no images.")
     return items
@@ -231,31 +249,45 @@ def _lines(path: Path) -> list[str]:
 
 def _paired(kind: str, images: list[str], captions: list[str], image_dir: Path, names: str, texts: str):
     if len(images) != len(captions):
-        raise ValueError(f"{kind}: {names} lists {len(images)} images but {texts} has {len(captions)} captions; "
-                         "they must pair line by line.")
+        raise ValueError(
+            f"{kind}: {names} lists {len(images)} images but {texts} has {len(captions)} captions; "
+            "they must pair line by line."
+        )
     return [(image_dir / name.strip(), [caption]) for name, caption in zip(images, captions) if name.strip()]
 
 
 def _xtd10(root: Path, language: str) -> list[tuple[Path, list[str]]]:
     names = root / "test_image_names.txt"
     filename = f"test_1kcaptions_{language}.txt"
-    found = [d / filename for d in (root, root / "XTD10", root / "MIC", root / "STAIR") if (d / filename).is_file()]
+    found = [
+        d / filename for d in (root, root / "XTD10", root / "MIC", root / "STAIR") if (d / filename).is_file()
+    ]
     if not names.is_file() or not found:
         missing = names if not names.is_file() else root / filename
-        raise FileNotFoundError(f"xtd10: {missing} does not exist; put XTD10's test_image_names.txt and "
-                                f"{filename} (from its XTD10/, MIC/ or STAIR/ folder) in {root}.")
+        raise FileNotFoundError(
+            f"xtd10: {missing} does not exist; put XTD10's test_image_names.txt and "
+            f"{filename} (from its XTD10/, MIC/ or STAIR/ folder) in {root}."
+        )
     return _paired("xtd10", _lines(names), _lines(found[0]), root / "images", str(names), str(found[0]))
 
 
 def _multi30k(root: Path, language: str, split: str) -> list[tuple[Path, list[str]]]:
     split = MULTI30K_SPLITS.get(split, split)
     task = root / "data" / "task1"
-    texts = next((p for p in (task / "raw" / f"{split}.{language}", task / "raw" / f"{split}.{language}.gz")
-                  if p.is_file()), None)
+    texts = next(
+        (
+            p
+            for p in (task / "raw" / f"{split}.{language}", task / "raw" / f"{split}.{language}.gz")
+            if p.is_file()
+        ),
+        None,
+    )
     names = task / "image_splits" / f"{split}.txt"
     if texts is None or not names.is_file():
         missing = names if texts is not None else task / "raw" / f"{split}.{language}.gz"
-        raise FileNotFoundError(f"multi30k: {missing} does not exist; {root} should be a clone of "
-                                "github.com/multi30k/dataset (data/task1/raw, data/task1/image_splits).")
+        raise FileNotFoundError(
+            f"multi30k: {missing} does not exist; {root} should be a clone of "
+            "github.com/multi30k/dataset (data/task1/raw, data/task1/image_splits)."
+        )
     image_dir = next((d for d in (root / "images", root / "flickr30k-images") if d.is_dir()), root / "images")
     return _paired("multi30k", _lines(names), _lines(texts), image_dir, str(names), str(texts))

@@ -5,8 +5,8 @@ vision tower, a map of its intermediate class-token features, showing how classe
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -26,7 +26,9 @@ def project_2d(points: np.ndarray, method: str = "umap", seed: int = 0) -> np.nd
     raise ValueError(f"Unknown projection {method!r}; choose umap or pca.")
 
 
-def _scatter(ax, xy: np.ndarray, labels: np.ndarray, classnames: Sequence[str], title: str, stars=None) -> None:
+def _scatter(
+    ax, xy: np.ndarray, labels: np.ndarray, classnames: Sequence[str], title: str, stars=None
+) -> None:
     plt = require("matplotlib.pyplot", "Embedding maps")
 
     colours = plt.get_cmap("tab20" if len(classnames) > 10 else "tab10")
@@ -35,17 +37,34 @@ def _scatter(ax, xy: np.ndarray, labels: np.ndarray, classnames: Sequence[str], 
         ax.scatter(xy[mask, 0], xy[mask, 1], s=8, color=colours(c % colours.N), label=name, alpha=0.7)
         if stars is not None:
             single, mean = stars
-            ax.scatter(*single[c], marker="*", s=260, facecolors="none", edgecolors=colours(c % colours.N),
-                       linewidths=1.5)
-            ax.scatter(*mean[c], marker="*", s=260, color=colours(c % colours.N), edgecolors="black", linewidths=0.8)
+            ax.scatter(
+                *single[c],
+                marker="*",
+                s=260,
+                facecolors="none",
+                edgecolors=colours(c % colours.N),
+                linewidths=1.5,
+            )
+            ax.scatter(
+                *mean[c], marker="*", s=260, color=colours(c % colours.N), edgecolors="black", linewidths=0.8
+            )
     ax.set_title(title)
     ax.set_xticks([])
     ax.set_yticks([])
 
 
-def write_embedding_map(image_embeds: np.ndarray, labels: np.ndarray, classnames: Sequence[str],
-                        single_prompt: np.ndarray, template_mean: np.ndarray, out: str | Path, *,
-                        layer_features: Sequence[np.ndarray] = (), method: str = "umap", title: str = "") -> list[Path]:
+def write_embedding_map(
+    image_embeds: np.ndarray,
+    labels: np.ndarray,
+    classnames: Sequence[str],
+    single_prompt: np.ndarray,
+    template_mean: np.ndarray,
+    out: str | Path,
+    *,
+    layer_features: Sequence[np.ndarray] = (),
+    method: str = "umap",
+    title: str = "",
+) -> list[Path]:
     """Write ``out`` (PNG) and, with plotly installed, ``out`` as HTML; returns the files written."""
     matplotlib = require("matplotlib", "Embedding maps")
 
@@ -56,13 +75,19 @@ def write_embedding_map(image_embeds: np.ndarray, labels: np.ndarray, classnames
     out.parent.mkdir(parents=True, exist_ok=True)
     n, k = len(image_embeds), len(classnames)
     joint = project_2d(np.concatenate([image_embeds, single_prompt, template_mean]), method)
-    images_xy, single_xy, mean_xy = joint[:n], joint[n:n + k], joint[n + k:]
+    images_xy, single_xy, mean_xy = joint[:n], joint[n : n + k], joint[n + k :]
     panels = 1 + len(layer_features)
     cols = min(panels, 4)
     rows = -(-panels // cols)
     fig, axes = plt.subplots(rows, cols, figsize=(5 * cols, 5 * rows), squeeze=False)
-    _scatter(axes[0][0], images_xy, labels, classnames, title or f"image embeddings ({method})",
-             (single_xy, mean_xy))
+    _scatter(
+        axes[0][0],
+        images_xy,
+        labels,
+        classnames,
+        title or f"image embeddings ({method})",
+        (single_xy, mean_xy),
+    )
     for i, features in enumerate(layer_features):
         ax = axes[(i + 1) // cols][(i + 1) % cols]
         _scatter(ax, project_2d(features, method), labels, classnames, f"vision layer {i} (CLS)")
@@ -82,8 +107,17 @@ def write_embedding_map(image_embeds: np.ndarray, labels: np.ndarray, classnames
     for c, name in enumerate(classnames):
         mask = labels == c
         figure.add_trace(go.Scatter(x=images_xy[mask, 0], y=images_xy[mask, 1], mode="markers", name=name))
-    figure.add_trace(go.Scatter(x=mean_xy[:, 0], y=mean_xy[:, 1], mode="markers+text", text=list(classnames),
-                                marker_symbol="star", marker_size=16, name="class text (template mean)"))
+    figure.add_trace(
+        go.Scatter(
+            x=mean_xy[:, 0],
+            y=mean_xy[:, 1],
+            mode="markers+text",
+            text=list(classnames),
+            marker_symbol="star",
+            marker_size=16,
+            name="class text (template mean)",
+        )
+    )
     html = out.with_suffix(".html")
     figure.write_html(str(html))
     written.append(html)

@@ -12,7 +12,7 @@ image (image->text), ``image_retrieval_recall@k`` / ``image_retrieval_mrr@k`` th
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -35,8 +35,12 @@ def benchmark_names(metrics: dict[str, float]) -> dict[str, float]:
     return renamed
 
 
-def retrieval_metrics(image_embeds: np.ndarray, text_embeds: np.ndarray, text_image: Sequence[int],
-                      ks: Sequence[int] = (1, 5, 10)) -> dict[str, float]:
+def retrieval_metrics(
+    image_embeds: np.ndarray,
+    text_embeds: np.ndarray,
+    text_image: Sequence[int],
+    ks: Sequence[int] = (1, 5, 10),
+) -> dict[str, float]:
     """Image->text and text->image Recall@k and MRR@k.
 
     ``text_image[j]`` is the index of the image that caption ``j`` describes.

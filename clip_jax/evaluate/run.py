@@ -16,17 +16,14 @@ import re
 from pathlib import Path
 from typing import Any
 
-
 from clip_jax.evaluate.datasets import CAPTION_BENCHMARKS, load_labelled, spec_options
 from clip_jax.evaluate.retrieval import benchmark_names, retrieval_metrics
 from clip_jax.evaluate.zeroshot import ClassEmbeddingCache, class_embeddings, fill, load_resource, zero_shot
 
 
-
 def load_model(spec: str, *, logit_scale: float | None = None):
     """A model from a training workdir (latest checkpoint), a saved directory or a hub id."""
     from clip_jax import CLIPModel
-
     from clip_jax.workdir import is_training_workdir
 
     if is_training_workdir(spec):
@@ -47,15 +44,24 @@ def architecture_name(model) -> str:
     """A short name of a model's architecture, e.g. ``clip_vision_model-12L-768d-p32-224px+bert-12L-768d``
     (CLIP_benchmark's ``model`` field; the weights go in ``pretrained``)."""
     v, t = model.module.vision.config, model.module.text.config
-    return (f"{v.to_hf()['model_type']}-{v.num_hidden_layers}L-{v.hidden_size}d-p{v.patch_size}-{v.image_size}px"
-            f"+{t.to_hf()['model_type']}-{t.num_hidden_layers}L-{t.hidden_size}d")
+    return (
+        f"{v.to_hf()['model_type']}-{v.num_hidden_layers}L-{v.hidden_size}d-p{v.patch_size}-{v.image_size}px"
+        f"+{t.to_hf()['model_type']}-{t.num_hidden_layers}L-{t.hidden_size}d"
+    )
 
 
-def result_record(model, model_name: str, dataset: str, task: str, language: str,
-                  metrics: dict[str, Any]) -> dict[str, Any]:
+def result_record(
+    model, model_name: str, dataset: str, task: str, language: str, metrics: dict[str, Any]
+) -> dict[str, Any]:
     """One result in CLIP_benchmark's format (its key order)."""
-    return {"dataset": dataset, "model": architecture_name(model), "pretrained": model_name, "task": task,
-            "metrics": metrics, "language": language}
+    return {
+        "dataset": dataset,
+        "model": architecture_name(model),
+        "pretrained": model_name,
+        "task": task,
+        "metrics": metrics,
+        "language": language,
+    }
 
 
 def write_results(results: list[dict[str, Any]], output: str | os.PathLike) -> list[Path]:
@@ -100,20 +106,28 @@ def _language(spec: str | None) -> str:
     return spec.partition(":")[0] if spec and ":" in spec and len(spec.partition(":")[0]) == 2 else ""
 
 
-def check_classnames(names: list[str], dataset_classes: list[str], labels, classnames: str, dataset: str) -> None:
+def check_classnames(
+    names: list[str], dataset_classes: list[str], labels, classnames: str, dataset: str
+) -> None:
     """Raise ``ValueError`` unless the class names fit the data set: as many as its class folders/labels (when
     it names them), and more than its largest label."""
     if dataset_classes and len(dataset_classes) != len(names):
         show = lambda xs: ", ".join(xs[:8]) + (f", ... ({len(xs)} in all)" if len(xs) > 8 else "")
-        raise ValueError(f"--classnames {classnames} has {len(names)} class names ({show(names)}) but {dataset} has "
-                         f"{len(dataset_classes)} classes ({show(list(dataset_classes))}) — pass the class names of "
-                         "this data set, in the order of its classes")
+        raise ValueError(
+            f"--classnames {classnames} has {len(names)} class names ({show(names)}) but {dataset} has "
+            f"{len(dataset_classes)} classes ({show(list(dataset_classes))}) — pass the class names of "
+            "this data set, in the order of its classes"
+        )
     if len(labels) and int(max(labels)) >= len(names):
-        raise ValueError(f"{dataset} has labels up to {int(max(labels))} but --classnames {classnames} has only "
-                         f"{len(names)} names — pass the class names of this data set")
+        raise ValueError(
+            f"{dataset} has labels up to {int(max(labels))} but --classnames {classnames} has only "
+            f"{len(names)} names — pass the class names of this data set"
+        )
 
 
-def _labelled(dataset: str, classnames: str, templates: str, limit: int | None, max_bad_fraction: float | None):
+def _labelled(
+    dataset: str, classnames: str, templates: str, limit: int | None, max_bad_fraction: float | None
+):
     """Images, labels, class names and templates of a zero-shot data set, checked against each other."""
     from clip_jax.data.pipeline import check_bad_fraction
 
@@ -127,37 +141,82 @@ def _labelled(dataset: str, classnames: str, templates: str, limit: int | None, 
     return images, labels, names, prompts, skipped
 
 
-def run_zeroshot(model, model_name: str, dataset: str, classnames: str, templates: str, *,
-                 cache: ClassEmbeddingCache, limit: int | None = None, batch_size: int = 64,
-                 max_bad_fraction: float | None = 0.1) -> dict[str, Any]:
+def run_zeroshot(
+    model,
+    model_name: str,
+    dataset: str,
+    classnames: str,
+    templates: str,
+    *,
+    cache: ClassEmbeddingCache,
+    limit: int | None = None,
+    batch_size: int = 64,
+    max_bad_fraction: float | None = 0.1,
+) -> dict[str, Any]:
     """Zero-shot metrics of one model; unusable images are skipped and counted (``skipped`` in the record)."""
-    images, labels, names, prompts, skipped = _labelled(dataset, classnames, templates, limit, max_bad_fraction)
-    metrics = zero_shot(model, images, labels, names, prompts, cache=cache, model_id=model_name,
-                        batch_size=batch_size)
-    return {**result_record(model, model_name, dataset, "zeroshot_classification", _language(templates), metrics),
-            "images": len(images), "skipped": skipped}
+    images, labels, names, prompts, skipped = _labelled(
+        dataset, classnames, templates, limit, max_bad_fraction
+    )
+    metrics = zero_shot(
+        model, images, labels, names, prompts, cache=cache, model_id=model_name, batch_size=batch_size
+    )
+    return {
+        **result_record(model, model_name, dataset, "zeroshot_classification", _language(templates), metrics),
+        "images": len(images),
+        "skipped": skipped,
+    }
 
 
-def run_retrieval(model, model_name: str, data: str, *, limit: int | None = None,
-                  batch_size: int = 64, max_bad_fraction: float | None = 0.1) -> dict[str, Any]:
+def run_retrieval(
+    model,
+    model_name: str,
+    data: str,
+    *,
+    limit: int | None = None,
+    batch_size: int = 64,
+    max_bad_fraction: float | None = 0.1,
+) -> dict[str, Any]:
     from clip_jax.data.pipeline import load_eval_examples
 
-    pixels, captions, skipped = load_eval_examples(data, model.image_processor, limit=limit,
-                                                   max_bad_fraction=max_bad_fraction)
+    pixels, captions, skipped = load_eval_examples(
+        data, model.image_processor, limit=limit, max_bad_fraction=max_bad_fraction
+    )
     texts = [c for caps in captions for c in caps]
     text_image = [i for i, caps in enumerate(captions) for _ in caps]
-    metrics = retrieval_metrics(model.encode_image(pixels, batch_size=batch_size),
-                                model.encode_text(texts, batch_size=4 * batch_size), text_image, ks=(1, 5, 10))
+    metrics = retrieval_metrics(
+        model.encode_image(pixels, batch_size=batch_size),
+        model.encode_text(texts, batch_size=4 * batch_size),
+        text_image,
+        ks=(1, 5, 10),
+    )
     renamed = benchmark_names(metrics)
-    language = spec_options(data)[1].get("language", "") if data.partition(":")[0] in CAPTION_BENCHMARKS else ""
-    return result_record(model, model_name, data, "zeroshot_retrieval", language,
-                         {**renamed, "images": len(pixels), "texts": len(texts),
-                          "skipped": int(sum(skipped.values()))})
+    language = (
+        spec_options(data)[1].get("language", "") if data.partition(":")[0] in CAPTION_BENCHMARKS else ""
+    )
+    return result_record(
+        model,
+        model_name,
+        data,
+        "zeroshot_retrieval",
+        language,
+        {**renamed, "images": len(pixels), "texts": len(texts), "skipped": int(sum(skipped.values()))},
+    )
 
 
-def run_embedmap(model, model_name: str, dataset: str, classnames: str, templates: str, out: str, *,
-                 layers: bool = False, limit: int | None = None, method: str = "umap",
-                 batch_size: int = 64, max_bad_fraction: float | None = 0.1) -> dict[str, Any]:
+def run_embedmap(
+    model,
+    model_name: str,
+    dataset: str,
+    classnames: str,
+    templates: str,
+    out: str,
+    *,
+    layers: bool = False,
+    limit: int | None = None,
+    method: str = "umap",
+    batch_size: int = 64,
+    max_bad_fraction: float | None = 0.1,
+) -> dict[str, Any]:
     from clip_jax.evaluate.embedmap import write_embedding_map
 
     images, labels, names, prompts, _ = _labelled(dataset, classnames, templates, limit, max_bad_fraction)
@@ -165,19 +224,36 @@ def run_embedmap(model, model_name: str, dataset: str, classnames: str, template
     single = model.encode_text([fill(prompts[0], c) for c in names])
     mean = class_embeddings(model, names, prompts)
     features = list(model.encode_image_layers(images, batch_size=batch_size)) if layers else []
-    files = write_embedding_map(image_embeds, labels, names, single, mean, out, layer_features=features,
-                                method=method, title=f"{Path(model_name).name}: {Path(dataset.partition(':')[2] or dataset).name}")
-    return result_record(model, model_name, dataset, "embedmap", _language(templates),
-                         {"files": [str(f) for f in files], "images": len(images)})
+    files = write_embedding_map(
+        image_embeds,
+        labels,
+        names,
+        single,
+        mean,
+        out,
+        layer_features=features,
+        method=method,
+        title=f"{Path(model_name).name}: {Path(dataset.partition(':')[2] or dataset).name}",
+    )
+    return result_record(
+        model,
+        model_name,
+        dataset,
+        "embedmap",
+        _language(templates),
+        {"files": [str(f) for f in files], "images": len(images)},
+    )
 
 
 def format_table(results: list[dict[str, Any]]) -> str:
     """A plain-text comparison table: one row per (model, task, dataset), one column per metric."""
     metrics = sorted({m for r in results for m, v in r["metrics"].items() if isinstance(v, float)})
-    header = ["model", "task", "dataset"] + metrics
-    rows = [[r["pretrained"], r["task"], r["dataset"]] + [f"{r['metrics'][m]:.4f}" if m in r["metrics"] else ""
-                                                     for m in metrics] for r in results]
+    header = ["model", "task", "dataset", *metrics]
+    rows = [
+        [r["pretrained"], r["task"], r["dataset"]]
+        + [f"{r['metrics'][m]:.4f}" if m in r["metrics"] else "" for m in metrics]
+        for r in results
+    ]
     widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
     line = lambda cells: "  ".join(str(c).ljust(w) for c, w in zip(cells, widths))
     return "\n".join([line(header), line(["-" * w for w in widths])] + [line(r) for r in rows])
-

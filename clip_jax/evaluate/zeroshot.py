@@ -22,7 +22,9 @@ PLACEHOLDER = re.compile(r"\{c?\}")
 def builtin() -> list[str]:
     """The built-in ``LANG:NAME`` specs: one ``resources/NAME_LANG.json`` each (provenance inside)."""
     files = (resources.files("clip_jax.evaluate") / "resources").iterdir()
-    return sorted(":".join(f.name[:-len(".json")].rsplit("_", 1)[::-1]) for f in files if f.name.endswith(".json"))
+    return sorted(
+        ":".join(f.name[: -len(".json")].rsplit("_", 1)[::-1]) for f in files if f.name.endswith(".json")
+    )
 
 
 def load_resource(spec: str, kind: str) -> list[str]:
@@ -75,8 +77,10 @@ def resolve_templates(templates: str | Sequence[str] | None = None, language: st
         spec = f"{language}:{GENERAL_TEMPLATES}"
         if spec not in builtin():
             languages = sorted({s.split(":")[0] for s in builtin() if s.endswith(f":{GENERAL_TEMPLATES}")})
-            raise ValueError(f"No built-in templates for language {language!r}; built in: {languages}. "
-                             "Pass your own: templates=['una foto di {}', ...].")
+            raise ValueError(
+                f"No built-in templates for language {language!r}; built in: {languages}. "
+                "Pass your own: templates=['una foto di {}', ...]."
+            )
         return load_resource(spec, "templates")
     if templates is None:
         return ["{}"]
@@ -85,8 +89,11 @@ def resolve_templates(templates: str | Sequence[str] | None = None, language: st
     templates = list(templates)
     bad = [t for t in templates if not isinstance(t, str) or not PLACEHOLDER.search(t)]
     if bad or not templates:
-        raise ValueError(f"Templates must be strings with a {{}} where the class name goes; got {bad[:3] or 'none'}.")
+        raise ValueError(
+            f"Templates must be strings with a {{}} where the class name goes; got {bad[:3] or 'none'}."
+        )
     return templates
+
 
 def model_fingerprint(model) -> str:
     """A digest of everything a text embedding depends on: every parameter (values, shapes, dtypes), the
@@ -101,7 +108,9 @@ def model_fingerprint(model) -> str:
         array = np.asarray(jax.device_get(leaf))
         digest.update(f"{jax.tree_util.keystr(path)}|{array.dtype}|{array.shape}".encode())
         digest.update(np.ascontiguousarray(array).tobytes())
-    digest.update(f"pooling={getattr(model.module, 'text_pooling', '')}|max_length={model.max_length}".encode())
+    digest.update(
+        f"pooling={getattr(model.module, 'text_pooling', '')}|max_length={model.max_length}".encode()
+    )
     tokenizer = getattr(model, "tokenizer", None)
     if tokenizer is not None:
         digest.update(json.dumps(sorted(tokenizer.get_vocab().items()), ensure_ascii=False).encode())
@@ -122,8 +131,9 @@ class ClassEmbeddingCache:
     def get(self, model, model_id: str, classnames: Sequence[str], templates: Sequence[str]) -> np.ndarray:
         """The class embeddings of ``model``; ``model_id`` is only a label (the key is the model's fingerprint)."""
         del model_id
-        key = hashlib.sha1(json.dumps([model_fingerprint(model), list(classnames), list(templates)]
-                                      ).encode()).hexdigest()[:20]
+        key = hashlib.sha1(
+            json.dumps([model_fingerprint(model), list(classnames), list(templates)]).encode()
+        ).hexdigest()[:20]
         if key in self.memory:
             return self.memory[key]
         path = self.directory / f"classes-{key}.npy" if self.directory else None
@@ -149,7 +159,7 @@ def ensemble_embeddings(model, texts_per_class: Sequence[Sequence[str]]) -> np.n
     embeds = model.encode_text(flat)
     out, start = [], 0
     for texts in texts_per_class:
-        mean = embeds[start:start + len(texts)].mean(axis=0)
+        mean = embeds[start : start + len(texts)].mean(axis=0)
         out.append(mean / np.linalg.norm(mean))
         start += len(texts)
     return np.stack(out)
@@ -172,14 +182,24 @@ def classification_metrics(logits: np.ndarray, labels: np.ndarray, num_classes: 
     return metrics
 
 
-def zero_shot(model, images: np.ndarray | Sequence, labels: Sequence[int], classnames: Sequence[str],
-              templates: Sequence[str], *, cache: ClassEmbeddingCache | None = None, model_id: str = "",
-              batch_size: int = 64) -> dict[str, float]:
+def zero_shot(
+    model,
+    images: np.ndarray | Sequence,
+    labels: Sequence[int],
+    classnames: Sequence[str],
+    templates: Sequence[str],
+    *,
+    cache: ClassEmbeddingCache | None = None,
+    model_id: str = "",
+    batch_size: int = 64,
+) -> dict[str, float]:
     """Zero-shot metrics of ``model`` on images with integer labels into ``classnames``."""
     labels = np.asarray(labels)
     if len(labels) and (labels.min() < 0 or labels.max() >= len(classnames)):
-        raise ValueError(f"Labels go up to {labels.max()} but there are only {len(classnames)} class names; "
-                         "the class list does not match the data set.")
+        raise ValueError(
+            f"Labels go up to {labels.max()} but there are only {len(classnames)} class names; "
+            "the class list does not match the data set."
+        )
     classes = (cache or ClassEmbeddingCache()).get(model, model_id or str(id(model)), classnames, templates)
     image_embeds = model.encode_image(images, batch_size=batch_size)
     return classification_metrics(model.logit_scale * image_embeds @ classes.T, labels, len(classnames))

@@ -13,7 +13,15 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from clip_jax.models.layers import DType, TowerOutput, config_fields, layer_norm, normal, padding_mask, run_layers
+from clip_jax.models.layers import (
+    DType,
+    TowerOutput,
+    config_fields,
+    layer_norm,
+    normal,
+    padding_mask,
+    run_layers,
+)
 from clip_jax.models.vit import CLIP_ENCODER_RULES, PreNormBlock
 from clip_jax.weights.keymap import KeyMap, Rule
 
@@ -41,7 +49,7 @@ class CLIPTextConfig:
     model_type = "clip_text_model"
 
     @classmethod
-    def from_hf(cls, hf: dict) -> "CLIPTextConfig":
+    def from_hf(cls, hf: dict) -> CLIPTextConfig:
         """From a transformers config dict (``CLIPTextConfig.to_dict()`` or config.json)."""
         return cls(**config_fields(cls, hf))
 
@@ -62,37 +70,66 @@ class CLIPTextTransformer(nnx.Module):
     both embeddings ``normal(0.02 f)``, the layers as :class:`~clip_jax.models.vit.PreNormBlock` says.
     """
 
-    def __init__(self, config: CLIPTextConfig, *, dtype: DType = None, param_dtype: jnp.dtype = jnp.float32,
-                 rngs: nnx.Rngs):
+    def __init__(
+        self,
+        config: CLIPTextConfig,
+        *,
+        dtype: DType = None,
+        param_dtype: jnp.dtype = jnp.float32,
+        rngs: nnx.Rngs,
+    ):
         self.config = config
         self.remat = False  # gradient checkpointing per layer; set by the trainer
         d, factor = config.hidden_size, config.initializer_factor
         kwargs = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         self.token_embedding = nnx.Embed(config.vocab_size, d, embedding_init=normal(0.02 * factor), **kwargs)
-        self.position_embedding = nnx.Embed(config.max_position_embeddings, d, embedding_init=normal(0.02 * factor),
-                                            **kwargs)
-        self.layers = nnx.List([
-            PreNormBlock(d, config.intermediate_size, config.num_attention_heads, config.hidden_act,
-                         config.layer_norm_eps, config.attention_dropout, num_layers=config.num_hidden_layers,
-                         initializer_factor=factor, **kwargs)
-            for _ in range(config.num_hidden_layers)])
+        self.position_embedding = nnx.Embed(
+            config.max_position_embeddings, d, embedding_init=normal(0.02 * factor), **kwargs
+        )
+        self.layers = nnx.List(
+            [
+                PreNormBlock(
+                    d,
+                    config.intermediate_size,
+                    config.num_attention_heads,
+                    config.hidden_act,
+                    config.layer_norm_eps,
+                    config.attention_dropout,
+                    num_layers=config.num_hidden_layers,
+                    initializer_factor=factor,
+                    **kwargs,
+                )
+                for _ in range(config.num_hidden_layers)
+            ]
+        )
         self.final_layer_norm = layer_norm(d, config.layer_norm_eps, **kwargs)
 
-    def __call__(self, input_ids: jax.Array, attention_mask: jax.Array | None = None,
-                 position_ids: jax.Array | None = None, *, output_hidden_states: bool = False,
-                 deterministic: bool = True, rngs: nnx.Rngs | None = None) -> TowerOutput:
+    def __call__(
+        self,
+        input_ids: jax.Array,
+        attention_mask: jax.Array | None = None,
+        position_ids: jax.Array | None = None,
+        *,
+        output_hidden_states: bool = False,
+        deterministic: bool = True,
+        rngs: nnx.Rngs | None = None,
+    ) -> TowerOutput:
         """Encode ``input_ids`` ``[batch, seq]`` with an optional 0/1 ``attention_mask``."""
         seq = input_ids.shape[1]
         if seq > self.config.max_position_embeddings:
-            raise ValueError(f"Sequence length {seq} exceeds max_position_embeddings "
-                             f"{self.config.max_position_embeddings}; truncate the text.")
+            raise ValueError(
+                f"Sequence length {seq} exceeds max_position_embeddings "
+                f"{self.config.max_position_embeddings}; truncate the text."
+            )
         if position_ids is None:
             position_ids = jnp.arange(seq)[None, :]
         x = self.token_embedding(input_ids) + self.position_embedding(position_ids)
         mask = jnp.tril(jnp.ones((seq, seq), bool))[None, None]
         if attention_mask is not None:
             mask = mask & padding_mask(attention_mask)
-        x, hidden_states = run_layers(self.layers, x, mask, remat=self.remat, deterministic=deterministic, rngs=rngs)
+        x, hidden_states = run_layers(
+            self.layers, x, mask, remat=self.remat, deterministic=deterministic, rngs=rngs
+        )
         x = self.final_layer_norm(x)
         if self.config.eos_token_id == 2:
             eos_index = jnp.argmax(input_ids, axis=-1)
@@ -102,10 +139,12 @@ class CLIPTextTransformer(nnx.Module):
         return TowerOutput(x, pooled, tuple(hidden_states) if output_hidden_states else None)
 
 
-KEY_MAP = KeyMap([
-    Rule("embeddings.token_embedding.weight", "token_embedding.embedding"),
-    Rule("embeddings.position_embedding.weight", "position_embedding.embedding"),
-    *CLIP_ENCODER_RULES,
-    Rule("final_layer_norm.weight", "final_layer_norm.scale"),
-    Rule("final_layer_norm.bias", "final_layer_norm.bias"),
-])
+KEY_MAP = KeyMap(
+    [
+        Rule("embeddings.token_embedding.weight", "token_embedding.embedding"),
+        Rule("embeddings.position_embedding.weight", "position_embedding.embedding"),
+        *CLIP_ENCODER_RULES,
+        Rule("final_layer_norm.weight", "final_layer_norm.scale"),
+        Rule("final_layer_norm.bias", "final_layer_norm.bias"),
+    ]
+)

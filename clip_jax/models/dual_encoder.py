@@ -9,8 +9,7 @@ import math
 
 import jax
 import jax.numpy as jnp
-from flax import nnx
-from flax import struct
+from flax import nnx, struct
 
 from clip_jax.models.layers import TowerOutput
 from clip_jax.models.registry import POOLINGS
@@ -43,7 +42,9 @@ def pool_text(output: TowerOutput, attention_mask: jax.Array | None, method: str
         attention_mask = jnp.ones(hidden.shape[:2], jnp.int32)
     if method == "pooler":
         if output.pooler_output is None:
-            raise ValueError("text_pooling='pooler' but the text tower has no pooler; use 'cls', 'mean' or 'eos'.")
+            raise ValueError(
+                "text_pooling='pooler' but the text tower has no pooler; use 'cls', 'mean' or 'eos'."
+            )
         return output.pooler_output
     if method == "cls":
         return hidden[:, 0]
@@ -65,10 +66,19 @@ def l2_normalize(x: jax.Array, eps: float = 1e-12) -> jax.Array:
 class DualEncoder(nnx.Module):
     """Vision tower + text tower + projections + learned logit scale (and optional logit bias)."""
 
-    def __init__(self, vision: nnx.Module, text: nnx.Module, *, projection_dim: int = 512,
-                 text_pooling: str = "pooler", logit_scale_init: float = LOGIT_SCALE_INIT,
-                 logit_bias_init: float | None = None, dtype: jnp.dtype | None = None,
-                 param_dtype: jnp.dtype = jnp.float32, rngs: nnx.Rngs):
+    def __init__(
+        self,
+        vision: nnx.Module,
+        text: nnx.Module,
+        *,
+        projection_dim: int = 512,
+        text_pooling: str = "pooler",
+        logit_scale_init: float = LOGIT_SCALE_INIT,
+        logit_bias_init: float | None = None,
+        dtype: jnp.dtype | None = None,
+        param_dtype: jnp.dtype = jnp.float32,
+        rngs: nnx.Rngs,
+    ):
         if text_pooling not in POOLINGS:
             raise ValueError(f"Unknown text_pooling {text_pooling!r}; choose one of {POOLINGS}.")
         self.vision = vision
@@ -80,14 +90,17 @@ class DualEncoder(nnx.Module):
         self.visual_projection = nnx.Linear(vision.config.hidden_size, projection_dim, **kwargs)
         self.text_projection = nnx.Linear(text.config.hidden_size, projection_dim, **kwargs)
         self.logit_scale = nnx.Param(jnp.asarray(logit_scale_init, jnp.float32))
-        self.logit_bias = (nnx.Param(jnp.asarray(logit_bias_init, jnp.float32))
-                           if logit_bias_init is not None else None)
+        self.logit_bias = (
+            nnx.Param(jnp.asarray(logit_bias_init, jnp.float32)) if logit_bias_init is not None else None
+        )
 
     def image_features(self, pixel_values: jax.Array, **kwargs) -> jax.Array:
         """Projected (not normalised) image features ``[batch, projection_dim]``; pixels channels-last."""
         return self.visual_projection(self.vision(pixel_values, **kwargs).pooler_output)
 
-    def text_features(self, input_ids: jax.Array, attention_mask: jax.Array | None = None, **kwargs) -> jax.Array:
+    def text_features(
+        self, input_ids: jax.Array, attention_mask: jax.Array | None = None, **kwargs
+    ) -> jax.Array:
         """Projected (not normalised) text features ``[batch, projection_dim]``."""
         output = self.text(input_ids, attention_mask, **kwargs)
         return self.text_projection(pool_text(output, attention_mask, self.text_pooling))
@@ -96,8 +109,15 @@ class DualEncoder(nnx.Module):
         """``exp(logit_scale)``, clamped at 100."""
         return jnp.exp(jnp.minimum(self.logit_scale[...], LOGIT_SCALE_MAX))
 
-    def __call__(self, pixel_values: jax.Array, input_ids: jax.Array, attention_mask: jax.Array | None = None, *,
-                 deterministic: bool = True, rngs: nnx.Rngs | None = None) -> DualEncoderOutput:
+    def __call__(
+        self,
+        pixel_values: jax.Array,
+        input_ids: jax.Array,
+        attention_mask: jax.Array | None = None,
+        *,
+        deterministic: bool = True,
+        rngs: nnx.Rngs | None = None,
+    ) -> DualEncoderOutput:
         kwargs = dict(deterministic=deterministic, rngs=rngs)
         image = l2_normalize(self.image_features(pixel_values, **kwargs))
         text = l2_normalize(self.text_features(input_ids, attention_mask, **kwargs))
@@ -105,15 +125,23 @@ class DualEncoder(nnx.Module):
         return DualEncoderOutput(image, text, self.scale(), bias)
 
 
-HEAD_KEY_MAP = KeyMap([
-    Rule("visual_projection.weight", "visual_projection.kernel", LINEAR),
-    Rule("text_projection.weight", "text_projection.kernel", LINEAR),
-    Rule("logit_scale", "logit_scale", IDENTITY),
-    Rule("logit_bias", "logit_bias", IDENTITY),
-])
+HEAD_KEY_MAP = KeyMap(
+    [
+        Rule("visual_projection.weight", "visual_projection.kernel", LINEAR),
+        Rule("text_projection.weight", "text_projection.kernel", LINEAR),
+        Rule("logit_scale", "logit_scale", IDENTITY),
+        Rule("logit_bias", "logit_bias", IDENTITY),
+    ]
+)
 
 
-def dual_encoder_key_map(vision_map: KeyMap, text_map: KeyMap, vision_prefix: str = "vision_model.",
-                         text_prefix: str = "text_model.") -> KeyMap:
+def dual_encoder_key_map(
+    vision_map: KeyMap,
+    text_map: KeyMap,
+    vision_prefix: str = "vision_model.",
+    text_prefix: str = "text_model.",
+) -> KeyMap:
     """The whole model's PyTorch <-> our names, with each tower's keys under its prefix."""
-    return vision_map.prefixed(vision_prefix, "vision.") + text_map.prefixed(text_prefix, "text.") + HEAD_KEY_MAP
+    return (
+        vision_map.prefixed(vision_prefix, "vision.") + text_map.prefixed(text_prefix, "text.") + HEAD_KEY_MAP
+    )

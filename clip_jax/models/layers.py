@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
-from flax import nnx
-from flax import struct
+from flax import nnx, struct
 
 Array = jax.Array
 DType = jnp.dtype | None
@@ -49,9 +48,7 @@ def activation(name: str) -> Callable[[Array], Array]:
     try:
         return ACTIVATIONS[name]
     except KeyError:
-        raise ValueError(
-            f"Unsupported hidden_act {name!r}; supported: {sorted(ACTIVATIONS)}."
-        ) from None
+        raise ValueError(f"Unsupported hidden_act {name!r}; supported: {sorted(ACTIVATIONS)}.") from None
 
 
 @struct.dataclass
@@ -70,8 +67,17 @@ class TowerOutput:
 class HeadsProjection(nnx.Module):
     """Dense map ``[..., embed] -> [..., heads, head_dim]`` (a query, key or value projection)."""
 
-    def __init__(self, embed_dim: int, num_heads: int, head_dim: int, *, dtype: DType,
-                 param_dtype: jnp.dtype, rngs: nnx.Rngs, init: nnx.Initializer = DEFAULT_INIT):
+    def __init__(
+        self,
+        embed_dim: int,
+        num_heads: int,
+        head_dim: int,
+        *,
+        dtype: DType,
+        param_dtype: jnp.dtype,
+        rngs: nnx.Rngs,
+        init: nnx.Initializer = DEFAULT_INIT,
+    ):
         self.kernel = nnx.Param(init(rngs.params(), (embed_dim, num_heads, head_dim), param_dtype))
         self.bias = nnx.Param(jnp.zeros((num_heads, head_dim), param_dtype))
         self.dtype = dtype
@@ -86,8 +92,17 @@ class HeadsProjection(nnx.Module):
 class HeadsMerge(nnx.Module):
     """Dense map ``[..., heads, head_dim] -> [..., embed]`` (the attention output projection)."""
 
-    def __init__(self, num_heads: int, head_dim: int, embed_dim: int, *, dtype: DType,
-                 param_dtype: jnp.dtype, rngs: nnx.Rngs, init: nnx.Initializer = DEFAULT_INIT):
+    def __init__(
+        self,
+        num_heads: int,
+        head_dim: int,
+        embed_dim: int,
+        *,
+        dtype: DType,
+        param_dtype: jnp.dtype,
+        rngs: nnx.Rngs,
+        init: nnx.Initializer = DEFAULT_INIT,
+    ):
         self.kernel = nnx.Param(init(rngs.params(), (num_heads, head_dim, embed_dim), param_dtype))
         self.bias = nnx.Param(jnp.zeros((embed_dim,), param_dtype))
         self.dtype = dtype
@@ -107,9 +122,18 @@ class Attention(nnx.Module):
     kernels, ``out_init`` the output projection's.
     """
 
-    def __init__(self, embed_dim: int, num_heads: int, *, dropout: float = 0.0, dtype: DType = None,
-                 param_dtype: jnp.dtype = jnp.float32, rngs: nnx.Rngs, in_init: nnx.Initializer = DEFAULT_INIT,
-                 out_init: nnx.Initializer = DEFAULT_INIT):
+    def __init__(
+        self,
+        embed_dim: int,
+        num_heads: int,
+        *,
+        dropout: float = 0.0,
+        dtype: DType = None,
+        param_dtype: jnp.dtype = jnp.float32,
+        rngs: nnx.Rngs,
+        in_init: nnx.Initializer = DEFAULT_INIT,
+        out_init: nnx.Initializer = DEFAULT_INIT,
+    ):
         if embed_dim % num_heads:
             raise ValueError(f"hidden_size {embed_dim} is not divisible by num_attention_heads {num_heads}.")
         head_dim = embed_dim // num_heads
@@ -121,8 +145,9 @@ class Attention(nnx.Module):
         self.dropout = nnx.Dropout(dropout)
         self.scale = 1.0 / math.sqrt(head_dim)
 
-    def __call__(self, x: Array, mask: Array | None = None, *, deterministic: bool = True,
-                 rngs: nnx.Rngs | None = None) -> Array:
+    def __call__(
+        self, x: Array, mask: Array | None = None, *, deterministic: bool = True, rngs: nnx.Rngs | None = None
+    ) -> Array:
         q, k, v = self.query(x), self.key(x), self.value(x)
         scores = jnp.einsum("bqhk,bshk->bhqs", q, k).astype(jnp.float32) * self.scale
         if mask is not None:
@@ -135,9 +160,18 @@ class Attention(nnx.Module):
 class MLP(nnx.Module):
     """Two dense layers with an activation between them (``fc1 -> act -> fc2``)."""
 
-    def __init__(self, embed_dim: int, hidden_dim: int, act: str, *, dtype: DType = None,
-                 param_dtype: jnp.dtype = jnp.float32, rngs: nnx.Rngs, fc1_init: nnx.Initializer = DEFAULT_INIT,
-                 fc2_init: nnx.Initializer = DEFAULT_INIT):
+    def __init__(
+        self,
+        embed_dim: int,
+        hidden_dim: int,
+        act: str,
+        *,
+        dtype: DType = None,
+        param_dtype: jnp.dtype = jnp.float32,
+        rngs: nnx.Rngs,
+        fc1_init: nnx.Initializer = DEFAULT_INIT,
+        fc2_init: nnx.Initializer = DEFAULT_INIT,
+    ):
         kwargs = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         self.fc1 = nnx.Linear(embed_dim, hidden_dim, kernel_init=fc1_init, **kwargs)
         self.fc2 = nnx.Linear(hidden_dim, embed_dim, kernel_init=fc2_init, **kwargs)
@@ -147,10 +181,13 @@ class MLP(nnx.Module):
         return self.fc2(self.act(self.fc1(x)))
 
 
-def layer_norm(dim: int, eps: float, *, dtype: DType, param_dtype: jnp.dtype, rngs: nnx.Rngs) -> nnx.LayerNorm:
+def layer_norm(
+    dim: int, eps: float, *, dtype: DType, param_dtype: jnp.dtype, rngs: nnx.Rngs
+) -> nnx.LayerNorm:
     """A LayerNorm with PyTorch's epsilon convention (added to the variance)."""
-    return nnx.LayerNorm(dim, epsilon=eps, dtype=dtype, param_dtype=param_dtype,
-                         use_fast_variance=False, rngs=rngs)
+    return nnx.LayerNorm(
+        dim, epsilon=eps, dtype=dtype, param_dtype=param_dtype, use_fast_variance=False, rngs=rngs
+    )
 
 
 def padding_mask(attention_mask: Array) -> Array:
@@ -158,8 +195,15 @@ def padding_mask(attention_mask: Array) -> Array:
     return attention_mask.astype(bool)[:, None, None, :]
 
 
-def run_layers(layers, x: Array, mask: Array | None, *, remat: bool = False, deterministic: bool = True,
-               rngs: nnx.Rngs | None = None) -> tuple[Array, list[Array]]:
+def run_layers(
+    layers,
+    x: Array,
+    mask: Array | None,
+    *,
+    remat: bool = False,
+    deterministic: bool = True,
+    rngs: nnx.Rngs | None = None,
+) -> tuple[Array, list[Array]]:
     """Apply transformer layers in order; return the output and ``[input, output of each layer]``.
 
     With ``remat`` each layer's activations are recomputed in the backward pass instead of
@@ -168,7 +212,9 @@ def run_layers(layers, x: Array, mask: Array | None, *, remat: bool = False, det
     hidden_states = [x]
     for layer in layers:
         if remat:
-            x = nnx.remat(lambda lyr, h, m, r: lyr(h, m, deterministic=deterministic, rngs=r))(layer, x, mask, rngs)
+            x = nnx.remat(lambda lyr, h, m, r: lyr(h, m, deterministic=deterministic, rngs=r))(
+                layer, x, mask, rngs
+            )
         else:
             x = layer(x, mask, deterministic=deterministic, rngs=rngs)
         hidden_states.append(x)

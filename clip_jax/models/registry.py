@@ -10,8 +10,9 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import Any, Literal
 
 import jax.numpy as jnp
 import numpy as np
@@ -54,19 +55,36 @@ class Architecture:
     adapt: Adapter | None = None
 
 
-_BERT = dict(kind="text", config_cls=bert.BertConfig, module_cls=bert.BertEncoder, key_map=bert.KEY_MAP,
-             anchor="embeddings.word_embeddings.weight",
-             ignore=(r"embeddings\.position_ids", r"embeddings\.token_type_ids"), allow_missing=(r"pooler\..*",))
+_BERT = dict(
+    kind="text",
+    config_cls=bert.BertConfig,
+    module_cls=bert.BertEncoder,
+    key_map=bert.KEY_MAP,
+    anchor="embeddings.word_embeddings.weight",
+    ignore=(r"embeddings\.position_ids", r"embeddings\.token_type_ids"),
+    allow_missing=(r"pooler\..*",),
+)
 
 ARCHITECTURES: dict[str, Architecture] = {
     "clip_vision_model": Architecture(
-        kind="vision", config_cls=vit.CLIPVisionConfig, module_cls=vit.CLIPVisionTransformer,
-        key_map=vit.KEY_MAP, prefixes=("vision_model.", ""), anchor="embeddings.patch_embedding.weight",
-        ignore=(r"embeddings\.position_ids",), adapt=_adapt_vit_positions),
+        kind="vision",
+        config_cls=vit.CLIPVisionConfig,
+        module_cls=vit.CLIPVisionTransformer,
+        key_map=vit.KEY_MAP,
+        prefixes=("vision_model.", ""),
+        anchor="embeddings.patch_embedding.weight",
+        ignore=(r"embeddings\.position_ids",),
+        adapt=_adapt_vit_positions,
+    ),
     "clip_text_model": Architecture(
-        kind="text", config_cls=clip_text.CLIPTextConfig, module_cls=clip_text.CLIPTextTransformer,
-        key_map=clip_text.KEY_MAP, prefixes=("text_model.", ""), anchor="embeddings.token_embedding.weight",
-        ignore=(r"embeddings\.position_ids",)),
+        kind="text",
+        config_cls=clip_text.CLIPTextConfig,
+        module_cls=clip_text.CLIPTextTransformer,
+        key_map=clip_text.KEY_MAP,
+        prefixes=("text_model.", ""),
+        anchor="embeddings.token_embedding.weight",
+        ignore=(r"embeddings\.position_ids",),
+    ),
     "bert": Architecture(prefixes=("", "bert."), **_BERT),
     "roberta": Architecture(prefixes=("", "roberta."), **_BERT),
     "xlm-roberta": Architecture(prefixes=("", "roberta."), **_BERT),
@@ -76,7 +94,10 @@ ARCHITECTURES: dict[str, Architecture] = {
 #: Checkpoints that hold both towers: sub-config key and key prefix of each tower.
 COMPOSITES: dict[str, dict[Kind, tuple[str, str]]] = {
     "clip": {"vision": ("vision_config", "vision_model."), "text": ("text_config", "text_model.")},
-    "vision-text-dual-encoder": {"vision": ("vision_config", "vision_model."), "text": ("text_config", "text_model.")},
+    "vision-text-dual-encoder": {
+        "vision": ("vision_config", "vision_model."),
+        "text": ("text_config", "text_model."),
+    },
     # CLIP-Italian's earlier Flax checkpoints (transformers' jax-projects hybrid_clip).
     "hybrid-clip": {"vision": ("vision_config", "vision_model."), "text": ("text_config", "text_model.")},
 }
@@ -90,7 +111,8 @@ def architecture_for(model_type: str, kind: Kind) -> Architecture:
         supported = sorted(t for t, a in ARCHITECTURES.items() if a.kind == kind)
         raise CheckpointError(
             f"Unknown {kind} model_type {model_type!r}. Supported {kind} towers: {supported} (or a composite: "
-            f"{sorted(COMPOSITES)}). To add one, see clip_jax/models/registry.py.")
+            f"{sorted(COMPOSITES)}). To add one, see clip_jax/models/registry.py."
+        )
     if arch.kind != kind:
         raise CheckpointError(f"model_type {model_type!r} is a {arch.kind} tower, not a {kind} tower.")
     return arch
@@ -100,14 +122,17 @@ def normalised_config(raw: dict[str, Any], source: str = "") -> dict[str, Any]:
     """config.json with transformers' defaults filled in where transformers knows the model_type."""
     try:
         from transformers import CONFIG_MAPPING
+
         config_cls = CONFIG_MAPPING[raw.get("model_type")]
     except (ImportError, KeyError, TypeError):
         return raw
     try:
         return config_cls.from_dict(raw).to_dict()
     except (TypeError, ValueError, KeyError, ZeroDivisionError, AttributeError) as error:
-        raise CheckpointError(f"{source or 'config.json'}: transformers cannot read it as a "
-                              f"{raw.get('model_type')!r} config ({error}).") from None
+        raise CheckpointError(
+            f"{source or 'config.json'}: transformers cannot read it as a "
+            f"{raw.get('model_type')!r} config ({error})."
+        ) from None
 
 
 def architecture_of(tower: nnx.Module) -> Architecture:
@@ -115,8 +140,17 @@ def architecture_of(tower: nnx.Module) -> Architecture:
     return ARCHITECTURES[tower.config.to_hf()["model_type"]]
 
 
-POSITIVE_FIELDS = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "vocab_size",
-                   "max_position_embeddings", "image_size", "patch_size", "projection_dim")
+POSITIVE_FIELDS = (
+    "hidden_size",
+    "intermediate_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "vocab_size",
+    "max_position_embeddings",
+    "image_size",
+    "patch_size",
+    "projection_dim",
+)
 
 
 def check_tower_config(config: Any, kind: Kind, source: str = "") -> None:
@@ -125,12 +159,16 @@ def check_tower_config(config: Any, kind: Kind, source: str = "") -> None:
     values = {f.name: getattr(config, f.name) for f in dataclasses.fields(config)}
     bad = {k: v for k, v in values.items() if k in POSITIVE_FIELDS and not (isinstance(v, int) and v > 0)}
     if bad:
-        raise CheckpointError(f"{where}: the {kind} tower's {', '.join(f'{k}={v!r}' for k, v in bad.items())} "
-                              "must be positive whole numbers — the config is corrupt or not for this model.")
+        raise CheckpointError(
+            f"{where}: the {kind} tower's {', '.join(f'{k}={v!r}' for k, v in bad.items())} "
+            "must be positive whole numbers — the config is corrupt or not for this model."
+        )
     hidden, heads = values.get("hidden_size"), values.get("num_attention_heads")
     if hidden and heads and hidden % heads:
-        raise CheckpointError(f"{where}: the {kind} tower's hidden_size {hidden} is not divisible by "
-                              f"num_attention_heads {heads}.")
+        raise CheckpointError(
+            f"{where}: the {kind} tower's hidden_size {hidden} is not divisible by "
+            f"num_attention_heads {heads}."
+        )
 
 
 def tower_config(hf_config: dict[str, Any], kind: Kind, source: str = "") -> tuple[Architecture, Any, str]:
@@ -154,7 +192,9 @@ def tower_config(hf_config: dict[str, Any], kind: Kind, source: str = "") -> tup
     try:
         config = arch.config_cls.from_hf(hf_config)
     except (TypeError, ValueError, KeyError) as error:
-        raise CheckpointError(f"{source or 'config.json'}: cannot read the {kind} tower's config ({error}).") from None
+        raise CheckpointError(
+            f"{source or 'config.json'}: cannot read the {kind} tower's config ({error})."
+        ) from None
     check_tower_config(config, kind, source)
     return arch, config, outer
 
@@ -166,7 +206,8 @@ def detect_prefix(state_dict: dict[str, Any], arch: Architecture, outer: str = "
     if prefix is None:
         raise CheckpointError(
             f"{source} has no {arch.kind} tower weights: expected a key like {candidates[0] + arch.anchor!r}. "
-            f"The weights may belong to another architecture than config.json's model_type says.")
+            f"The weights may belong to another architecture than config.json's model_type says."
+        )
     return prefix
 
 
@@ -179,14 +220,16 @@ class LoadedTower:
     directory: Path | None
 
 
-def tower_builder(arch: Architecture, config: Any, dtype: DType = None, param_dtype: jnp.dtype = jnp.float32,
-                  seed: int = 0) -> Callable[[], nnx.Module]:
+def tower_builder(
+    arch: Architecture, config: Any, dtype: DType = None, param_dtype: jnp.dtype = jnp.float32, seed: int = 0
+) -> Callable[[], nnx.Module]:
     """A no-argument function that builds (randomly initialises) the tower; for ``nnx.eval_shape``."""
     return lambda: arch.module_cls(config, dtype=dtype, param_dtype=param_dtype, rngs=nnx.Rngs(seed))
 
 
-def build_tower(config: Any, kind: Kind, *, dtype: DType = None, param_dtype: jnp.dtype = jnp.float32,
-                seed: int = 0) -> LoadedTower:
+def build_tower(
+    config: Any, kind: Kind, *, dtype: DType = None, param_dtype: jnp.dtype = jnp.float32, seed: int = 0
+) -> LoadedTower:
     """A randomly initialised tower from our config dataclass, a transformers config, or a config dict."""
     if not hasattr(config, "to_hf") and hasattr(config, "to_dict"):  # a transformers config
         config = config.to_dict()
@@ -198,30 +241,55 @@ def build_tower(config: Any, kind: Kind, *, dtype: DType = None, param_dtype: jn
     return LoadedTower(tower_builder(arch, config, dtype, param_dtype, seed)(), arch, None)
 
 
-def load_tower(path_or_id: str | os.PathLike, kind: Kind, *, revision: str | None = None, dtype: DType = None,
-               param_dtype: jnp.dtype = jnp.float32, ignore: tuple[str, ...] = (),
-               allow_missing: tuple[str, ...] = (), seed: int = 0, **config_overrides: Any) -> LoadedTower:
+def load_tower(
+    path_or_id: str | os.PathLike,
+    kind: Kind,
+    *,
+    revision: str | None = None,
+    dtype: DType = None,
+    param_dtype: jnp.dtype = jnp.float32,
+    ignore: tuple[str, ...] = (),
+    allow_missing: tuple[str, ...] = (),
+    seed: int = 0,
+    **config_overrides: Any,
+) -> LoadedTower:
     """Load the ``kind`` tower of a checkpoint (a tower on its own or one half of a composite)."""
     directory = resolve_checkpoint(path_or_id, revision=revision)
-    arch, config, outer = tower_config(normalised_config(read_config(directory), str(directory)), kind,
-                                       str(directory))
+    arch, config, outer = tower_config(
+        normalised_config(read_config(directory), str(directory)), kind, str(directory)
+    )
     if config_overrides:
         unknown = set(config_overrides) - {f.name for f in dataclasses.fields(config)}
         if unknown:
-            raise TypeError(f"Unknown {type(config).__name__} override(s) {sorted(unknown)}; valid: "
-                            f"{[f.name for f in dataclasses.fields(config)]}.")
+            raise TypeError(
+                f"Unknown {type(config).__name__} override(s) {sorted(unknown)}; valid: "
+                f"{[f.name for f in dataclasses.fields(config)]}."
+            )
         config = dataclasses.replace(config, **config_overrides)
     state_dict = read_state_dict(directory)
     prefix = detect_prefix(state_dict, arch, outer, source=str(directory))
-    module = load_params(tower_builder(arch, config, dtype, param_dtype, seed), state_dict, arch.key_map, prefix=prefix,
-                         ignore=arch.ignore + tuple(ignore), allow_missing=arch.allow_missing + tuple(allow_missing),
-                         adapt=arch.adapt, source=f"{kind} tower from {directory}")
+    module = load_params(
+        tower_builder(arch, config, dtype, param_dtype, seed),
+        state_dict,
+        arch.key_map,
+        prefix=prefix,
+        ignore=arch.ignore + tuple(ignore),
+        allow_missing=arch.allow_missing + tuple(allow_missing),
+        adapt=arch.adapt,
+        source=f"{kind} tower from {directory}",
+    )
     return LoadedTower(module, arch, directory)
 
 
-def load_vision_tower(path_or_id: str | os.PathLike, *, revision: str | None = None, dtype: DType = None,
-                      param_dtype: jnp.dtype = jnp.float32, image_size: int | None = None, **kwargs: Any
-                      ) -> nnx.Module:
+def load_vision_tower(
+    path_or_id: str | os.PathLike,
+    *,
+    revision: str | None = None,
+    dtype: DType = None,
+    param_dtype: jnp.dtype = jnp.float32,
+    image_size: int | None = None,
+    **kwargs: Any,
+) -> nnx.Module:
     """A pretrained CLIP vision tower from a local directory or hub id.
 
     The returned module is called as ``tower(pixel_values)`` with ``pixel_values`` channels-last
@@ -231,17 +299,25 @@ def load_vision_tower(path_or_id: str | os.PathLike, *, revision: str | None = N
     the weights (float32 or bfloat16); ``dtype`` the compute dtype (default: that of the inputs/params).
     """
     overrides = {"image_size": image_size} if image_size is not None else {}
-    return load_tower(path_or_id, "vision", revision=revision, dtype=dtype, param_dtype=param_dtype,
-                      **overrides, **kwargs).module
+    return load_tower(
+        path_or_id, "vision", revision=revision, dtype=dtype, param_dtype=param_dtype, **overrides, **kwargs
+    ).module
 
 
-def load_text_tower(path_or_id: str | os.PathLike, *, revision: str | None = None, dtype: DType = None,
-                    param_dtype: jnp.dtype = jnp.float32, **kwargs: Any) -> nnx.Module:
+def load_text_tower(
+    path_or_id: str | os.PathLike,
+    *,
+    revision: str | None = None,
+    dtype: DType = None,
+    param_dtype: jnp.dtype = jnp.float32,
+    **kwargs: Any,
+) -> nnx.Module:
     """A pretrained text tower (BERT, RoBERTa, XLM-RoBERTa, CamemBERT, CLIP text) from a directory or hub id.
 
     The returned module is called as ``tower(input_ids, attention_mask)`` (``[batch, seq]`` integer
     arrays) and returns a :class:`TowerOutput` whose ``last_hidden_state`` and ``pooler_output``
     equal transformers'. Tokenise with ``transformers.AutoTokenizer`` on the same checkpoint.
     """
-    return load_tower(path_or_id, "text", revision=revision, dtype=dtype, param_dtype=param_dtype,
-                      **kwargs).module
+    return load_tower(
+        path_or_id, "text", revision=revision, dtype=dtype, param_dtype=param_dtype, **kwargs
+    ).module

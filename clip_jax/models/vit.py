@@ -16,7 +16,16 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from clip_jax.models.layers import MLP, Attention, DType, TowerOutput, config_fields, layer_norm, normal, run_layers
+from clip_jax.models.layers import (
+    MLP,
+    Attention,
+    DType,
+    TowerOutput,
+    config_fields,
+    layer_norm,
+    normal,
+    run_layers,
+)
 from clip_jax.weights.keymap import CONV, HEADS_BIAS, HEADS_IN, HEADS_OUT, LINEAR, KeyMap, Rule
 
 
@@ -41,7 +50,7 @@ class CLIPVisionConfig:
     model_type = "clip_vision_model"
 
     @classmethod
-    def from_hf(cls, hf: dict) -> "CLIPVisionConfig":
+    def from_hf(cls, hf: dict) -> CLIPVisionConfig:
         """From a transformers config dict (``CLIPVisionConfig.to_dict()`` or config.json)."""
         return cls(**config_fields(cls, hf))
 
@@ -88,8 +97,9 @@ def resize_position_embedding(table: jax.Array | np.ndarray, grid: tuple[int, in
         return jnp.asarray(table)
     patches = jnp.asarray(table[1:]).reshape(old, old, -1)
     rows, cols = bicubic_resize_matrix(old, grid[0]), bicubic_resize_matrix(old, grid[1])
-    resized = jnp.einsum("yi,xj,ijd->yxd", rows, cols, patches.astype(jnp.float32),
-                         precision=jax.lax.Precision.HIGHEST).astype(table.dtype)
+    resized = jnp.einsum(
+        "yi,xj,ijd->yxd", rows, cols, patches.astype(jnp.float32), precision=jax.lax.Precision.HIGHEST
+    ).astype(table.dtype)
     return jnp.concatenate([jnp.asarray(table[:1]), resized.reshape(grid[0] * grid[1], -1)], axis=0)
 
 
@@ -101,20 +111,50 @@ class PreNormBlock(nnx.Module):
     fc1 from ``normal((2 d)^-0.5 f)`` (``d`` the width, ``L`` the depth, ``f`` ``initializer_factor``).
     """
 
-    def __init__(self, hidden_size: int, intermediate_size: int, num_heads: int, act: str, eps: float,
-                 attention_dropout: float, *, num_layers: int, initializer_factor: float = 1.0, dtype: DType,
-                 param_dtype: jnp.dtype, rngs: nnx.Rngs):
+    def __init__(
+        self,
+        hidden_size: int,
+        intermediate_size: int,
+        num_heads: int,
+        act: str,
+        eps: float,
+        attention_dropout: float,
+        *,
+        num_layers: int,
+        initializer_factor: float = 1.0,
+        dtype: DType,
+        param_dtype: jnp.dtype,
+        rngs: nnx.Rngs,
+    ):
         kwargs = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-        in_std = hidden_size ** -0.5 * (2 * num_layers) ** -0.5 * initializer_factor
+        in_std = hidden_size**-0.5 * (2 * num_layers) ** -0.5 * initializer_factor
         self.layer_norm1 = layer_norm(hidden_size, eps, **kwargs)
-        self.attention = Attention(hidden_size, num_heads, dropout=attention_dropout, in_init=normal(in_std),
-                                   out_init=normal(hidden_size ** -0.5 * initializer_factor), **kwargs)
+        self.attention = Attention(
+            hidden_size,
+            num_heads,
+            dropout=attention_dropout,
+            in_init=normal(in_std),
+            out_init=normal(hidden_size**-0.5 * initializer_factor),
+            **kwargs,
+        )
         self.layer_norm2 = layer_norm(hidden_size, eps, **kwargs)
-        self.mlp = MLP(hidden_size, intermediate_size, act, fc1_init=normal((2 * hidden_size) ** -0.5 * initializer_factor),
-                       fc2_init=normal(in_std), **kwargs)
+        self.mlp = MLP(
+            hidden_size,
+            intermediate_size,
+            act,
+            fc1_init=normal((2 * hidden_size) ** -0.5 * initializer_factor),
+            fc2_init=normal(in_std),
+            **kwargs,
+        )
 
-    def __call__(self, x: jax.Array, mask: jax.Array | None = None, *, deterministic: bool = True,
-                 rngs: nnx.Rngs | None = None) -> jax.Array:
+    def __call__(
+        self,
+        x: jax.Array,
+        mask: jax.Array | None = None,
+        *,
+        deterministic: bool = True,
+        rngs: nnx.Rngs | None = None,
+    ) -> jax.Array:
         x = x + self.attention(self.layer_norm1(x), mask, deterministic=deterministic, rngs=rngs)
         return x + self.mlp(self.layer_norm2(x))
 
@@ -126,33 +166,68 @@ class CLIPVisionTransformer(nnx.Module):
     (``initializer_range`` and ``initializer_factor`` honoured; see :class:`PreNormBlock`).
     """
 
-    def __init__(self, config: CLIPVisionConfig, *, dtype: DType = None, param_dtype: jnp.dtype = jnp.float32,
-                 rngs: nnx.Rngs):
+    def __init__(
+        self,
+        config: CLIPVisionConfig,
+        *,
+        dtype: DType = None,
+        param_dtype: jnp.dtype = jnp.float32,
+        rngs: nnx.Rngs,
+    ):
         if config.image_size % config.patch_size:
-            raise ValueError(f"image_size {config.image_size} is not a multiple of patch_size {config.patch_size}.")
+            raise ValueError(
+                f"image_size {config.image_size} is not a multiple of patch_size {config.patch_size}."
+            )
         self.config = config
         self.remat = False  # gradient checkpointing per layer; set by the trainer
         self.dtype = dtype
         d, factor = config.hidden_size, config.initializer_factor
         std = config.initializer_range * factor
         self.patch_embedding = nnx.Conv(
-            config.num_channels, d, kernel_size=(config.patch_size,) * 2, strides=(config.patch_size,) * 2,
-            padding="VALID", use_bias=False, dtype=dtype, param_dtype=param_dtype, kernel_init=normal(std),
-            rngs=rngs)
-        self.class_embedding = nnx.Param(normal(d ** -0.5 * factor)(rngs.params(), (d,), param_dtype))
-        self.position_embedding = nnx.Param(normal(std)(rngs.params(), (config.grid_size ** 2 + 1, d), param_dtype))
+            config.num_channels,
+            d,
+            kernel_size=(config.patch_size,) * 2,
+            strides=(config.patch_size,) * 2,
+            padding="VALID",
+            use_bias=False,
+            dtype=dtype,
+            param_dtype=param_dtype,
+            kernel_init=normal(std),
+            rngs=rngs,
+        )
+        self.class_embedding = nnx.Param(normal(d**-0.5 * factor)(rngs.params(), (d,), param_dtype))
+        self.position_embedding = nnx.Param(
+            normal(std)(rngs.params(), (config.grid_size**2 + 1, d), param_dtype)
+        )
         kwargs = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         self.pre_layernorm = layer_norm(d, config.layer_norm_eps, **kwargs)
-        self.layers = nnx.List([
-            PreNormBlock(d, config.intermediate_size, config.num_attention_heads, config.hidden_act,
-                         config.layer_norm_eps, config.attention_dropout, num_layers=config.num_hidden_layers,
-                         initializer_factor=factor, **kwargs)
-            for _ in range(config.num_hidden_layers)])
+        self.layers = nnx.List(
+            [
+                PreNormBlock(
+                    d,
+                    config.intermediate_size,
+                    config.num_attention_heads,
+                    config.hidden_act,
+                    config.layer_norm_eps,
+                    config.attention_dropout,
+                    num_layers=config.num_hidden_layers,
+                    initializer_factor=factor,
+                    **kwargs,
+                )
+                for _ in range(config.num_hidden_layers)
+            ]
+        )
         self.post_layernorm = layer_norm(d, config.layer_norm_eps, **kwargs)
 
-    def __call__(self, pixel_values: jax.Array, *, interpolate_pos_encoding: bool = False,
-                 output_hidden_states: bool = False, deterministic: bool = True,
-                 rngs: nnx.Rngs | None = None) -> TowerOutput:
+    def __call__(
+        self,
+        pixel_values: jax.Array,
+        *,
+        interpolate_pos_encoding: bool = False,
+        output_hidden_states: bool = False,
+        deterministic: bool = True,
+        rngs: nnx.Rngs | None = None,
+    ) -> TowerOutput:
         """Encode ``pixel_values`` ``[batch, height, width, channels]`` (normalised floats).
 
         Images of another size than ``config.image_size`` need ``interpolate_pos_encoding=True``
@@ -161,13 +236,15 @@ class CLIPVisionTransformer(nnx.Module):
         if pixel_values.ndim != 4 or pixel_values.shape[-1] != self.config.num_channels:
             raise ValueError(
                 f"pixel_values must be [batch, height, width, {self.config.num_channels}] (channels last); got "
-                f"shape {tuple(pixel_values.shape)}. Transpose PyTorch-style [N, C, H, W] with x.transpose(0, 2, 3, 1).")
+                f"shape {tuple(pixel_values.shape)}. Transpose PyTorch-style [N, C, H, W] with x.transpose(0, 2, 3, 1)."
+            )
         height, width = pixel_values.shape[1:3]
         p = self.config.patch_size
         if (height, width) != (self.config.image_size,) * 2 and not interpolate_pos_encoding:
             raise ValueError(
                 f"Input image size ({height}*{width}) doesn't match the model's ({self.config.image_size}*"
-                f"{self.config.image_size}); pass interpolate_pos_encoding=True or resize the images.")
+                f"{self.config.image_size}); pass interpolate_pos_encoding=True or resize the images."
+            )
         dtype = self.dtype or self.position_embedding.get_value().dtype
         patches = self.patch_embedding(pixel_values.astype(dtype))
         batch = patches.shape[0]
@@ -175,33 +252,54 @@ class CLIPVisionTransformer(nnx.Module):
         cls = jnp.broadcast_to(self.class_embedding[...].astype(patches.dtype), (batch, 1, patches.shape[-1]))
         positions = resize_position_embedding(self.position_embedding[...], (height // p, width // p))
         x = jnp.concatenate([cls, patches], axis=1) + positions.astype(patches.dtype)
-        x, hidden_states = run_layers(self.layers, self.pre_layernorm(x), None, remat=self.remat,
-                                      deterministic=deterministic, rngs=rngs)
+        x, hidden_states = run_layers(
+            self.layers, self.pre_layernorm(x), None, remat=self.remat, deterministic=deterministic, rngs=rngs
+        )
         pooled = self.post_layernorm(x[:, 0])
         return TowerOutput(x, pooled, tuple(hidden_states) if output_hidden_states else None)
 
 
 #: PyTorch CLIPEncoder layers <-> our PreNormBlocks; shared by the vision and text towers.
 CLIP_ENCODER_RULES = (
-    *[Rule(f"encoder.layers.{{i}}.self_attn.{hf}_proj.weight", f"layers.{{i}}.attention.{ours}.kernel", HEADS_IN)
-      for hf, ours in (("q", "query"), ("k", "key"), ("v", "value"))],
-    *[Rule(f"encoder.layers.{{i}}.self_attn.{hf}_proj.bias", f"layers.{{i}}.attention.{ours}.bias", HEADS_BIAS)
-      for hf, ours in (("q", "query"), ("k", "key"), ("v", "value"))],
+    *[
+        Rule(
+            f"encoder.layers.{{i}}.self_attn.{hf}_proj.weight",
+            f"layers.{{i}}.attention.{ours}.kernel",
+            HEADS_IN,
+        )
+        for hf, ours in (("q", "query"), ("k", "key"), ("v", "value"))
+    ],
+    *[
+        Rule(
+            f"encoder.layers.{{i}}.self_attn.{hf}_proj.bias",
+            f"layers.{{i}}.attention.{ours}.bias",
+            HEADS_BIAS,
+        )
+        for hf, ours in (("q", "query"), ("k", "key"), ("v", "value"))
+    ],
     Rule("encoder.layers.{i}.self_attn.out_proj.weight", "layers.{i}.attention.out.kernel", HEADS_OUT),
     Rule("encoder.layers.{i}.self_attn.out_proj.bias", "layers.{i}.attention.out.bias"),
-    *[Rule(f"encoder.layers.{{i}}.layer_norm{n}.weight", f"layers.{{i}}.layer_norm{n}.scale") for n in (1, 2)],
+    *[
+        Rule(f"encoder.layers.{{i}}.layer_norm{n}.weight", f"layers.{{i}}.layer_norm{n}.scale")
+        for n in (1, 2)
+    ],
     *[Rule(f"encoder.layers.{{i}}.layer_norm{n}.bias", f"layers.{{i}}.layer_norm{n}.bias") for n in (1, 2)],
-    *[Rule(f"encoder.layers.{{i}}.mlp.fc{n}.weight", f"layers.{{i}}.mlp.fc{n}.kernel", LINEAR) for n in (1, 2)],
+    *[
+        Rule(f"encoder.layers.{{i}}.mlp.fc{n}.weight", f"layers.{{i}}.mlp.fc{n}.kernel", LINEAR)
+        for n in (1, 2)
+    ],
     *[Rule(f"encoder.layers.{{i}}.mlp.fc{n}.bias", f"layers.{{i}}.mlp.fc{n}.bias") for n in (1, 2)],
 )
 
-KEY_MAP = KeyMap([
-    Rule("embeddings.class_embedding", "class_embedding"),
-    Rule("embeddings.patch_embedding.weight", "patch_embedding.kernel", CONV),
-    Rule("embeddings.position_embedding.weight", "position_embedding"),
-    Rule("pre_layrnorm.weight", "pre_layernorm.scale"),
-    Rule("pre_layrnorm.bias", "pre_layernorm.bias"),
-    *CLIP_ENCODER_RULES,
-    Rule("post_layernorm.weight", "post_layernorm.scale"),
-    Rule("post_layernorm.bias", "post_layernorm.bias"),
-])
+KEY_MAP = KeyMap(
+    [
+        Rule("embeddings.class_embedding", "class_embedding"),
+        Rule("embeddings.patch_embedding.weight", "patch_embedding.kernel", CONV),
+        Rule("embeddings.position_embedding.weight", "position_embedding"),
+        Rule("pre_layrnorm.weight", "pre_layernorm.scale"),
+        Rule("pre_layrnorm.bias", "pre_layernorm.bias"),
+        *CLIP_ENCODER_RULES,
+        Rule("post_layernorm.weight", "post_layernorm.scale"),
+        Rule("post_layernorm.bias", "post_layernorm.bias"),
+    ]
+)

@@ -31,8 +31,9 @@ class Checkpointer:
     failed save never touches the checkpoints before it."""
 
     def __init__(self, workdir: str, *, keep: int = 3, use_async: bool = True):
-        options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
-                                               enable_async_checkpointing=use_async)
+        options = ocp.CheckpointManagerOptions(
+            max_to_keep=keep, create=True, enable_async_checkpointing=use_async
+        )
         self.directory = checkpoint_dir(workdir)
         self.manager = ocp.CheckpointManager(self.directory, options=options)
         self._pending: int | None = None  # the step of a save not yet known to be complete
@@ -53,13 +54,14 @@ class Checkpointer:
         try:
             self.manager.reload()
             complete = [s for s in self.manager.all_steps() if s != step]
-        except Exception:  # noqa: BLE001 (only for the message)
+        except Exception:
             complete = []
         cause = _root_cause(error, self._orbax_errors.messages)
         last = f"step {max(complete)}" if complete else "none yet"
         return CheckpointWriteError(
             f"could not write the checkpoint of step {step} in {self.directory}: {cause} — free disk space (or fix "
-            f"the permissions / quota) and run again: training resumes from the last complete checkpoint ({last})")
+            f"the permissions / quota) and run again: training resumes from the last complete checkpoint ({last})"
+        )
 
     def _guarded(self, fn, step: int | None):
         if self._failed:
@@ -86,8 +88,14 @@ class Checkpointer:
         self.check()
         if step in self.manager.all_steps():
             return
-        self._guarded(lambda: self.manager.save(step, args=ocp.args.Composite(
-            state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)), force=True), self._pending or step)
+        self._guarded(
+            lambda: self.manager.save(
+                step,
+                args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
+                force=True,
+            ),
+            self._pending or step,
+        )
         self._pending = step
 
     def restore_meta(self, step: int) -> dict[str, Any]:
@@ -95,8 +103,9 @@ class Checkpointer:
 
     def restore_state(self, step: int, abstract_state: Any) -> Any:
         """The state at ``step``, placed as ``abstract_state``'s shardings say."""
-        return self.manager.restore(step, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(abstract_state)))["state"]
+        return self.manager.restore(
+            step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state))
+        )["state"]
 
     def wait(self) -> None:
         """Wait for pending writes; raise :class:`CheckpointWriteError` if one failed."""
@@ -138,8 +147,16 @@ def _chain(error: BaseException) -> list[str]:
 
 
 #: Words of an operating-system cause (disk full, permissions...), as orbax/tensorstore word them.
-_OS_CAUSES = ("os_error_code", "Errno", "No space", "space left", "Permission denied", "File too large",
-              "Quota", "Read-only")
+_OS_CAUSES = (
+    "os_error_code",
+    "Errno",
+    "No space",
+    "space left",
+    "Permission denied",
+    "File too large",
+    "Quota",
+    "Read-only",
+)
 
 
 def _root_cause(error: BaseException, logged: list[str]) -> str:

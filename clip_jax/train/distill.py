@@ -18,8 +18,9 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -48,10 +49,12 @@ def load_teacher(config: ConfigDict) -> CLIPModel:
     source = teacher_directory(config)
     try:
         return CLIPModel.from_pretrained(source)
-    except Exception as error:  # noqa: BLE001 - re-raised with what distillation needs
-        raise ValueError(f"train.objective='distill' takes the teacher from model.vision, which must be a whole "
-                         f"CLIP (vision and text towers and projections, e.g. openai/clip-vit-base-patch32); "
-                         f"{source!r} could not be loaded as one: {error}") from error
+    except Exception as error:
+        raise ValueError(
+            f"train.objective='distill' takes the teacher from model.vision, which must be a whole "
+            f"CLIP (vision and text towers and projections, e.g. openai/clip-vit-base-patch32); "
+            f"{source!r} could not be loaded as one: {error}"
+        ) from error
 
 
 def build_model(config: ConfigDict) -> CLIPModel:
@@ -62,8 +65,10 @@ def build_model(config: ConfigDict) -> CLIPModel:
     teacher = load_teacher(config)
     dim = teacher.module.visual_projection.kernel.shape[1]
     if config.model.projection_dim != dim:
-        raise ValueError(f"model.projection_dim={config.model.projection_dim}, but the teacher's embedding space "
-                         f"has {dim} dimensions: set --config.model.projection_dim={dim}.")
+        raise ValueError(
+            f"model.projection_dim={config.model.projection_dim}, but the teacher's embedding space "
+            f"has {dim} dimensions: set --config.model.projection_dim={dim}."
+        )
     model = build_dual_encoder(config)
     module = model.module
     module.vision = teacher.module.vision
@@ -97,13 +102,16 @@ class ValPairs:
         return len(self.texts)
 
 
-def build_data(config: ConfigDict, model: CLIPModel, tokenize: Callable[[list[str]], dict]
-               ) -> tuple[PairBatches, ValPairs | None]:
+def build_data(
+    config: ConfigDict, model: CLIPModel, tokenize: Callable[[list[str]], dict]
+) -> tuple[PairBatches, ValPairs | None]:
     """This process's batches of (student sentence, teacher embedding) and the held-out pairs."""
     d = config.distill
     if not d.train:
-        raise ValueError("train.objective='distill' needs distill.train: parallel pairs (e.g. "
-                         "'jsonl:/data/en-it.jsonl' with columns distill.teacher_column / distill.student_column).")
+        raise ValueError(
+            "train.objective='distill' needs distill.train: parallel pairs (e.g. "
+            "'jsonl:/data/en-it.jsonl' with columns distill.teacher_column / distill.student_column)."
+        )
     teacher = load_teacher(config)
     shapes = ShapesSpec(**config.data.shapes.to_dict())
     key = f"{teacher_directory(config)}|{teacher.module.text_pooling}"
@@ -111,14 +119,23 @@ def build_data(config: ConfigDict, model: CLIPModel, tokenize: Callable[[list[st
     targets = teacher_embeddings(teacher, teacher_texts, config.data.cache_dir, key)
     if d.student_sees_teacher_language:  # M-CLIP: the student also maps the English sentence to its embedding
         student_texts, targets = student_texts + teacher_texts, np.concatenate([targets, targets])
-    train = PairBatches(student_texts, targets, config.train.batch_size, tokenize=tokenize, seed=config.train.seed,
-                        process_index=jax.process_index(), process_count=jax.process_count())
+    train = PairBatches(
+        student_texts,
+        targets,
+        config.train.batch_size,
+        tokenize=tokenize,
+        seed=config.train.seed,
+        process_index=jax.process_index(),
+        process_count=jax.process_count(),
+    )
     val = None
     if d.val:
         teacher_texts, student_texts = read_pairs(d.val, d.teacher_column, d.student_column, shapes=shapes)
         limit = d.val_limit or len(teacher_texts)
-        val = ValPairs(student_texts[:limit],
-                       teacher_embeddings(teacher, teacher_texts[:limit], config.data.cache_dir, key))
+        val = ValPairs(
+            student_texts[:limit],
+            teacher_embeddings(teacher, teacher_texts[:limit], config.data.cache_dir, key),
+        )
     return train, val
 
 
@@ -135,8 +152,9 @@ def distill_loss(student: jax.Array, target: jax.Array, kind: str = "mse") -> tu
     return loss, {"loss": loss, "mse": mse, "cosine": cosine}
 
 
-def make_distill_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, mesh: Mesh, *, loss_kind: str,
-                      dropout: bool) -> Callable:
+def make_distill_step(
+    graphdef: nnx.GraphDef, tx: optax.GradientTransformation, mesh: Mesh, *, loss_kind: str, dropout: bool
+) -> Callable:
     """The (un-jitted) distillation step over a :class:`~clip_jax.train.state.TrainState`: the student's
     projected text features of ``input_ids`` regress ``target``; gradients of the trainable parameters only."""
     del mesh  # the batch is sharded over the mesh; the loss is a mean over the global batch
@@ -146,8 +164,12 @@ def make_distill_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, 
 
         def loss_fn(params):
             model = nnx.merge(graphdef, params, state.frozen)
-            student = model.text_features(batch["input_ids"], batch["attention_mask"], deterministic=not dropout,
-                                          rngs=nnx.Rngs(dropout=rng))
+            student = model.text_features(
+                batch["input_ids"],
+                batch["attention_mask"],
+                deterministic=not dropout,
+                rngs=nnx.Rngs(dropout=rng),
+            )
             return distill_loss(student, batch["target"], loss_kind)
 
         (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
@@ -163,16 +185,28 @@ def make_distill_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, 
 _TEXT_FNS: dict[int, Callable] = {}
 
 
-def evaluate(graphdef: nnx.GraphDef, state, val: ValPairs, tokenize: Callable[[list[str]], dict],
-             in_batches: Callable, batch_size: int, loss_kind: str) -> dict[str, float]:
+def evaluate(
+    graphdef: nnx.GraphDef,
+    state,
+    val: ValPairs,
+    tokenize: Callable[[list[str]], dict],
+    in_batches: Callable,
+    batch_size: int,
+    loss_kind: str,
+) -> dict[str, float]:
     """``val/loss``, ``val/mse`` and ``val/cosine`` (mean cosine between student(target-language sentence) and
     teacher(its translation)) on the held-out pairs."""
     if id(graphdef) not in _TEXT_FNS:
         _TEXT_FNS.clear()
-        _TEXT_FNS[id(graphdef)] = jax.jit(lambda p, f, ids, mask: nnx.merge(graphdef, p, f).text_features(ids, mask))
+        _TEXT_FNS[id(graphdef)] = jax.jit(
+            lambda p, f, ids, mask: nnx.merge(graphdef, p, f).text_features(ids, mask)
+        )
     fn = _TEXT_FNS[id(graphdef)]
     tokens = tokenize(val.texts)
-    student = in_batches(lambda i, m: fn(state.params, state.frozen, i, m),
-                         [tokens["input_ids"], tokens["attention_mask"]], batch_size)
+    student = in_batches(
+        lambda i, m: fn(state.params, state.frozen, i, m),
+        [tokens["input_ids"], tokens["attention_mask"]],
+        batch_size,
+    )
     _, metrics = distill_loss(jnp.asarray(student), jnp.asarray(val.targets), loss_kind)
     return {f"val/{k}": float(v) for k, v in metrics.items()}

@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import io
 import re
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -22,7 +23,8 @@ import numpy as np
 import optax
 from flax import nnx
 from jax.experimental import multihost_utils
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from clip_jax.loss import contrastive_loss
 from clip_jax.models.dual_encoder import l2_normalize, pool_text
@@ -34,12 +36,17 @@ TOWERS = re.compile(r"(vision|text)\.")
 
 def check_cacheable(phase_name: str, params: nnx.State) -> None:
     """Raise ``ValueError`` if a trainable parameter lies inside a tower (its features would change)."""
-    inside = sorted(".".join(map(str, path)) for path, _ in nnx.to_flat_state(params)
-                    if TOWERS.match(".".join(map(str, path))))
+    inside = sorted(
+        ".".join(map(str, path))
+        for path, _ in nnx.to_flat_state(params)
+        if TOWERS.match(".".join(map(str, path)))
+    )
     if inside:
-        raise ValueError(f"phases.{phase_name}.cache_features needs the towers frozen, but the phase trains "
-                         f"{len(inside)} tower parameter(s), e.g. {inside[:3]}. Narrow phases.{phase_name}.trainable "
-                         "to the projections and logit scale, or set cache_features=False.")
+        raise ValueError(
+            f"phases.{phase_name}.cache_features needs the towers frozen, but the phase trains "
+            f"{len(inside)} tower parameter(s), e.g. {inside[:3]}. Narrow phases.{phase_name}.trainable "
+            "to the projections and logit scale, or set cache_features=False."
+        )
 
 
 @dataclass
@@ -71,7 +78,7 @@ class FeatureStore:
         fs.mv(partial, fs._strip_protocol(path))
 
     @classmethod
-    def load(cls, path: str) -> "FeatureStore | None":
+    def load(cls, path: str) -> FeatureStore | None:
         """The store saved at ``path``, or ``None`` if there is none."""
         import fsspec
 
@@ -89,8 +96,10 @@ class FeatureBatches:
 
     def __init__(self, store: FeatureStore, local_batch: int, seed: int, process_index: int = 0):
         if local_batch > len(store.image):
-            raise ValueError(f"The per-process batch ({local_batch}) exceeds the {len(store.image)} cached examples "
-                             "of this process; lower train.batch_size or disable cache_features.")
+            raise ValueError(
+                f"The per-process batch ({local_batch}) exceeds the {len(store.image)} cached examples "
+                "of this process; lower train.batch_size or disable cache_features."
+            )
         self.store, self.local_batch, self.seed, self.process_index = store, local_batch, seed, process_index
         self.captions_of = [np.flatnonzero(store.owner == i) for i in range(len(store.image))]
         self.epoch, self.position = 0, 0
@@ -105,7 +114,7 @@ class FeatureBatches:
     def set_state(self, state: dict[str, int]) -> None:
         self.epoch, self.position = int(state["epoch"]), int(state["position"])
 
-    def __iter__(self) -> "FeatureBatches":
+    def __iter__(self) -> FeatureBatches:
         return self
 
     def __next__(self) -> dict[str, np.ndarray]:
@@ -114,14 +123,20 @@ class FeatureBatches:
         rng = np.random.default_rng([self.seed, self.process_index, self.epoch])
         order = rng.permutation(len(self.store.image))
         draws = rng.integers(0, 1 << 30, len(self.store.image))
-        rows = order[self.position * self.local_batch:(self.position + 1) * self.local_batch]
+        rows = order[self.position * self.local_batch : (self.position + 1) * self.local_batch]
         self.position += 1
         texts = np.array([self.captions_of[i][draws[i] % len(self.captions_of[i])] for i in rows])
         return {"image_features": self.store.image[rows], "text_features": self.store.text[texts]}
 
 
-def make_feature_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, mesh: Mesh, *,
-                            loss_kind: str, negatives: str = "global") -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
+def make_feature_train_step(
+    graphdef: nnx.GraphDef,
+    tx: optax.GradientTransformation,
+    mesh: Mesh,
+    *,
+    loss_kind: str,
+    negatives: str = "global",
+) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
     """The (un-jitted) step on cached features: projections, global contrastive loss, update."""
     axes = batch_axes(mesh)
 
@@ -131,10 +146,18 @@ def make_feature_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransforma
             image = l2_normalize(model.visual_projection(batch["image_features"]))
             text = l2_normalize(model.text_projection(batch["text_features"]))
             bias = model.logit_bias[...] if model.logit_bias is not None else None
-            return contrastive_loss(image, text, model.scale(), mesh=mesh, batch_axes=axes, kind=loss_kind,
-                                    logit_bias=bias, negatives=negatives)
+            return contrastive_loss(
+                image,
+                text,
+                model.scale(),
+                mesh=mesh,
+                batch_axes=axes,
+                kind=loss_kind,
+                logit_bias=bias,
+                negatives=negatives,
+            )
 
-        (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        (_loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
         return apply_gradients(state, tx, grads, metrics)
 
     return step
@@ -155,8 +178,9 @@ def pooled_feature_fns(graphdef: nnx.GraphDef, mesh: Mesh) -> tuple[Callable, Ca
     return (jax.jit(images, out_shardings=sharding), jax.jit(texts, out_shardings=sharding))
 
 
-def embed_local_rows(fn: Callable[..., jax.Array], chunks: Iterator[list[np.ndarray]], local_batch: int,
-                     mesh: Mesh) -> np.ndarray:
+def embed_local_rows(
+    fn: Callable[..., jax.Array], chunks: Iterator[list[np.ndarray]], local_batch: int, mesh: Mesh
+) -> np.ndarray:
     """``fn`` over this process's rows, ``local_batch`` at a time, in lock-step with the other processes
     (a process that has run out feeds padding until all have): the rows' outputs, in order."""
     sharding = NamedSharding(mesh, P(batch_axes(mesh)))
@@ -183,13 +207,17 @@ def embed_local_rows(fn: Callable[..., jax.Array], chunks: Iterator[list[np.ndar
             if np.all(multihost_utils.process_allgather(np.array(done))):
                 break
             if template is None:  # this process has no data at all: nothing to pad with
-                raise ValueError(f"Process {jax.process_index()} has no training example to cache features of; "
-                                 "give every process data (more shards or a longer listing).")
+                raise ValueError(
+                    f"Process {jax.process_index()} has no training example to cache features of; "
+                    "give every process data (more shards or a longer listing)."
+                )
         elif done:
             break
         if rows == 0:
             take = [np.zeros((0, *t.shape[1:]), t.dtype) for t in template]
-        padded = [np.concatenate([a, np.repeat(t, local_batch - rows, axis=0)]) for a, t in zip(take, template)]
+        padded = [
+            np.concatenate([a, np.repeat(t, local_batch - rows, axis=0)]) for a, t in zip(take, template)
+        ]
         global_arrays = [jax.make_array_from_process_local_data(sharding, a) for a in padded]
         result = fn(*global_arrays)
         local = multihost_utils.global_array_to_host_local_array(result, mesh, P(batch_axes(mesh)))
@@ -199,9 +227,14 @@ def embed_local_rows(fn: Callable[..., jax.Array], chunks: Iterator[list[np.ndar
     return np.concatenate(out)
 
 
-def compute_features(image_fn: Callable, text_fn: Callable, examples: Callable[[], Iterator[tuple[np.ndarray,
-                     list[list[str]]]]], tokenize: Callable[[list[str]], dict], local_batch: int,
-                     mesh: Mesh) -> FeatureStore:
+def compute_features(
+    image_fn: Callable,
+    text_fn: Callable,
+    examples: Callable[[], Iterator[tuple[np.ndarray, list[list[str]]]]],
+    tokenize: Callable[[list[str]], dict],
+    local_batch: int,
+    mesh: Mesh,
+) -> FeatureStore:
     """Pooled features of every image and caption ``examples()`` yields (chunks of eval-preprocessed
     pixels and their caption lists), in two lock-step passes over the mesh."""
     captions: list[str] = []
@@ -220,7 +253,7 @@ def compute_features(image_fn: Callable, text_fn: Callable, examples: Callable[[
 
     def text_chunks():
         for start in range(0, len(captions), local_batch):
-            tokens = tokenize(captions[start:start + local_batch])
+            tokens = tokenize(captions[start : start + local_batch])
             yield [tokens["input_ids"], tokens["attention_mask"]]
 
     text = embed_local_rows(text_fn, text_chunks(), local_batch, mesh)
@@ -232,5 +265,9 @@ def feature_cache_path(workdir: str, phase: str, process_index: int) -> str:
 
 
 def describe(store: FeatureStore) -> dict[str, Any]:
-    return {"images": len(store.image), "captions": len(store.text), "image_dim": store.image.shape[1],
-            "text_dim": store.text.shape[1]}
+    return {
+        "images": len(store.image),
+        "captions": len(store.text),
+        "image_dim": store.image.shape[1],
+        "text_dim": store.text.shape[1],
+    }

@@ -39,8 +39,15 @@ class MetricsLogger:
     (``metrics.jsonl`` seeded with the remote file when resuming) and uploaded at most every
     ``upload_every_s`` seconds and on close."""
 
-    def __init__(self, workdir: str, *, enabled: bool, wandb_project: str = "", config: dict | None = None,
-                 upload_every_s: float = 60.0):
+    def __init__(
+        self,
+        workdir: str,
+        *,
+        enabled: bool,
+        wandb_project: str = "",
+        config: dict | None = None,
+        upload_every_s: float = 60.0,
+    ):
         self.enabled = enabled
         self.workdir = workdir
         self.upload_every_s = upload_every_s
@@ -66,8 +73,9 @@ class MetricsLogger:
             from clip_jax.extras import require
 
             wandb = require("wandb", "train.wandb_project")
-            self._wandb = wandb.init(project=wandb_project, config=config, dir=None if remote else workdir,
-                                     resume="allow")
+            self._wandb = wandb.init(
+                project=wandb_project, config=config, dir=None if remote else workdir, resume="allow"
+            )
 
     def write(self, step: int, metrics: dict[str, Any]) -> None:
         if not self.enabled:
@@ -77,8 +85,16 @@ class MetricsLogger:
         scalars = {k: float(v) for k, v in metrics.items()}
         # Tags exactly as in metrics.jsonl (``val/text_retrieval_recall@1``): SummaryWriter.add_scalar would
         # rewrite '@' (a character TensorFlow op names lack, not TensorBoard tags), so write the summary itself.
-        self._tb.add_summary(Summary(value=[Summary.Value(tag=key, simple_value=value)
-                                            for key, value in scalars.items() if math.isfinite(value)]), step)
+        self._tb.add_summary(
+            Summary(
+                value=[
+                    Summary.Value(tag=key, simple_value=value)
+                    for key, value in scalars.items()
+                    if math.isfinite(value)
+                ]
+            ),
+            step,
+        )
         if self._jsonl is not None:
             self._jsonl.write(strict_json({"step": step, **scalars}) + "\n")
             self._jsonl.flush()
@@ -112,5 +128,6 @@ class MetricsLogger:
 
 def progress_bar(total: int, initial: int, description: str, enabled: bool) -> tqdm:
     """A per-phase bar with ETA; metrics go into its postfix."""
-    return tqdm(total=total, initial=initial, desc=description, disable=not enabled, dynamic_ncols=True,
-                unit="step")
+    return tqdm(
+        total=total, initial=initial, desc=description, disable=not enabled, dynamic_ncols=True, unit="step"
+    )

@@ -6,7 +6,8 @@ weight decay only on matrices, optional gradient clipping, and nothing for froze
 from __future__ import annotations
 
 import re
-from typing import Any, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import jax
 import optax
@@ -19,12 +20,15 @@ def param_group(path: str, groups: Sequence[tuple[str, str]]) -> str:
     for name, pattern in groups:
         if re.fullmatch(pattern, path):
             return name
-    raise ValueError(f"Parameter {path} matches no group in train.param_groups {[n for n, _ in groups]}; "
-                     "add a catch-all group.")
+    raise ValueError(
+        f"Parameter {path} matches no group in train.param_groups {[n for n, _ in groups]}; "
+        "add a catch-all group."
+    )
 
 
-def make_schedule(peak: float, steps: int, warmup_steps: int = 0, decay: str = "cosine",
-                  end_factor: float = 0.0) -> optax.Schedule:
+def make_schedule(
+    peak: float, steps: int, warmup_steps: int = 0, decay: str = "cosine", end_factor: float = 0.0
+) -> optax.Schedule:
     """Linear warm-up to ``peak`` over ``warmup_steps``, then ``cosine``/``linear`` decay to
     ``end_factor * peak`` at ``steps``, or ``constant``."""
     warmup_steps = min(warmup_steps, steps)
@@ -47,8 +51,9 @@ def decay_mask(params: Any) -> Any:
     return jax.tree.map(lambda x: getattr(x, "ndim", 0) >= 2, params)
 
 
-def _base_optimizer(name: str, schedule: optax.Schedule, settings: Mapping[str, Any], mask: Any
-                    ) -> optax.GradientTransformation:
+def _base_optimizer(
+    name: str, schedule: optax.Schedule, settings: Mapping[str, Any], mask: Any
+) -> optax.GradientTransformation:
     b1, b2, eps, wd = settings["b1"], settings["b2"], settings["eps"], settings["weight_decay"]
     if name == "adamw":
         return optax.adamw(schedule, b1=b1, b2=b2, eps=eps, weight_decay=wd, mask=mask)
@@ -60,17 +65,30 @@ def _base_optimizer(name: str, schedule: optax.Schedule, settings: Mapping[str, 
     raise ValueError(f"Unknown optimizer {name!r}; choose adamw or adabelief.")
 
 
-def make_optimizer(params: Any, *, groups: Sequence[tuple[str, str]], learning_rates: Mapping[str, float],
-                   steps: int, warmup_steps: int, decay: str, end_factor: float, optimizer: str,
-                   settings: Mapping[str, Any]) -> tuple[optax.GradientTransformation, dict[str, optax.Schedule]]:
+def make_optimizer(
+    params: Any,
+    *,
+    groups: Sequence[tuple[str, str]],
+    learning_rates: Mapping[str, float],
+    steps: int,
+    warmup_steps: int,
+    decay: str,
+    end_factor: float,
+    optimizer: str,
+    settings: Mapping[str, Any],
+) -> tuple[optax.GradientTransformation, dict[str, optax.Schedule]]:
     """The phase's optimizer over ``params`` (trainable only) and each used group's schedule."""
     labels = jax.tree_util.tree_map_with_path(lambda p, _: param_group(path_string(p), groups), params)
     used = sorted(set(jax.tree.leaves(labels)))
     missing = [g for g in used if g not in learning_rates]
     if missing:
-        raise ValueError(f"Trainable parameter groups {missing} have no learning rate in this phase's "
-                         f"learning_rates {dict(learning_rates)}.")
-    schedules = {g: make_schedule(float(learning_rates[g]), steps, warmup_steps, decay, end_factor) for g in used}
+        raise ValueError(
+            f"Trainable parameter groups {missing} have no learning rate in this phase's "
+            f"learning_rates {dict(learning_rates)}."
+        )
+    schedules = {
+        g: make_schedule(float(learning_rates[g]), steps, warmup_steps, decay, end_factor) for g in used
+    }
     transforms = {g: _base_optimizer(optimizer, schedules[g], settings, decay_mask) for g in used}
     chain = []
     if settings.get("agc_clip"):

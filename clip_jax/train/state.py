@@ -8,13 +8,15 @@ no state for them.
 from __future__ import annotations
 
 import re
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import optax
 from flax import nnx, struct
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from clip_jax.loss import contrastive_loss
 from clip_jax.sharding import batch_axes, data_parallel_size
@@ -42,9 +44,16 @@ def split_trainable(module: nnx.Module, pattern: str) -> tuple[nnx.GraphDef, nnx
     return nnx.split(module, trainable_filter(pattern), ...)
 
 
-def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, mesh: Mesh, *, loss_kind: str,
-                    dropout: bool, micro_batch_size: int = 0, negatives: str = "global"
-                    ) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
+def make_train_step(
+    graphdef: nnx.GraphDef,
+    tx: optax.GradientTransformation,
+    mesh: Mesh,
+    *,
+    loss_kind: str,
+    dropout: bool,
+    micro_batch_size: int = 0,
+    negatives: str = "global",
+) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
     """The (un-jitted) step: forward, global contrastive loss, gradients of trainable params, update.
 
     ``micro_batch_size`` (0: off): exact gradient caching (:func:`cached_value_and_grad`), with tower
@@ -56,32 +65,48 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, me
         def embed(params, batch, rng):
             # copy: fresh Variables at the current trace level (in a scan body, remat writes back into them)
             model = nnx.merge(graphdef, params, state.frozen, copy=True)
-            out = model(batch["pixel_values"], batch["input_ids"], batch["attention_mask"],
-                        deterministic=not dropout, rngs=nnx.Rngs(dropout=rng))
+            out = model(
+                batch["pixel_values"],
+                batch["input_ids"],
+                batch["attention_mask"],
+                deterministic=not dropout,
+                rngs=nnx.Rngs(dropout=rng),
+            )
             return out.image_embeds, out.text_embeds
 
         def loss_of_embeds(params, image_embeds, text_embeds):
             model = nnx.merge(graphdef, params, state.frozen)
             bias = model.logit_bias[...] if model.logit_bias is not None else None
-            return contrastive_loss(image_embeds, text_embeds, model.scale(), mesh=mesh, batch_axes=axes,
-                                    kind=loss_kind, logit_bias=bias, negatives=negatives)
+            return contrastive_loss(
+                image_embeds,
+                text_embeds,
+                model.scale(),
+                mesh=mesh,
+                batch_axes=axes,
+                kind=loss_kind,
+                logit_bias=bias,
+                negatives=negatives,
+            )
 
         rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
         if micro_batch_size and micro_batch_size < batch["input_ids"].shape[0]:
-            (loss, metrics), grads = cached_value_and_grad(embed, loss_of_embeds, state.params, batch, rng,
-                                                           micro_batch_size=micro_batch_size, mesh=mesh)
+            (_loss, metrics), grads = cached_value_and_grad(
+                embed, loss_of_embeds, state.params, batch, rng, micro_batch_size=micro_batch_size, mesh=mesh
+            )
         else:
+
             def loss_fn(params):
                 return loss_of_embeds(params, *embed(params, batch, rng))
 
-            (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+            (_loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
         return apply_gradients(state, tx, grads, metrics)
 
     return step
 
 
-def apply_gradients(state: TrainState, tx: optax.GradientTransformation, grads: nnx.State,
-                    metrics: dict) -> tuple[TrainState, dict]:
+def apply_gradients(
+    state: TrainState, tx: optax.GradientTransformation, grads: nnx.State, metrics: dict
+) -> tuple[TrainState, dict]:
     """The update tail every train step shares: optimizer update, gradient and parameter norms, step + 1."""
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
@@ -95,7 +120,11 @@ def split_micro_batches(x: jax.Array, count: int, mesh: Mesh) -> jax.Array:
     of every device's own rows (so no example changes device), each micro-batch batch-sharded."""
     devices = data_parallel_size(mesh)
     rows = x.shape[0] // (count * devices)
-    x = x.reshape(devices, count, rows, *x.shape[1:]).swapaxes(0, 1).reshape(count, devices * rows, *x.shape[1:])
+    x = (
+        x.reshape(devices, count, rows, *x.shape[1:])
+        .swapaxes(0, 1)
+        .reshape(count, devices * rows, *x.shape[1:])
+    )
     return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, P(None, batch_axes(mesh))))
 
 
@@ -103,13 +132,24 @@ def merge_micro_batches(x: jax.Array, mesh: Mesh) -> jax.Array:
     """The inverse of :func:`split_micro_batches`: ``[count, B / count, ...]`` -> ``[B, ...]`` in batch order."""
     devices, count = data_parallel_size(mesh), x.shape[0]
     rows = x.shape[1] // devices
-    x = x.reshape(count, devices, rows, *x.shape[2:]).swapaxes(0, 1).reshape(count * devices * rows, *x.shape[2:])
+    x = (
+        x.reshape(count, devices, rows, *x.shape[2:])
+        .swapaxes(0, 1)
+        .reshape(count * devices * rows, *x.shape[2:])
+    )
     return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, P(batch_axes(mesh))))
 
 
-def cached_value_and_grad(embed: Callable, loss_of_embeds: Callable, params: nnx.State, batch: dict,
-                          rng: jax.Array, *, micro_batch_size: int, mesh: Mesh) -> tuple[tuple[jax.Array, dict],
-                                                                                          nnx.State]:
+def cached_value_and_grad(
+    embed: Callable,
+    loss_of_embeds: Callable,
+    params: nnx.State,
+    batch: dict,
+    rng: jax.Array,
+    *,
+    micro_batch_size: int,
+    mesh: Mesh,
+) -> tuple[tuple[jax.Array, dict], nnx.State]:
     """``((loss, metrics), grads)`` of the full-batch loss, exactly, with one micro-batch's activations live.
 
     Gradient caching (Gao et al. 2021): (1) embed the global batch micro-batch by micro-batch, keeping
@@ -125,8 +165,10 @@ def cached_value_and_grad(embed: Callable, loss_of_embeds: Callable, params: nnx
     global_batch = jax.tree.leaves(batch)[0].shape[0]
     devices = data_parallel_size(mesh)
     if micro_batch_size % devices or global_batch % micro_batch_size:
-        raise ValueError(f"micro_batch_size {micro_batch_size} must be a multiple of the {devices} data-parallel "
-                         f"devices and divide the global batch {global_batch}.")
+        raise ValueError(
+            f"micro_batch_size {micro_batch_size} must be a multiple of the {devices} data-parallel "
+            f"devices and divide the global batch {global_batch}."
+        )
     count = global_batch // micro_batch_size
     micro = jax.tree.map(lambda x: split_micro_batches(x, count, mesh), batch)
     keys = jax.vmap(lambda k: jax.random.fold_in(rng, k))(jnp.arange(count))
@@ -137,8 +179,9 @@ def cached_value_and_grad(embed: Callable, loss_of_embeds: Callable, params: nnx
 
     _, (image, text) = jax.lax.scan(forward, None, (keys, micro))
     image, text = merge_micro_batches(image, mesh), merge_micro_batches(text, mesh)
-    (loss, metrics), (grads, d_image, d_text) = jax.value_and_grad(loss_of_embeds, argnums=(0, 1, 2),
-                                                                   has_aux=True)(params, image, text)
+    (loss, metrics), (grads, d_image, d_text) = jax.value_and_grad(
+        loss_of_embeds, argnums=(0, 1, 2), has_aux=True
+    )(params, image, text)
     cotangents = (split_micro_batches(d_image, count, mesh), split_micro_batches(d_text, count, mesh))
 
     def backward(total, xs):
@@ -157,10 +200,16 @@ def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, P())
 
 
-def jit_train_step(step: Callable, state_sharding: Any, batch_sharding: NamedSharding, mesh: Mesh) -> Callable:
+def jit_train_step(
+    step: Callable, state_sharding: Any, batch_sharding: NamedSharding, mesh: Mesh
+) -> Callable:
     """``step`` compiled with explicit in/out shardings and the state donated (updated in place)."""
-    return jax.jit(step, in_shardings=(state_sharding, batch_sharding), out_shardings=(state_sharding,
-                   replicated(mesh)), donate_argnums=(0,))
+    return jax.jit(
+        step,
+        in_shardings=(state_sharding, batch_sharding),
+        out_shardings=(state_sharding, replicated(mesh)),
+        donate_argnums=(0,),
+    )
 
 
 def initial_rng(seed: int) -> jax.Array:

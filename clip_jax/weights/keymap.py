@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from typing import Iterable, Mapping
+from collections.abc import Iterable, Mapping
 
 import numpy as np
 
@@ -89,11 +89,11 @@ class KeyMap:
         self._torch_res = [(_template_regex(r.torch), r) for r in self.rules]
         self._ours_res = [(_template_regex(r.ours), r) for r in self.rules]
 
-    def prefixed(self, torch_prefix: str, ours_prefix: str) -> "KeyMap":
+    def prefixed(self, torch_prefix: str, ours_prefix: str) -> KeyMap:
         """This map with ``torch_prefix`` before every PyTorch name and ``ours_prefix`` before every path."""
         return KeyMap(Rule(torch_prefix + r.torch, ours_prefix + r.ours, r.transform) for r in self.rules)
 
-    def __add__(self, other: "KeyMap") -> "KeyMap":
+    def __add__(self, other: KeyMap) -> KeyMap:
         return KeyMap(self.rules + other.rules)
 
     def to_ours(self, torch_name: str) -> tuple[Path, Transform] | None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import re
-from typing import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 
 import jax
 import jax.numpy as jnp
@@ -58,7 +58,7 @@ def load_params(
     for name, array in state_dict.items():
         if not name.startswith(prefix):
             continue
-        local = name[len(prefix):]
+        local = name[len(prefix) :]
         hit = key_map.to_ours(local)
         if hit is None or hit[0] not in targets:
             if not _matches(ignore, local):
@@ -79,26 +79,39 @@ def load_params(
     fatal_missing = [p for p in missing if not _matches(allow_missing, path_to_str(p))]
     problems = []
     if mismatched:
-        problems.append("shape mismatches (checkpoint -> model):\n" + "\n".join(
-            f"  {name}: {src} does not fit {path_to_str(path)} {dst}" for name, path, src, dst in mismatched)
+        problems.append(
+            "shape mismatches (checkpoint -> model):\n"
+            + "\n".join(
+                f"  {name}: {src} does not fit {path_to_str(path)} {dst}"
+                for name, path, src, dst in mismatched
+            )
             + "\n  Likely cause: config.json does not describe these weights (hidden_size, num_attention_heads, "
-              "intermediate_size, vocab_size, image_size/patch_size), or config and weights come from different "
-              "models.")
+            "intermediate_size, vocab_size, image_size/patch_size), or config and weights come from different "
+            "models."
+        )
     if fatal_missing:
-        problems.append("missing from the checkpoint: " + ", ".join(
-            prefix + key_map.to_torch(p)[0] for p in fatal_missing))
+        problems.append(
+            "missing from the checkpoint: "
+            + ", ".join(prefix + key_map.to_torch(p)[0] for p in fatal_missing)
+        )
     if unexpected:
-        problems.append("unexpected keys (not used by the model): " + ", ".join(sorted(unexpected))
-                        + "\n  Pass ignore=[regex, ...] if they are expected (e.g. a task head).")
+        problems.append(
+            "unexpected keys (not used by the model): "
+            + ", ".join(sorted(unexpected))
+            + "\n  Pass ignore=[regex, ...] if they are expected (e.g. a task head)."
+        )
     if problems:
         raise CheckpointError(f"Cannot load {source}:\n- " + "\n- ".join(problems))
     if missing:
-        logger.warning("Not in %s, randomly initialised: %s", source,
-                       ", ".join(path_to_str(p) for p in missing))
+        logger.warning(
+            "Not in %s, randomly initialised: %s", source, ", ".join(path_to_str(p) for p in missing)
+        )
         concrete_state = nnx.state(build())
         for path, var in nnx.to_flat_state(concrete_state):
             if path in targets and path not in loaded:
                 loaded[path] = np.asarray(var.get_value())
-    flat = [(path, var.replace(jnp.asarray(loaded[path], dtype=var.get_value().dtype)))
-            for path, var in targets.items()]
+    flat = [
+        (path, var.replace(jnp.asarray(loaded[path], dtype=var.get_value().dtype)))
+        for path, var in targets.items()
+    ]
     return nnx.merge(graphdef, nnx.from_flat_state(flat))

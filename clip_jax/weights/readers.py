@@ -43,8 +43,10 @@ def resolve_checkpoint(path_or_id: str | os.PathLike, *, revision: str | None = 
     first = Path(text).parts[0] if Path(text).parts else ""
     if text.startswith((".", "/", "~")) or text.count("/") > 1 or ("/" in text and Path(first).is_dir()):
         # A path: absolute, relative with a local first folder (runs/it), or not shaped like a hub id (USER/REPO).
-        raise CheckpointError(f"No such checkpoint directory: {text} — check the path (it should hold "
-                              "config.json and the weights).")
+        raise CheckpointError(
+            f"No such checkpoint directory: {text} — check the path (it should hold "
+            "config.json and the weights)."
+        )
     import huggingface_hub
     from huggingface_hub.utils import HfHubHTTPError
 
@@ -52,7 +54,9 @@ def resolve_checkpoint(path_or_id: str | os.PathLike, *, revision: str | None = 
         files = set(huggingface_hub.list_repo_files(text, revision=revision)) if not _offline() else set()
     except (HfHubHTTPError, OSError, ValueError):
         files = set()
-    except Exception as error:  # httpx's ConnectError / timeouts are none of the above: the hub is unreachable
+    except (
+        Exception
+    ) as error:  # httpx's ConnectError / timeouts are none of the above: the hub is unreachable
         raise CheckpointError(hub_error_message(text, error, revision=revision)) from error
     # configs, tokenizer and image-processor files, and weights (PyTorch pickles only if
     # the repo has no safetensors, so nothing is downloaded twice).
@@ -70,19 +74,31 @@ def hub_error_message(repo_id: str, error: BaseException, *, revision: str | Non
     detail = (str(error).strip().splitlines() or [type(error).__name__])[0][:300]
     where = f"{repo_id}" + (f" (revision {revision})" if revision else "")
     if _offline():
-        hint = ("HF_HUB_OFFLINE is set, so only models already in the cache can be used — download it once with "
-                "network access, or pass a local directory")
+        hint = (
+            "HF_HUB_OFFLINE is set, so only models already in the cache can be used — download it once with "
+            "network access, or pass a local directory"
+        )
     else:
         name = type(error).__name__
-        if "Connect" in name or "Timeout" in name or "Network" in name or isinstance(error, (ConnectionError,
-                                                                                            TimeoutError)):
-            hint = ("the hub could not be reached — check the network (or set HF_HUB_OFFLINE=1 to use the cache), "
-                    "or pass a local directory")
+        if (
+            "Connect" in name
+            or "Timeout" in name
+            or "Network" in name
+            or isinstance(error, (ConnectionError, TimeoutError))
+        ):
+            hint = (
+                "the hub could not be reached — check the network (or set HF_HUB_OFFLINE=1 to use the cache), "
+                "or pass a local directory"
+            )
         else:
-            hint = ("check the spelling of the repo id; for a private or gated repo log in (`huggingface-cli "
-                    "login` or HF_TOKEN); if you meant a local directory, it does not exist")
-    return f"Could not get {where}: no such local directory, and the Hugging Face hub lookup failed " \
-           f"({type(error).__name__}: {detail}) — {hint}."
+            hint = (
+                "check the spelling of the repo id; for a private or gated repo log in (`huggingface-cli "
+                "login` or HF_TOKEN); if you meant a local directory, it does not exist"
+            )
+    return (
+        f"Could not get {where}: no such local directory, and the Hugging Face hub lookup failed "
+        f"({type(error).__name__}: {detail}) — {hint}."
+    )
 
 
 def _offline() -> bool:
@@ -105,9 +121,7 @@ def weight_format(directory: Path) -> str:
     for name in WEIGHT_FILES:
         if (Path(directory) / name).is_file():
             return name
-    raise CheckpointError(
-        f"{directory} holds no weights: expected one of {', '.join(WEIGHT_FILES)}."
-    )
+    raise CheckpointError(f"{directory} holds no weights: expected one of {', '.join(WEIGHT_FILES)}.")
 
 
 def read_state_dict(directory: str | os.PathLike) -> dict[str, np.ndarray]:
@@ -131,14 +145,18 @@ def _index_shards(index_path: Path) -> list[Path]:
     try:
         weight_map = json.loads(index_path.read_text())["weight_map"]
     except (json.JSONDecodeError, KeyError) as error:
-        raise CheckpointError(f"{index_path} is not a valid shard index (needs 'weight_map'): {error}.") from error
+        raise CheckpointError(
+            f"{index_path} is not a valid shard index (needs 'weight_map'): {error}."
+        ) from error
     shards = []
     for name in dict.fromkeys(weight_map.values()):
         shard = index_path.parent / name
         if Path(name).is_absolute() or ".." in Path(name).parts:
             raise CheckpointError(f"{index_path} names shard {name!r} outside the checkpoint directory.")
         if not shard.is_file():
-            raise CheckpointError(f"Shard {name} listed in {index_path.name} is missing from {index_path.parent}.")
+            raise CheckpointError(
+                f"Shard {name} listed in {index_path.name} is missing from {index_path.parent}."
+            )
         shards.append(shard)
     return shards
 
@@ -148,13 +166,16 @@ def _read_safetensors(path: Path) -> dict[str, np.ndarray]:
 
     try:
         with safe_open(str(path), framework="numpy") as f:
-            return {k: f.get_tensor(k) for k in f.keys()}
+            return {k: f.get_tensor(k) for k in f}
     except (SafetensorError, OSError, TypeError, AttributeError, ValueError) as error:
         # NumPy has no bfloat16 / float8 types: safetensors' NumPy reader fails on them (AttributeError, TypeError)
-        if isinstance(error, (TypeError, AttributeError)) or any(t in str(error).lower() for t in ("bfloat16", "bf16",
-                                                                                                   "float8", "f8")):
+        if isinstance(error, (TypeError, AttributeError)) or any(
+            t in str(error).lower() for t in ("bfloat16", "bf16", "float8", "f8")
+        ):
             return _read_safetensors_header(path)
-        raise CheckpointError(f"Could not read {path}: {error}. The file may be truncated or corrupt.") from error
+        raise CheckpointError(
+            f"Could not read {path}: {error}. The file may be truncated or corrupt."
+        ) from error
 
 
 def _read_safetensors_header(path: Path) -> dict[str, np.ndarray]:
@@ -162,27 +183,43 @@ def _read_safetensors_header(path: Path) -> dict[str, np.ndarray]:
     lacks (float8...) are refused with a :class:`CheckpointError`."""
     import ml_dtypes
 
-    dtypes = {"BF16": ml_dtypes.bfloat16, "F16": np.float16, "F32": np.float32, "F64": np.float64,
-              "I64": np.int64, "I32": np.int32, "I16": np.int16, "I8": np.int8, "U8": np.uint8, "BOOL": np.bool_}
+    dtypes = {
+        "BF16": ml_dtypes.bfloat16,
+        "F16": np.float16,
+        "F32": np.float32,
+        "F64": np.float64,
+        "I64": np.int64,
+        "I32": np.int32,
+        "I16": np.int16,
+        "I8": np.int8,
+        "U8": np.uint8,
+        "BOOL": np.bool_,
+    }
     try:
         data = path.read_bytes()
         header_len = int.from_bytes(data[:8], "little")
-        header = json.loads(data[8:8 + header_len])
+        header = json.loads(data[8 : 8 + header_len])
         base = 8 + header_len
         out = {}
         for name, info in header.items():
             if name == "__metadata__":
                 continue
             if info.get("dtype") not in dtypes:
-                raise CheckpointError(f"{path}: tensor {name!r} has dtype {info.get('dtype')!r}, which clip_jax cannot "
-                                      f"read (supported: {', '.join(dtypes)}) — convert the checkpoint to float32, "
-                                      "float16 or bfloat16.")
+                raise CheckpointError(
+                    f"{path}: tensor {name!r} has dtype {info.get('dtype')!r}, which clip_jax cannot "
+                    f"read (supported: {', '.join(dtypes)}) — convert the checkpoint to float32, "
+                    "float16 or bfloat16."
+                )
             start, end = info["data_offsets"]
-            array = np.frombuffer(data[base + start:base + end], dtype=dtypes[info["dtype"]]).reshape(info["shape"])
+            array = np.frombuffer(data[base + start : base + end], dtype=dtypes[info["dtype"]]).reshape(
+                info["shape"]
+            )
             out[name] = array
         return out
     except (ValueError, KeyError, TypeError, OSError) as error:  # bad JSON, offsets or shapes
-        raise CheckpointError(f"Could not read {path}: {error}. The file may be truncated or corrupt.") from error
+        raise CheckpointError(
+            f"Could not read {path}: {error}. The file may be truncated or corrupt."
+        ) from error
 
 
 def _read_torch_bin(path: Path) -> dict[str, np.ndarray]:
@@ -232,26 +269,29 @@ def read_flax_msgpack(path: Path) -> dict[str, np.ndarray]:
     except Exception as error:  # msgpack raises several types on corrupt input
         raise CheckpointError(f"Could not read {path} as a Flax msgpack checkpoint: {error}.") from error
     if not isinstance(tree, dict) or not tree:
-        raise CheckpointError(f"{path} is not a Flax checkpoint: its root is a {type(tree).__name__}, not a non-empty "
-                              "dict of parameters.")
+        raise CheckpointError(
+            f"{path} is not a Flax checkpoint: its root is a {type(tree).__name__}, not a non-empty "
+            "dict of parameters."
+        )
     out: dict[str, np.ndarray] = {}
 
     def visit(node: Any, parts: list[str]) -> None:
         if isinstance(node, dict):
             for key, child in node.items():
-                visit(child, parts + [str(key)])
+                visit(child, [*parts, str(key)])
             return
         array = np.asarray(node)
         if array.dtype == object or not parts:
-            raise CheckpointError(f"{path}: entry {'.'.join(parts) or '(root)'} is a {type(node).__name__}, not an "
-                                  "array.")
+            raise CheckpointError(
+                f"{path}: entry {'.'.join(parts) or '(root)'} is a {type(node).__name__}, not an array."
+            )
         *parents, leaf = parts
         if leaf == "kernel":
             leaf = "weight"
             array = array.transpose(3, 2, 0, 1) if array.ndim == 4 else array.T
         elif leaf in ("scale", "embedding"):
             leaf = "weight"
-        out[".".join(parents + [leaf])] = array
+        out[".".join([*parents, leaf])] = array
 
     visit(tree, [])
     return out
