@@ -34,9 +34,9 @@ from bench.train_step import (
     phase_step,
 )
 from clip_jax.config import HEAD
+from clip_jax.models.freezing import split_trainable
 from clip_jax.sharding import batch_sharding, make_mesh
 from clip_jax.train.features import pooled_feature_fns
-from clip_jax.train.state import split_trainable
 
 
 def measure(

@@ -34,7 +34,7 @@ from ml_collections import ConfigDict
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from bench.common import machine, write_result
-from clip_jax.config import HEAD, phase
+from clip_jax.config import HEAD, override, phase
 
 LIT = r"(?!vision\.).*"  # everything but the vision tower
 COLUMNS = ("colour", "shape", "count", "colour+shape")
@@ -57,12 +57,7 @@ def _one_phase(trainable: str, lrs: Callable[[dict], dict]) -> Callable[[ConfigD
 def _variant(base: Callable, **changes) -> Callable[[ConfigDict, dict], None]:
     def configure(c: ConfigDict, s: dict) -> None:
         base(c, s)
-        for key, value in changes.items():
-            node = c
-            *parents, leaf = key.split(".")
-            for p in parents:
-                node = node[p]
-            node[leaf] = value
+        override(c, **changes)
 
     return configure
 
@@ -127,8 +122,9 @@ RECIPES.update(
 
 def run_recipe(name: str, seed: int, settings: dict, cache_dir: str, workdir: str, standins: dict) -> dict:
     """Train one recipe with one seed; its metrics after training and its wall time."""
+    from clip_jax import load_model
     from clip_jax.demo import demo_config, evaluate_transfer
-    from clip_jax.train import model_from_checkpoint, train
+    from clip_jax.train import train
 
     def base() -> ConfigDict:
         c = demo_config()
@@ -156,9 +152,7 @@ def run_recipe(name: str, seed: int, settings: dict, cache_dir: str, workdir: st
         first[0](c0, settings)
         train(c0, str(Path(workdir, "first")))
         c.model.init_from = str(
-            model_from_checkpoint(str(Path(workdir, "first"))).save_pretrained(
-                Path(workdir, "first", "exported")
-            )
+            load_model(str(Path(workdir, "first"))).save_pretrained(Path(workdir, "first", "exported"))
         )
     train(c, str(Path(workdir, "run")))
     workdir = str(Path(workdir, "run"))

@@ -27,6 +27,7 @@ from jax.sharding import PartitionSpec as P
 from bench.common import machine, matmul_peak, time_calls, write_result
 from clip_jax import CLIPModel
 from clip_jax.config import HEAD
+from clip_jax.models.freezing import split_trainable
 from clip_jax.sharding import batch_sharding, make_mesh
 from clip_jax.train.features import make_feature_train_step
 from clip_jax.train.optim import make_optimizer
@@ -34,7 +35,6 @@ from clip_jax.train.state import (
     TrainState,
     initial_rng,
     make_train_step,
-    split_trainable,
 )
 
 VISION = {

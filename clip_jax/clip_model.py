@@ -24,6 +24,7 @@ from jax.sharding import PartitionSpec as P
 from PIL import Image
 
 from clip_jax.data.preprocess import ImageProcessorConfig, preprocess_images
+from clip_jax.embedding import embed_rows, next_power_of_two
 from clip_jax.hub import (
     CLIP_JAX_MODEL_TYPE,
     DEFAULT_MAX_SHARD_SIZE,
@@ -103,10 +104,6 @@ def _text_list(texts: Texts) -> list[str]:
     return texts
 
 
-def _next_power_of_two(n: int) -> int:
-    return 1 << max(0, (n - 1).bit_length())
-
-
 #: Files of which at least one is present in a directory that really holds a tokenizer.
 TOKENIZER_FILES = (
     "tokenizer.json",
@@ -118,7 +115,7 @@ TOKENIZER_FILES = (
 )
 
 
-def _load_tokenizer(source: Any) -> Any:
+def load_tokenizer(source: Any) -> Any:
     """A tokenizer object, loaded from a directory if given one; None when the directory has none.
 
     (transformers builds an empty tokenizer for a directory without tokenizer files; we refuse that.)
@@ -295,9 +292,9 @@ class CLIPModel:
             rngs=nnx.Rngs(seed + 1),
         )
         if tokenizer is None:
-            tokenizer = _load_tokenizer(t.directory)
+            tokenizer = load_tokenizer(t.directory)
         elif isinstance(tokenizer, (str, os.PathLike)):
-            path, tokenizer = tokenizer, _load_tokenizer(tokenizer)
+            path, tokenizer = tokenizer, load_tokenizer(tokenizer)
             if tokenizer is None:
                 raise ValueError(f"No tokenizer files ({', '.join(TOKENIZER_FILES)}) in {path}.")
         processor = (
@@ -352,19 +349,15 @@ class CLIPModel:
         )
         if max_length is None:  # the length the model was trained with, recorded by save_pretrained
             max_length = read_config(directory).get("clip_jax", {}).get("max_length")
-        if logit_scale is not None:
-            if logit_scale <= 0:
-                raise ValueError(
-                    f"logit_scale must be positive (it is exp of the stored value); got {logit_scale}."
-                )
-            module.logit_scale.set_value(jnp.asarray(math.log(logit_scale), jnp.float32))
         model = cls(
             module,
-            tokenizer=_load_tokenizer(directory),
+            tokenizer=load_tokenizer(directory),
             image_processor=ImageProcessorConfig.from_pretrained(directory),
             max_length=max_length,
         )
         model.base_models = [str(path_or_id)]
+        if logit_scale is not None:
+            model.logit_multiplier = logit_scale
         return model
 
     def hub_config(self) -> dict[str, Any]:
@@ -494,9 +487,6 @@ class CLIPModel:
             self._mesh = Mesh(np.array(devices), ("data",))
         return self._mesh
 
-    def _put_batch(self, array: np.ndarray) -> jax.Array:
-        return jax.device_put(array, NamedSharding(self.mesh, P("data")))
-
     def _put_state(self, state: Any) -> Any:
         return jax.device_put(state, NamedSharding(self.mesh, P()))
 
@@ -511,12 +501,6 @@ class CLIPModel:
             post = l2_normalize if normalize else (lambda x: x.astype(jnp.float32))
             self._jitted[key] = jax.jit(lambda state, *args: post(method(nnx.merge(graphdef, state), *args)))
         return self._jitted[key]
-
-    def _bucket(self, n: int, batch_size: int) -> int:
-        """Padded batch size: a power of two (at most ``batch_size``), a multiple of the device count."""
-        devices = self.mesh.size
-        size = min(batch_size, _next_power_of_two(n))
-        return -(-max(size, n) // devices) * devices
 
     def pixel_batches(self, images: Images, batch_size: int = 64) -> Iterator[np.ndarray]:
         """``images`` (any form :meth:`encode_image` takes) as preprocessed float32 ``[n, S, S, 3]`` batches
@@ -609,13 +593,14 @@ class CLIPModel:
         """
         state = self._put_state(nnx.state(self.module))
         fn = self._compiled("image", normalize)
-        out = []
-        for pixels in self.pixel_batches(images, batch_size):
-            n = len(pixels)
-            padded = np.zeros((self._bucket(n, batch_size), *pixels.shape[1:]), np.float32)
-            padded[:n] = pixels
-            out.append(np.asarray(fn(state, self._put_batch(padded)))[:n])
-        return np.concatenate(out) if out else np.zeros((0, self.module.projection_dim), np.float32)
+        out = embed_rows(
+            lambda pixels: fn(state, pixels),
+            ([pixels] for pixels in self.pixel_batches(images, batch_size)),
+            batch_size=batch_size,
+            mesh=self.mesh,
+            bucket=True,
+        )
+        return out if len(out) else np.zeros((0, self.module.projection_dim), np.float32)
 
     def encode_image_layers(self, images: Images, *, batch_size: int = 64) -> np.ndarray:
         """The vision tower's class-token state after the embeddings and after each layer,
@@ -625,17 +610,18 @@ class CLIPModel:
 
             def layers(state, pixels):
                 out = nnx.merge(graphdef, state)(pixels, output_hidden_states=True)
-                return jnp.stack([h[:, 0] for h in out.hidden_states]).astype(jnp.float32)
+                return jnp.stack([h[:, 0] for h in out.hidden_states], axis=1).astype(jnp.float32)
 
             self._jitted["layers"] = jax.jit(layers)
         fn, state = self._jitted["layers"], self._put_state(nnx.state(self.module.vision))
-        out = []
-        for pixels in self.pixel_batches(images, batch_size):
-            n = len(pixels)
-            padded = np.zeros((self._bucket(n, batch_size), *pixels.shape[1:]), np.float32)
-            padded[:n] = pixels
-            out.append(np.asarray(fn(state, self._put_batch(padded)))[:, :n])
-        return np.concatenate(out, axis=1)
+        out = embed_rows(
+            lambda pixels: fn(state, pixels),
+            ([pixels] for pixels in self.pixel_batches(images, batch_size)),
+            batch_size=batch_size,
+            mesh=self.mesh,
+            bucket=True,
+        )
+        return out.transpose(1, 0, 2)
 
     def tokenize(self, texts: Texts, *, fixed_length: bool = False) -> dict[str, np.ndarray]:
         """Token ids and attention mask (int32), truncated to ``max_length`` and padded to a
@@ -650,9 +636,7 @@ class CLIPModel:
         )
         ids, mask = enc["input_ids"], enc["attention_mask"]
         length = (
-            self.max_length
-            if fixed_length
-            else min(max(8, _next_power_of_two(ids.shape[1])), self.max_length)
+            self.max_length if fixed_length else min(max(8, next_power_of_two(ids.shape[1])), self.max_length)
         )
         pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         if length > ids.shape[1]:
@@ -670,16 +654,17 @@ class CLIPModel:
         texts = _text_list(texts)
         state = self._put_state(nnx.state(self.module))
         fn = self._compiled("text", normalize)
-        out = []
-        for start in range(0, len(texts), batch_size):
-            enc = self.tokenize(texts[start : start + batch_size])
-            n, length = enc["input_ids"].shape
-            rows = self._bucket(n, batch_size)
-            ids = np.full((rows, length), enc["input_ids"][0, -1], np.int32)
-            mask = np.zeros((rows, length), np.int32)
-            ids[:n], mask[:n] = enc["input_ids"], enc["attention_mask"]
-            mask[n:, 0] = 1  # padding rows attend to one token so nothing divides by zero
-            out.append(np.asarray(fn(state, self._put_batch(ids), self._put_batch(mask)))[:n])
+        out = [  # one call per batch: each batch is padded to its own token-length bucket
+            embed_rows(
+                lambda ids, mask: fn(state, ids, mask),
+                [(enc["input_ids"], enc["attention_mask"])],
+                batch_size=batch_size,
+                mesh=self.mesh,
+                bucket=True,
+            )
+            for start in range(0, len(texts), batch_size)
+            for enc in [self.tokenize(texts[start : start + batch_size])]
+        ]
         return np.concatenate(out) if out else np.zeros((0, self.module.projection_dim), np.float32)
 
     def get_image_features(self, images: Images, *, batch_size: int = 64) -> np.ndarray:

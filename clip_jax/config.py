@@ -17,6 +17,29 @@ FREE_FORM = {"model.vision", "model.text"}
 
 HEAD = r"(visual_projection|text_projection|logit_scale|logit_bias)(\..*)?"
 
+#: ``model.dtype`` / ``model.param_dtype`` names.
+DTYPES = ("float32", "bfloat16")
+
+
+def dtype_of(name: str) -> Any:
+    """The JAX dtype of a ``model.dtype`` / ``model.param_dtype`` name."""
+    import jax.numpy as jnp
+
+    if name not in DTYPES:
+        raise ValueError(f"Unknown dtype {name!r}; choose one of {list(DTYPES)}.")
+    return getattr(jnp, name)
+
+
+def override(config: ConfigDict, **changes: Any) -> ConfigDict:
+    """``config`` with dotted keys set in place (``override(c, **{"train.batch_size": 8})``); returns it."""
+    for key, value in changes.items():
+        node = config
+        *parents, leaf = key.split(".")
+        for name in parents:
+            node = node[name]
+        node[leaf] = value
+    return config
+
 
 def phase(
     steps: int,
@@ -69,7 +92,7 @@ def base_config() -> ConfigDict:
     )
     c.loss = ConfigDict(
         dict(
-            kind="softmax",  # softmax (CLIP) | sigmoid (SigLIP)
+            kind="softmax",  # a name in clip_jax.loss.LOSSES: softmax (CLIP) | sigmoid (SigLIP)
             sigmoid_bias_init=-10.0,
             sigmoid_scale_init=math.log(10.0),
             negatives="global",  # global: the whole global batch (recommended) | local: own device only (CLIP-Italian)
@@ -210,8 +233,10 @@ def validate(config: ConfigDict) -> ConfigDict:
             "phases.*.cache_features is for contrastive phases; train.objective='distill' caches the "
             "teacher's embeddings instead: set cache_features=False."
         )
-    if config.loss.kind not in ("softmax", "sigmoid"):
-        raise ValueError(f"loss.kind must be 'softmax' or 'sigmoid', not {config.loss.kind!r}.")
+    from clip_jax.loss import LOSSES
+
+    if config.loss.kind not in LOSSES:
+        raise ValueError(f"loss.kind must be one of {sorted(LOSSES)}, not {config.loss.kind!r}.")
     _check_values(config)
     return config
 

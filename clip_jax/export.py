@@ -22,16 +22,17 @@ class PushError(RuntimeError):
     """The export was written but could not be pushed to the hub."""
 
 
-def load_for_export(checkpoint: str, step: int | None = None):
+def load_for_export(checkpoint: str, step: int | None = None, logit_scale: float | None = None):
     """(model, training config or None, base model names) from a workdir, a directory or a hub id."""
-    from clip_jax import CLIPModel, workdir
-    from clip_jax.train import model_from_checkpoint
+    from clip_jax import workdir
+    from clip_jax.loading import load_model, training_config
 
+    model = load_model(checkpoint, step=step, logit_scale=logit_scale)
     if workdir.is_training_workdir(checkpoint):
-        config = json.loads(workdir.read_text(workdir.join(checkpoint, "config.json")))
+        config = training_config(checkpoint).to_dict()
         bases = [config["model"][k] for k in ("vision", "text") if isinstance(config["model"][k], str)]
-        return model_from_checkpoint(checkpoint, step), config, bases
-    return CLIPModel.from_pretrained(checkpoint), None, []
+        return model, config, bases
+    return model, None, []
 
 
 def main(argv: list[str] | None = None) -> str:
@@ -63,13 +64,7 @@ def main(argv: list[str] | None = None) -> str:
     parser.add_argument("--commit_message", default="Upload CLIP dual encoder (clip_jax)")
     args = parser.parse_args(argv)
 
-    model, config, bases = load_for_export(args.checkpoint, args.step)
-    if args.logit_scale is not None:
-        import math
-
-        import jax.numpy as jnp
-
-        model.module.logit_scale.set_value(jnp.asarray(math.log(args.logit_scale), jnp.float32))
+    model, config, bases = load_for_export(args.checkpoint, args.step, args.logit_scale)
     results = read_results(args.results) if args.results else None
     out = model.save_pretrained(
         args.out,

@@ -11,7 +11,8 @@ unlike a per-device loss (CLIP-Italian's), where each saw only ``b - 1`` negativ
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import jax
 import jax.numpy as jnp
@@ -27,9 +28,10 @@ def _block_softmax(
     all_img: jax.Array,
     all_txt: jax.Array,
     scale: jax.Array,
+    bias: jax.Array,
     offset: jax.Array,
-) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """Per-device sums of the two cross-entropies and of correct top-1 guesses for local rows."""
+) -> jax.Array:
+    """CLIP's symmetric cross-entropy for a device's rows: ``[half the summed loss, correct i2t, correct t2i]``."""
     labels = offset + jnp.arange(img.shape[0])
     logits_i2t = scale * img @ all_txt.T
     logits_t2i = scale * txt @ all_img.T
@@ -38,19 +40,68 @@ def _block_softmax(
         picked = jnp.take_along_axis(logits, labels[:, None], axis=1)[:, 0]
         return jnp.sum(jax.nn.logsumexp(logits, axis=1) - picked)
 
-    correct_i2t = jnp.sum(jnp.argmax(logits_i2t, axis=1) == labels)
-    correct_t2i = jnp.sum(jnp.argmax(logits_t2i, axis=1) == labels)
-    return cross_entropy(logits_i2t) + cross_entropy(logits_t2i), correct_i2t, correct_t2i
+    correct_i2t = jnp.sum(jnp.argmax(logits_i2t, axis=1) == labels).astype(jnp.float32)
+    correct_t2i = jnp.sum(jnp.argmax(logits_t2i, axis=1) == labels).astype(jnp.float32)
+    return jnp.stack([(cross_entropy(logits_i2t) + cross_entropy(logits_t2i)) / 2, correct_i2t, correct_t2i])
+
+
+def _dense_softmax(logits: jax.Array) -> jax.Array:
+    labels = jnp.arange(logits.shape[0])
+    i2t = jnp.mean(jax.nn.logsumexp(logits, axis=1) - logits[labels, labels])
+    t2i = jnp.mean(jax.nn.logsumexp(logits, axis=0) - logits[labels, labels])
+    return (i2t + t2i) / 2
 
 
 def _block_sigmoid(
-    img: jax.Array, all_txt: jax.Array, scale: jax.Array, bias: jax.Array, offset: jax.Array
+    img: jax.Array,
+    txt: jax.Array,
+    all_img: jax.Array,
+    all_txt: jax.Array,
+    scale: jax.Array,
+    bias: jax.Array,
+    offset: jax.Array,
 ) -> jax.Array:
-    """Per-device sum of SigLIP's pairwise log-sigmoid losses for local images against all texts."""
+    """SigLIP's pairwise log-sigmoid losses of a device's images against all texts: ``[summed loss]``."""
     logits = scale * img @ all_txt.T + bias
     positives = (offset + jnp.arange(img.shape[0]))[:, None] == jnp.arange(all_txt.shape[0])[None, :]
     signs = jnp.where(positives, 1.0, -1.0)
-    return -jnp.sum(jax.nn.log_sigmoid(signs * logits))
+    return -jnp.sum(jax.nn.log_sigmoid(signs * logits))[None]
+
+
+def _dense_sigmoid(logits: jax.Array) -> jax.Array:
+    signs = 2.0 * jnp.eye(logits.shape[0]) - 1.0
+    return -jnp.sum(jax.nn.log_sigmoid(signs * logits)) / logits.shape[0]
+
+
+@dataclass(frozen=True)
+class LossKind:
+    """One contrastive loss: how a device computes its rows' share, and the same loss from full logits.
+
+    ``block(img, txt, all_img, all_txt, scale, bias, offset)`` returns per-device sums whose first entry is
+    the summed loss and the rest the counts named by ``counts`` (each divided by the global batch into a
+    metric). ``dense(logits)`` is the reference from the ``B x B`` logits (bias already added) — the loss's
+    test checks ``block`` against it, and the in-training evaluator uses it. ``uses_bias``: the model needs a
+    learned logit bias (built with ``loss.sigmoid_bias_init``).
+    """
+
+    block: Callable[..., jax.Array]
+    dense: Callable[[jax.Array], jax.Array]
+    counts: tuple[str, ...] = ()
+    uses_bias: bool = False
+
+
+#: The losses ``loss.kind`` may name. Adding one: its block and dense functions, one entry, one test.
+LOSSES: dict[str, LossKind] = {
+    "softmax": LossKind(_block_softmax, _dense_softmax, counts=("i2t_accuracy", "t2i_accuracy")),
+    "sigmoid": LossKind(_block_sigmoid, _dense_sigmoid, uses_bias=True),
+}
+
+
+def loss_kind(name: str) -> LossKind:
+    """The registered loss ``name``; ``ValueError`` listing the registered ones otherwise."""
+    if name not in LOSSES:
+        raise ValueError(f"Unknown loss kind {name!r}; choose one of {sorted(LOSSES)}.")
+    return LOSSES[name]
 
 
 def contrastive_loss(
@@ -64,7 +115,8 @@ def contrastive_loss(
     logit_bias: jax.Array | None = None,
     negatives: str = "global",
 ) -> tuple[jax.Array, Metrics]:
-    """CLIP's symmetric softmax loss (``kind='softmax'``) or SigLIP's sigmoid loss (``'sigmoid'``).
+    """A loss of :data:`LOSSES` over the global batch: CLIP's symmetric softmax loss (``kind='softmax'``) or
+    SigLIP's sigmoid loss (``'sigmoid'``).
 
     ``negatives='global'`` (the default, and the point of this function): every example is contrasted
     with the whole global batch. ``'local'``: only with the examples on its own device, as CLIP-Italian's
@@ -75,12 +127,11 @@ def contrastive_loss(
     (already exponentiated). Returns the loss and metrics: in-batch image->text and
     text->image top-1 accuracy (softmax only) and the logit scale.
     """
-    if kind not in ("softmax", "sigmoid"):
-        raise ValueError(f"Unknown loss kind {kind!r}; choose 'softmax' or 'sigmoid'.")
+    loss = loss_kind(kind)
     if negatives not in ("global", "local"):
         raise ValueError(f"negatives must be 'global' or 'local', not {negatives!r}.")
-    if kind == "sigmoid" and logit_bias is None:
-        raise ValueError("The sigmoid loss needs a logit_bias (build the model with logit_bias_init=...).")
+    if loss.uses_bias and logit_bias is None:
+        raise ValueError(f"The {kind} loss needs a logit_bias (build the model with logit_bias_init=...).")
     global_batch = image_embeds.shape[0]
     axes = tuple(a for a in batch_axes if mesh is not None and a in mesh.axis_names)
     bias = jnp.zeros((), jnp.float32) if logit_bias is None else logit_bias
@@ -92,13 +143,7 @@ def contrastive_loss(
             offset = jax.lax.axis_index(axes) * img.shape[0]
         else:
             all_img, all_txt, offset = img, txt, jnp.zeros((), jnp.int32)
-        if kind == "softmax":
-            total, correct_i2t, correct_t2i = _block_softmax(img, txt, all_img, all_txt, scale, offset)
-            sums = jnp.stack([total / 2, correct_i2t.astype(jnp.float32), correct_t2i.astype(jnp.float32)])
-        else:
-            sums = jnp.stack(
-                [_block_sigmoid(img, all_txt, scale, bias, offset), jnp.zeros(()), jnp.zeros(())]
-            )
+        sums = loss.block(img, txt, all_img, all_txt, scale, bias, offset)
         return jax.lax.psum(sums, axes) if axes else sums
 
     img, txt = image_embeds.astype(jnp.float32), text_embeds.astype(jnp.float32)
@@ -106,13 +151,11 @@ def contrastive_loss(
     if axes:
         local = jax.shard_map(local, mesh=mesh, in_specs=(P(axes), P(axes), P(), P()), out_specs=P())
     sums = local(img, txt, scale, bias)
-    loss = sums[0] / global_batch
-    metrics = {"loss": loss, "logit_scale": scale}
-    if kind == "softmax":
-        metrics.update(i2t_accuracy=sums[1] / global_batch, t2i_accuracy=sums[2] / global_batch)
-    else:
+    metrics = {"loss": sums[0] / global_batch, "logit_scale": scale}
+    metrics.update({name: sums[1 + i] / global_batch for i, name in enumerate(loss.counts)})
+    if loss.uses_bias:
         metrics["logit_bias"] = bias
-    return loss, metrics
+    return metrics["loss"], metrics
 
 
 def dense_contrastive_loss(
@@ -124,11 +167,7 @@ def dense_contrastive_loss(
 ) -> jax.Array:
     """The same losses from the full ``B x B`` logits on one device (the naive version, for comparison)."""
     logits = logit_scale * image_embeds.astype(jnp.float32) @ text_embeds.astype(jnp.float32).T
-    if kind == "sigmoid":
+    loss = loss_kind(kind)
+    if loss.uses_bias:
         logits = logits + logit_bias
-        signs = 2.0 * jnp.eye(logits.shape[0]) - 1.0
-        return -jnp.sum(jax.nn.log_sigmoid(signs * logits)) / logits.shape[0]
-    labels = jnp.arange(logits.shape[0])
-    i2t = jnp.mean(jax.nn.logsumexp(logits, axis=1) - logits[labels, labels])
-    t2i = jnp.mean(jax.nn.logsumexp(logits, axis=0) - logits[labels, labels])
-    return (i2t + t2i) / 2
+    return loss.dense(logits)

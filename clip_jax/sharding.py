@@ -66,6 +66,11 @@ def data_parallel_size(mesh: Mesh) -> int:
     return math.prod(mesh.shape[a] for a in batch_axes(mesh))
 
 
+def replicated(mesh: Mesh) -> NamedSharding:
+    """A full copy on every device of ``mesh``."""
+    return NamedSharding(mesh, P())
+
+
 def batch_sharding(mesh: Mesh) -> NamedSharding:
     """Batch dimension split over all data-parallel axes."""
     return NamedSharding(mesh, P(batch_axes(mesh)))

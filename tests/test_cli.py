@@ -239,7 +239,8 @@ import resource, signal, sys
 sys.path.insert(0, {tests!r})
 from train_helpers import tiny_config
 import clip_jax.cli
-from clip_jax.train import checkpoint, train
+from clip_jax import checkpoint
+from clip_jax.train import train
 
 # A real write error from the OS: from the save of step 4 on, files may not grow past 20 kB (SIGXFSZ ignored, so
 # writes fail with EFBIG, as they fail with ENOSPC on a full disk). Logs stay far below that; checkpoints do not.
@@ -277,7 +278,7 @@ def test_a_failing_checkpoint_write_stops_the_run_with_one_line(tmp_path, use_as
     )
     assert len(result.stderr.splitlines()) < 40, result.stderr[-3000:]  # was 481 lines and 5 tracebacks
     assert line and not (workdir / "lock").exists()
-    from clip_jax.train.checkpoint import Checkpointer
+    from clip_jax.checkpoint import Checkpointer
 
     assert (
         Checkpointer(str(workdir)).latest_step() == 3

@@ -498,7 +498,7 @@ def test_trainer_reads_files_source(tmp_path):
         if "train/loss" in line
     ][-1]
     assert sum(v for k, v in last.items() if k.startswith("data/skipped/bad.jsonl/")) == seen
-    from clip_jax.train.checkpoint import Checkpointer
+    from clip_jax.checkpoint import Checkpointer
 
     meta = Checkpointer(str(tmp_path / "run")).restore_meta(2)
     assert meta["phase"] == "warmup" and "grain" in meta["data"]["stream"]  # the iterator position is saved

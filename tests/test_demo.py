@@ -62,10 +62,10 @@ def test_report_rows_beat_chance(demo_run):
 
 def test_demo_export_embeds_like_the_workdir(demo_run):
     _, workdir, summary = demo_run
-    from clip_jax.train import model_from_checkpoint
+    from clip_jax import load_model
 
     exported = CLIPModel.from_pretrained(summary["exported"])
-    trained = model_from_checkpoint(str(workdir))
+    trained = load_model(str(workdir))
     texts = ["due cerchi rossi a sinistra", "in alto c'è un quadrato verde"]
     np.testing.assert_allclose(exported.encode_text(texts), trained.encode_text(texts), atol=1e-5)
 

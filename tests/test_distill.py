@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from train_helpers import REPO, losses
 
-from clip_jax.config import phase
+from clip_jax.config import override, phase
 from clip_jax.data.parallel import PairBatches, read_pairs, shapes_pairs
 from clip_jax.data.shapes import ShapesSpec
 
@@ -120,13 +120,7 @@ def tiny_distill_config(small_standins, cache, **overrides):
     c.phases.warmup = phase(4, r"text_projection\..*", {"head": 1e-2})
     c.phases.finetune = phase(8, STUDENT, {"head": 1e-3, "text": 1e-3})
     c.mesh.fsdp_min_size = 0
-    for key, value in overrides.items():
-        node = c
-        *parents, leaf = key.split(".")
-        for p in parents:
-            node = node[p]
-        node[leaf] = value
-    return c
+    return override(c, **overrides)
 
 
 @pytest.fixture(scope="module")
@@ -137,7 +131,7 @@ def distilled(small_standins, tmp_path_factory):
     root = tmp_path_factory.mktemp("distill")
     config = tiny_distill_config(small_standins, root / "cache", **{"model.text_pooling": "pooler"})
     trainer = Trainer(config, str(root / "run"))
-    state, _, _ = trainer._prepare_phase(trainer.phases[0], trainer.model.module, 0)
+    state = trainer.start_phase(trainer.phases[0], trainer.model.module).state
     initial = trainer.evaluate(state)
     summary = trainer.run()
     return config, root / "run", initial, summary
@@ -153,12 +147,11 @@ def test_distillation_lowers_the_mse(distilled):
 
 
 def test_export_keeps_the_teachers_vision_side_bit_for_bit(distilled, small_standins, tmp_path):
-    from clip_jax import CLIPModel
-    from clip_jax.train import model_from_checkpoint
+    from clip_jax import CLIPModel, load_model
 
     _, english, _ = small_standins
     teacher = CLIPModel.from_pretrained(english)
-    model = model_from_checkpoint(str(distilled[1]))
+    model = load_model(str(distilled[1]))
     exported = CLIPModel.from_pretrained(
         model.save_pretrained(tmp_path / "exported", require_transformers=True)
     )
@@ -179,9 +172,9 @@ def test_export_embeddings_match_transformers(distilled, tmp_path):
     import torch
     import transformers
 
-    from clip_jax.train import model_from_checkpoint
+    from clip_jax import load_model
 
-    model = model_from_checkpoint(str(distilled[1]))
+    model = load_model(str(distilled[1]))
     path = model.save_pretrained(tmp_path / "exported", require_transformers=True)
     reference = transformers.VisionTextDualEncoderModel.from_pretrained(str(path)).eval()
     texts = ["due cerchi rossi a sinistra", "un quadrato blu in alto"]
@@ -217,7 +210,7 @@ def test_resume_continues_with_identical_losses(small_standins, tmp_path):
     def stop_after_step_6():  # what SIGTERM does: the loop saves a checkpoint at the current step and returns
         while not (workdir / "metrics.jsonl").exists() or max(losses(workdir) or {0: 0}) < 6:
             time.sleep(0.01)
-        trainer._stop_requested = True
+        trainer.request_stop()
 
     watcher = threading.Thread(target=stop_after_step_6, daemon=True)
     watcher.start()
@@ -278,10 +271,10 @@ def test_init_from_continues_contrastively_from_the_distilled_model(distilled, s
     """AltCLIP's sequence as two configs: the contrastive run starts from the distillation's export."""
     from flax import nnx
 
-    from clip_jax.train import model_from_checkpoint
+    from clip_jax import load_model
     from clip_jax.train.trainer import Trainer
 
-    distilled_model = model_from_checkpoint(str(distilled[1]))
+    distilled_model = load_model(str(distilled[1]))
     export = distilled_model.save_pretrained(tmp_path / "exported")
     c = tiny_distill_config(
         small_standins,

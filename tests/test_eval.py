@@ -466,8 +466,8 @@ def test_embedding_maps(saved_model, tmp_path):
 
 
 def test_bad_inputs(saved_model, tmp_path):
+    from clip_jax import load_model
     from clip_jax.evaluate.datasets import load_labelled
-    from clip_jax.evaluate.run import load_model
     from clip_jax.evaluate.zeroshot import zero_shot
     from clip_jax.weights import CheckpointError
 

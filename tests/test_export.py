@@ -10,9 +10,9 @@ import transformers as tf
 from PIL import Image
 from train_helpers import tiny_config
 
-from clip_jax import CLIPModel
+from clip_jax import CLIPModel, load_model
 from clip_jax.export import main as export_main
-from clip_jax.train import Trainer, model_from_checkpoint
+from clip_jax.train import Trainer
 from clip_jax.weights import flat_params
 
 CAPTIONS = ["due cerchi rossi a sinistra", "un quadrato blu in alto", "tre triangoli verdi in basso"]
@@ -36,8 +36,8 @@ def pictures(n=3):
 
 def test_checkpoint_restores_the_trained_parameters(trained):
     root, trainer = trained
-    restored = model_from_checkpoint(str(root / "run"))
-    final = flat_params(trainer._module(trainer.state))
+    restored = load_model(str(root / "run"))
+    final = flat_params(trainer.module(trainer.state))
     for path, value in flat_params(restored.module).items():
         np.testing.assert_array_equal(np.asarray(value), np.asarray(final[path]), err_msg=str(path))
 
@@ -76,7 +76,7 @@ def test_export_loads_in_transformers_with_equal_embeddings(trained, tmp_path):
         output = reference(**inputs)
     assert np.abs(output.image_embeds.numpy() - ours.encode_image(pictures())).max() <= 1e-4
     assert np.abs(output.text_embeds.numpy() - ours.encode_text(CAPTIONS)).max() <= 1e-4
-    restored = model_from_checkpoint(str(root / "run"))
+    restored = load_model(str(root / "run"))
     for path, value in flat_params(restored.module).items():  # round trip: identical parameters
         np.testing.assert_array_equal(np.asarray(flat_params(ours.module)[path]), np.asarray(value))
     card = (tmp_path / "out" / "README.md").read_text()
@@ -189,7 +189,7 @@ def test_model_card_usage_snippets_run(trained, tmp_path):
 def test_save_pretrained_with_card_keeps_only_hub_ids_as_base_models(trained, tmp_path):
     from huggingface_hub import ModelCard
 
-    model = model_from_checkpoint(str(trained[0] / "run"))
+    model = load_model(str(trained[0] / "run"))
     model.save_pretrained(
         tmp_path / "m",
         weights=False,
@@ -211,7 +211,7 @@ def test_export_embeds_a_long_caption_exactly_as_its_workdir(trained, tmp_path):
     16 tokens is truncated the same way by both."""
     root, _ = trained
     out = export_main(["--checkpoint", str(root / "run"), "--out", str(tmp_path / "out")])
-    workdir_model, exported = model_from_checkpoint(str(root / "run")), CLIPModel.from_pretrained(out)
+    workdir_model, exported = load_model(str(root / "run")), CLIPModel.from_pretrained(out)
     long = [" ".join(["due cerchi rossi a sinistra e tre quadrati blu in alto"] * 3)]
     assert len(workdir_model.tokenizer(long)["input_ids"][0]) > 16 and workdir_model.max_length == 16
     assert (
@@ -275,7 +275,7 @@ def test_push_uploads_a_loadable_folder_and_never_prints_the_token(
 
 def test_export_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="not a clip_jax training workdir"):
-        model_from_checkpoint(str(tmp_path))
+        load_model(str(tmp_path))
 
 
 def test_card_dataset_names_carry_no_local_paths():

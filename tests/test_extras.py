@@ -17,7 +17,7 @@ def without(monkeypatch):
 
 
 def test_wandb(without, tmp_path):
-    from clip_jax.train.logging import MetricsLogger
+    from clip_jax.train.metrics_logger import MetricsLogger
 
     without("wandb")
     with pytest.raises(
@@ -27,7 +27,7 @@ def test_wandb(without, tmp_path):
 
 
 def test_gcs_workdir_says_gcs_not_no_such_directory(without):
-    from clip_jax.evaluate.run import load_model
+    from clip_jax import load_model
 
     without("gcsfs")
     with pytest.raises(MissingExtra, match=r"gs:// paths: needs gcsfs.*clip_jax\[gcs\]"):

@@ -15,9 +15,10 @@ from train_helpers import losses, tiny_config
 
 from clip_jax.config import HEAD
 from clip_jax.models.dual_encoder import pool_text
-from clip_jax.train import Trainer
+from clip_jax.models.freezing import split_trainable
+from clip_jax.train import Trainer, phase_optimizer
 from clip_jax.train.features import FeatureStore, feature_cache_path, make_feature_train_step
-from clip_jax.train.state import jit_train_step, make_train_step, split_trainable
+from clip_jax.train.state import jit_train_step, make_train_step
 from clip_jax.weights import flat_params
 
 
@@ -34,8 +35,8 @@ def test_cache_holds_tower_outputs_and_a_cached_step_equals_a_full_step(tmp_path
     config.train.eps = 1e-3  # Adam's first step ~ lr * g / eps: comparable between the two paths
     trainer = Trainer(config, str(tmp_path / "run"))
     phase = trainer.phases[0]
-    state, _, info = trainer._prepare_phase(phase, trainer.model.module, 0)
-    store = trainer._batches(phase, state).store
+    started = trainer.start_phase(phase, trainer.model.module)
+    store = trainer.batches(phase, started.state).store
     data = trainer.train_iter
     assert store.image.shape == (64, 32) and len(store.text) == sum(len(c) for c in data.dataset.captions)
     assert Path(feature_cache_path(str(tmp_path / "run"), "warmup", 0)).is_file()
@@ -46,7 +47,7 @@ def test_cache_holds_tower_outputs_and_a_cached_step_equals_a_full_step(tmp_path
     np.testing.assert_allclose(store.image[rows], pooled, atol=1e-5)
     caption_rows = np.array([np.flatnonzero(store.owner == r)[-1] for r in rows])  # each image's last caption
     texts = [data.dataset.captions[r][-1] for r in rows]
-    tokens = trainer._tokenize(texts)
+    tokens = trainer.tokenize(texts)
     pooled_text = np.asarray(
         pool_text(
             module.text(tokens["input_ids"], tokens["attention_mask"]),
@@ -58,8 +59,8 @@ def test_cache_holds_tower_outputs_and_a_cached_step_equals_a_full_step(tmp_path
 
     # One step from the same state: on cached features vs. through both towers.
     graphdef, params, _frozen = split_trainable(module, phase.trainable)
-    tx, _ = trainer._optimizer(phase, params)
-    sharding = info["sharding"]
+    tx, _ = phase_optimizer(trainer.config, phase, params)
+    sharding = jax.tree.map(lambda a: a.sharding, started.abstract)
     results = []
     for step, batch in (
         (
@@ -71,9 +72,9 @@ def test_cache_holds_tower_outputs_and_a_cached_step_equals_a_full_step(tmp_path
             {"pixel_values": data._pixels[rows], **tokens},
         ),
     ):
-        state, _, _ = trainer._prepare_phase(phase, module, 0)
+        state = trainer.start_phase(phase, module).state
         new_state, metrics = jit_train_step(step, sharding, trainer.batch_sharding, trainer.mesh)(
-            state, trainer._global_batch(batch)
+            state, trainer.global_batch(batch)
         )
         results.append((float(metrics["loss"]), jax.device_get(nnx.to_pure_dict(new_state.params))))
     (loss_cached, params_cached), (loss_full, params_full) = results
@@ -93,7 +94,7 @@ def test_cached_phase_keeps_backbones_identical_then_phase_two_trains_them(tmp_p
     assert any(k.startswith("val/") for r in records for k in r)  # validation runs through the full model
     after = {
         ".".join(map(str, k)): np.asarray(jax.device_get(v))
-        for k, v in flat_params(trainer._module(trainer.state)).items()
+        for k, v in flat_params(trainer.module(trainer.state)).items()
     }
     assert (
         np.abs(after["vision.layers.0.mlp.fc1.kernel"] - initial["vision.layers.0.mlp.fc1.kernel"]).max() > 0

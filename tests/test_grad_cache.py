@@ -52,8 +52,8 @@ def test_micro_batched_step_equals_full_batch_step_on_8_devices(tmp_path, kind, 
             initial = {
                 ".".join(map(str, k)): np.asarray(v) for k, v in flat_params(trainer.model.module).items()
             }
-            state, step_fn, _ = trainer._prepare_phase(phase, trainer.model.module, 0)
-            state, metrics = step_fn(state, trainer._global_batch(batch))
+            started = trainer.start_phase(phase, trainer.model.module)
+            state, metrics = started.step_fn(started.state, trainer.global_batch(batch))
             module = nnx.merge(trainer.graphdef, state.params, state.frozen)
             updated[micro] = (
                 float(metrics["loss"]),
@@ -196,7 +196,8 @@ def compiled_temp_bytes(model, batch_size, micro_batch_size, mesh):
     """XLA's compiled temporary memory (per device) of a phase-2 step; nothing is run."""
     import optax
 
-    from clip_jax.train.state import TrainState, initial_rng, make_train_step, split_trainable
+    from clip_jax.models.freezing import split_trainable
+    from clip_jax.train.state import TrainState, initial_rng, make_train_step
 
     graphdef, params, frozen = split_trainable(model.module, ".*")
     tx = optax.adamw(1e-3)

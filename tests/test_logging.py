@@ -6,7 +6,7 @@ import json
 import pytest
 from train_helpers import tensorboard_scalars
 
-from clip_jax.train.logging import MetricsLogger
+from clip_jax.train.metrics_logger import MetricsLogger
 
 
 def test_metrics_go_to_jsonl_tensorboard_and_wandb(tmp_path, monkeypatch):

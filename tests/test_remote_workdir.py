@@ -36,7 +36,8 @@ pytest.importorskip("gcp_storage_emulator", reason="the test bucket needs gcp-st
 
 from train_helpers import losses, tiny_config  # noqa: E402
 
-from clip_jax.train import Trainer, model_from_checkpoint  # noqa: E402
+from clip_jax import load_model  # noqa: E402
+from clip_jax.train import Trainer  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -101,8 +102,8 @@ def test_run_in_a_gcs_bucket_resumes_and_is_evaluated_from_it(tmp_path, bucket):
         assert got[step] == pytest.approx(expected[step], abs=1e-6), step
 
     # Export / evaluation read the model straight from the bucket.
-    remote_model = model_from_checkpoint(workdir)
-    local_model = model_from_checkpoint(str(tmp_path / "reference"))
+    remote_model = load_model(workdir)
+    local_model = load_model(str(tmp_path / "reference"))
     pixels = np.random.default_rng(0).normal(size=(2, 32, 32, 3)).astype(np.float32)
     np.testing.assert_allclose(
         np.asarray(remote_model.encode_image(pixels)), np.asarray(local_model.encode_image(pixels)), atol=1e-5

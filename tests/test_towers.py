@@ -1,12 +1,15 @@
 """Tower parity with transformers' PyTorch models (float32, max abs diff <= 1e-4)."""
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
 from conftest import TINY_BERT, TINY_CLIP_TEXT, TINY_VISION, save_torch_model
+from flax import nnx
 
 from clip_jax.models import load_text_tower, load_vision_tower
+from clip_jax.models.registry import ARCHITECTURES, Tower
 from clip_jax.models.vit import bicubic_resize_matrix
 
 TOL = 1e-4
@@ -197,3 +200,30 @@ def test_remat_changes_memory_plan_not_results(checkpoints):
 
     assert "remat2" in primitives(True)  # jax.checkpoint's primitive
     assert "remat2" not in primitives(False)
+
+
+@pytest.mark.parametrize("model_type", sorted(ARCHITECTURES))
+def test_every_registered_tower_keeps_the_tower_contract(model_type):
+    """What the dual encoder relies on (registry.Tower / TowerConfig), checked abstractly at full size."""
+    arch = ARCHITECTURES[model_type]
+    config = arch.config_cls.from_hf(arch.config_cls().to_hf())
+    assert config == arch.config_cls() and config.to_hf()["model_type"] in ARCHITECTURES
+
+    def build_and_run():
+        tower = arch.module_cls(config, rngs=nnx.Rngs(0))
+        assert (
+            isinstance(tower, Tower)
+            and tower.remat is False
+            and tower.config.hidden_size == config.hidden_size
+        )
+        if arch.kind == "vision":
+            out = tower(jnp.zeros((2, config.image_size, config.image_size, 3)), output_hidden_states=True)
+        else:
+            out = tower(jnp.zeros((2, 8), jnp.int32), jnp.ones((2, 8), jnp.int32), output_hidden_states=True)
+        return out
+
+    out = jax.eval_shape(build_and_run)
+    assert out.last_hidden_state.shape[::2] == (2, config.hidden_size)
+    assert len(out.hidden_states) == config.num_hidden_layers + 1
+    if arch.kind == "vision" or out.pooler_output is not None:
+        assert out.pooler_output.shape == (2, config.hidden_size)

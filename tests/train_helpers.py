@@ -6,7 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from clip_jax.config import HEAD, phase
+from clip_jax.config import HEAD, override, phase
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -27,13 +27,7 @@ def tiny_config(cache_dir, **overrides):
     c.phases.warmup = phase(3, HEAD, {"head": 1e-2})
     c.phases.finetune = phase(3, ".*", {"head": 1e-3, "vision": 1e-3, "text": 1e-3})
     c.mesh.fsdp_min_size = 0
-    for key, value in overrides.items():
-        node = c
-        *parents, leaf = key.split(".")
-        for p in parents:
-            node = node[p]
-        node[leaf] = value
-    return c
+    return override(c, **overrides)
 
 
 CLI_TINY = [

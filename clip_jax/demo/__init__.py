@@ -131,7 +131,7 @@ def random_towers_config() -> ConfigDict:
             hidden_dropout_prob=0.0,
             attention_probs_dropout_prob=0.0,
         )
-    c.model.tokenizer = "shapes"
+    c.model.tokenizer = "demo:shapes-tokenizer"
     c.model.projection_dim = 64
     c.model.max_length = 16
     c.model.text_pooling = "pooler"
@@ -150,14 +150,15 @@ def random_towers_config() -> ConfigDict:
 def demo_model(workdir: str | None = None):
     """``(model, config, data)`` of the demo in ``workdir`` (default ``$CLIP_JAX_DEMO_WORKDIR`` or
     ``runs/demo``), training it first if the workdir holds no checkpoint (a few minutes on 2 cores)."""
-    from clip_jax.train import model_from_checkpoint, train
+    from clip_jax import load_model
+    from clip_jax.train import train
 
     workdir = workdir or os.environ.get("CLIP_JAX_DEMO_WORKDIR", "runs/demo")
     if not (Path(workdir) / "checkpoints").is_dir():
         train(demo_config(), workdir)
     config = ConfigDict(json.loads((Path(workdir) / "config.json").read_text()))
     data = load_or_generate(ShapesSpec(**config.data.shapes.to_dict()), config.data.cache_dir)
-    return model_from_checkpoint(workdir), config, data
+    return load_model(workdir), config, data
 
 
 def with_vision_tower(model, vision_tower):
@@ -186,10 +187,10 @@ def evaluate_transfer(config: ConfigDict, workdir: str, english_clip: str | None
     ``workdir``. With the English CLIP whose vision tower was transferred (``english_clip``, a directory;
     found by itself when the config names ``demo:english-clip``): its own English zero-shot as the
     reference, and the forgetting of the vision tower (its English zero-shot with the transferred tower)."""
+    from clip_jax import load_model
+    from clip_jax.checkpoint import Checkpointer
     from clip_jax.clip_model import CLIPModel
     from clip_jax.demo.standins import resolve
-    from clip_jax.train import model_from_checkpoint
-    from clip_jax.train.checkpoint import Checkpointer
 
     data = load_or_generate(ShapesSpec(**config.data.shapes.to_dict()), config.data.cache_dir)
     checkpointer = Checkpointer(workdir, keep=1_000_000, use_async=False)
@@ -206,7 +207,7 @@ def evaluate_transfer(config: ConfigDict, workdir: str, english_clip: str | None
     for name, step in _phase_ends(config):
         if step not in saved:
             continue
-        model = model_from_checkpoint(workdir, step=step)
+        model = load_model(workdir, step=step)
         rows[f"after_{name}"] = _metrics(model, data, "it")
         if english is not None:
             rows[f"after_{name}"]["forgetting_en"] = zero_shot_heldout(

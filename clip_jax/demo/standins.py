@@ -183,15 +183,16 @@ def english_clip(
     from clip_jax.data.shapes import vocabulary
 
     def build(out: Path) -> dict:
+        from clip_jax import load_model
         from clip_jax.data.shapes import ShapesSpec, load_or_generate
         from clip_jax.demo import zero_shot_heldout
-        from clip_jax.train import model_from_checkpoint, train
+        from clip_jax.train import train
 
         tokenizer = write_wordpiece_tokenizer(vocabulary("en"), out / "tokenizer")
         config = english_clip_config(settings, cache_dir, str(tokenizer))
         run = out / "run"
         train(config, str(run))
-        model = model_from_checkpoint(str(run))
+        model = load_model(str(run))
         shutil.rmtree(tokenizer)
         model.save_pretrained(out, require_transformers=True)
         losses = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
@@ -321,12 +322,26 @@ def italian_bert(
     return _build("italian-bert", settings, cache_dir, build, log)
 
 
-STANDINS: dict[str, Callable[..., Path]] = {"english-clip": english_clip, "italian-bert": italian_bert}
+def shapes_tokenizer(cache_dir: str, *, log: Callable[[str], None] = print) -> Path:
+    """A WordPiece tokenizer over the shapes data set's Italian words (for random text towers), written once."""
+    from clip_jax.data.shapes import vocabulary
+
+    directory = Path(cache_dir).expanduser() / "shapes-tokenizer-v2"
+    if not (directory / "tokenizer_config.json").exists():
+        write_wordpiece_tokenizer(vocabulary("it"), directory)
+    return directory
+
+
+STANDINS: dict[str, Callable[..., Path]] = {
+    "english-clip": english_clip,
+    "italian-bert": italian_bert,
+    "shapes-tokenizer": shapes_tokenizer,
+}
 
 
 def resolve(spec: Any, cache_dir: str, log: Callable[[str], None] = print) -> Any:
-    """``demo:english-clip`` / ``demo:italian-bert`` -> the stand-in's directory (built if needed);
-    anything else unchanged."""
+    """``demo:english-clip`` / ``demo:italian-bert`` / ``demo:shapes-tokenizer`` -> the stand-in's directory
+    (built if needed); anything else unchanged."""
     if not (isinstance(spec, str) and spec.startswith(PREFIX)):
         return spec
     name = spec[len(PREFIX) :]

@@ -21,25 +21,6 @@ from clip_jax.evaluate.retrieval import benchmark_names, retrieval_metrics
 from clip_jax.evaluate.zeroshot import ClassEmbeddingCache, class_embeddings, fill, load_resource, zero_shot
 
 
-def load_model(spec: str, *, logit_scale: float | None = None):
-    """A model from a training workdir (latest checkpoint), a saved directory or a hub id."""
-    from clip_jax import CLIPModel
-    from clip_jax.workdir import is_training_workdir
-
-    if is_training_workdir(spec):
-        from clip_jax.train import model_from_checkpoint
-
-        model = model_from_checkpoint(spec)
-        if logit_scale is not None:
-            import math
-
-            import jax.numpy as jnp
-
-            model.module.logit_scale.set_value(jnp.asarray(math.log(logit_scale), jnp.float32))
-        return model
-    return CLIPModel.from_pretrained(spec, logit_scale=logit_scale)
-
-
 def architecture_name(model) -> str:
     """A short name of a model's architecture, e.g. ``clip_vision_model-12L-768d-p32-224px+bert-12L-768d``
     (CLIP_benchmark's ``model`` field; the weights go in ``pretrained``)."""

@@ -94,16 +94,39 @@ class DualEncoder(nnx.Module):
             nnx.Param(jnp.asarray(logit_bias_init, jnp.float32)) if logit_bias_init is not None else None
         )
 
+    # The towers' pooled outputs, and the head on top of them (what a phase on cached features trains).
+    def pooled_image(self, pixel_values: jax.Array, **kwargs) -> jax.Array:
+        """The vision tower's pooled output ``[batch, vision hidden]``; pixels channels-last."""
+        return self.vision(pixel_values, **kwargs).pooler_output
+
+    def pooled_text(
+        self, input_ids: jax.Array, attention_mask: jax.Array | None = None, **kwargs
+    ) -> jax.Array:
+        """The text tower's sentence features ``[batch, text hidden]``, pooled as ``text_pooling`` says."""
+        return pool_text(self.text(input_ids, attention_mask, **kwargs), attention_mask, self.text_pooling)
+
+    def project_image(self, pooled: jax.Array) -> jax.Array:
+        return self.visual_projection(pooled)
+
+    def project_text(self, pooled: jax.Array) -> jax.Array:
+        return self.text_projection(pooled)
+
     def image_features(self, pixel_values: jax.Array, **kwargs) -> jax.Array:
         """Projected (not normalised) image features ``[batch, projection_dim]``; pixels channels-last."""
-        return self.visual_projection(self.vision(pixel_values, **kwargs).pooler_output)
+        return self.project_image(self.pooled_image(pixel_values, **kwargs))
 
     def text_features(
         self, input_ids: jax.Array, attention_mask: jax.Array | None = None, **kwargs
     ) -> jax.Array:
         """Projected (not normalised) text features ``[batch, projection_dim]``."""
-        output = self.text(input_ids, attention_mask, **kwargs)
-        return self.text_projection(pool_text(output, attention_mask, self.text_pooling))
+        return self.project_text(self.pooled_text(input_ids, attention_mask, **kwargs))
+
+    def contrastive_head(self, image_features: jax.Array, text_features: jax.Array) -> DualEncoderOutput:
+        """Normalised embeddings and the temperature (and bias) from projected features."""
+        bias = self.logit_bias[...] if self.logit_bias is not None else None
+        return DualEncoderOutput(
+            l2_normalize(image_features), l2_normalize(text_features), self.scale(), bias
+        )
 
     def scale(self) -> jax.Array:
         """``exp(logit_scale)``, clamped at 100."""
@@ -119,10 +142,10 @@ class DualEncoder(nnx.Module):
         rngs: nnx.Rngs | None = None,
     ) -> DualEncoderOutput:
         kwargs = dict(deterministic=deterministic, rngs=rngs)
-        image = l2_normalize(self.image_features(pixel_values, **kwargs))
-        text = l2_normalize(self.text_features(input_ids, attention_mask, **kwargs))
-        bias = self.logit_bias[...] if self.logit_bias is not None else None
-        return DualEncoderOutput(image, text, self.scale(), bias)
+        return self.contrastive_head(
+            self.image_features(pixel_values, **kwargs),
+            self.text_features(input_ids, attention_mask, **kwargs),
+        )
 
 
 HEAD_KEY_MAP = KeyMap(

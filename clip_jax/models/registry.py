@@ -1,8 +1,9 @@
 """Which module, config class and weight table serve each Hugging Face ``model_type``.
 
-Adding a text architecture: write ``clip_jax/models/<name>.py`` (config dataclass with
-``from_hf``/``to_hf``/``max_length``, an ``nnx.Module`` returning :class:`TowerOutput`, and a
-``KEY_MAP``), then add one :class:`Architecture` entry to ``ARCHITECTURES``.
+Adding a text architecture: write ``clip_jax/models/<name>.py`` (a config satisfying :class:`TowerConfig`,
+an ``nnx.Module`` satisfying :class:`Tower`, and a ``KEY_MAP``), then add one :class:`Architecture` entry to
+``ARCHITECTURES``. Nothing else changes: the dual encoder, training, export and evaluation only use what the
+two protocols below promise.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import math
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Protocol, runtime_checkable
 
 import jax.numpy as jnp
 import numpy as np
@@ -26,6 +27,43 @@ from clip_jax.weights.readers import CheckpointError, read_config, read_state_di
 
 Kind = Literal["vision", "text"]
 POOLINGS = ("pooler", "cls", "mean", "eos")
+
+
+class TowerConfig(Protocol):
+    """What a tower's config provides (a dataclass, e.g. :class:`~clip_jax.models.bert.BertConfig`)."""
+
+    #: Width of the tower's outputs: the input size of the dual encoder's projection.
+    hidden_size: int
+    num_hidden_layers: int
+
+    @classmethod
+    def from_hf(cls, hf: dict) -> TowerConfig:
+        """From a transformers ``config.json`` dict (unknown keys ignored)."""
+        ...
+
+    def to_hf(self) -> dict:
+        """A transformers ``config.json`` dict (with ``model_type``) that transformers loads."""
+        ...
+
+
+@runtime_checkable
+class Tower(Protocol):
+    """What a tower module provides.
+
+    Built as ``module_cls(config, dtype=..., param_dtype=..., rngs=nnx.Rngs(...))``. Called as
+    ``tower(pixel_values)`` (vision, channels-last ``[B, S, S, 3]``) or ``tower(input_ids, attention_mask)``
+    (text), with keyword arguments ``deterministic`` (dropout off), ``rngs`` (dropout keys) and
+    ``output_hidden_states``; returns a :class:`~clip_jax.models.layers.TowerOutput` whose
+    ``last_hidden_state`` is ``[B, T, hidden_size]`` and whose ``pooler_output`` is ``[B, hidden_size]``
+    (vision: required; text: ``None`` when the architecture has no pooler). ``remat``: per-layer gradient
+    checkpointing, switched by the trainer (``model.remat``). Parameter paths follow transformers' names so
+    that ``KEY_MAP`` is a table of renames.
+    """
+
+    config: Any
+    remat: bool
+
+    def __call__(self, *inputs: Any, **kwargs: Any) -> Any: ...
 
 
 def _adapt_vit_positions(path, array: np.ndarray, target_shape: tuple[int, ...]) -> np.ndarray | None:

@@ -1,5 +1,16 @@
-"""Two-phase sharded training."""
+"""Two-phase sharded training: :func:`train` runs a config in a workdir (see :mod:`clip_jax.train.trainer`)."""
 
-from clip_jax.train.trainer import Trainer, TrainingDiverged, build_model, model_from_checkpoint, train
+from clip_jax.train.model import build_model
+from clip_jax.train.phase import Phase, create_train_state, phase_optimizer, phases_of
+from clip_jax.train.trainer import Trainer, TrainingDiverged, train
 
-__all__ = ["Trainer", "TrainingDiverged", "build_model", "model_from_checkpoint", "train"]
+__all__ = [
+    "Phase",
+    "Trainer",
+    "TrainingDiverged",
+    "build_model",
+    "create_train_state",
+    "phase_optimizer",
+    "phases_of",
+    "train",
+]

@@ -17,6 +17,7 @@ the model builder, the data and the step differ — the three functions here.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 from collections.abc import Callable
 from pathlib import Path
@@ -33,6 +34,7 @@ from ml_collections import ConfigDict
 from clip_jax.clip_model import CLIPModel
 from clip_jax.data.parallel import PairBatches, read_pairs
 from clip_jax.data.shapes import ShapesSpec
+from clip_jax.train.state import apply_gradients
 
 LOSSES = ("mse", "cosine")
 
@@ -45,8 +47,13 @@ def teacher_directory(config: ConfigDict) -> str:
 
 
 def load_teacher(config: ConfigDict) -> CLIPModel:
-    """The teacher CLIP; an error that says what to give when ``model.vision`` is not a full CLIP."""
-    source = teacher_directory(config)
+    """The teacher CLIP; an error that says what to give when ``model.vision`` is not a full CLIP. Loaded once
+    per process: the model's vision side and the distillation targets both come from it."""
+    return _load_teacher(teacher_directory(config))
+
+
+@functools.lru_cache(maxsize=1)
+def _load_teacher(source: str) -> CLIPModel:
     try:
         return CLIPModel.from_pretrained(source)
     except Exception as error:
@@ -60,7 +67,7 @@ def load_teacher(config: ConfigDict) -> CLIPModel:
 def build_model(config: ConfigDict) -> CLIPModel:
     """The dual encoder to train: the teacher's vision tower, visual projection and temperature, the student
     text tower (``model.text``) and a fresh text projection into the teacher's embedding space."""
-    from clip_jax.train.trainer import build_model as build_dual_encoder
+    from clip_jax.train.model import build_model as build_dual_encoder
 
     teacher = load_teacher(config)
     dim = teacher.module.visual_projection.kernel.shape[1]
@@ -71,9 +78,10 @@ def build_model(config: ConfigDict) -> CLIPModel:
         )
     model = build_dual_encoder(config)
     module = model.module
-    module.vision = teacher.module.vision
-    module.visual_projection = teacher.module.visual_projection
-    module.logit_scale = teacher.module.logit_scale
+    # copies: the loaded teacher is shared (its text side makes the targets) and must not change with the model
+    module.vision = nnx.clone(teacher.module.vision)
+    module.visual_projection = nnx.clone(teacher.module.visual_projection)
+    module.logit_scale = nnx.Param(teacher.module.logit_scale[...])
     model.image_processor = teacher.image_processor
     return model
 
@@ -173,40 +181,13 @@ def make_distill_step(
             return distill_loss(student, batch["target"], loss_kind)
 
         (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-        updates, opt_state = tx.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
-        metrics["grad_norm"] = optax.tree.norm(grads)
-        metrics["param_norm"] = optax.tree.norm(params)
-        return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
+        return apply_gradients(state, tx, grads, metrics)
 
     return step
 
 
-_TEXT_FNS: dict[int, Callable] = {}
-
-
-def evaluate(
-    graphdef: nnx.GraphDef,
-    state,
-    val: ValPairs,
-    tokenize: Callable[[list[str]], dict],
-    in_batches: Callable,
-    batch_size: int,
-    loss_kind: str,
-) -> dict[str, float]:
+def val_metrics(student: np.ndarray, targets: np.ndarray, loss_kind: str) -> dict[str, float]:
     """``val/loss``, ``val/mse`` and ``val/cosine`` (mean cosine between student(target-language sentence) and
-    teacher(its translation)) on the held-out pairs."""
-    if id(graphdef) not in _TEXT_FNS:
-        _TEXT_FNS.clear()
-        _TEXT_FNS[id(graphdef)] = jax.jit(
-            lambda p, f, ids, mask: nnx.merge(graphdef, p, f).text_features(ids, mask)
-        )
-    fn = _TEXT_FNS[id(graphdef)]
-    tokens = tokenize(val.texts)
-    student = in_batches(
-        lambda i, m: fn(state.params, state.frozen, i, m),
-        [tokens["input_ids"], tokens["attention_mask"]],
-        batch_size,
-    )
-    _, metrics = distill_loss(jnp.asarray(student), jnp.asarray(val.targets), loss_kind)
+    teacher(its translation)) from the student's embeddings of the held-out sentences."""
+    _, metrics = distill_loss(jnp.asarray(student), jnp.asarray(targets), loss_kind)
     return {f"val/{k}": float(v) for k, v in metrics.items()}

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import io
 import re
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -25,11 +26,11 @@ from flax import nnx
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
+from ml_collections import ConfigDict
 
-from clip_jax.loss import contrastive_loss
-from clip_jax.models.dual_encoder import l2_normalize, pool_text
+from clip_jax.embedding import embed_rows
 from clip_jax.sharding import batch_axes
-from clip_jax.train.state import TrainState, apply_gradients
+from clip_jax.train.state import TrainState, apply_gradients, output_loss
 
 TOWERS = re.compile(r"(vision|text)\.")
 
@@ -138,24 +139,14 @@ def make_feature_train_step(
     negatives: str = "global",
 ) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
     """The (un-jitted) step on cached features: projections, global contrastive loss, update."""
-    axes = batch_axes(mesh)
 
     def step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
         def loss_fn(params):
             model = nnx.merge(graphdef, params, state.frozen)
-            image = l2_normalize(model.visual_projection(batch["image_features"]))
-            text = l2_normalize(model.text_projection(batch["text_features"]))
-            bias = model.logit_bias[...] if model.logit_bias is not None else None
-            return contrastive_loss(
-                image,
-                text,
-                model.scale(),
-                mesh=mesh,
-                batch_axes=axes,
-                kind=loss_kind,
-                logit_bias=bias,
-                negatives=negatives,
+            out = model.contrastive_head(
+                model.project_image(batch["image_features"]), model.project_text(batch["text_features"])
             )
+            return output_loss(out, mesh, kind=loss_kind, negatives=negatives)
 
         (_loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
         return apply_gradients(state, tx, grads, metrics)
@@ -169,62 +160,12 @@ def pooled_feature_fns(graphdef: nnx.GraphDef, mesh: Mesh) -> tuple[Callable, Ca
     sharding = NamedSharding(mesh, P(batch_axes(mesh)))
 
     def images(params, frozen, pixels):
-        return nnx.merge(graphdef, params, frozen).vision(pixels).pooler_output.astype(jnp.float32)
+        return nnx.merge(graphdef, params, frozen).pooled_image(pixels).astype(jnp.float32)
 
     def texts(params, frozen, ids, mask):
-        model = nnx.merge(graphdef, params, frozen)
-        return pool_text(model.text(ids, mask), mask, model.text_pooling).astype(jnp.float32)
+        return nnx.merge(graphdef, params, frozen).pooled_text(ids, mask).astype(jnp.float32)
 
     return (jax.jit(images, out_shardings=sharding), jax.jit(texts, out_shardings=sharding))
-
-
-def embed_local_rows(
-    fn: Callable[..., jax.Array], chunks: Iterator[list[np.ndarray]], local_batch: int, mesh: Mesh
-) -> np.ndarray:
-    """``fn`` over this process's rows, ``local_batch`` at a time, in lock-step with the other processes
-    (a process that has run out feeds padding until all have): the rows' outputs, in order."""
-    sharding = NamedSharding(mesh, P(batch_axes(mesh)))
-    out: list[np.ndarray] = []
-    pending: list[list[np.ndarray]] = []
-    template: list[np.ndarray] | None = None
-    exhausted = False
-    while True:
-        rows = 0
-        while not exhausted and sum(len(p[0]) for p in pending) < local_batch:
-            try:
-                pending.append(next(chunks))
-            except StopIteration:
-                exhausted = True
-        if pending:
-            arrays = [np.concatenate([p[j] for p in pending]) for j in range(len(pending[0]))]
-            take = [a[:local_batch] for a in arrays]
-            rest = [a[local_batch:] for a in arrays]
-            pending = [rest] if len(rest[0]) else []
-            rows = len(take[0])
-            template = template or [a[:1] for a in take]
-        done = exhausted and not pending and rows == 0
-        if jax.process_count() > 1:
-            if np.all(multihost_utils.process_allgather(np.array(done))):
-                break
-            if template is None:  # this process has no data at all: nothing to pad with
-                raise ValueError(
-                    f"Process {jax.process_index()} has no training example to cache features of; "
-                    "give every process data (more shards or a longer listing)."
-                )
-        elif done:
-            break
-        if rows == 0:
-            take = [np.zeros((0, *t.shape[1:]), t.dtype) for t in template]
-        padded = [
-            np.concatenate([a, np.repeat(t, local_batch - rows, axis=0)]) for a, t in zip(take, template)
-        ]
-        global_arrays = [jax.make_array_from_process_local_data(sharding, a) for a in padded]
-        result = fn(*global_arrays)
-        local = multihost_utils.global_array_to_host_local_array(result, mesh, P(batch_axes(mesh)))
-        out.append(np.asarray(local)[:rows])
-    if not out:
-        raise ValueError("No example to cache features of.")
-    return np.concatenate(out)
 
 
 def compute_features(
@@ -249,14 +190,14 @@ def compute_features(
                 count += 1
             yield [pixels]
 
-    image = embed_local_rows(image_fn, image_chunks(), local_batch, mesh)
+    image = embed_rows(image_fn, image_chunks(), batch_size=local_batch, mesh=mesh)
 
     def text_chunks():
         for start in range(0, len(captions), local_batch):
             tokens = tokenize(captions[start : start + local_batch])
             yield [tokens["input_ids"], tokens["attention_mask"]]
 
-    text = embed_local_rows(text_fn, text_chunks(), local_batch, mesh)
+    text = embed_rows(text_fn, text_chunks(), batch_size=local_batch, mesh=mesh)
     return FeatureStore(image, text, np.asarray(owner, np.int64))
 
 
@@ -271,3 +212,39 @@ def describe(store: FeatureStore) -> dict[str, Any]:
         "image_dim": store.image.shape[1],
         "text_dim": store.text.shape[1],
     }
+
+
+def feature_batches(
+    config: ConfigDict,
+    workdir: str,
+    phase: str,
+    state: TrainState,
+    graphdef: nnx.GraphDef,
+    mesh: Mesh,
+    examples: Callable[[], Iterator[tuple[np.ndarray, list[list[str]]]]],
+    tokenize: Callable[[list[str]], dict],
+    log: Callable[[str], None],
+) -> FeatureBatches:
+    """The batches of a ``cache_features`` phase: features cached in ``<workdir>/feature_cache`` by an earlier
+    attempt, or computed now in one pass over ``examples()`` (all processes together) and saved there."""
+    path = feature_cache_path(workdir, phase, jax.process_index())
+    store = FeatureStore.load(path)
+    # Several processes recompute together unless every one has its part (the pass is lock-step).
+    if jax.process_count() > 1 and not np.all(multihost_utils.process_allgather(np.array(store is not None))):
+        store = None
+    local_batch = config.train.batch_size // jax.process_count()
+    if store is None:
+        log(f"Phase {phase!r}: caching the frozen towers' features (one pass over the training data)...")
+        tick = time.perf_counter()
+        image_fn, text_fn = pooled_feature_fns(graphdef, mesh)
+        store = compute_features(
+            lambda x: image_fn(state.params, state.frozen, x),
+            lambda i, m: text_fn(state.params, state.frozen, i, m),
+            examples,
+            tokenize,
+            local_batch,
+            mesh,
+        )
+        store.save(path)
+        log(f"Cached {describe(store)} in {time.perf_counter() - tick:.1f}s at {path}.")
+    return FeatureBatches(store, local_batch, config.train.seed, jax.process_index())

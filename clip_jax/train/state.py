@@ -7,7 +7,6 @@ no state for them.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 from typing import Any
 
@@ -19,7 +18,8 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from clip_jax.loss import contrastive_loss
-from clip_jax.sharding import batch_axes, data_parallel_size
+from clip_jax.models.dual_encoder import DualEncoderOutput
+from clip_jax.sharding import batch_axes, data_parallel_size, replicated
 
 
 @struct.dataclass
@@ -31,17 +31,6 @@ class TrainState:
     frozen: nnx.State
     opt_state: Any
     rng: jax.Array
-
-
-def trainable_filter(pattern: str) -> Callable[[tuple, Any], bool]:
-    """An nnx filter selecting parameters whose dotted path fully matches ``pattern``."""
-    regex = re.compile(pattern)
-    return lambda path, _: regex.fullmatch(".".join(str(p) for p in path)) is not None
-
-
-def split_trainable(module: nnx.Module, pattern: str) -> tuple[nnx.GraphDef, nnx.State, nnx.State]:
-    """``(graphdef, trainable, frozen)`` for a phase whose trainable parameters match ``pattern``."""
-    return nnx.split(module, trainable_filter(pattern), ...)
 
 
 def make_train_step(
@@ -59,7 +48,6 @@ def make_train_step(
     ``micro_batch_size`` (0: off): exact gradient caching (:func:`cached_value_and_grad`), with tower
     activations for only that many examples of the global batch live at once.
     """
-    axes = batch_axes(mesh)
 
     def step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
         def embed(params, batch, rng):
@@ -77,16 +65,8 @@ def make_train_step(
         def loss_of_embeds(params, image_embeds, text_embeds):
             model = nnx.merge(graphdef, params, state.frozen)
             bias = model.logit_bias[...] if model.logit_bias is not None else None
-            return contrastive_loss(
-                image_embeds,
-                text_embeds,
-                model.scale(),
-                mesh=mesh,
-                batch_axes=axes,
-                kind=loss_kind,
-                logit_bias=bias,
-                negatives=negatives,
-            )
+            out = DualEncoderOutput(image_embeds, text_embeds, model.scale(), bias)
+            return output_loss(out, mesh, kind=loss_kind, negatives=negatives)
 
         rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
         if micro_batch_size and micro_batch_size < batch["input_ids"].shape[0]:
@@ -102,6 +82,22 @@ def make_train_step(
         return apply_gradients(state, tx, grads, metrics)
 
     return step
+
+
+def output_loss(
+    out: DualEncoderOutput, mesh: Mesh, *, kind: str, negatives: str = "global"
+) -> tuple[jax.Array, dict]:
+    """The configured contrastive loss of a dual encoder's output over the global batch, with its metrics."""
+    return contrastive_loss(
+        out.image_embeds,
+        out.text_embeds,
+        out.logit_scale,
+        mesh=mesh,
+        batch_axes=batch_axes(mesh),
+        kind=kind,
+        logit_bias=out.logit_bias,
+        negatives=negatives,
+    )
 
 
 def apply_gradients(
@@ -194,10 +190,6 @@ def cached_value_and_grad(
     total, _ = jax.lax.scan(backward, total, (keys, micro, *cotangents))
     grads = jax.tree.map(lambda t, g: t.astype(g.dtype), total, grads)
     return (loss, metrics), grads
-
-
-def replicated(mesh: Mesh) -> NamedSharding:
-    return NamedSharding(mesh, P())
 
 
 def jit_train_step(

@@ -7,6 +7,7 @@ import logging
 import os
 from typing import Any
 
+import jax
 import orbax.checkpoint as ocp
 
 
@@ -105,6 +106,17 @@ class Checkpointer:
         """The state at ``step``, placed as ``abstract_state``'s shardings say."""
         return self.manager.restore(
             step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state))
+        )["state"]
+
+    def restore_subtrees(self, step: int, abstract: dict[str, Any]) -> dict[str, Any]:
+        """Only the named top-level fields of the state at ``step`` (e.g. ``params`` and ``frozen``, not the
+        optimizer state), placed as ``abstract``'s shardings say: orbax reads nothing else from disk."""
+        restore_args = jax.tree.map(lambda a: ocp.ArrayRestoreArgs(sharding=a.sharding), abstract)
+        return self.manager.restore(
+            step,
+            args=ocp.args.Composite(
+                state=ocp.args.PyTreeRestore(item=abstract, restore_args=restore_args, partial_restore=True)
+            ),
         )["state"]
 
     def wait(self) -> None:

@@ -1,0 +1,91 @@
+"""One way to load a trained dual encoder, wherever it lives.
+
+``load_model(spec)`` takes a training workdir (its latest checkpoint, or ``step``), a directory written by
+``save_pretrained`` / ``clip-jax export``, a transformers checkpoint or a hub id — local or on ``gs://``.
+eval.py, the export command, the demo and the notebooks all load through it.
+"""
+
+from __future__ import annotations
+
+import json
+
+import jax
+from flax import nnx
+from ml_collections import ConfigDict
+
+from clip_jax import workdir as workdirs
+from clip_jax.checkpoint import Checkpointer
+from clip_jax.clip_model import CLIPModel, dual_encoder_builder, load_tokenizer
+from clip_jax.config import dtype_of
+from clip_jax.data.preprocess import ImageProcessorConfig
+from clip_jax.models.freezing import split_trainable
+
+
+def load_model(spec: str, *, step: int | None = None, logit_scale: float | None = None) -> CLIPModel:
+    """The model ``spec`` names, with its tokenizer and image processor.
+
+    ``step`` picks a checkpoint of a training workdir (default: the latest). ``logit_scale`` overrides the
+    stored temperature with this multiplier (e.g. ``20`` for a model trained with a fixed scale of 20).
+    """
+    if workdirs.is_training_workdir(spec):
+        model = _from_workdir(str(spec), step)
+    elif step is not None:
+        raise ValueError(
+            f"step={step} needs a training workdir; {spec} is a saved model (it has one set of weights)."
+        )
+    else:
+        model = CLIPModel.from_pretrained(spec)
+    if logit_scale is not None:
+        model.logit_multiplier = logit_scale
+    return model
+
+
+def training_config(workdir: str) -> ConfigDict:
+    """The config a training workdir was trained with (``<workdir>/config.json``)."""
+    path = workdirs.join(workdir, "config.json")
+    if not workdirs.exists(path):
+        raise FileNotFoundError(f"{workdir} is not a clip_jax training workdir: config.json is missing.")
+    return ConfigDict(json.loads(workdirs.read_text(path)))
+
+
+def _from_workdir(workdir: str, step: int | None) -> CLIPModel:
+    """The parameters of a workdir's checkpoint (no optimizer state is read), in the architecture its
+    ``model/config.json`` records: no network needed."""
+    config = training_config(workdir)
+    if not workdirs.exists(workdirs.join(workdir, "model", "config.json")):
+        raise FileNotFoundError(
+            f"{workdir} is not a clip_jax training workdir: model/config.json is missing."
+        )
+    m = config.model
+    with workdirs.local_copy(workdirs.join(workdir, "model")) as model_dir:
+        build, _, _ = dual_encoder_builder(
+            json.loads((model_dir / "config.json").read_text()),
+            dtype=None if m.dtype == "float32" else dtype_of(m.dtype),
+            param_dtype=dtype_of(m.param_dtype),
+            source=str(model_dir),
+        )
+        checkpointer = Checkpointer(workdir, keep=1_000_000, use_async=False)
+        try:
+            step = step if step is not None else checkpointer.latest_step()
+            if step is None:
+                raise FileNotFoundError(f"No checkpoint in {workdir}/checkpoints.")
+            if step not in checkpointer.all_steps():
+                raise FileNotFoundError(
+                    f"No checkpoint of step {step} in {workdir}/checkpoints; it has {checkpointer.all_steps()}."
+                )
+            phase = config.phases[checkpointer.restore_meta(step)["phase"]]
+            # The checkpoint stores the phase's trainable and frozen parameters apart: split the same way.
+            graphdef, params, frozen = split_trainable(nnx.eval_shape(build), phase.trainable)
+            single = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+            place = lambda tree: jax.tree.map(
+                lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=single), tree
+            )
+            restored = checkpointer.restore_subtrees(step, {"params": place(params), "frozen": place(frozen)})
+        finally:
+            checkpointer.close()
+        return CLIPModel(
+            nnx.merge(graphdef, restored["params"], restored["frozen"]),
+            tokenizer=load_tokenizer(model_dir),
+            image_processor=ImageProcessorConfig.from_pretrained(model_dir),
+            max_length=m.max_length,
+        )
