@@ -19,6 +19,7 @@ from clip_jax.clip_model import CLIPModel, dual_encoder_builder, load_tokenizer
 from clip_jax.config import dtype_of
 from clip_jax.data.preprocess import ImageProcessorConfig
 from clip_jax.models.freezing import split_trainable
+from clip_jax.weights.readers import CheckpointError
 
 
 def load_model(spec: str, *, step: int | None = None, logit_scale: float | None = None) -> CLIPModel:
@@ -80,7 +81,19 @@ def _from_workdir(workdir: str, step: int | None) -> CLIPModel:
             place = lambda tree: jax.tree.map(
                 lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=single), tree
             )
-            restored = checkpointer.restore_subtrees(step, {"params": place(params), "frozen": place(frozen)})
+            try:
+                restored = checkpointer.restore_subtrees(
+                    step, {"params": place(params), "frozen": place(frozen)}
+                )
+            except Exception as error:  # orbax / tensorstore raise many types for a damaged checkpoint
+                others = [s for s in checkpointer.all_steps() if s != step]
+                cause = (str(error).strip().splitlines() or [type(error).__name__])[0][:300]
+                raise CheckpointError(
+                    f"checkpoint {step} in {workdir}/checkpoints could not be read ({type(error).__name__}: "
+                    f"{cause}) — it is incomplete or damaged; "
+                    + (f"load another step with --step (this workdir has {others})" if others else "retrain")
+                    + f", or delete {workdir}/checkpoints/{step}"
+                ) from error
         finally:
             checkpointer.close()
         return CLIPModel(

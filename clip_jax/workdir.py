@@ -61,6 +61,13 @@ def write_text(path: str | os.PathLike, text: str) -> None:
     fs.pipe_file(resolved, text.encode("utf-8"))
 
 
+def create_text(path: str, text: str) -> None:
+    """Write ``text`` to a remote ``path`` only if no object is there (``FileExistsError`` otherwise), as one
+    request: on GCS a precondition (``ifGenerationMatch=0``) makes this atomic between concurrent writers."""
+    fs, resolved = _fs(str(path))
+    fs.pipe_file(resolved, text.encode("utf-8"), mode="create")
+
+
 def upload_file(local: str | os.PathLike, remote: str) -> None:
     fs, resolved = _fs(remote)
     fs.put_file(str(local), resolved)
@@ -144,8 +151,8 @@ class WorkdirLock:
     The file holds the holder's host, pid and start time. A lock left by a process that no longer
     exists on this host is stale and taken over; a lock held by a live process, or by another host
     (which cannot be checked from here), makes :meth:`acquire` raise :class:`WorkdirInUse` saying who
-    holds it. Local workdirs are locked atomically (``O_EXCL``); on object stores (``gs://``) the
-    check-then-write is best effort. In a multi-process run only process 0 takes the lock.
+    holds it. Local workdirs are locked atomically (``O_EXCL``), and ``gs://`` ones too (a create-only write,
+    ``ifGenerationMatch=0``). In a multi-process run only process 0 takes the lock.
     """
 
     def __init__(self, workdir: str | os.PathLike):
@@ -187,9 +194,12 @@ class WorkdirLock:
         import socket
 
         if is_remote(self.workdir):
-            if exists(self.path):
+            if exists(self.path):  # (for stores without write preconditions)
                 self._refuse(self._holder())
-            write_text(self.path, self._record())
+            try:
+                create_text(self.path, self._record())  # atomic on GCS: of two racing runs, one gets it
+            except FileExistsError:
+                self._refuse(self._holder())
             self.held = True
             return self
         os.makedirs(os.path.expanduser(self.workdir), exist_ok=True)

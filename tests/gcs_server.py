@@ -1,10 +1,12 @@
 """A local Google Cloud Storage JSON-API server for tests: ``python tests/gcs_server.py PORT BUCKET``.
 
-It is gcp-storage-emulator with one addition real GCS makes: object downloads carry the
-``x-goog-generation`` header, from which tensorstore (hence orbax) reads an object's generation.
+It is gcp-storage-emulator with two behaviours of real GCS it lacks: object downloads carry the
+``x-goog-generation`` header, from which tensorstore (hence orbax) reads an object's generation; and an upload
+with the precondition ``ifGenerationMatch=0`` (create only) is refused with 412 when the object exists.
 """
 
 import sys
+from http import HTTPStatus
 
 from gcp_storage_emulator.handlers import objects
 
@@ -23,6 +25,27 @@ def download(request, response, storage, *args, **kwargs):
 
 
 objects.download = download  # before the server module builds its routing table
+
+_insert = objects.insert
+
+
+def insert(request, response, storage, *args, **kwargs):
+    if request.query.get("ifGenerationMatch") == ["0"]:
+        name = (request.query.get("name") or [None])[0]
+        if name is None and isinstance(request.data, dict):
+            name = request.data.get("meta", {}).get("name")
+        try:
+            existing = name is not None and storage.get_file_obj(request.params["bucket_name"], name)
+        except Exception:  # not there: the upload goes ahead
+            existing = None
+        if existing:
+            response.status = HTTPStatus.PRECONDITION_FAILED
+            response.json({"error": {"code": 412, "message": "conditionNotMet"}})
+            return None
+    return _insert(request, response, storage, *args, **kwargs)
+
+
+objects.insert = insert
 
 from gcp_storage_emulator.server import create_server  # noqa: E402
 

@@ -8,7 +8,7 @@ import subprocess
 import sys
 
 import pytest
-from train_helpers import CLI_TINY, REPO, subprocess_env
+from train_helpers import CLI_TINY, REPO, subprocess_env, tiny_config
 
 from clip_jax.cli import main
 
@@ -116,6 +116,25 @@ def test_batch_size_not_divisible_by_devices_and_bad_workdirs(tmp_path):
         readonly.chmod(0o500)
         result = cli("train", f"--workdir={readonly / 'run'}", *CLI_TINY, env=env)
         assert_one_line_error(result, "cannot be written")
+
+
+def test_a_damaged_checkpoint_in_a_workdir_is_one_line_naming_the_other_steps(tmp_path):
+    """Truncated array files in the latest checkpoint of a real run: export and eval name the checkpoint and
+    the steps that can be loaded instead; --step loads one of them."""
+    from clip_jax.train import train
+
+    workdir = tmp_path / "run"
+    train(tiny_config(tmp_path / "cache"), str(workdir))  # keeps checkpoints 3 (phase end), 4 and 6
+    for path in (workdir / "checkpoints" / "6" / "state" / "d").iterdir():
+        path.write_bytes(path.read_bytes()[:100])
+    for result in (
+        cli("export", "--checkpoint", str(workdir), "--out", str(tmp_path / "out")),
+        cli("eval", "--model", str(workdir), "--task", "retrieval", "--data", "jsonl:x.jsonl"),
+    ):
+        assert_one_line_error(result, "checkpoint 6", "could not be read", "--step", "[3, 4]")
+    exported = cli("export", "--checkpoint", str(workdir), "--step", "4", "--out", str(tmp_path / "out"))
+    assert exported.returncode == 0, exported.stderr[-3000:]
+    assert (tmp_path / "out" / "config.json").is_file()
 
 
 def test_export_and_eval_of_a_corrupt_checkpoint_are_one_line(tmp_path):

@@ -141,3 +141,18 @@ def test_listings_and_shards_are_read_from_the_bucket(tmp_path, bucket):
             a, b = (next(s) for s in streams)
             assert a["caption"] == b["caption"]
             np.testing.assert_array_equal(a["pixel_values"], b["pixel_values"])
+
+
+def test_a_second_run_on_a_bucket_workdir_is_refused_and_the_lock_write_is_create_only(bucket):
+    from clip_jax.workdir import WorkdirInUse, WorkdirLock, create_text
+
+    root, _ = bucket
+    workdir = f"{root}/locked-run"
+    first = WorkdirLock(workdir).acquire()
+    with pytest.raises(WorkdirInUse, match="in use by another run"):
+        WorkdirLock(workdir).acquire()
+    # The write itself refuses an existing object (what makes two racing runs safe on real GCS).
+    with pytest.raises(FileExistsError):
+        create_text(f"{workdir}/lock", "someone else\n")
+    first.release()
+    WorkdirLock(workdir).acquire().release()  # released: the next run gets it

@@ -1,5 +1,6 @@
 """Checkpoint formats, key tables and the errors a user sees when a checkpoint does not fit."""
 
+import copy
 import json
 import sys
 
@@ -62,8 +63,9 @@ def test_legacy_flax_msgpack_loads(checkpoints, tmp_path):
 
 def test_bfloat16_safetensors_are_read(checkpoints, tmp_path):
     model = checkpoints["models"]["bert"]
-    model.to(torch.bfloat16).save_pretrained(tmp_path)
-    model.to(torch.float32)
+    copy.deepcopy(model).to(torch.bfloat16).save_pretrained(
+        tmp_path
+    )  # a copy: the session's model stays float32
     loaded = read_state_dict(tmp_path)
     ref = model.state_dict()["embeddings.word_embeddings.weight"].to(torch.bfloat16).float().numpy()
     np.testing.assert_array_equal(loaded["embeddings.word_embeddings.weight"].astype(np.float32), ref)
