@@ -17,8 +17,8 @@ from clip_jax.data.pipeline import (
     BadExample,
     DataError,
     ExampleStream,
+    ExampleTransform,
     TrainBatches,
-    Transform,
     decode_image,
     load_eval_examples,
     process_examples,
@@ -161,7 +161,7 @@ def test_webdataset_member_names_are_not_paths(tmp_path):
 def stream(spec, process_index=0, process_count=1, seed=0, train=True, worker_processes=0):
     return ExampleStream(
         spec,
-        Transform(PROCESSOR, train=train),
+        ExampleTransform(PROCESSOR, train=train),
         seed=seed,
         process_index=process_index,
         process_count=process_count,
@@ -410,14 +410,14 @@ def test_nothing_valid_is_an_error(tmp_path):
 def test_train_augmentation_and_eval_preprocessing(tmp_path):
     rows = write_images(tmp_path, n=2)
     record = FileSource(str(tmp_path / "train.jsonl"))[1]
-    train = Transform(PROCESSOR, train=True, crop_scale=(0.5, 1.0))
+    train = ExampleTransform(PROCESSOR, train=True, crop_scale=(0.5, 1.0))
     a = train(record, np.random.default_rng(0))
     b = train(record, np.random.default_rng(0))
     c = train(record, np.random.default_rng(1))
     assert a["pixel_values"].shape == (32, 32, 3)
     np.testing.assert_array_equal(a["pixel_values"], b["pixel_values"])
     assert np.abs(a["pixel_values"] - c["pixel_values"]).max() > 0
-    evaluation = Transform(PROCESSOR, train=False)(record, None)
+    evaluation = ExampleTransform(PROCESSOR, train=False)(record, None)
     assert evaluation["captions"] == rows[1]["captions"]
     from clip_jax.data import preprocess_images
 
