@@ -27,8 +27,8 @@ from clip_jax.data import ImageProcessorConfig
 from clip_jax.data.pipeline import (
     BadDataMonitor,
     ExampleStream,
+    ExampleTransform,
     TrainBatches,
-    Transform,
 )
 
 
@@ -87,7 +87,7 @@ def main() -> None:
         # (decoding threads, worker processes): one thread; one thread per core; one process per core.
         for threads, processes in sorted({(1, 0), (cores, 0), (1, cores)}):
             stream = ExampleStream(
-                listing, Transform(processor, train=True), workers=threads, worker_processes=processes
+                listing, ExampleTransform(processor, train=True), workers=threads, worker_processes=processes
             )
             batches = TrainBatches(stream, args.batch, tokenize, BadDataMonitor(listing))
             next(batches)  # start-up (spawning worker processes included)

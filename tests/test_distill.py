@@ -41,6 +41,26 @@ def test_read_pairs_jsonl_csv_columns_and_errors(tmp_path):
         read_pairs(str(tmp_path / "missing.jsonl"))
 
 
+def test_read_pairs_from_a_hugging_face_dataset_and_bad_lines(tmp_path):
+    """hf: pairs with two configurable columns (in the spec or as distill.teacher_column/student_column), through
+    the same source parser as images; a malformed JSONL line is named with its file and line."""
+    datasets = pytest.importorskip("datasets")
+    data = datasets.Dataset.from_dict(
+        {"english": ["two red circles", "a blue square"], "italiano": ["due cerchi rossi", "un quadrato blu"]}
+    )
+    data.save_to_disk(str(tmp_path / "pairs"))
+    expected = (["two red circles", "a blue square"], ["due cerchi rossi", "un quadrato blu"])
+    assert read_pairs(f"hf:{tmp_path / 'pairs'}?teacher=english&student=italiano") == expected
+    assert read_pairs(f"hf:{tmp_path / 'pairs'}", "english", "italiano") == expected
+    with pytest.raises(ValueError, match=r"no column\(s\) \['it'\].*teacher=COLUMN&student=COLUMN"):
+        read_pairs(f"hf:{tmp_path / 'pairs'}?teacher=english")
+    with pytest.raises(ValueError, match=r"Unknown option\(s\) \['french'\]"):
+        read_pairs(f"hf:{tmp_path / 'pairs'}?french=fr")
+    (tmp_path / "p.jsonl").write_text('{"en": "hello", "it": "ciao"}\n{"en": "broken"\n')
+    with pytest.raises(ValueError, match=r"rows \[1\] lack .*malformed_line.*p.jsonl:2"):
+        read_pairs(str(tmp_path / "p.jsonl"))
+
+
 def test_shapes_pairs_are_translations_and_hold_out_the_heldout_pairs():
     spec = ShapesSpec(holdout="rosso:triangolo,blu:cerchio")
     en, it = shapes_pairs(spec)

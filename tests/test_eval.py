@@ -550,3 +550,47 @@ def test_tfds_dataset_built_on_disk(saved_model, tmp_path, file_format):
         ]
     )[0]
     assert result["dataset"] == spec and "acc5" not in result["metrics"]  # 3 classes
+
+
+def test_hf_labelled_data_skips_and_counts_bad_images(tmp_path):
+    """An hf: zero-shot data set with a corrupt and a truncated image: both skipped and counted by reason, and the
+    max_bad_fraction guard refuses metrics on what is left when they are too many."""
+    import io
+
+    datasets = pytest.importorskip("datasets")
+    from clip_jax.data.pipeline import DataError, check_bad_fraction
+    from clip_jax.evaluate.datasets import load_labelled
+
+    def png(colour):
+        buffer = io.BytesIO()
+        Image.new("RGB", (20, 16), colour).save(buffer, "PNG")
+        return buffer.getvalue()
+
+    buffer = io.BytesIO()
+    Image.fromarray(np.random.RandomState(0).randint(0, 256, (40, 40, 3), dtype=np.uint8)).save(buffer, "PNG")
+    noise = buffer.getvalue()
+    good = [{"bytes": png(c), "path": None} for c in ((220, 30, 30), (30, 170, 40), (30, 60, 220))] * 3
+    bad = [
+        {"bytes": b"\x89PNG\r\n\x1a\n not really", "path": None},
+        {"bytes": noise[: len(noise) // 2], "path": None},  # cut short
+    ]
+    features = datasets.Features(
+        {"img": datasets.Image(), "y": datasets.ClassLabel(names=["rosso", "verde", "blu"])}
+    )
+    data = datasets.Dataset.from_dict(
+        {"img": good[:4] + bad[:1] + good[4:] + bad[1:], "y": [0, 1, 2, 0, 1, 1, 2, 0, 1, 2, 2]},
+        features=features,
+    )
+    data.save_to_disk(str(tmp_path / "saved"))
+    spec = f"hf:{tmp_path / 'saved'}?image=img&label=y"
+    skipped: dict = {}
+    images, labels, names = load_labelled(spec, skipped=skipped)
+    assert names == ["rosso", "verde", "blu"] and len(images) == 9
+    assert list(labels) == [0, 1, 2, 0, 1, 2, 0, 1, 2]  # the bad rows' labels left out with them
+    assert images[1].getpixel((0, 0)) == (30, 170, 40)
+    assert skipped == {"corrupt_image": 2}
+    check_bad_fraction(spec, skipped, len(images), 0.25)  # 2 of 11: allowed
+    with pytest.raises(DataError, match=r"2 of 11 examples .* --max_bad_fraction"):
+        check_bad_fraction(spec, skipped, len(images), 0.1)
+    with pytest.raises(ValueError, match=r"no column\(s\) \['label'\].*label=COLUMN"):
+        load_labelled(f"hf:{tmp_path / 'saved'}?image=img")

@@ -116,7 +116,7 @@ def test_listings_and_shards_are_read_from_the_bucket(tmp_path, bucket):
     """Data sources through fsspec: a JSONL listing with relative image paths and WebDataset shards in gs://."""
     from test_data import PROCESSOR, write_images
 
-    from clip_jax.data.pipeline import ExampleStream, Transform, load_eval_examples
+    from clip_jax.data.pipeline import ExampleStream, ExampleTransform, load_eval_examples
     from clip_jax.data.to_webdataset import convert
 
     root, fs = bucket
@@ -135,7 +135,8 @@ def test_listings_and_shards_are_read_from_the_bucket(tmp_path, bucket):
         assert captions == expected_captions and not skipped
         np.testing.assert_array_equal(pixels, expected_pixels)
         streams = [
-            ExampleStream(spec, Transform(PROCESSOR, train=True), workers=2) for spec in (local, remote)
+            ExampleStream(spec, ExampleTransform(PROCESSOR, train=True), workers=2)
+            for spec in (local, remote)
         ]
         for _ in range(14):  # past the first epoch
             a, b = (next(s) for s in streams)

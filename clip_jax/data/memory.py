@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -53,12 +53,28 @@ class BatchIterator:
         self.local = slice(
             process_index * batch_size // process_count, (process_index + 1) * batch_size // process_count
         )
+        self.process_index, self.process_count = process_index, process_count
         self.epoch, self.position = 0, 0
         self._pixels = preprocess_images(list(dataset.images), image_processor)
 
     @property
     def steps_per_epoch(self) -> int:
         return len(self.dataset) // self.batch_size
+
+    def examples(self, chunk: int) -> Iterator[tuple[np.ndarray, list[list[str]]]]:
+        """One pass over this process's examples (every ``process_count``-th, in order) in chunks of
+        ``chunk``: (preprocessed pixels, all captions) — what the feature cache embeds."""
+        rows = np.arange(self.process_index, len(self.dataset), self.process_count)
+        for start in range(0, len(rows), chunk):
+            part = rows[start : start + chunk]
+            yield self._pixels[part], [self.dataset.captions[i] for i in part]
+
+    def skipped(self) -> dict[str, dict[str, int]]:
+        """Skipped examples by source and reason: none (in-memory data is checked when built)."""
+        return {}
+
+    def report_skipped(self, when: str = "") -> None:
+        """Log the skip counts (none here)."""
 
     def get_state(self) -> dict[str, int]:
         return {"epoch": self.epoch, "position": self.position}

@@ -1,23 +1,24 @@
 """Parallel sentences for text-only distillation: the same sentence in the teacher's language (English for
 CLIP) and in the student's (the target language), and the resumable batch iterator over them.
 
-A *pairs spec* is ``jsonl:PATH``, ``json:PATH``, ``csv:PATH``, ``tsv:PATH`` or a bare path whose extension
-says which; each row holds the two sentences in two columns (default ``en`` and ``it``:
-``{"en": "two red circles", "it": "due cerchi rossi"}``), or ``shapes`` / ``shapes:heldout`` for the
+A *pairs spec* is any source spec whose kind reads pairs (:mod:`clip_jax.data.sources`, the same parser as
+images): ``jsonl:PATH``, ``json:PATH``, ``csv:PATH``, ``tsv:PATH`` or a bare path whose extension says which;
+each row holds the two sentences in two columns (default ``en`` and ``it``:
+``{"en": "two red circles", "it": "due cerchi rossi"}``); ``hf:NAME_OR_PATH?teacher=COL&student=COL&split=S``,
+a Hugging Face dataset with the two sentences in two columns (the spec's columns, else the configured ones);
+or ``shapes`` / ``shapes:heldout`` for the
 offline demo's parallel captions of the synthetic scenes (every phrasing of every scene, paired phrasing
 by phrasing; ``shapes`` the scenes of the training colour–shape pairs, ``shapes:heldout`` the held-out pairs).
 """
 
 from __future__ import annotations
 
-import csv
-import io
-import json
 from collections.abc import Callable, Sequence
 
 import numpy as np
 
 from clip_jax.data.shapes import COLOURS, COUNTS, POSITIONS, SHAPES, ShapesSpec, captions
+from clip_jax.data.sources import parse_source, split_spec
 
 
 def shapes_pairs(spec: ShapesSpec, split: str = "train") -> tuple[list[str], list[str]]:
@@ -43,39 +44,30 @@ def shapes_pairs(spec: ShapesSpec, split: str = "train") -> tuple[list[str], lis
 
 
 def read_pairs(
-    spec: str, teacher_column: str = "en", student_column: str = "it", *, shapes: ShapesSpec | None = None
+    spec: str,
+    teacher_column: str = "en",
+    student_column: str = "it",
+    *,
+    shapes: ShapesSpec | None = None,
 ) -> tuple[list[str], list[str]]:
-    """(teacher-language sentences, student-language sentences) of a pairs spec (see the module docstring)."""
-    if spec == "shapes" or spec.startswith("shapes:"):
-        return shapes_pairs(shapes or ShapesSpec(), spec.partition(":")[2] or "train")
-    prefix, sep, rest = spec.partition(":")
-    fmt, path = (
-        (prefix, rest)
-        if sep and prefix in ("jsonl", "json", "csv", "tsv")
-        else (spec.rsplit(".", 1)[-1], spec)
+    """(teacher-language sentences, student-language sentences) of a pairs spec (see the module docstring),
+    read through the source registry (:func:`clip_jax.data.sources.parse_source` with ``role="pairs"``)."""
+    rows = parse_source(
+        spec, role="pairs", teacher_column=teacher_column, student_column=student_column, shapes=shapes
     )
-    if fmt not in ("jsonl", "json", "csv", "tsv"):
-        raise ValueError(
-            f"Cannot tell the format of parallel pairs {spec!r}; prefix it with jsonl:, json:, csv: or tsv:."
-        )
-    try:
-        with open(path, encoding="utf-8") as f:
-            text = f.read()
-    except FileNotFoundError:
-        raise FileNotFoundError(f"Parallel pairs file {path} does not exist.") from None
-    if fmt == "jsonl":
-        rows = [json.loads(line) for line in text.splitlines() if line.strip()]
-    elif fmt == "json":
-        rows = json.loads(text)
-    else:
-        rows = list(csv.DictReader(io.StringIO(text), delimiter="\t" if fmt == "tsv" else ","))
+    where = split_spec(spec).path or spec
     if not rows:
-        raise ValueError(f"Parallel pairs file {path} has no rows.")
-    missing = [c for c in (teacher_column, student_column) if c not in rows[0]]
+        raise ValueError(f"Parallel pairs {where} have no rows.")
+    columns = next((r for r in rows if "error" not in r), rows[0])
+    if hf := spec.startswith("hf:"):  # the spec may name the columns itself
+        options = split_spec(spec).options
+        teacher_column = options.get("teacher", teacher_column)
+        student_column = options.get("student", student_column)
+    missing = [c for c in (teacher_column, student_column) if c not in columns]
     if missing:
         raise ValueError(
-            f"{path}: no column(s) {missing} (columns: {sorted(rows[0])}); set distill.teacher_column "
-            "/ distill.student_column."
+            f"{where}: no column(s) {missing} (columns: {sorted(columns)}); set distill.teacher_column "
+            "/ distill.student_column" + (" or ?teacher=COLUMN&student=COLUMN." if hf else ".")
         )
     bad = [
         i
@@ -83,9 +75,10 @@ def read_pairs(
         if not all(isinstance(r.get(c), str) and r[c].strip() for c in (teacher_column, student_column))
     ]
     if bad:
+        first = next((rows[i]["error"] for i in bad if "error" in rows[i]), "")
         raise ValueError(
-            f"{path}: rows {bad[:5]}{' ...' if len(bad) > 5 else ''} lack a non-empty text in "
-            f"{teacher_column!r} or {student_column!r}."
+            f"{where}: rows {bad[:5]}{' ...' if len(bad) > 5 else ''} lack a non-empty text in "
+            f"{teacher_column!r} or {student_column!r}{f' (first unreadable line: {first})' if first else ''}."
         )
     return [r[teacher_column] for r in rows], [r[student_column] for r in rows]
 
@@ -123,6 +116,13 @@ class PairBatches:
     @property
     def steps_per_epoch(self) -> int:
         return len(self.texts) // self.batch_size
+
+    def skipped(self) -> dict[str, dict[str, int]]:
+        """Skipped pairs by source and reason: none (bad pairs are refused when read)."""
+        return {}
+
+    def report_skipped(self, when: str = "") -> None:
+        """Log the skip counts (none here)."""
 
     def get_state(self) -> dict[str, int]:
         return {"epoch": self.epoch, "position": self.position}

@@ -17,7 +17,6 @@ import concurrent.futures as futures
 import io
 import logging
 import math
-import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -25,8 +24,8 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageOps
 
-from clip_jax.data.preprocess import ImageProcessorConfig, preprocess_image, to_rgb
-from clip_jax.data.sources import HFSource, WebDatasetSource, parse_mixture, parse_source
+from clip_jax.data.preprocess import ImageProcessorConfig, normalize, preprocess_image, to_rgb
+from clip_jax.data.sources import one_pass, parse_mixture, parse_source, source_label
 
 logger = logging.getLogger(__name__)
 
@@ -64,14 +63,13 @@ def decode_image(data: bytes | None, path: str = "") -> Image.Image:
     if len(data) == 0:
         raise BadExample("empty_file", path)
     try:
-        # PIL warns in open() for images over MAX_IMAGE_PIXELS; that warning is only silenced here (warning
-        # filters are process-wide, so this is best effort): the guard is the explicit check that follows.
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data))
+        # No warning filters are touched here: they are process-wide, so changing them in decoding threads
+        # races with every other thread. The guard is the explicit size check after open(); PIL's own
+        # warning for such images may show once, or be raised where warnings are errors (caught below).
+        image = Image.open(io.BytesIO(data))
         check_pixel_count(image, path)  # from the header, before any pixel is decoded
         image.load()
-    except Image.DecompressionBombError as error:
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
         raise BadExample("decompression_bomb", f"{path}: {error}") from None
     except (
         OSError,
@@ -103,12 +101,14 @@ def valid_captions(captions: Sequence[Any], key: str) -> list[str]:
 
 def random_resized_crop(
     image: Image.Image,
-    size: int,
+    size: int | tuple[int, int],
     scale: tuple[float, float],
     ratio: tuple[float, float],
     rng: np.random.Generator,
 ) -> Image.Image:
-    """A random crop of ``scale`` x area and ``ratio`` aspect, resized to ``size``² (bicubic), as torchvision's."""
+    """A random crop of ``scale`` x area and ``ratio`` aspect, resized (bicubic) to ``size``: an int for a
+    square, or ``(width, height)``; as torchvision's ``RandomResizedCrop``."""
+    size = (size, size) if isinstance(size, int) else tuple(size)
     width, height = image.size
     area = width * height
     for _ in range(10):
@@ -117,40 +117,52 @@ def random_resized_crop(
         w, h = round(math.sqrt(target * aspect)), round(math.sqrt(target / aspect))
         if 0 < w <= width and 0 < h <= height:
             left, top = int(rng.integers(0, width - w + 1)), int(rng.integers(0, height - h + 1))
-            return image.resize((size, size), Image.Resampling.BICUBIC, box=(left, top, left + w, top + h))
+            return image.resize(size, Image.Resampling.BICUBIC, box=(left, top, left + w, top + h))
     side = min(width, height)  # fallback: central square
     left, top = (width - side) // 2, (height - side) // 2
-    return image.resize((size, size), Image.Resampling.BICUBIC, box=(left, top, left + side, top + side))
+    return image.resize(size, Image.Resampling.BICUBIC, box=(left, top, left + side, top + side))
 
 
 @dataclass
-class Transform:
-    """Example -> (pixels, caption) for training (augmented, random caption) or evaluation (all captions)."""
+class ExampleTransform:
+    """Raw record -> example: for training ``{"pixel_values", "caption"}`` (augmented, one random caption), for
+    evaluation ``{"pixel_values", "captions"}`` (CLIP's eval preprocessing, every caption).
+
+    Training augmentation is a random resized crop to ``crop_height x crop_width`` (and an optional flip);
+    ``augment=False`` gives evaluation's pixels. Rescaling and normalisation are always
+    :func:`~clip_jax.data.preprocess.normalize`'s, the ones :func:`~clip_jax.data.preprocess.preprocess_image`
+    uses (``rescale_factor``, ``do_normalize``, mean, std)."""
 
     processor: ImageProcessorConfig
     train: bool
     crop_scale: tuple[float, float] = (0.9, 1.0)
     crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)
     horizontal_flip: bool = False  # off by default: captions say "a sinistra"
+    augment: bool = True
 
     def __call__(self, record: dict[str, Any], rng: np.random.Generator) -> dict[str, Any]:
         captions = valid_captions(record["captions"], record["key"])
         image = decode_image(record["image"], record["path"])
-        if self.train:
-            size = self.processor.crop_height
+        if not self.train:
+            return {"pixel_values": preprocess_image(image, self.processor), "captions": captions}
+        if self.augment:
+            size = (self.processor.crop_width, self.processor.crop_height)
             image = random_resized_crop(image, size, self.crop_scale, self.crop_ratio, rng)
             if self.horizontal_flip and rng.random() < 0.5:
                 image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-            array = np.asarray(image).astype(np.float32) * np.float32(self.processor.rescale_factor)
-            pixels = (array - np.asarray(self.processor.image_mean, np.float32)) / np.asarray(
-                self.processor.image_std, np.float32
-            )
-            return {"pixel_values": pixels, "caption": captions[int(rng.integers(len(captions)))]}
-        return {"pixel_values": preprocess_image(image, self.processor), "captions": captions}
+            pixels = normalize(np.asarray(image), self.processor)
+        else:
+            pixels = preprocess_image(image, self.processor)
+        return {"pixel_values": pixels, "caption": captions[int(rng.integers(len(captions)))]}
+
+
+# Kept only until clip_jax/train/trainer.py imports from clip_jax.data.build (issue 15); delete then.
+Transform = ExampleTransform
 
 
 class BadDataMonitor:
-    """Counts skipped examples by reason; warns periodically; stops when too much is bad."""
+    """Counts skipped examples by reason, in total and per source of a mixture; warns periodically; stops when
+    too much is bad (the fraction is over all sources together)."""
 
     def __init__(
         self, source: str, max_bad_fraction: float = 0.1, report_every: int = 10000, min_seen: int = 100
@@ -158,6 +170,7 @@ class BadDataMonitor:
         self.source, self.max_bad_fraction = source, max_bad_fraction
         self.report_every, self.min_seen = report_every, min_seen
         self.counts: collections.Counter = collections.Counter()
+        self.by_source: dict[str, collections.Counter] = {}
         self.seen = 0
         self.first: list[str] = []
 
@@ -165,9 +178,11 @@ class BadDataMonitor:
         self.seen += 1
         self._maybe_report()
 
-    def bad(self, error: BadExample) -> None:
+    def bad(self, error: BadExample, source: str = "") -> None:
+        """Count one skipped example of ``source`` (a spec of the mixture; default: the monitor's source)."""
         self.seen += 1
         self.counts[error.reason] += 1
+        self.by_source.setdefault(source or self.source, collections.Counter())[error.reason] += 1
         if len(self.first) < 5:
             self.first.append(str(error))
         bad = sum(self.counts.values())
@@ -194,19 +209,38 @@ class BadDataMonitor:
                 dict(self.counts),
             )
 
+    def skipped(self) -> dict[str, dict[str, int]]:
+        """The skip counts so far, ``{source label: {reason: count}}`` (one entry per source of a mixture that
+        skipped anything; labels from :func:`~clip_jax.data.sources.source_label`, as metric names use them)."""
+        out: dict[str, collections.Counter] = {}
+        for source, counts in self.by_source.items():
+            if sum(counts.values()):
+                out.setdefault(source_label(source), collections.Counter()).update(counts)
+        return {label: dict(sorted(counts.items())) for label, counts in sorted(out.items())}
+
     def state(self) -> dict:
-        return {"seen": self.seen, "counts": dict(self.counts)}
+        by_source = {k: dict(v) for k, v in self.by_source.items()}
+        return {"seen": self.seen, "counts": dict(self.counts), "by_source": by_source}
 
     def set_state(self, state: dict) -> None:
         self.seen, self.counts = int(state["seen"]), collections.Counter(state["counts"])
+        by_source = state.get("by_source")  # absent in checkpoints written before per-source counts
+        if by_source is None:
+            by_source = {self.source: state["counts"]} if state["counts"] else {}
+        self.by_source = {k: collections.Counter(v) for k, v in by_source.items()}
 
 
-def _source(spec: str, keys: dict[str, str]):
-    """A source; listing column names apply to file listings only."""
-    prefix = spec.partition(":")[0]
-    if prefix in ("hf", "wds") or ".tar" in spec:
-        return parse_source(spec)
-    return parse_source(spec, **keys)
+class _Named:
+    """A random-access source whose records say which spec of the mixture they came from (``"source"``)."""
+
+    def __init__(self, source: Any, name: str):
+        self.source, self.name = source, name
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def __getitem__(self, index: int) -> dict:
+        return {**self.source[index], "source": self.name}
 
 
 def _element_rng(seed: int, index: int) -> np.random.Generator:
@@ -214,17 +248,19 @@ def _element_rng(seed: int, index: int) -> np.random.Generator:
 
 
 class _Failed:
-    def __init__(self, error: BadExample):
-        self.error = error
+    """A skipped example: why, and the spec of the source it came from (empty if unknown)."""
+
+    def __init__(self, error: BadExample, source: str = ""):
+        self.error, self.source = error, source
 
 
-def _safe(transform: Transform, record: dict, rng: np.random.Generator):
+def _safe(transform: ExampleTransform, record: dict, rng: np.random.Generator):
     if record.get("error"):  # the source could not produce this example (e.g. a corrupt shard)
-        return _Failed(BadExample(*record["error"]))
+        return _Failed(BadExample(*record["error"]), record.get("source", ""))
     try:
         return transform(record, rng)
     except BadExample as error:
-        return _Failed(error)
+        return _Failed(error, record.get("source", ""))
 
 
 class _Positioned:
@@ -237,7 +273,7 @@ class _Positioned:
 
 
 def _transform_at(
-    transform: Transform,
+    transform: ExampleTransform,
     seed: int,
     process_index: int,
     process_count: int,
@@ -250,7 +286,7 @@ def _transform_at(
     return _Positioned(position // epoch_length, _safe(transform, record, _element_rng(seed, position)))
 
 
-def _transform_streamed(transform: Transform, record: dict, rng: np.random.Generator) -> Any:
+def _transform_streamed(transform: ExampleTransform, record: dict, rng: np.random.Generator) -> Any:
     return _safe(transform, record, rng)
 
 
@@ -267,7 +303,7 @@ class ExampleStream:
     def __init__(
         self,
         specs: Sequence[str] | str,
-        transform: Transform,
+        transform: ExampleTransform,
         *,
         seed: int = 0,
         process_index: int = 0,
@@ -276,6 +312,7 @@ class ExampleStream:
         worker_processes: int = 0,
         image_key: str = "",
         caption_key: str = "",
+        settings: dict[str, Any] | None = None,
     ):
         import functools
 
@@ -290,12 +327,10 @@ class ExampleStream:
         self._epoch: int | None = None
         self._ended: list[tuple[str, int]] = []
         mixture = parse_mixture(specs)
-        keys = {k: v for k, v in (("image_key", image_key), ("caption_key", caption_key)) if v}
-        sources = [(_source(spec, keys), weight) for spec, weight in mixture]
+        options = dict(settings or {}, image_key=image_key, caption_key=caption_key)
+        sources = [(parse_source(spec, **options), weight) for spec, weight in mixture]
         self.name = ", ".join(spec for spec, _ in mixture)
-        streaming = [
-            s for s, _ in sources if isinstance(s, WebDatasetSource) or getattr(s, "streaming", False)
-        ]
+        streaming = [s for s, _ in sources if getattr(s, "streaming", False)]
         if streaming and len(sources) > 1:  # weighted interleaving of one stream per source
             streams = [
                 ExampleStream(
@@ -308,6 +343,7 @@ class ExampleStream:
                     worker_processes=worker_processes,
                     image_key=image_key,
                     caption_key=caption_key,
+                    settings=settings,
                 )
                 for i, (spec, _) in enumerate(mixture)
             ]
@@ -328,7 +364,8 @@ class ExampleStream:
             return
         self._wds = None
         datasets = [
-            grain.MapDataset.source(s).shuffle(seed=seed + i).repeat(None) for i, (s, _) in enumerate(sources)
+            grain.MapDataset.source(_Named(s, spec)).shuffle(seed=seed + i).repeat(None)
+            for i, ((s, _), (spec, _)) in enumerate(zip(sources, mixture))
         ]
         mixed = datasets[0] if len(datasets) == 1 else grain.MapDataset.mix(datasets, [w for _, w in sources])
         mine = mixed[process_index::process_count]
@@ -428,14 +465,14 @@ class _MixedStream:
 
 
 class _SequentialStream:
-    """Streams a non-random-access source epoch after epoch in *units* (WebDataset: this process's
-    shards, reshuffled per epoch; streaming HF datasets: one unit per epoch), decoding in a thread
-    pool or in worker processes; resumable by (epoch, unit, example)."""
+    """Streams a non-random-access source epoch after epoch in the *units* it gives (``source.units``;
+    WebDataset: this process's shards, reshuffled per epoch; streaming HF datasets: one unit per epoch),
+    decoding in a thread pool or in worker processes; resumable by (epoch, unit, example)."""
 
     def __init__(
         self,
-        source: WebDatasetSource | HFSource,
-        transform: Transform,
+        source: Any,
+        transform: ExampleTransform,
         seed: int,
         process_index: int,
         process_count: int,
@@ -443,11 +480,7 @@ class _SequentialStream:
         worker_processes: int = 0,
         name: str = "",
     ):
-        if isinstance(source, WebDatasetSource) and len(source.shards) < process_count:
-            raise ValueError(
-                f"{len(source.shards)} shards cannot be split over {process_count} processes; "
-                "write more shards (python -m clip_jax.data.to_webdataset --shard_size ...)."
-            )
+        source.units(0, seed, process_index, process_count)  # a source that cannot be split says so now
         self.source, self.transform, self.seed = source, transform, seed
         self.process_index, self.process_count = process_index, process_count
         self.name = name or type(source).__name__
@@ -468,13 +501,7 @@ class _SequentialStream:
         self._reader: Iterator | None = None
 
     def _units(self) -> list[Callable[[], Iterator[dict]]]:
-        if isinstance(self.source, HFSource):
-            return [
-                lambda: self.source.iterate(self.epoch, self.seed, self.process_index, self.process_count)
-            ]
-        order = np.random.default_rng([self.seed, self.epoch]).permutation(len(self.source.shards))
-        mine = [self.source.shards[i] for i in order][self.process_index :: self.process_count]
-        return [lambda shard=shard: self.source.read_shard(shard) for shard in mine]
+        return self.source.units(self.epoch, self.seed, self.process_index, self.process_count)
 
     def _records(self) -> Iterator[tuple[tuple[int, int, int], dict]]:
         while True:
@@ -499,7 +526,10 @@ class _SequentialStream:
         if epoch > self._consumed[0]:
             self._ended.append((self.name, self._consumed[0]))
         self._consumed = (epoch, unit, i + 1)
-        return future.result()
+        result = future.result()
+        if isinstance(result, _Failed) and not result.source:
+            result.source = self.name
+        return result
 
     def epoch_ends(self) -> list[tuple[str, int]]:
         ended, self._ended = self._ended, []
@@ -545,12 +575,21 @@ class TrainBatches:
             for source, epoch in self.stream.epoch_ends():
                 self.monitor.report(f"End of epoch {epoch} of {source}")
             if isinstance(example, _Failed):
-                self.monitor.bad(example.error)
+                self.monitor.bad(example.error, example.source)
                 continue
             self.monitor.good()
             pixels.append(example["pixel_values"])
             captions.append(example["caption"])
         return {"pixel_values": np.stack(pixels), **self.tokenize(captions)}
+
+    def skipped(self) -> dict[str, dict[str, int]]:
+        """This process's skipped examples so far, ``{source label: {reason: count}}``, per source of a
+        mixture (see :meth:`BadDataMonitor.skipped`)."""
+        return self.monitor.skipped()
+
+    def report_skipped(self, when: str = "") -> None:
+        """Log the skip counts so far, ``when`` saying what prompted it (e.g. the end of the run)."""
+        self.monitor.report(when)
 
     def get_state(self) -> dict:
         return {"stream": self.stream.get_state(), "bad": self.monitor.state()}
@@ -563,21 +602,12 @@ class TrainBatches:
         self.stream.close()
 
 
-def _process_records(source, process_index: int = 0, process_count: int = 1) -> Iterator[dict]:
-    """One pass over this process's part of ``source``'s records, in source order."""
-    if isinstance(source, WebDatasetSource):
-        return (r for shard in source.shards[process_index::process_count] for r in source.read_shard(shard))
-    if isinstance(source, HFSource) and source.streaming:
-        return source.iterate(0, 0, process_index, process_count)
-    return (source[i] for i in range(process_index, len(source), process_count))
-
-
 def _eval_examples(
     records: Iterator[dict], processor: ImageProcessorConfig, workers: int, counts: collections.Counter
 ) -> Iterator[tuple[np.ndarray, list[str]]]:
     """``(pixels, captions)`` of the usable records in order (eval preprocessing), decoded ``workers`` at a
     time with at most ``4 * workers`` in flight (memory stays bounded on any data size); skips counted."""
-    transform = Transform(processor, train=False)
+    transform = ExampleTransform(processor, train=False)
     window = 4 * max(1, workers)
     with futures.ThreadPoolExecutor(max(1, workers)) as pool:
         pending: collections.deque = collections.deque()
@@ -604,7 +634,7 @@ def process_examples(
     process_count: int = 1,
     chunk: int = 64,
     workers: int = 4,
-    **keys: str,
+    **settings: Any,
 ) -> Iterator[tuple[np.ndarray, list[list[str]]]]:
     """One pass over this process's part of every source of a mixture (weights ignored), with eval
     preprocessing and every caption: chunks of ``(pixels, captions)``. Bad examples are skipped and
@@ -612,7 +642,7 @@ def process_examples(
     counts: collections.Counter = collections.Counter()
     total = 0
     for spec, _ in parse_mixture(specs):
-        records = _process_records(_source(spec, keys), process_index, process_count)
+        records = one_pass(parse_source(spec, **settings), process_index, process_count)
         pixels, captions = [], []
         for image, caps in _eval_examples(records, processor, workers, counts):
             pixels.append(image)
@@ -650,12 +680,12 @@ def load_eval_examples(
     limit: int | None = None,
     workers: int = 4,
     max_bad_fraction: float | None = None,
-    **keys: str,
+    **settings: Any,
 ) -> tuple[np.ndarray, list[list[str]], dict]:
     """All usable examples of a source in order (eval preprocessing, every caption): pixels, captions, skip
     counts. More skipped than ``max_bad_fraction`` of the examples seen is a :class:`DataError`."""
     pixels, captions, counts = [], [], collections.Counter()
-    for image, caps in _eval_examples(_process_records(_source(spec, keys)), processor, workers, counts):
+    for image, caps in _eval_examples(one_pass(parse_source(spec, **settings)), processor, workers, counts):
         pixels.append(image)
         captions.append(caps)
         if limit and len(pixels) >= limit:

@@ -144,6 +144,12 @@ def preprocess_image(image: Image.Image | np.ndarray, config: ImageProcessorConf
     array = np.asarray(image)
     if config.do_center_crop:
         array = _center_crop(array, config.crop_height, config.crop_width)
+    return normalize(array, config)
+
+
+def normalize(array: np.ndarray, config: ImageProcessorConfig) -> np.ndarray:
+    """uint8 ``[..., 3]`` pixels -> float32: rescaled by ``rescale_factor``, then normalised with the mean and
+    std if ``do_normalize`` (CLIP's last steps; training augmentation ends with the same)."""
     array = array.astype(np.float32) * np.float32(config.rescale_factor)
     if config.do_normalize:
         array = (array - np.asarray(config.image_mean, np.float32)) / np.asarray(config.image_std, np.float32)

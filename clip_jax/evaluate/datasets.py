@@ -27,10 +27,11 @@ import gzip
 import json
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs
 
 import numpy as np
 from PIL import Image
+
+from clip_jax.data.sources import LabelledImages, SourceSpec, kinds_for, parse_source, split_spec
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
 
@@ -38,27 +39,44 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".ti
 def load_labelled(
     spec: str, *, limit: int | None = None, skipped: dict | None = None
 ) -> tuple[list[Image.Image], np.ndarray, list[str]]:
-    """(RGB images, integer labels, the data set's own class folder/label names).
+    """(RGB images, integer labels, the data set's own class folder/label names) of a labelled source
+    (``imagefolder:``, ``hf:``, ``tfds:``; see :mod:`clip_jax.data.sources`).
 
-    Image files that cannot be used (corrupt, empty, decompression bombs) are left out and counted by reason
-    in ``skipped`` when it is given (see :func:`clip_jax.data.pipeline.check_bad_fraction`)."""
-    kind, sep, rest = spec.partition(":")
-    if not sep:
-        raise ValueError(
-            f"Unknown data set spec {spec!r}; use imagefolder:PATH, hf:NAME?image=..&label=.. or tfds:NAME."
-        )
-    if kind == "imagefolder":
-        return _image_folder(Path(rest), limit, skipped if skipped is not None else {})
-    if kind == "hf":
-        return _hf(rest, limit)
-    if kind == "tfds":
-        return _tfds(rest, limit)
-    raise ValueError(f"Unknown data set kind {kind!r} in {spec!r}; use imagefolder:, hf: or tfds:.")
-
-
-def _image_folder(root: Path, limit: int | None, skipped: dict):
+    Images that cannot be used (missing, unreadable, corrupt, empty, decompression bombs) are left out and
+    counted by reason in ``skipped`` when it is given (see :func:`clip_jax.data.pipeline.check_bad_fraction`)."""
     from clip_jax.data.pipeline import BadExample, decode_image
 
+    kinds = kinds_for("labels")
+    if spec.partition(":")[0] not in kinds:
+        raise ValueError(
+            f"Unknown data set spec {spec!r}; use imagefolder:PATH, hf:NAME?image=..&label=.. or tfds:NAME "
+            f"(labelled kinds: {', '.join(k + ':' for k in kinds)})."
+        )
+    skipped = skipped if skipped is not None else {}
+    data = parse_source(spec, role="labels")
+    images, labels = [], []
+    for record in data.records:
+        try:
+            if record.get("error"):
+                raise BadExample(*record["error"])
+            image = record["image"]
+            if isinstance(image, np.ndarray):  # decoded by the reader (tfds)
+                image = Image.fromarray(image if image.shape[-1] == 3 else np.repeat(image, 3, axis=-1))
+            else:
+                image = decode_image(image, record["path"])
+        except BadExample as error:
+            skipped[error.reason] = skipped.get(error.reason, 0) + 1
+            continue
+        images.append(image)
+        labels.append(int(record["label"]))
+        if limit and len(images) >= limit:
+            break
+    return images, np.array(labels, dtype=np.int64), data.classes
+
+
+def image_folder(spec: SourceSpec, settings: dict[str, Any]) -> LabelledImages:
+    """``imagefolder:DIR``: one sub-folder per class (sorted names are the classes), images read lazily."""
+    root = Path(spec.path)
     if not root.is_dir():
         raise FileNotFoundError(f"Image folder {root} does not exist.")
     classes = sorted(p.name for p in root.iterdir() if p.is_dir())
@@ -72,79 +90,53 @@ def _image_folder(root: Path, limit: int | None, skipped: dict):
         raise ValueError(
             f"Image folder {root} holds no images in class sub-folders ({len(classes)} folders found)."
         )
-    images, labels = [], []
-    for file, label in files:
-        try:
-            images.append(decode_image(file.read_bytes(), str(file)))
-        except BadExample as error:
-            skipped[error.reason] = skipped.get(error.reason, 0) + 1
-            continue
-        except OSError:
-            skipped["unreadable_file"] = skipped.get("unreadable_file", 0) + 1
-            continue
-        labels.append(label)
-        if limit and len(images) >= limit:
-            break
-    return images, np.array(labels, dtype=np.int64), classes
+
+    def records():
+        for file, label in files:
+            try:
+                yield {"image": file.read_bytes(), "path": str(file), "label": label}
+            except OSError as error:
+                yield {
+                    "image": None,
+                    "path": str(file),
+                    "label": label,
+                    "error": ("unreadable_file", str(error)),
+                }
+
+    return LabelledImages(records(), classes)
 
 
 def spec_options(spec: str, allowed: tuple[str, ...] | None = None) -> tuple[str, dict[str, str]]:
-    """``KIND:PATH?a=1&b=2`` -> (``PATH``, ``{"a": "1", "b": "2"}``); with ``allowed``, an unknown option is
-    an error that lists the valid ones."""
-    rest = spec.partition(":")[2]
-    path, _, query = rest.partition("?")
-    options = {k: v[-1] for k, v in parse_qs(query).items()}
-    unknown = sorted(set(options) - set(allowed)) if allowed is not None else []
+    """``KIND:PATH?a=1&b=2`` -> (``PATH``, ``{"a": "1", "b": "2"}``), by the one spec parser
+    (:func:`clip_jax.data.sources.split_spec`); with ``allowed``, an option outside it is an error too."""
+    parsed = split_spec(spec)
+    unknown = sorted(set(parsed.options) - set(allowed)) if allowed is not None else []
     if unknown:
         raise ValueError(f"Unknown option(s) {unknown} in {spec!r}; valid: {', '.join(allowed)}.")
-    return path, options
+    return parsed.path, parsed.options
 
 
-def _hf(rest: str, limit: int | None):
-    from clip_jax.extras import require
-
-    datasets = require("datasets", "hf: data sets")
-    name, options = spec_options("hf:" + rest)
-    image_col, label_col = options.get("image", "image"), options.get("label", "label")
-    split = options.get("split", "test")
-    saved = Path(name).is_dir() and any(
-        (Path(name) / f).exists() for f in ("state.json", "dataset_dict.json")
-    )
-    data = datasets.load_from_disk(name) if saved else datasets.load_dataset(name, split=split)
-    if isinstance(data, datasets.DatasetDict):
-        data = data[split]
-    if limit:
-        data = data.select(range(min(limit, len(data))))
-    feature = data.features.get(label_col)
-    names = list(getattr(feature, "names", []) or [])
-    images = [img.convert("RGB") for img in data[image_col]]
-    return images, np.asarray(data[label_col]), names
-
-
-def _tfds(rest: str, limit: int | None):
-    """``NAME[:SPLIT][?data_dir=DIR&image=KEY&label=KEY]``: a prepared TFDS data set (an unprepared one is
+def tfds_labelled(spec: SourceSpec, settings: dict[str, Any]) -> LabelledImages:
+    """``tfds:NAME[:SPLIT][?data_dir=DIR&image=KEY&label=KEY]``: a prepared TFDS data set (an unprepared one is
     downloaded and prepared into ``data_dir``, default ``$TFDS_DATA_DIR`` or ~/tensorflow_datasets). Data prepared
     as array_record (``tfds build --file_format=array_record``) is read without TensorFlow through
-    ``tfds.data_source``; tfrecord data (tfds's default) is read with tf.data and needs ``tensorflow``."""
-    from urllib.parse import parse_qs
-
+    ``tfds.data_source``; tfrecord data (tfds's default) is read with tf.data and needs ``tensorflow``.
+    tfds decodes the images itself, so its records carry arrays."""
     from clip_jax.extras import require
 
     tfds = require("tensorflow_datasets", "tfds: data sets")
-    spec, _, query = rest.partition("?")
-    name, _, split = spec.partition(":")
-    options = {k: v[-1] for k, v in parse_qs(query).items()}
-    builder = tfds.builder(name, data_dir=options.get("data_dir"))
+    name, _, split = spec.path.partition(":")
+    builder = tfds.builder(name, data_dir=spec.option("data_dir") or None)
     if not builder.is_prepared():
         builder.download_and_prepare()
     keys = builder.info.supervised_keys
     image_key, label_key = keys if keys and all(isinstance(k, str) for k in keys) else ("image", "label")
-    image_key, label_key = options.get("image", image_key), options.get("label", label_key)
+    image_key, label_key = spec.option("image", image_key), spec.option("label", label_key)
     split = split or "test"
     random_access = tfds.core.file_adapters.FileFormat.with_random_access()
     if builder.info.available_file_formats() & random_access:
         source = builder.as_data_source(split=split)
-        examples = (source[i] for i in range(min(limit or len(source), len(source))))
+        examples = (source[i] for i in range(len(source)))
     else:
         try:
             import tensorflow  # noqa: F401
@@ -153,15 +145,13 @@ def _tfds(rest: str, limit: int | None):
                 f"tfds:{name} is stored as {builder.info.file_format.value}, which needs `pip install "
                 "tensorflow` to read; or prepare it with file_format=array_record."
             ) from None
-        data = builder.as_dataset(split=split)
-        examples = tfds.as_numpy(data.take(limit) if limit else data)
-    images, labels = [], []
-    for example in examples:
-        image = np.asarray(example[image_key])
-        images.append(Image.fromarray(image if image.shape[-1] == 3 else np.repeat(image, 3, axis=-1)))
-        labels.append(int(example[label_key]))
+        examples = tfds.as_numpy(builder.as_dataset(split=split))
+    records = (
+        {"image": np.asarray(e[image_key]), "path": f"{name}:{split}:{i}", "label": int(e[label_key])}
+        for i, e in enumerate(examples)
+    )
     names = list(getattr(builder.info.features[label_key], "names", None) or [])
-    return images, np.asarray(labels), names
+    return LabelledImages(records, names)
 
 
 #: Spec prefixes of the image–caption benchmarks (see the module docstring).
@@ -173,6 +163,8 @@ MULTI30K_SPLITS = {"test": "test_2016_flickr", "val": "val", "train": "train"}
 class CaptionedImages:
     """An image–caption benchmark as a random-access source (``len``, ``[i]``) giving the records
     :mod:`clip_jax.data.sources` gives: ``{"image": bytes | None, "path", "captions", "key"}``."""
+
+    streaming = False
 
     def __init__(self, name: str, items: list[tuple[Path, list[str]]], language: str):
         self.name, self.items, self.language = name, items, language
@@ -186,17 +178,13 @@ class CaptionedImages:
         return {"image": data, "path": str(path), "captions": list(captions), "key": f"{self.name}:{index}"}
 
 
-def caption_benchmark(spec: str) -> CaptionedImages:
+def caption_benchmark(spec: str | SourceSpec, settings: dict[str, Any] | None = None) -> CaptionedImages:
     """The benchmark named by ``xm3600:DIR?language=..``, ``xtd10:DIR?language=..`` or
-    ``multi30k:DIR?language=..&split=..`` (see the module docstring)."""
-    kind = spec.partition(":")[0]
-    if kind == "xm3600":
-        path, options = spec_options(spec, ("language", "captions"))
-    elif kind == "xtd10":
-        path, options = spec_options(spec, ("language",))
-    elif kind == "multi30k":
-        path, options = spec_options(spec, ("language", "split"))
-    else:
+    ``multi30k:DIR?language=..&split=..`` (see the module docstring; the options are checked by the one spec
+    parser, :func:`clip_jax.data.sources.split_spec`)."""
+    parsed = split_spec(spec) if isinstance(spec, str) else spec
+    spec, kind, path, options = parsed.spec, parsed.kind, parsed.path, parsed.options
+    if kind not in CAPTION_BENCHMARKS:
         raise ValueError(
             f"Unknown benchmark {kind!r} in {spec!r}; use one of {', '.join(CAPTION_BENCHMARKS)}."
         )
