@@ -43,7 +43,8 @@ def test_cache_holds_tower_outputs_and_a_cached_step_equals_a_full_step(tmp_path
 
     module = trainer.model.module
     rows = np.arange(8, 24)
-    pooled = np.asarray(module.vision(data._pixels[rows]).pooler_output)
+    pixels = np.concatenate([chunk for chunk, _ in data.examples(64)])  # eval-preprocessed, in row order
+    pooled = np.asarray(module.vision(pixels[rows]).pooler_output)
     np.testing.assert_allclose(store.image[rows], pooled, atol=1e-5)
     caption_rows = np.array([np.flatnonzero(store.owner == r)[-1] for r in rows])  # each image's last caption
     texts = [data.dataset.captions[r][-1] for r in rows]
@@ -69,7 +70,7 @@ def test_cache_holds_tower_outputs_and_a_cached_step_equals_a_full_step(tmp_path
         ),
         (
             make_train_step(graphdef, tx, trainer.mesh, loss_kind="softmax", dropout=False),
-            {"pixel_values": data._pixels[rows], **tokens},
+            {"pixel_values": pixels[rows], **tokens},
         ),
     ):
         state = trainer.start_phase(phase, module).state

@@ -156,10 +156,6 @@ class ExampleTransform:
         return {"pixel_values": pixels, "caption": captions[int(rng.integers(len(captions)))]}
 
 
-# Kept only until clip_jax/train/trainer.py imports from clip_jax.data.build (issue 15); delete then.
-Transform = ExampleTransform
-
-
 class BadDataMonitor:
     """Counts skipped examples by reason, in total and per source of a mixture; warns periodically; stops when
     too much is bad (the fraction is over all sources together)."""

@@ -13,7 +13,6 @@ sequences phases and steps, logging, checkpoints and signals.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import signal
@@ -29,19 +28,8 @@ from ml_collections import ConfigDict
 
 from clip_jax import workdir as workdirs
 from clip_jax.checkpoint import Checkpointer
-from clip_jax.clip_model import CLIPModel
 from clip_jax.config import validate
-from clip_jax.data.memory import ArrayDataset, BatchIterator
-from clip_jax.data.pipeline import (
-    BadDataMonitor,
-    ExampleStream,
-    TrainBatches,
-    Transform,
-    load_eval_examples,
-    process_examples,
-)
-from clip_jax.data.preprocess import preprocess_images
-from clip_jax.data.shapes import ShapesSpec, load_or_generate
+from clip_jax.data import build_training_data, cache_examples
 from clip_jax.sharding import batch_sharding, check_batch_size, check_micro_batch_size, make_mesh
 from clip_jax.train import distill
 from clip_jax.train import features as feature_cache
@@ -55,72 +43,6 @@ from clip_jax.train.state import TrainState
 
 class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite."""
-
-
-@dataclasses.dataclass
-class EvalSet:
-    """Preprocessed validation images and all their captions."""
-
-    pixels: np.ndarray
-    captions: list[list[str]]
-
-    def __len__(self) -> int:
-        return len(self.pixels)
-
-
-def build_data(config: ConfigDict, model: CLIPModel, tokenize) -> tuple[Any, EvalSet | None]:
-    """This process's training batches and the validation set, as ``config.data`` says."""
-    d, batch = config.data, config.train.batch_size
-    if d.source == "shapes":
-        data = load_or_generate(ShapesSpec(**d.shapes.to_dict()), d.cache_dir)
-        train = BatchIterator(
-            ArrayDataset(data["train"]["images"], data["train"]["captions"]),
-            batch,
-            tokenize=tokenize,
-            image_processor=model.image_processor,
-            seed=config.train.seed,
-            process_index=jax.process_index(),
-            process_count=jax.process_count(),
-        )
-        val = EvalSet(
-            preprocess_images(list(data["val"]["images"]), model.image_processor), data["val"]["captions"]
-        )
-        return train, val
-    if d.source == "files":
-        if not d.train:
-            raise ValueError("data.source='files' needs data.train (e.g. 'jsonl:/data/train.jsonl').")
-        keys = dict(image_key=d.image_key, caption_key=d.caption_key)
-        transform = Transform(
-            model.image_processor,
-            train=True,
-            crop_scale=tuple(d.crop_scale),
-            horizontal_flip=d.horizontal_flip,
-        )
-        stream = ExampleStream(
-            d.train,
-            transform,
-            seed=config.train.seed,
-            process_index=jax.process_index(),
-            process_count=jax.process_count(),
-            workers=d.workers,
-            worker_processes=d.worker_processes,
-            **keys,
-        )
-        monitor = BadDataMonitor(stream.name, max_bad_fraction=d.max_bad_fraction)
-        train = TrainBatches(stream, batch // jax.process_count(), tokenize, monitor)
-        val = None
-        if d.val:
-            pixels, captions, _ = load_eval_examples(
-                d.val,
-                model.image_processor,
-                limit=d.val_limit or None,
-                max_bad_fraction=d.max_bad_fraction,
-                workers=d.workers,
-                **keys,
-            )
-            val = EvalSet(pixels, captions)
-        return train, val
-    raise ValueError(f"Unknown data.source {d.source!r}; choose 'shapes' (offline demo) or 'files'.")
 
 
 class Trainer:
@@ -151,9 +73,10 @@ class Trainer:
         self.graphdef = nnx.graphdef(self.model.module)
         self.phases = phases_of(config)
         self.total_steps = self.phases[-1].end
-        self.train_iter, self.val = (distill.build_data if self.distilling else build_data)(
-            config, self.model, self.tokenize
-        )
+        if self.distilling:
+            self.train_iter, self.val = distill.build_data(config, self.model, self.tokenize)
+        else:
+            self.train_iter, self.val = build_training_data(config, self.model.image_processor, self.tokenize)
         self.evaluator = Evaluator(config, self.val, self.mesh, self.tokenize)
         self.batch_sharding = batch_sharding(self.mesh)
         self.checkpointer = Checkpointer(
@@ -224,25 +147,7 @@ class Trainer:
     def _cache_examples(self):
         """Chunks of (eval-preprocessed pixels, all captions) of this process's training examples."""
         local_batch = self.config.train.batch_size // jax.process_count()
-        if isinstance(
-            self.train_iter, BatchIterator
-        ):  # in-memory data: already preprocessed without augmentation
-            rows = np.arange(jax.process_index(), len(self.train_iter.dataset), jax.process_count())
-            for start in range(0, len(rows), local_batch):
-                chunk = rows[start : start + local_batch]
-                yield self.train_iter._pixels[chunk], [self.train_iter.dataset.captions[i] for i in chunk]
-            return
-        d = self.config.data
-        keys = {k: v for k, v in (("image_key", d.image_key), ("caption_key", d.caption_key)) if v}
-        yield from process_examples(
-            d.train,
-            self.model.image_processor,
-            process_index=jax.process_index(),
-            process_count=jax.process_count(),
-            chunk=local_batch,
-            workers=d.workers,
-            **keys,
-        )
+        yield from cache_examples(self.config, self.train_iter, self.model.image_processor, local_batch)
 
     def batches(self, phase: Phase, state: TrainState):
         """The batch iterator of ``phase``: the data pipeline, or cached features (computed on first use)."""
@@ -278,10 +183,7 @@ class Trainer:
 
     def skipped(self) -> dict[str, dict[str, int]]:
         """Training examples skipped so far (this process's share), ``{source: {reason: count}}``."""
-        monitor = getattr(self.train_iter, "monitor", None)
-        if monitor is None or not monitor.counts:
-            return {}
-        return {source_label(monitor.source): dict(sorted(monitor.counts.items()))}
+        return self.train_iter.skipped()
 
     def _skip_scalars(self) -> dict[str, int]:
         return {
@@ -333,9 +235,8 @@ class Trainer:
                     summary["preempted"] = True
                     break
             summary.update(step=step, phase=phase.name, val=self.last_val, skipped=self.skipped())
-            monitor = getattr(self.train_iter, "monitor", None)
-            if monitor is not None and self.primary:
-                monitor.report(f"End of run at step {step}")  # also when the run stops mid-epoch
+            if self.primary:  # also when the run stops mid-epoch
+                self.train_iter.report_skipped(f"End of run at step {step}")
             self.state = state
             return summary
         except BaseException:
@@ -423,19 +324,6 @@ class Trainer:
                     + ", ".join(f"{k}={v:.4f}" for k, v in val.items())
                 )
         return step, state
-
-
-def source_label(spec: str) -> str:
-    """A short name for a data source in metric names: the file name of each source of a mixture, joined by '+'."""
-    import re
-
-    from clip_jax.data.sources import parse_mixture
-
-    names = []
-    for item, _ in parse_mixture(spec):
-        path = item.split("?", 1)[0].rstrip("/")
-        names.append(path.rsplit("/", 1)[-1].split(":", 1)[-1] or item)
-    return re.sub(r"[^A-Za-z0-9_.\-+{}]", "_", "+".join(names))
 
 
 def _in_main_thread() -> bool:
