@@ -106,3 +106,21 @@ def embed_rows(
     if not out:
         return np.zeros((0,), np.float32)
     return np.concatenate(out)
+
+
+def shared_rows(compute: Callable[[list], np.ndarray], items: Sequence) -> np.ndarray:
+    """``compute(items)`` with the work split over processes: each computes every ``process_count``-th item
+    (its own devices, no collective inside ``compute``), then all exchange results; every process returns
+    all rows in ``items`` order. On one process, just ``compute(items)``."""
+    count, index = jax.process_count(), jax.process_index()
+    if count == 1:
+        return np.asarray(compute(list(items)))
+    mine = np.asarray(compute(list(items[index::count])))
+    rows = -(-len(items) // count)
+    padded = np.zeros((rows, *mine.shape[1:]), mine.dtype)
+    padded[: len(mine)] = mine
+    gathered = np.asarray(multihost_utils.process_allgather(padded))  # [count, rows, ...]
+    out = np.empty((len(items), *mine.shape[1:]), mine.dtype)
+    for p in range(count):
+        out[p::count] = gathered[p][: len(range(p, len(items), count))]
+    return out

@@ -34,6 +34,7 @@ from ml_collections import ConfigDict
 from clip_jax.clip_model import CLIPModel
 from clip_jax.data.parallel import PairBatches, read_pairs
 from clip_jax.data.shapes import ShapesSpec
+from clip_jax.embedding import shared_rows
 from clip_jax.train.state import apply_gradients
 
 LOSSES = ("mse", "cosine")
@@ -93,9 +94,14 @@ def teacher_embeddings(teacher: CLIPModel, texts: list[str], cache_dir: str, key
     path = Path(cache_dir).expanduser() / "distill-targets" / f"{digest}.npy"
     if path.exists():
         return np.load(path)
-    targets = teacher.encode_text(texts, normalize=False)
+    # Each process embeds its share of the sentences; all get every target (a global permutation draws them).
+    targets = shared_rows(lambda part: teacher.encode_text(part, normalize=False), texts)
     path.parent.mkdir(parents=True, exist_ok=True)
-    np.save(path, targets)
+    partial = path.with_name(
+        f"{path.stem}.{jax.process_index()}.partial.npy"
+    )  # processes may share the cache
+    np.save(partial, targets)
+    partial.replace(path)
     return targets
 
 
