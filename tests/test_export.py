@@ -273,6 +273,41 @@ def test_push_uploads_a_loadable_folder_and_never_prints_the_token(
     assert reference.config.projection_dim == 16
 
 
+def test_a_failed_push_is_one_line_keeps_the_export_and_never_prints_the_token(trained, tmp_path):
+    """The real huggingface_hub client against a hub that cannot be reached (a closed port on localhost):
+    one error line naming the repo and what to check, exit non-zero, the export written, no token."""
+    import os
+    import subprocess
+    import sys
+
+    root, _ = trained
+    secret = "hf_SECRET_token_value_456"
+    env = dict(
+        os.environ,
+        HF_TOKEN=secret,
+        HF_HUB_OFFLINE="0",
+        HF_ENDPOINT="http://127.0.0.1:9",
+        HF_HOME=str(tmp_path / "hf"),
+        HF_HUB_ETAG_TIMEOUT="2",
+    )
+    out = tmp_path / "out"
+    args = ["--checkpoint", str(root / "run"), "--out", str(out), "--push_to_hub", "me/clip-it"]
+    result = subprocess.run(
+        [sys.executable, "-m", "clip_jax.cli", "export", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode != 0 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1, result.stderr[-3000:]
+    assert "pushing" in errors[0] and "me/clip-it" in errors[0] and "check the network" in errors[0]
+    assert f"the export itself is in {out}" in errors[0]
+    assert secret not in result.stdout + result.stderr
+    assert tf.VisionTextDualEncoderModel.from_pretrained(str(out)).config.projection_dim == 16
+
+
 def test_export_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="not a clip_jax training workdir"):
         load_model(str(tmp_path))
