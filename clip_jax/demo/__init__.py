@@ -76,26 +76,35 @@ def retrieval_on(model, split: dict, language: str = "it") -> dict[str, float]:
     return {**benchmark_names(metrics), "text_retrieval_chance@1": 1 / len(unique)}
 
 
-def demo_config() -> ConfigDict:
-    """The offline demo's config (``configs/demo.py`` returns this): the transfer of the English CLIP
-    stand-in's vision tower and the Italian BERT stand-in to Italian captions, in two phases."""
-    from clip_jax.config import HEAD, base_config, phase
+def _shapes_run() -> ConfigDict:
+    """What both demo configs share: the shapes data, batch 64, logging and checkpoint cadence."""
+    from clip_jax.config import base_config
 
     c = base_config()
-    c.model.vision = "demo:english-clip"  # built on first use, then loaded like a hub checkpoint
-    c.model.text = "demo:italian-bert"
     c.model.projection_dim = 64
-    c.model.max_length = 24
-    # An MLM-only BERT's [CLS] state (and the untrained tanh pooler on it) says little about the sentence:
-    # phase 1 on 'pooler' reaches a loss of ~3 (ln 64 = 4.16) and colour zero-shot 0.43, on 'mean' ~1.4 and
-    # 0.99 (bench/recipe.py). The price: the export is clip_jax's format, which transformers does not load.
-    c.model.text_pooling = "mean"
     c.data.source = "shapes"
     c.data.shapes.num_train = 4096
     c.train.batch_size = 64
     c.train.log_every = 10
     c.train.eval_every = 0
     c.train.checkpoint_every = 500
+    c.train.weight_decay = 0.01
+    return c
+
+
+def demo_config() -> ConfigDict:
+    """The offline demo's config (``configs/demo.py`` returns this): the transfer of the English CLIP
+    stand-in's vision tower and the Italian BERT stand-in to Italian captions, in two phases."""
+    from clip_jax.config import HEAD, phase
+
+    c = _shapes_run()
+    c.model.vision = "demo:english-clip"  # built on first use, then loaded like a hub checkpoint
+    c.model.text = "demo:italian-bert"
+    c.model.max_length = 24
+    # An MLM-only BERT's [CLS] state (and the untrained tanh pooler on it) says little about the sentence:
+    # phase 1 on 'pooler' reaches a loss of ~3 (ln 64 = 4.16) and colour zero-shot 0.43, on 'mean' ~1.4 and
+    # 0.99 (bench/recipe.py). The price: the export is clip_jax's format, which transformers does not load.
+    c.model.text_pooling = "mean"
     c.train.keep_checkpoints = 5  # keeps both phase ends: report() evaluates after each phase
     c.train.weight_decay = 0.01
     # Phase 1 trains only the projections and the temperature, so it runs on cached tower features
@@ -107,9 +116,9 @@ def demo_config() -> ConfigDict:
 
 def random_towers_config() -> ConfigDict:
     """Tiny *random* towers on the same data (tests and smoke runs: fast, but phase 1 has nothing to align)."""
-    from clip_jax.config import HEAD, base_config, phase
+    from clip_jax.config import HEAD, phase
 
-    c = base_config()
+    c = _shapes_run()
     with c.model.ignore_type():  # towers given as configs (random init) instead of checkpoint paths
         c.model.vision = dict(
             model_type="clip_vision_model",
@@ -132,16 +141,8 @@ def random_towers_config() -> ConfigDict:
             attention_probs_dropout_prob=0.0,
         )
     c.model.tokenizer = "demo:shapes-tokenizer"
-    c.model.projection_dim = 64
     c.model.max_length = 16
     c.model.text_pooling = "pooler"
-    c.data.source = "shapes"
-    c.data.shapes.num_train = 4096
-    c.train.batch_size = 64
-    c.train.log_every = 10
-    c.train.eval_every = 0
-    c.train.checkpoint_every = 500
-    c.train.weight_decay = 0.01
     c.phases.warmup = phase(100, HEAD, {"head": 3e-3}, warmup_steps=10)
     c.phases.finetune = phase(1200, ".*", {"head": 1e-3, "vision": 1e-3, "text": 1e-3}, warmup_steps=100)
     return c
