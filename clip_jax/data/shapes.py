@@ -179,21 +179,6 @@ def generate(spec: ShapesSpec) -> dict[str, object]:
     }
 
 
-def vocabulary(language: str = "it") -> list[str]:
-    """Every word the captions of ``language`` use, as BERT's basic tokenizer splits them (for a demo tokenizer)."""
-    from tokenizers.normalizers import BertNormalizer
-    from tokenizers.pre_tokenizers import BertPreTokenizer
-
-    from clip_jax.demo.corpus import sentences
-
-    normalizer, pre_tokenizer = BertNormalizer(lowercase=True), BertPreTokenizer()
-    split = lambda text: [w for w, _ in pre_tokenizer.pre_tokenize_str(normalizer.normalize_str(text))]
-    texts = [text for scene in all_scenes() for text in captions(*scene, language)]
-    if language == "it":
-        texts += [*sentences(np.random.RandomState(0), 2000), "una immagine con forme di colore e forma"]
-    return sorted({w for text in texts for w in split(text)})
-
-
 def load_or_generate(spec: ShapesSpec, cache_dir: str | os.PathLike) -> dict[str, object]:
     """The data set from ``cache_dir`` (generated and written there on first use)."""
     key = hashlib.sha1(json.dumps(dataclasses.asdict(spec), sort_keys=True).encode()).hexdigest()[:12]

@@ -64,3 +64,16 @@ def italian_corpus(seed: int = 0, num_other: int = 4000) -> list[str]:
     texts = [t for scene in all_scenes() for t in captions(*scene, "it")] + sentences(rs, num_other)
     rs.shuffle(texts)
     return texts
+
+
+def vocabulary(language: str = "it") -> list[str]:
+    """Every word the captions of ``language`` use, as BERT's basic tokenizer splits them (for a demo tokenizer)."""
+    from tokenizers.normalizers import BertNormalizer
+    from tokenizers.pre_tokenizers import BertPreTokenizer
+
+    normalizer, pre_tokenizer = BertNormalizer(lowercase=True), BertPreTokenizer()
+    split = lambda text: [w for w, _ in pre_tokenizer.pre_tokenize_str(normalizer.normalize_str(text))]
+    texts = [text for scene in all_scenes() for text in captions(*scene, language)]
+    if language == "it":
+        texts += [*sentences(np.random.RandomState(0), 2000), "una immagine con forme di colore e forma"]
+    return sorted({w for text in texts for w in split(text)})

@@ -180,7 +180,7 @@ def english_clip(
     log: Callable[[str], None] = print,
 ) -> Path:
     """The English CLIP stand-in's directory, built (about a minute on 2 cores) if not cached."""
-    from clip_jax.data.shapes import vocabulary
+    from clip_jax.demo.corpus import vocabulary
 
     def build(out: Path) -> dict:
         from clip_jax import load_model
@@ -298,8 +298,7 @@ def italian_bert(
         from flax import nnx
         from transformers import AutoTokenizer
 
-        from clip_jax.data.shapes import vocabulary
-        from clip_jax.demo.corpus import italian_corpus
+        from clip_jax.demo.corpus import italian_corpus, vocabulary
         from clip_jax.models.bert import BertConfig, BertForMaskedLM
 
         write_wordpiece_tokenizer(vocabulary("it"), out)
@@ -324,7 +323,7 @@ def italian_bert(
 
 def shapes_tokenizer(cache_dir: str, *, log: Callable[[str], None] = print) -> Path:
     """A WordPiece tokenizer over the shapes data set's Italian words (for random text towers), written once."""
-    from clip_jax.data.shapes import vocabulary
+    from clip_jax.demo.corpus import vocabulary
 
     directory = Path(cache_dir).expanduser() / "shapes-tokenizer-v2"
     if not (directory / "tokenizer_config.json").exists():
