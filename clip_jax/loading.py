@@ -8,6 +8,7 @@ eval.py, the export command, the demo and the notebooks all load through it.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import jax
 from flax import nnx
@@ -30,6 +31,15 @@ def load_model(spec: str, *, step: int | None = None, logit_scale: float | None 
     """
     if workdirs.is_training_workdir(spec):
         model = _from_workdir(str(spec), step)
+    elif (
+        not workdirs.is_remote(spec)
+        and Path(spec).expanduser().is_dir()
+        and not Path(spec, "config.json").expanduser().exists()
+    ):
+        raise CheckpointError(
+            f"{spec} is neither a clip_jax training workdir (no checkpoints/) nor a saved model (no config.json) "
+            "— give a training workdir, an exported directory or a hub id"
+        )
     elif step is not None:
         raise ValueError(
             f"step={step} needs a training workdir; {spec} is a saved model (it has one set of weights)."

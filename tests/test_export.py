@@ -13,7 +13,7 @@ from train_helpers import tiny_config
 from clip_jax import CLIPModel, load_model
 from clip_jax.export import main as export_main
 from clip_jax.train import Trainer
-from clip_jax.weights import flat_params
+from clip_jax.weights import CheckpointError, flat_params
 
 CAPTIONS = ["due cerchi rossi a sinistra", "un quadrato blu in alto", "tre triangoli verdi in basso"]
 
@@ -309,7 +309,7 @@ def test_a_failed_push_is_one_line_keeps_the_export_and_never_prints_the_token(t
 
 
 def test_export_errors(tmp_path):
-    with pytest.raises(FileNotFoundError, match="not a clip_jax training workdir"):
+    with pytest.raises(CheckpointError, match="neither a clip_jax training workdir"):
         load_model(str(tmp_path))
 
 
