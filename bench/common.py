@@ -36,6 +36,15 @@ def matmul_peak(dtype=jnp.float32, n: int = 2048, repeats: int = 5) -> float:
     return 2 * n**3 / best
 
 
+def loadavg() -> str:
+    """The 1, 5 and 15 minute load averages (``/proc/loadavg``; "n/a" where there is none)."""
+    try:
+        with open("/proc/loadavg") as f:
+            return " ".join(f.read().split()[:3])
+    except OSError:
+        return "n/a"
+
+
 def machine() -> dict:
     device = jax.devices()[0]
     return {

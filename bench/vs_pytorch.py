@@ -8,8 +8,11 @@ weights, AdamW, the symmetric contrastive loss, gradient clipping at 1.0, dropou
 batch shapes. Phase 1 in PyTorch sets ``requires_grad=False`` on both backbones (the usual way); phase 2
 trains everything. Per phase, one warm-up (compiling) step per side, then the two sides' timed steps
 alternate A B B A A B ... (``--steps`` each), so that the load of a shared machine hits both sides alike.
-Prints per side the median step time and its spread (min..max), and the ratio of the medians
-PyTorch / clip_jax (> 1: clip_jax is faster).
+Prints per side the median step time and its spread (min..max), the ratio of the medians
+PyTorch / clip_jax (> 1: clip_jax is faster), each side's MFU (``step_flops`` of ``bench/train_step.py``
+over the median step time, against the FLOP/s of a 2048² float32 matmul measured in the same run before
+and after each phase, the highest of these samples), and the load average at the start and end of each
+phase (a shared machine's load is the main source of noise).
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np
 
-from bench.common import block, machine, write_result
+from bench.common import block, loadavg, machine, matmul_peak, write_result
 
 
 def torch_phase_steps(batch: int, tokens: int, vision: dict | None = None, text: dict | None = None) -> dict:
@@ -114,6 +117,7 @@ def main() -> None:
         fake_batch,
         make_model,
         phase_step,
+        step_flops,
     )
     from clip_jax.sharding import batch_sharding, make_mesh
 
@@ -130,22 +134,42 @@ def main() -> None:
         batch_sharding(mesh),
     )
     torch_steps = torch_phase_steps(args.batch, args.tokens, torch_vision, torch_text)
-    ours, theirs = {}, {}
+    peak_n = 256 if args.smoke else 2048
+    peaks = [matmul_peak(n=peak_n)]
+    ours, theirs, load = {}, {}, {}
     for phase in (1, 2):
         jax_step = phase_step(model, mesh, data, phase)
+        load[phase] = {"start": loadavg()}
         timed = alternate({"clip_jax": jax_step, "pytorch": torch_steps[phase]}, args.steps)
+        load[phase]["end"] = loadavg()
+        peaks.append(matmul_peak(n=peak_n))
         for side, out in (("clip_jax", ours), ("pytorch", theirs)):
             out[phase] = dict(timed[side], images_per_s=args.batch / timed[side]["step_s"])
         print(
             f"phase {phase}: clip_jax {ours[phase]['step_s']:.2f}s ({ours[phase]['min_s']:.2f}.."
             f"{ours[phase]['max_s']:.2f}), PyTorch {theirs[phase]['step_s']:.2f}s ({theirs[phase]['min_s']:.2f}.."
-            f"{theirs[phase]['max_s']:.2f})",
+            f"{theirs[phase]['max_s']:.2f}), PyTorch / clip_jax {theirs[phase]['step_s'] / ours[phase]['step_s']:.2f}x,"
+            f" load {load[phase]['start']} -> {load[phase]['end']}",
+            flush=True,
+        )
+    peak = max(peaks)
+    for phase in (1, 2):
+        flops = step_flops(vision, args.batch, args.tokens, phase, text=text)
+        for out in (ours, theirs):
+            out[phase]["analytic_tflop_per_step"] = flops / 1e12
+            out[phase]["mfu"] = flops / out[phase]["step_s"] / peak
+        print(
+            f"phase {phase}: MFU clip_jax {ours[phase]['mfu']:.0%}, PyTorch {theirs[phase]['mfu']:.0%} "
+            f"(matmul peak {peak / 1e9:.0f} GFLOP/s, the highest of {len(peaks)} samples)",
             flush=True,
         )
     result = {
         "machine": machine(),
         "args": vars(args),
         "order": "alternating A B B A per phase",
+        "matmul_peak_tflops": peak / 1e12,
+        "matmul_peak_samples_tflops": [p / 1e12 for p in peaks],
+        "load_average": load,
         "clip_jax": ours,
         "pytorch": theirs,
         "pytorch_over_clip_jax": {p: theirs[p]["step_s"] / ours[p]["step_s"] for p in (1, 2)},

@@ -69,6 +69,8 @@ def test_train_step_smoke(tmp_path, jax_cache):
         > 0
     )
     assert result["phases"]["1"]["mfu"] > 0 and result["matmul_peak_tflops"] > 0
+    assert result["matmul_peak_tflops"] == max(result["matmul_peak_samples_tflops"])
+    assert len(result["matmul_peak_samples_tflops"]) == 3  # before phase 1, after each phase
     assert result["phase2_over_phase1_step_time"] > 0
 
 
@@ -92,6 +94,18 @@ def test_vs_pytorch_smoke(tmp_path, jax_cache):
     check_phases(result["clip_jax"])
     check_phases(result["pytorch"])
     assert all(ratio > 0 for ratio in result["pytorch_over_clip_jax"].values())
+    assert result["matmul_peak_tflops"] == max(result["matmul_peak_samples_tflops"]) > 0
+    for side in ("clip_jax", "pytorch"):
+        assert all(result[side][phase]["mfu"] > 0 for phase in ("1", "2"))
+    assert set(result["load_average"]["2"]) == {"start", "end"}
+
+
+def test_speed_changes_smoke(tmp_path, jax_cache):
+    result = run_smoke("speed_changes.py", tmp_path, "speed_changes_cpu", jax_cache)
+    for phase in ("1", "2"):
+        entry = result["changes"]["residual_fence"][phase]
+        assert entry["before"]["step_s"] > 0 and entry["after"]["step_s"] > 0
+        assert entry["before_over_after"] > 0 and entry["load_start"]
 
 
 def test_vs_legacy_flax_smoke(tmp_path, jax_cache):

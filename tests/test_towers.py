@@ -227,3 +227,55 @@ def test_every_registered_tower_keeps_the_tower_contract(model_type):
     assert len(out.hidden_states) == config.num_hidden_layers + 1
     if arch.kind == "vision" or out.pooler_output is not None:
         assert out.pooler_output.shape == (2, config.hidden_size)
+
+
+def _vision_grad_hlo(layers: int, fence: bool):
+    """The optimised CPU HLO of the parameter gradient of a random pre-norm ViT ``layers`` deep."""
+    import jax
+    from flax import nnx
+
+    from clip_jax.models import layers as model_layers
+    from clip_jax.models.vit import CLIPVisionConfig, CLIPVisionTransformer
+
+    config = CLIPVisionConfig.from_hf({**TINY_VISION, "num_hidden_layers": layers})
+    graphdef, params = nnx.split(CLIPVisionTransformer(config, rngs=nnx.Rngs(0)))
+    x = jnp.asarray(pixels().transpose(0, 2, 3, 1))
+
+    def loss(params):
+        return jnp.mean(nnx.merge(graphdef, params)(x).last_hidden_state ** 2)
+
+    model_layers.FENCE_RESIDUALS = fence
+    try:
+        grads = jax.jit(jax.grad(loss))(params)
+        text = jax.jit(jax.grad(loss)).lower(params).compile().as_text()
+    finally:
+        model_layers.FENCE_RESIDUALS = True
+    return grads, text
+
+
+def test_residual_fence_keeps_values_and_gradients_and_bounds_fusions():
+    """The fence between layers (XLA CPU would otherwise recompute the residual gradient of all later layers
+    inside every layer's backward fusions) changes neither the tower's values nor its gradients; on CPU it
+    puts conditionals into the compiled step, and the largest fusion no longer grows with depth."""
+    import re
+
+    import jax
+
+    from clip_jax.models.layers import residual_fence
+
+    x = jnp.arange(6.0).reshape(2, 3) - 2.5
+    np.testing.assert_array_equal(np.asarray(residual_fence(x)), np.asarray(x))
+    w = jnp.linspace(-1.0, 1.0, 6).reshape(2, 3)
+    np.testing.assert_array_equal(np.asarray(jax.grad(lambda v: jnp.sum(residual_fence(v) * w))(x)), w)
+
+    fenced, text = _vision_grad_hlo(6, fence=True)
+    plain, _ = _vision_grad_hlo(6, fence=False)
+    for a, b in zip(jax.tree.leaves(plain), jax.tree.leaves(fenced)):  # up to float32 summation order
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-6)
+
+    def largest_fusion(text):
+        return max(m.group(1).count("%") for m in re.finditer(r"= \S+ fusion\(([^)]*)\)", text))
+
+    if jax.default_backend() == "cpu":
+        assert " conditional(" in text
+        assert largest_fusion(_vision_grad_hlo(12, fence=True)[1]) <= largest_fusion(text) + 2

@@ -195,6 +195,37 @@ def padding_mask(attention_mask: Array) -> Array:
     return attention_mask.astype(bool)[:, None, None, :]
 
 
+#: Whether :func:`run_layers` fences the residual stream between layers (:func:`residual_fence`); a switch so
+#: that ``bench/speed_changes.py`` can measure the step without it, in the same process.
+FENCE_RESIDUALS = True
+
+
+def residual_fence(x: Array) -> Array:
+    """``x`` unchanged, and on CPU a point where XLA must write ``x`` (and, in the backward pass, its
+    gradient) to memory instead of fusing it into every consumer.
+
+    Why: in a pre-norm tower the gradient of the residual stream is a chain of cheap additions across the
+    layers (``dx_l = dx_{l+1} + LayerNorm terms``). XLA's CPU compiler duplicates cheap element-wise chains
+    into each consumer fusion, so every layer's backward recomputed the sum over all later layers, work
+    quadratic in depth: 28% of the CPU time of a ViT-B/32 + BERT-base phase-2 step (``docs/benchmarks.md``).
+    ``jax.lax.optimization_barrier`` does not stop it (the CPU compiler removes barriers before fusion);
+    a conditional whose predicate XLA cannot fold does, since its operand and result are buffers. Both
+    branches are the identity, so values and gradients (through the conditional's transpose, a conditional
+    again) are exactly those without the fence. Only on CPU: on GPU a conditional's predicate is copied to
+    the host, a synchronisation per layer, and the GPU compiler's fusion does not have this problem.
+    """
+    if not FENCE_RESIDUALS:
+        return x
+
+    def fence(v: Array) -> Array:
+        # ``a * 1``, not ``a``: JAX drops the outputs that every branch merely forwards (and with them the
+        # conditional); XLA simplifies the multiplication away after the conditional is fixed.
+        same = lambda a: a * 1
+        return jax.lax.cond(jnp.isnan(v.reshape(-1)[0]), same, same, v)
+
+    return jax.lax.platform_dependent(x, cpu=fence, default=lambda v: v)
+
+
 def run_layers(
     layers,
     x: Array,
@@ -208,9 +239,11 @@ def run_layers(
 
     With ``remat`` each layer's activations are recomputed in the backward pass instead of
     stored (gradient checkpointing per layer): memory for depth, paid with one extra forward.
+    Each layer's input passes through :func:`residual_fence` (a no-op except for XLA's CPU fusion).
     """
     hidden_states = [x]
     for layer in layers:
+        x = residual_fence(x)
         if remat:
             x = nnx.remat(lambda lyr, h, m, r: lyr(h, m, deterministic=deterministic, rngs=r))(
                 layer, x, mask, rngs

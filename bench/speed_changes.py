@@ -1,0 +1,105 @@
+"""The effect of each speed change of issue 16 on the train step, before/after in one process.
+
+    python bench/speed_changes.py --batch 16 --tokens 64 --steps 4
+    python bench/speed_changes.py --smoke   # tiny towers, result in a temporary folder
+
+For each change and phase: the same jitted train step as ``bench/train_step.py`` (ViT-B/32 + BERT-base,
+random weights, AdamW, global softmax loss, dropout on, float32) compiled without the change ("before")
+and with it ("after"), one warm-up (compiling) step each, then the two variants' timed steps alternate
+A B B A ... (``--steps`` each), so that a shared machine's load hits both alike. Prints medians, spreads
+(min..max) and before/after, and the load average at the start and end of each comparison.
+
+Changes measured:
+- ``residual_fence``: :func:`clip_jax.models.layers.residual_fence` between layers (off: the switch
+  ``layers.FENCE_RESIDUALS = False`` while the "before" step compiles).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--tokens", type=int, default=64)
+    parser.add_argument(
+        "--steps", type=int, default=4, help="timed steps per variant and phase (alternating)"
+    )
+    parser.add_argument("--phases", default="1,2")
+    parser.add_argument("--smoke", action="store_true", help="tiny towers, batch 4, 2 steps")
+    parser.add_argument("--out", default=None, help="folder for the result JSON (default bench/results)")
+    args = parser.parse_args()
+    import jax
+
+    from bench.common import loadavg, machine, write_result
+    from bench.train_step import (
+        BERT_BASE,
+        SMOKE,
+        TINY_TEXT,
+        TINY_VISION,
+        VISION,
+        fake_batch,
+        make_model,
+        phase_step,
+    )
+    from bench.vs_pytorch import alternate
+    from clip_jax.models import layers
+    from clip_jax.sharding import batch_sharding, make_mesh
+
+    if args.smoke:
+        args.batch, args.tokens, args.steps = SMOKE["batch"], SMOKE["tokens"], SMOKE["steps"]
+        args.out = args.out or tempfile.mkdtemp(prefix="bench_smoke_")
+        vision, text = TINY_VISION, TINY_TEXT
+    else:
+        vision, text = VISION["B/32"], BERT_BASE
+    model = make_model(vision, text)
+    mesh = make_mesh({"data": -1})
+    data = jax.device_put(
+        fake_batch(args.batch, args.tokens, vision.get("image_size", 224), text.get("vocab_size", 32102)),
+        batch_sharding(mesh),
+    )
+
+    def with_fence(step, on: bool):
+        def call():
+            layers.FENCE_RESIDUALS = on  # read when the step is traced (its first call)
+            try:
+                return step()
+            finally:
+                layers.FENCE_RESIDUALS = True
+
+        return call
+
+    changes = {"residual_fence": with_fence}
+    result = {
+        "machine": machine(),
+        "args": vars(args),
+        "order": "alternating A B B A per phase",
+        "changes": {},
+    }
+    for name, apply in changes.items():
+        result["changes"][name] = {}
+        for phase in (int(p) for p in args.phases.split(",")):
+            before, after = (apply(phase_step(model, mesh, data, phase), on) for on in (False, True))
+            load_start = loadavg()
+            timed = alternate({"before": before, "after": after}, args.steps)
+            entry = {**timed, "load_start": load_start, "load_end": loadavg()}
+            entry["before_over_after"] = timed["before"]["step_s"] / timed["after"]["step_s"]
+            result["changes"][name][phase] = entry
+            print(
+                f"{name}, phase {phase}: before {timed['before']['step_s']:.2f}s ({timed['before']['min_s']:.2f}.."
+                f"{timed['before']['max_s']:.2f}), after {timed['after']['step_s']:.2f}s "
+                f"({timed['after']['min_s']:.2f}..{timed['after']['max_s']:.2f}), before/after "
+                f"{entry['before_over_after']:.2f}x, load {entry['load_start']} -> {entry['load_end']}",
+                flush=True,
+            )
+    write_result("speed_changes_cpu", result, args.out)
+
+
+if __name__ == "__main__":
+    main()
