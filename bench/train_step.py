@@ -71,6 +71,12 @@ TINY_TEXT = {
 SMOKE = {"batch": 4, "tokens": 8, "steps": 2}
 
 
+def apply_smoke(args) -> None:
+    """``--smoke``: the tiny settings, and the result into a temporary folder unless ``--out`` says where."""
+    args.batch, args.tokens, args.steps = SMOKE["batch"], SMOKE["tokens"], SMOKE["steps"]
+    args.out = args.out or tempfile.mkdtemp(prefix="bench_smoke_")
+
+
 def tower_forward_flops(hidden: int, intermediate: int, layers: int, tokens: int) -> float:
     """Matmul FLOPs of one transformer encoder forward pass for one sequence (2 per multiply-add)."""
     per_layer = (
@@ -251,8 +257,7 @@ def main() -> None:
     parser.add_argument("--out", default=None, help="folder for the result JSON (default bench/results)")
     args = parser.parse_args()
     if args.smoke:
-        args.batch, args.tokens, args.steps = SMOKE["batch"], SMOKE["tokens"], SMOKE["steps"]
-        args.out = args.out or tempfile.mkdtemp(prefix="bench_smoke_")
+        apply_smoke(args)
     result = {"machine": machine(), "args": vars(args)}
     if args.smoke:
         result.update(measure(TINY_VISION, args.batch, args.tokens, args.steps, args.dtype, text=TINY_TEXT))

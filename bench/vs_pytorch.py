@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -110,10 +109,10 @@ def main() -> None:
 
     from bench.train_step import (
         BERT_BASE,
-        SMOKE,
         TINY_TEXT,
         TINY_VISION,
         VISION,
+        apply_smoke,
         fake_batch,
         make_model,
         phase_step,
@@ -122,8 +121,7 @@ def main() -> None:
     from clip_jax.sharding import batch_sharding, make_mesh
 
     if args.smoke:
-        args.batch, args.tokens, args.steps = SMOKE["batch"], SMOKE["tokens"], SMOKE["steps"]
-        args.out = args.out or tempfile.mkdtemp(prefix="bench_smoke_")
+        apply_smoke(args)
         vision, text, torch_vision, torch_text = TINY_VISION, TINY_TEXT, TINY_VISION, TINY_TEXT
     else:
         vision, text, torch_vision, torch_text = VISION["B/32"], BERT_BASE, None, None

@@ -24,50 +24,40 @@ class ArrayDataset:
         return len(self.images)
 
 
-class BatchIterator:
-    """Global batches of ``batch_size`` drawn without replacement, reshuffled each epoch with ``seed``;
-    this process yields only its rows (``batch_size / process_count`` of them).
-
-    Each batch holds ``pixel_values`` (float32, channels-last), ``input_ids``, ``attention_mask`` and
-    ``index``. One caption is drawn at random per image per epoch. ``get_state``/``set_state``
+class EpochBatches:
+    """Global batches of ``batch_size`` of ``size`` rows, drawn without replacement and reshuffled each epoch with
+    ``seed``; this process takes its ``batch_size / process_count`` rows of each. ``get_state``/``set_state``
     make the position resumable: a restored iterator yields exactly the batch the original would have.
-    """
+    Subclasses turn the rows of :meth:`next_rows` into a batch; in-memory data skips nothing."""
 
     def __init__(
-        self,
-        dataset: ArrayDataset,
-        batch_size: int,
-        *,
-        tokenize: Callable[[list[str]], dict],
-        image_processor: ImageProcessorConfig,
-        seed: int = 0,
-        process_index: int = 0,
-        process_count: int = 1,
+        self, size: int, batch_size: int, *, seed: int, process_index: int, process_count: int, noun: str
     ):
         if batch_size % process_count:
             raise ValueError(f"Batch size {batch_size} is not divisible by {process_count} processes.")
-        if batch_size > len(dataset):
-            raise ValueError(f"Batch size {batch_size} exceeds the {len(dataset)} examples of the data set.")
-        self.dataset, self.batch_size, self.seed = dataset, batch_size, seed
-        self.tokenize, self.image_processor = tokenize, image_processor
+        if batch_size > size:
+            raise ValueError(f"Batch size {batch_size} exceeds the {size} {noun}.")
+        self.size, self.batch_size, self.seed = size, batch_size, seed
         self.local = slice(
             process_index * batch_size // process_count, (process_index + 1) * batch_size // process_count
         )
         self.process_index, self.process_count = process_index, process_count
         self.epoch, self.position = 0, 0
-        self._pixels = preprocess_images(list(dataset.images), image_processor)
 
     @property
     def steps_per_epoch(self) -> int:
-        return len(self.dataset) // self.batch_size
+        return self.size // self.batch_size
 
-    def examples(self, chunk: int) -> Iterator[tuple[np.ndarray, list[list[str]]]]:
-        """One pass over this process's examples (every ``process_count``-th, in order) in chunks of
-        ``chunk``: (preprocessed pixels, all captions) — what the feature cache embeds."""
-        rows = np.arange(self.process_index, len(self.dataset), self.process_count)
-        for start in range(0, len(rows), chunk):
-            part = rows[start : start + chunk]
-            yield self._pixels[part], [self.dataset.captions[i] for i in part]
+    def next_rows(self) -> tuple[np.ndarray, np.random.RandomState]:
+        """This process's rows of the next global batch, and the epoch's generator after the permutation
+        (for further per-epoch draws)."""
+        if self.position >= self.steps_per_epoch:
+            self.epoch, self.position = self.epoch + 1, 0
+        rs = np.random.RandomState([self.seed, self.epoch])
+        order = rs.permutation(self.size)
+        rows = order[self.position * self.batch_size : (self.position + 1) * self.batch_size][self.local]
+        self.position += 1
+        return rows, rs
 
     def skipped(self) -> dict[str, dict[str, int]]:
         """Skipped examples by source and reason: none (in-memory data is checked when built)."""
@@ -82,17 +72,48 @@ class BatchIterator:
     def set_state(self, state: dict[str, int]) -> None:
         self.epoch, self.position = int(state["epoch"]), int(state["position"])
 
-    def __iter__(self) -> BatchIterator:
+    def __iter__(self) -> EpochBatches:
         return self
 
+
+class BatchIterator(EpochBatches):
+    """:class:`EpochBatches` of an :class:`ArrayDataset`, preprocessed once: each batch holds ``pixel_values``
+    (float32, channels-last), ``input_ids``, ``attention_mask`` and ``index``; one caption is drawn at random
+    per image per epoch."""
+
+    def __init__(
+        self,
+        dataset: ArrayDataset,
+        batch_size: int,
+        *,
+        tokenize: Callable[[list[str]], dict],
+        image_processor: ImageProcessorConfig,
+        seed: int = 0,
+        process_index: int = 0,
+        process_count: int = 1,
+    ):
+        super().__init__(
+            len(dataset),
+            batch_size,
+            seed=seed,
+            process_index=process_index,
+            process_count=process_count,
+            noun="examples of the data set",
+        )
+        self.dataset, self.tokenize, self.image_processor = dataset, tokenize, image_processor
+        self._pixels = preprocess_images(list(dataset.images), image_processor)
+
+    def examples(self, chunk: int) -> Iterator[tuple[np.ndarray, list[list[str]]]]:
+        """One pass over this process's examples (every ``process_count``-th, in order) in chunks of
+        ``chunk``: (preprocessed pixels, all captions) — what the feature cache embeds."""
+        rows = np.arange(self.process_index, len(self.dataset), self.process_count)
+        for start in range(0, len(rows), chunk):
+            part = rows[start : start + chunk]
+            yield self._pixels[part], [self.dataset.captions[i] for i in part]
+
     def __next__(self) -> dict[str, np.ndarray]:
-        if self.position >= self.steps_per_epoch:
-            self.epoch, self.position = self.epoch + 1, 0
-        rs = np.random.RandomState([self.seed, self.epoch])
-        order = rs.permutation(len(self.dataset))
+        rows, rs = self.next_rows()
         choice = rs.randint(0, 1 << 30, len(self.dataset))
-        rows = order[self.position * self.batch_size : (self.position + 1) * self.batch_size][self.local]
-        self.position += 1
         texts = [self.dataset.captions[i][choice[i] % len(self.dataset.captions[i])] for i in rows]
         tokens = self.tokenize(texts)
         return {"pixel_values": self._pixels[rows], "index": rows.astype(np.int32), **tokens}

@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
+from clip_jax.data.memory import EpochBatches
 from clip_jax.data.shapes import COLOURS, COUNTS, POSITIONS, SHAPES, ShapesSpec, captions
 from clip_jax.data.sources import parse_source, split_spec
 
@@ -83,7 +84,7 @@ def read_pairs(
     return [r[teacher_column] for r in rows], [r[student_column] for r in rows]
 
 
-class PairBatches:
+class PairBatches(EpochBatches):
     """Global batches of (student sentence, teacher embedding) pairs drawn without replacement, reshuffled each
     epoch with ``seed``; this process yields its ``batch_size / process_count`` rows. Batches hold
     ``input_ids``, ``attention_mask`` (the student's tokens) and ``target`` (float32 ``[B, D]``).
@@ -102,41 +103,17 @@ class PairBatches:
     ):
         if len(texts) != len(targets):
             raise ValueError(f"{len(texts)} sentences but {len(targets)} teacher embeddings.")
-        if batch_size % process_count:
-            raise ValueError(f"Batch size {batch_size} is not divisible by {process_count} processes.")
-        if batch_size > len(texts):
-            raise ValueError(f"Batch size {batch_size} exceeds the {len(texts)} sentence pairs.")
-        self.texts, self.targets = list(texts), np.asarray(targets, np.float32)
-        self.batch_size, self.seed, self.tokenize = batch_size, seed, tokenize
-        self.local = slice(
-            process_index * batch_size // process_count, (process_index + 1) * batch_size // process_count
+        super().__init__(
+            len(texts),
+            batch_size,
+            seed=seed,
+            process_index=process_index,
+            process_count=process_count,
+            noun="sentence pairs",
         )
-        self.epoch, self.position = 0, 0
-
-    @property
-    def steps_per_epoch(self) -> int:
-        return len(self.texts) // self.batch_size
-
-    def skipped(self) -> dict[str, dict[str, int]]:
-        """Skipped pairs by source and reason: none (bad pairs are refused when read)."""
-        return {}
-
-    def report_skipped(self, when: str = "") -> None:
-        """Log the skip counts (none here)."""
-
-    def get_state(self) -> dict[str, int]:
-        return {"epoch": self.epoch, "position": self.position}
-
-    def set_state(self, state: dict[str, int]) -> None:
-        self.epoch, self.position = int(state["epoch"]), int(state["position"])
-
-    def __iter__(self) -> PairBatches:
-        return self
+        self.texts, self.targets = list(texts), np.asarray(targets, np.float32)
+        self.tokenize = tokenize
 
     def __next__(self) -> dict[str, np.ndarray]:
-        if self.position >= self.steps_per_epoch:
-            self.epoch, self.position = self.epoch + 1, 0
-        order = np.random.RandomState([self.seed, self.epoch]).permutation(len(self.texts))
-        rows = order[self.position * self.batch_size : (self.position + 1) * self.batch_size][self.local]
-        self.position += 1
+        rows, _ = self.next_rows()
         return {**self.tokenize([self.texts[i] for i in rows]), "target": self.targets[rows]}
