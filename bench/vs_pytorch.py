@@ -75,15 +75,18 @@ def torch_phase_steps(batch: int, tokens: int, vision: dict | None = None, text:
     return {1: make(1), 2: make(2)}
 
 
-def alternate(sides: dict, steps: int) -> dict:
+def alternate(sides: dict, steps: int, pause: float = 0.0) -> dict:
     """Time ``steps`` calls of each zero-argument callable in ``sides``, alternating A B B A A B ...,
-    after one warm-up call each; per side the times, their median and spread."""
+    after one warm-up call each; per side the times, their median and spread. ``pause``: seconds of
+    idle, untimed, before each timed call, so that the previous side's spinning worker threads (OpenMP's,
+    Eigen's) have gone to sleep and do not compete with the next."""
     names = list(sides)
     for name in names:
         block(sides[name]())
     times: dict = {name: [] for name in names}
     for r in range(steps):
         for name in names if r % 2 == 0 else names[::-1]:
+            time.sleep(pause)
             start = time.perf_counter()
             block(sides[name]())
             times[name].append(time.perf_counter() - start)

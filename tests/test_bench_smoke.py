@@ -150,3 +150,14 @@ def test_grad_cache_smoke(tmp_path, jax_cache):
     assert set(rows) == {(16, 0), (16, 4)}
     assert all(r["temp_mib"] > 0 and r["argument_mib"] > 0 for r in rows.values())
     assert set(result["time"]) == {"0", "4"} and all(t["step_s"] > 0 for t in result["time"].values())
+
+
+def test_matmul_libs_smoke(tmp_path, jax_cache):
+    result = run_smoke("matmul_libs.py", tmp_path, "matmul_libs_cpu_float32", jax_cache)
+    kinds = [row["kind"] for row in result["shapes"]]
+    assert kinds == ["x @ W", "dy @ W.T", "x.T @ dy"]  # one dense map's three products
+    for row in result["shapes"]:
+        for library in ("xla", "pytorch", "numpy"):
+            assert row[library]["min_gflops"] <= row[library]["gflops"] <= row[library]["max_gflops"]
+        assert row["xla"]["over_xla"] == 1.0
+    assert set(result["step_weighted_gflops"]) == {"xla", "pytorch", "numpy"}
