@@ -4,14 +4,18 @@
     python bench/speed_changes.py --smoke   # tiny towers, result in a temporary folder
 
 For each change and phase: the same jitted train step as ``bench/train_step.py`` (ViT-B/32 + BERT-base,
-random weights, AdamW, global softmax loss, dropout on, float32) compiled without the change ("before")
+random weights, AdamW, global softmax loss, dropout on, in the change's dtype) compiled without the change ("before")
 and with it ("after"), one warm-up (compiling) step each, then the two variants' timed steps alternate
 A B B A ... (``--steps`` each), so that a shared machine's load hits both alike. Prints medians, spreads
 (min..max) and before/after, and the load average at the start and end of each comparison.
 
-Changes measured:
-- ``residual_fence``: :func:`clip_jax.models.layers.residual_fence` between layers (off: the switch
-  ``layers.FENCE_RESIDUALS = False`` while the "before" step compiles).
+Changes measured (``--changes``), each off through a switch in ``clip_jax.models.layers`` while the "before"
+step compiles:
+- ``residual_fence`` (float32): :func:`clip_jax.models.layers.residual_fence` between layers
+  (``FENCE_RESIDUALS``).
+- ``bfloat16_products`` (``model.dtype=bfloat16``): :func:`clip_jax.models.layers.dense_product`'s float32
+  accumulation and CPU weight-gradient layout (``FAST_LOW_PRECISION_PRODUCTS``; off: the plain bfloat16
+  product, as before the change; the attention products' float32 scores are not switched).
 """
 
 from __future__ import annotations
@@ -22,6 +26,12 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+#: change -> (its switch in ``clip_jax.models.layers``, the compute dtype it is measured in)
+CHANGES = {
+    "residual_fence": ("FENCE_RESIDUALS", "float32"),
+    "bfloat16_products": ("FAST_LOW_PRECISION_PRODUCTS", "bfloat16"),
+}
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
@@ -31,6 +41,7 @@ def main() -> None:
         "--steps", type=int, default=4, help="timed steps per variant and phase (alternating)"
     )
     parser.add_argument("--phases", default="1,2")
+    parser.add_argument("--changes", default=",".join(CHANGES), help=f"comma-separated, of {list(CHANGES)}")
     parser.add_argument("--smoke", action="store_true", help="tiny towers, batch 4, 2 steps")
     parser.add_argument("--out", default=None, help="folder for the result JSON (default bench/results)")
     args = parser.parse_args()
@@ -56,34 +67,36 @@ def main() -> None:
         vision, text = TINY_VISION, TINY_TEXT
     else:
         vision, text = VISION["B/32"], BERT_BASE
-    model = make_model(vision, text)
     mesh = make_mesh({"data": -1})
     data = jax.device_put(
         fake_batch(args.batch, args.tokens, vision.get("image_size", 224), text.get("vocab_size", 32102)),
         batch_sharding(mesh),
     )
 
-    def with_fence(step, on: bool):
+    def switched(step, switch: str, on: bool):
         def call():
-            layers.FENCE_RESIDUALS = on  # read when the step is traced (its first call)
+            setattr(layers, switch, on)  # read when the step is traced (its first call)
             try:
                 return step()
             finally:
-                layers.FENCE_RESIDUALS = True
+                setattr(layers, switch, True)
 
         return call
 
-    changes = {"residual_fence": with_fence}
     result = {
         "machine": machine(),
         "args": vars(args),
         "order": "alternating A B B A per phase",
         "changes": {},
     }
-    for name, apply in changes.items():
-        result["changes"][name] = {}
+    for name in args.changes.split(","):
+        switch, dtype = CHANGES[name]
+        model = make_model(vision, text, dtype)
+        result["changes"][name] = {"dtype": dtype}
         for phase in (int(p) for p in args.phases.split(",")):
-            before, after = (apply(phase_step(model, mesh, data, phase), on) for on in (False, True))
+            before, after = (
+                switched(phase_step(model, mesh, data, phase), switch, on) for on in (False, True)
+            )
             load_start = loadavg()
             timed = alternate({"before": before, "after": after}, args.steps)
             entry = {**timed, "load_start": load_start, "load_end": loadavg()}
@@ -96,7 +109,9 @@ def main() -> None:
                 f"{entry['before_over_after']:.2f}x, load {entry['load_start']} -> {entry['load_end']}",
                 flush=True,
             )
-    write_result("speed_changes_cpu", result, args.out)
+    measured = args.changes.split(",")
+    name = "speed_changes_cpu" if set(measured) == set(CHANGES) else "speed_changes_cpu_" + "_".join(measured)
+    write_result(name, result, args.out)
 
 
 if __name__ == "__main__":

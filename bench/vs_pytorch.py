@@ -1,16 +1,19 @@
 """clip_jax against transformers' PyTorch VisionTextDualEncoderModel: the same train step, same machine, one run.
 
     python bench/vs_pytorch.py --batch 16 --tokens 64 --steps 4
+    python bench/vs_pytorch.py --batch 16 --tokens 64 --steps 4 --dtype bfloat16
     python bench/vs_pytorch.py --smoke   # tiny towers on both sides, result in a temporary folder
 
 Both sides: CLIP ViT-B/32 (224 px) + BERT-base (Italian xxl vocabulary), 512-d projections, random
-weights, AdamW, the symmetric contrastive loss, gradient clipping at 1.0, dropout on, float32, the same
-batch shapes. Phase 1 in PyTorch sets ``requires_grad=False`` on both backbones (the usual way); phase 2
+weights, AdamW, the symmetric contrastive loss, gradient clipping at 1.0, dropout on, float32 (or, with
+``--dtype bfloat16``, bfloat16 compute with float32 weights: clip_jax's ``model.dtype``, PyTorch's CPU
+autocast), the same batch shapes. Phase 1 in PyTorch sets ``requires_grad=False`` on both backbones (the usual way); phase 2
 trains everything. Per phase, one warm-up (compiling) step per side, then the two sides' timed steps
 alternate A B B A A B ... (``--steps`` each), so that the load of a shared machine hits both sides alike.
 Prints per side the median step time and its spread (min..max), the ratio of the medians
 PyTorch / clip_jax (> 1: clip_jax is faster), each side's MFU (``step_flops`` of ``bench/train_step.py``
-over the median step time, against the FLOP/s of a 2048² float32 matmul measured in the same run before
+over the median step time, against the FLOP/s of a 2048² matmul in the compute dtype (16-bit operands
+accumulating in float32) measured by JAX in the same run before
 and after each phase, the highest of these samples), and the load average at the start and end of each
 phase (a shared machine's load is the main source of noise).
 """
@@ -29,9 +32,13 @@ import numpy as np
 from bench.common import block, loadavg, machine, matmul_peak, write_result
 
 
-def torch_phase_steps(batch: int, tokens: int, vision: dict | None = None, text: dict | None = None) -> dict:
+def torch_phase_steps(
+    batch: int, tokens: int, vision: dict | None = None, text: dict | None = None, dtype: str = "float32"
+) -> dict:
     """``{phase: () -> None}``: one PyTorch train step of each phase; ``vision``/``text`` override the tower
-    configs (``--smoke``). Call a phase's steps only after the previous phase's (it sets ``requires_grad``)."""
+    configs (``--smoke``); ``dtype="bfloat16"``: the forward pass and loss under ``torch.autocast`` (float32
+    weights, gradients and optimizer, as clip_jax's ``model.dtype=bfloat16``). Call a phase's steps only after
+    the previous phase's (it sets ``requires_grad``)."""
     import torch
     import transformers as tf
 
@@ -59,12 +66,13 @@ def torch_phase_steps(batch: int, tokens: int, vision: dict | None = None, text:
                 trainable = [p for p in model.parameters() if p.requires_grad]
                 optimizers[phase] = (torch.optim.AdamW(trainable, lr=1e-5, weight_decay=0.2), trainable)
             optimizer, trainable = optimizers[phase]
-            out = model(input_ids=ids, attention_mask=mask, pixel_values=pixels)
-            logits = out.logits_per_image
-            loss = (
-                torch.nn.functional.cross_entropy(logits, labels)
-                + torch.nn.functional.cross_entropy(logits.T, labels)
-            ) / 2
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == "bfloat16"):
+                out = model(input_ids=ids, attention_mask=mask, pixel_values=pixels)
+                logits = out.logits_per_image.float()
+                loss = (
+                    torch.nn.functional.cross_entropy(logits, labels)
+                    + torch.nn.functional.cross_entropy(logits.T, labels)
+                ) / 2
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(trainable, 1.0)
@@ -102,6 +110,12 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=64)
     parser.add_argument("--steps", type=int, default=4, help="timed steps per side and phase (alternating)")
     parser.add_argument(
+        "--dtype",
+        default="float32",
+        choices=["float32", "bfloat16"],
+        help="compute dtype of both sides (bfloat16: clip_jax's model.dtype, PyTorch's CPU autocast)",
+    )
+    parser.add_argument(
         "--smoke",
         action="store_true",
         help="tiny towers, batch 4, 2 steps; result into --out or a temporary folder",
@@ -109,6 +123,7 @@ def main() -> None:
     parser.add_argument("--out", default=None, help="folder for the result JSON (default bench/results)")
     args = parser.parse_args()
     import jax
+    import jax.numpy as jnp
 
     from bench.train_step import (
         BERT_BASE,
@@ -128,22 +143,23 @@ def main() -> None:
         vision, text, torch_vision, torch_text = TINY_VISION, TINY_TEXT, TINY_VISION, TINY_TEXT
     else:
         vision, text, torch_vision, torch_text = VISION["B/32"], BERT_BASE, None, None
-    model = make_model(vision, text)
+    model = make_model(vision, text, args.dtype)
     mesh = make_mesh({"data": -1})
     data = jax.device_put(
         fake_batch(args.batch, args.tokens, vision.get("image_size", 224), text.get("vocab_size", 32102)),
         batch_sharding(mesh),
     )
-    torch_steps = torch_phase_steps(args.batch, args.tokens, torch_vision, torch_text)
+    torch_steps = torch_phase_steps(args.batch, args.tokens, torch_vision, torch_text, args.dtype)
     peak_n = 256 if args.smoke else 2048
-    peaks = [matmul_peak(n=peak_n)]
+    peak_dtype = jnp.bfloat16 if args.dtype == "bfloat16" else jnp.float32
+    peaks = [matmul_peak(peak_dtype, n=peak_n)]
     ours, theirs, load = {}, {}, {}
     for phase in (1, 2):
         jax_step = phase_step(model, mesh, data, phase)
         load[phase] = {"start": loadavg()}
         timed = alternate({"clip_jax": jax_step, "pytorch": torch_steps[phase]}, args.steps)
         load[phase]["end"] = loadavg()
-        peaks.append(matmul_peak(n=peak_n))
+        peaks.append(matmul_peak(peak_dtype, n=peak_n))
         for side, out in (("clip_jax", ours), ("pytorch", theirs)):
             out[phase] = dict(timed[side], images_per_s=args.batch / timed[side]["step_s"])
         print(
@@ -175,7 +191,9 @@ def main() -> None:
         "pytorch": theirs,
         "pytorch_over_clip_jax": {p: theirs[p]["step_s"] / ours[p]["step_s"] for p in (1, 2)},
     }
-    write_result("vs_pytorch_cpu", result, args.out)
+    write_result(
+        "vs_pytorch_cpu" if args.dtype == "float32" else f"vs_pytorch_cpu_{args.dtype}", result, args.out
+    )
 
 
 if __name__ == "__main__":

@@ -279,3 +279,87 @@ def test_residual_fence_keeps_values_and_gradients_and_bounds_fusions():
     if jax.default_backend() == "cpu":
         assert " conditional(" in text
         assert largest_fusion(_vision_grad_hlo(12, fence=True)[1]) <= largest_fusion(text) + 2
+
+
+def _dot_operand_dtypes(hlo: str) -> list[tuple[str, str]]:
+    """The element types of both operands of every dot in compiled HLO text."""
+    import re
+
+    types = dict(re.findall(r"%([\w.\-]+) = (\w+)\[", hlo))
+    dots = re.findall(r"= \w+\[[^\]]*\]\S* dot\(%([\w.\-]+), %([\w.\-]+)\)", hlo)
+    return [(types[a], types[b]) for a, b in dots]
+
+
+@pytest.mark.parametrize("shape", [(2, 7, 48), (10, 48)])
+def test_bfloat16_dense_product_matches_numpy_and_runs_bfloat16_products_on_cpu(shape):
+    """``dense_product`` on bfloat16 operands: the value and both gradients equal a float64 NumPy product of the
+    same bfloat16 numbers, rounded once to bfloat16 (tolerance: one bfloat16 rounding, 2**-8 relative, plus
+    float32 summation order). On CPU the compiled gradient multiplies bfloat16 operands only: the weight
+    gradient is not converted to float32 first (the 4-5x slower path ``bench/matmul_libs.py`` measures)."""
+    from clip_jax.models import layers as model_layers
+
+    rs = np.random.RandomState(0)
+    bf16 = jnp.bfloat16
+    x = jnp.asarray(rs.randn(*shape), bf16)
+    kernel = jnp.asarray(rs.randn(shape[-1], 80) * 0.1, bf16)
+    cotangent = jnp.asarray(rs.randn(*shape[:-1], 80), bf16)
+    x64, k64, c64 = (np.asarray(a.astype(jnp.float32), np.float64) for a in (x, kernel, cotangent))
+
+    def loss(x, kernel):
+        return jnp.sum(
+            model_layers.dense_product(x, kernel).astype(jnp.float32) * cotangent.astype(jnp.float32)
+        )
+
+    value = model_layers.dense_product(x, kernel)
+    grad_x, grad_kernel = jax.jit(jax.grad(loss, argnums=(0, 1)))(x, kernel)
+    assert value.dtype == grad_x.dtype == grad_kernel.dtype == bf16
+    flat_x, flat_c = x64.reshape(-1, shape[-1]), c64.reshape(-1, 80)
+    for ours, reference in (
+        (value, x64 @ k64),
+        (grad_x, c64 @ k64.T),
+        (grad_kernel, flat_x.T @ flat_c),
+    ):
+        scale = np.abs(reference).max()
+        np.testing.assert_allclose(
+            np.asarray(ours.astype(jnp.float32), np.float64), reference, rtol=2**-8, atol=scale * 1e-5
+        )
+    plain_grad_kernel = _with_fast_products(False, lambda: jax.jit(jax.grad(loss, argnums=1))(x, kernel))
+    np.testing.assert_allclose(  # the plain product's gradient agrees to the same tolerance
+        np.asarray(grad_kernel.astype(jnp.float32)),
+        np.asarray(plain_grad_kernel.astype(jnp.float32)),
+        rtol=2**-7,
+        atol=float(np.abs(flat_x.T @ flat_c).max()) * 1e-5,
+    )
+    if jax.default_backend() == "cpu":
+
+        def operand_types(fast: bool) -> list[tuple[str, str]]:
+            step = jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))
+            return _with_fast_products(
+                fast, lambda: _dot_operand_dtypes(step.lower(x, kernel).compile().as_text())
+            )
+
+        fast = operand_types(True)
+        assert len(fast) == 3  # forward, input gradient, weight gradient
+        assert all(types == ("bf16", "bf16") for types in fast), fast
+        assert ("f32", "f32") in operand_types(False)  # the plain product's weight gradient, converted
+
+
+def _with_fast_products(on: bool, compute):
+    """``compute()`` traced with :func:`dense_product`'s fast 16-bit path switched ``on`` or off."""
+    from clip_jax.models import layers as model_layers
+
+    model_layers.FAST_LOW_PRECISION_PRODUCTS = on
+    try:
+        return compute()
+    finally:
+        model_layers.FAST_LOW_PRECISION_PRODUCTS = True
+
+
+def test_float32_dense_product_is_the_plain_product():
+    from clip_jax.models.layers import dense_product
+
+    rs = np.random.RandomState(1)
+    x, kernel = rs.randn(3, 5, 16).astype(np.float32), rs.randn(16, 8).astype(np.float32)
+    np.testing.assert_allclose(
+        np.asarray(dense_product(jnp.asarray(x), jnp.asarray(kernel))), x @ kernel, rtol=1e-5, atol=1e-5
+    )

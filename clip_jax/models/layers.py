@@ -64,6 +64,85 @@ class TowerOutput:
     hidden_states: tuple[Array, ...] | None = None
 
 
+#: Whether :func:`dense_product` takes its float32-accumulating, CPU-layout path for 16-bit operands (off: the
+#: plain product); a switch so that ``bench/speed_changes.py`` can measure the step without it.
+FAST_LOW_PRECISION_PRODUCTS = True
+
+
+def _low_precision(*arrays: Array) -> bool:
+    return all(jnp.issubdtype(a.dtype, jnp.floating) and jnp.finfo(a.dtype).bits == 16 for a in arrays)
+
+
+def _product(a: Array, b: Array) -> Array:
+    """``a [m, k] @ b [k, n]`` with float32 accumulation, in ``a``'s dtype."""
+    return jnp.dot(a, b, preferred_element_type=jnp.float32).astype(a.dtype)
+
+
+def _rows_to_columns(a: Array) -> Array:
+    """``a.T`` for ``a [m, k]``, written so that XLA stores the transpose row-major instead of folding it into
+    the consumer's layout: a reshape that the transpose must physically feed."""
+    m, k = a.shape
+    block = next((b for b in (16, 8, 4, 2) if k % b == 0), 1)
+    return a.reshape(m, k // block, block).transpose(1, 2, 0).reshape(k, m)
+
+
+@jax.custom_vjp
+def _cpu_product(a: Array, b: Array) -> Array:
+    return _product(a, b)
+
+
+def _cpu_product_forward(a: Array, b: Array) -> tuple[Array, tuple[Array, Array]]:
+    return _product(a, b), (a, b)
+
+
+def _cpu_product_backward(saved: tuple[Array, Array], grad: Array) -> tuple[Array, Array]:
+    a, b = saved
+    grad = grad.astype(a.dtype)
+    grad_a = jax.lax.dot_general(grad, b, (((1,), (1,)), ((), ())), preferred_element_type=jnp.float32)
+    grad_b = _product(_rows_to_columns(a), grad)
+    return grad_a.astype(a.dtype), grad_b.astype(b.dtype)
+
+
+_cpu_product.defvjp(_cpu_product_forward, _cpu_product_backward)
+
+
+def dense_product(x: Array, kernel: Array) -> Array:
+    """``x [..., in] @ kernel [in, out]``: a dense map's matrix product.
+
+    In 16-bit floats (``model.dtype=bfloat16``) the product accumulates in float32 and returns ``x``'s dtype.
+    On CPU its gradient is written for XLA's fast bfloat16 kernels (AMX on recent Xeons): XLA's CPU
+    compiler runs a bfloat16 product only when both operands are stored row-major in the product's own
+    orientation, and otherwise converts them to float32 first, so the weight gradient ``x.T @ dy`` ran at
+    float32 speed, 4-5x slower than the forward product (``bench/matmul_libs.py --dtype bfloat16``). The
+    backward pass stores ``x.T`` row-major before multiplying. Values and gradients are those of the plain
+    product (same roundings). float32 operands take the plain product on every platform.
+    """
+    if not (_low_precision(x, kernel) and FAST_LOW_PRECISION_PRODUCTS):
+        return jnp.dot(x, kernel)
+    rows = x.reshape(-1, x.shape[-1])
+    product = jax.lax.platform_dependent(rows, kernel, cpu=_cpu_product, default=_product)
+    return product.reshape(*x.shape[:-1], kernel.shape[-1])
+
+
+def dense_dot_general(
+    lhs: Array, rhs: Array, dimension_numbers, precision=None, preferred_element_type=None, out_sharding=None
+) -> Array:
+    """``jax.lax.dot_general`` for ``nnx.Linear``: :func:`dense_product` for its 16-bit products."""
+    (lhs_contracting, rhs_contracting), batch = dimension_numbers
+    dense = tuple(lhs_contracting) == (lhs.ndim - 1,) and tuple(rhs_contracting) == (0,) and rhs.ndim == 2
+    plain = not any(batch) and precision is None and preferred_element_type is None and out_sharding is None
+    if dense and plain and _low_precision(lhs, rhs):
+        return dense_product(lhs, rhs)
+    return jax.lax.dot_general(
+        lhs,
+        rhs,
+        dimension_numbers,
+        precision=precision,
+        preferred_element_type=preferred_element_type,
+        out_sharding=out_sharding,
+    )
+
+
 class HeadsProjection(nnx.Module):
     """Dense map ``[..., embed] -> [..., heads, head_dim]`` (a query, key or value projection)."""
 
@@ -86,7 +165,8 @@ class HeadsProjection(nnx.Module):
         kernel, bias = self.kernel[...], self.bias[...]
         if self.dtype is not None:
             x, kernel, bias = x.astype(self.dtype), kernel.astype(self.dtype), bias.astype(self.dtype)
-        return jnp.einsum("...d,dhk->...hk", x, kernel) + bias
+        heads = dense_product(x, kernel.reshape(kernel.shape[0], -1))
+        return heads.reshape(*x.shape[:-1], *kernel.shape[1:]) + bias
 
 
 class HeadsMerge(nnx.Module):
@@ -111,14 +191,15 @@ class HeadsMerge(nnx.Module):
         kernel, bias = self.kernel[...], self.bias[...]
         if self.dtype is not None:
             x, kernel, bias = x.astype(self.dtype), kernel.astype(self.dtype), bias.astype(self.dtype)
-        return jnp.einsum("...hk,hkd->...d", x, kernel) + bias
+        merged = x.reshape(*x.shape[:-2], -1)
+        return dense_product(merged, kernel.reshape(-1, kernel.shape[-1])) + bias
 
 
 class Attention(nnx.Module):
     """Multi-head scaled dot-product self-attention with an optional boolean mask.
 
     ``mask`` is broadcastable to ``[batch, heads, query, key]``; True means "may attend".
-    Softmax runs in float32 whatever the compute dtype. ``in_init`` draws the query/key/value
+    Attention scores and softmax are float32 whatever the compute dtype. ``in_init`` draws the query/key/value
     kernels, ``out_init`` the output projection's.
     """
 
@@ -149,12 +230,13 @@ class Attention(nnx.Module):
         self, x: Array, mask: Array | None = None, *, deterministic: bool = True, rngs: nnx.Rngs | None = None
     ) -> Array:
         q, k, v = self.query(x), self.key(x), self.value(x)
-        scores = jnp.einsum("bqhk,bshk->bhqs", q, k).astype(jnp.float32) * self.scale
+        scores = jnp.einsum("bqhk,bshk->bhqs", q, k, preferred_element_type=jnp.float32) * self.scale
         if mask is not None:
             scores = jnp.where(mask, scores, jnp.finfo(jnp.float32).min)
         probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
         probs = self.dropout(probs, deterministic=deterministic, rngs=rngs)
-        return self.out(jnp.einsum("bhqs,bshk->bqhk", probs, v))
+        context = jnp.einsum("bhqs,bshk->bqhk", probs, v, preferred_element_type=jnp.float32)
+        return self.out(context.astype(v.dtype))
 
 
 class MLP(nnx.Module):
@@ -173,6 +255,7 @@ class MLP(nnx.Module):
         fc2_init: nnx.Initializer = DEFAULT_INIT,
     ):
         kwargs = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        kwargs["dot_general"] = dense_dot_general
         self.fc1 = nnx.Linear(embed_dim, hidden_dim, kernel_init=fc1_init, **kwargs)
         self.fc2 = nnx.Linear(hidden_dim, embed_dim, kernel_init=fc2_init, **kwargs)
         self.act = activation(act)
