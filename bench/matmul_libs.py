@@ -15,7 +15,9 @@ train step, where the same library runs product after product) after ``--pause``
 library's worker threads spin for a while after its last product and would slow the next library's); prints each library's median GFLOP/s, its spread
 (min..max of the per-call rates) and the ratio to XLA's. ``--dtype bfloat16`` multiplies bfloat16
 operands with float32 accumulation and output on XLA (``preferred_element_type``) and PyTorch's bfloat16
-matmul (NumPy has no bfloat16 and is left out).
+matmul (NumPy has no bfloat16 and is left out), and adds ``clip_jax``: the product as
+:func:`clip_jax.models.layers.dense_product` computes it, which differs from plain XLA in the weight gradient
+(``x.T`` stored row-major first, so that XLA's CPU compiler keeps the product in bfloat16).
 """
 
 from __future__ import annotations
@@ -94,7 +96,17 @@ def library_calls(shape: dict, a: np.ndarray, b: np.ndarray, dtype: str, inner: 
         "xla": lambda: xla(xa, xb).block_until_ready(),
         "pytorch": lambda: torch.matmul(ta, tb),
     }
-    if not low:
+    if low:  # clip_jax's weight gradient: x.T stored row-major first (``layers.dense_product``'s backward)
+        from clip_jax.models.layers import _rows_to_columns
+
+        if shape["kind"] == WEIGHT_GRADIENT:
+            laid_out = jax.jit(
+                lambda p, q: jnp.dot(_rows_to_columns(p), q, preferred_element_type=jnp.float32)
+            )
+            calls["clip_jax"] = lambda: laid_out(xa, xb).block_until_ready()
+        else:
+            calls["clip_jax"] = calls["xla"]
+    else:
         na = a.T if shape["kind"] == WEIGHT_GRADIENT else a
         nb = b.T if shape["kind"] == INPUT_GRADIENT else b
         calls["numpy"] = lambda: na @ nb

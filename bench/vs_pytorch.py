@@ -9,7 +9,10 @@ weights, AdamW, the symmetric contrastive loss, gradient clipping at 1.0, dropou
 ``--dtype bfloat16``, bfloat16 compute with float32 weights: clip_jax's ``model.dtype``, PyTorch's CPU
 autocast), the same batch shapes. Phase 1 in PyTorch sets ``requires_grad=False`` on both backbones (the usual way); phase 2
 trains everything. Per phase, one warm-up (compiling) step per side, then the two sides' timed steps
-alternate A B B A A B ... (``--steps`` each), so that the load of a shared machine hits both sides alike.
+alternate A B B A A B ... (``--steps`` each), so that the load of a shared machine hits both sides alike;
+each turn starts with ``--settle`` untimed steps of that side (a clip_jax phase-2 step right after a PyTorch
+step ran 1.4-1.6x slower than one after its own, while PyTorch's steps did not depend on what ran before,
+so timing every step charges the switch to clip_jax).
 Prints per side the median step time and its spread (min..max), the ratio of the medians
 PyTorch / clip_jax (> 1: clip_jax is faster), each side's MFU (``step_flops`` of ``bench/train_step.py``
 over the median step time, against the FLOP/s of a 2048² matmul in the compute dtype (16-bit operands
@@ -83,17 +86,21 @@ def torch_phase_steps(
     return {1: make(1), 2: make(2)}
 
 
-def alternate(sides: dict, steps: int, pause: float = 0.0) -> dict:
+def alternate(sides: dict, steps: int, pause: float = 0.0, settle: int = 0) -> dict:
     """Time ``steps`` calls of each zero-argument callable in ``sides``, alternating A B B A A B ...,
     after one warm-up call each; per side the times, their median and spread. ``pause``: seconds of
     idle, untimed, before each timed call, so that the previous side's spinning worker threads (OpenMP's,
-    Eigen's) have gone to sleep and do not compete with the next."""
+    Eigen's) have gone to sleep and do not compete with the next. ``settle``: untimed calls of a side at each
+    of its turns before its timed call, so that what the other side left behind (caches, memory) is not
+    charged to it."""
     names = list(sides)
     for name in names:
         block(sides[name]())
     times: dict = {name: [] for name in names}
     for r in range(steps):
         for name in names if r % 2 == 0 else names[::-1]:
+            for _ in range(settle):
+                block(sides[name]())
             time.sleep(pause)
             start = time.perf_counter()
             block(sides[name]())
@@ -109,6 +116,12 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--tokens", type=int, default=64)
     parser.add_argument("--steps", type=int, default=4, help="timed steps per side and phase (alternating)")
+    parser.add_argument(
+        "--settle",
+        type=int,
+        default=1,
+        help="untimed steps at the start of each side's turn (0: time every step, the method before 2026-11-27)",
+    )
     parser.add_argument(
         "--dtype",
         default="float32",
@@ -157,7 +170,9 @@ def main() -> None:
     for phase in (1, 2):
         jax_step = phase_step(model, mesh, data, phase)
         load[phase] = {"start": loadavg()}
-        timed = alternate({"clip_jax": jax_step, "pytorch": torch_steps[phase]}, args.steps)
+        timed = alternate(
+            {"clip_jax": jax_step, "pytorch": torch_steps[phase]}, args.steps, settle=args.settle
+        )
         load[phase]["end"] = loadavg()
         peaks.append(matmul_peak(peak_dtype, n=peak_n))
         for side, out in (("clip_jax", ours), ("pytorch", theirs)):
@@ -183,7 +198,7 @@ def main() -> None:
     result = {
         "machine": machine(),
         "args": vars(args),
-        "order": "alternating A B B A per phase",
+        "order": f"alternating A B B A per phase, {args.settle} untimed step(s) at the start of each turn",
         "matmul_peak_tflops": peak / 1e12,
         "matmul_peak_samples_tflops": [p / 1e12 for p in peaks],
         "load_average": load,
