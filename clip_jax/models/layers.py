@@ -115,7 +115,8 @@ def dense_product(x: Array, kernel: Array) -> Array:
     orientation, and otherwise converts them to float32 first, so the weight gradient ``x.T @ dy`` ran at
     float32 speed, 4-5x slower than the forward product (``bench/matmul_libs.py --dtype bfloat16``). The
     backward pass stores ``x.T`` row-major before multiplying. Values and gradients are those of the plain
-    product (same roundings). float32 operands take the plain product on every platform.
+    product up to float32 summation order (each is rounded once to the compute dtype). float32 operands take
+    the plain product on every platform.
     """
     if not (_low_precision(x, kernel) and FAST_LOW_PRECISION_PRODUCTS):
         return jnp.dot(x, kernel)
