@@ -26,7 +26,9 @@ def jax_cache(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("jax_compilation_cache")
 
 
-def run_smoke(script: str, tmp_path: Path, name: str, cache: Path, timeout: int = 300) -> dict:
+def run_smoke(
+    script: str, tmp_path: Path, name: str, cache: Path, timeout: int = 300, args: tuple[str, ...] = ()
+) -> dict:
     env = dict(
         os.environ,
         HF_HUB_OFFLINE="1",
@@ -36,7 +38,7 @@ def run_smoke(script: str, tmp_path: Path, name: str, cache: Path, timeout: int 
     env.pop("XLA_FLAGS", None)  # the tests' 8 fake devices are not the scripts' default
     before = recorded_results()
     proc = subprocess.run(
-        [sys.executable, f"bench/{script}", "--smoke", "--out", str(tmp_path)],
+        [sys.executable, f"bench/{script}", "--smoke", "--out", str(tmp_path), *args],
         cwd=ROOT,
         env=env,
         capture_output=True,
@@ -89,8 +91,11 @@ def test_input_pipeline_smoke(tmp_path, jax_cache):
     assert any(run["worker_processes"] > 0 for run in result["runs"])  # the worker-process path ran too
 
 
-def test_vs_pytorch_smoke(tmp_path, jax_cache):
-    result = run_smoke("vs_pytorch.py", tmp_path, "vs_pytorch_cpu", jax_cache)
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_vs_pytorch_smoke(tmp_path, jax_cache, dtype):
+    name = "vs_pytorch_cpu" if dtype == "float32" else f"vs_pytorch_cpu_{dtype}"
+    result = run_smoke("vs_pytorch.py", tmp_path, name, jax_cache, args=("--dtype", dtype))
+    assert result["args"]["dtype"] == dtype and result["args"]["settle"] == 1
     check_phases(result["clip_jax"])
     check_phases(result["pytorch"])
     assert all(ratio > 0 for ratio in result["pytorch_over_clip_jax"].values())
@@ -102,10 +107,13 @@ def test_vs_pytorch_smoke(tmp_path, jax_cache):
 
 def test_speed_changes_smoke(tmp_path, jax_cache):
     result = run_smoke("speed_changes.py", tmp_path, "speed_changes_cpu", jax_cache)
-    for phase in ("1", "2"):
-        entry = result["changes"]["residual_fence"][phase]
-        assert entry["before"]["step_s"] > 0 and entry["after"]["step_s"] > 0
-        assert entry["before_over_after"] > 0 and entry["load_start"]
+    dtypes = {name: change["dtype"] for name, change in result["changes"].items()}
+    assert dtypes == {"residual_fence": "float32", "bfloat16_products": "bfloat16"}
+    for change in result["changes"].values():
+        for phase in ("1", "2"):
+            entry = change[phase]
+            assert entry["before"]["step_s"] > 0 and entry["after"]["step_s"] > 0
+            assert entry["before_over_after"] > 0 and entry["load_start"]
 
 
 def test_vs_legacy_flax_smoke(tmp_path, jax_cache):
@@ -152,12 +160,18 @@ def test_grad_cache_smoke(tmp_path, jax_cache):
     assert set(result["time"]) == {"0", "4"} and all(t["step_s"] > 0 for t in result["time"].values())
 
 
-def test_matmul_libs_smoke(tmp_path, jax_cache):
-    result = run_smoke("matmul_libs.py", tmp_path, "matmul_libs_cpu_float32", jax_cache)
+@pytest.mark.parametrize(
+    ("dtype", "libraries"),
+    [("float32", {"xla", "pytorch", "numpy"}), ("bfloat16", {"xla", "pytorch", "clip_jax"})],
+)
+def test_matmul_libs_smoke(tmp_path, jax_cache, dtype, libraries):
+    result = run_smoke(
+        "matmul_libs.py", tmp_path, f"matmul_libs_cpu_{dtype}", jax_cache, args=("--dtype", dtype)
+    )
     kinds = [row["kind"] for row in result["shapes"]]
     assert kinds == ["x @ W", "dy @ W.T", "x.T @ dy"]  # one dense map's three products
     for row in result["shapes"]:
-        for library in ("xla", "pytorch", "numpy"):
+        for library in libraries:
             assert row[library]["min_gflops"] <= row[library]["gflops"] <= row[library]["max_gflops"]
         assert row["xla"]["over_xla"] == 1.0
-    assert set(result["step_weighted_gflops"]) == {"xla", "pytorch", "numpy"}
+    assert set(result["step_weighted_gflops"]) == libraries
