@@ -1,6 +1,7 @@
 """Train-step throughput of a full-size dual encoder in phase 1 (projections only) and phase 2 (all).
 
     python bench/train_step.py --vision B/32 --batch 16 --tokens 64 --steps 3
+    python bench/train_step.py --vision B/32 --batch 16 --tokens 64 --steps 4 --compare_dtypes float32,bfloat16
     python bench/train_step.py --smoke   # tiny towers, a few seconds, result in a temporary folder
 
 Random weights with the real architectures (ViT-B/32 or B/16 at 224 px + BERT-base), AdamW, the
@@ -241,6 +242,39 @@ def measure(
     return result
 
 
+def compare_dtypes(
+    vision: str | dict, batch: int, tokens: int, steps: int, dtypes: list[str], text: dict = BERT_BASE
+) -> dict:
+    """Each phase's step in each of ``dtypes`` (``model.dtype``), the dtypes' timed steps alternating
+    A B B A ... after one warm-up step each: medians, spreads and each dtype's speed-up over the first."""
+    from bench.vs_pytorch import alternate
+
+    vision_config = VISION[vision] if isinstance(vision, str) else dict(vision)
+    mesh = make_mesh({"data": -1})
+    data = fake_batch(batch, tokens, vision_config.get("image_size", 224), text.get("vocab_size", 32102))
+    data = jax.device_put(data, batch_sharding(mesh))
+    models = {dtype: make_model(vision_config, text, dtype) for dtype in dtypes}
+    result = {"phases": {}}
+    for phase in (1, 2):
+        load_start = loadavg()
+        timed = alternate({dtype: phase_step(models[dtype], mesh, data, phase) for dtype in dtypes}, steps)
+        entry = {**timed, "load_start": load_start, "load_end": loadavg()}
+        for dtype in dtypes:
+            entry[dtype]["speedup_over_" + dtypes[0]] = timed[dtypes[0]]["step_s"] / timed[dtype]["step_s"]
+        result["phases"][phase] = entry
+        print(
+            f"phase {phase}: "
+            + ", ".join(
+                f"{d} {timed[d]['step_s']:.2f}s ({timed[d]['min_s']:.2f}..{timed[d]['max_s']:.2f})"
+                for d in dtypes
+            )
+            + f"; {dtypes[0]} / {dtypes[-1]} {entry[dtypes[-1]]['speedup_over_' + dtypes[0]]:.2f}x, load "
+            f"{entry['load_start']} -> {entry['load_end']}",
+            flush=True,
+        )
+    return result
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--vision", default="B/32", choices=sorted(VISION))
@@ -248,6 +282,11 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=64)
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    parser.add_argument(
+        "--compare_dtypes",
+        default=None,
+        help="e.g. float32,bfloat16: time the dtypes' steps alternating instead (result train_step_cpu_dtypes)",
+    )
     parser.add_argument("--name", default="train_step_cpu")
     parser.add_argument(
         "--smoke",
@@ -259,6 +298,13 @@ def main() -> None:
     if args.smoke:
         apply_smoke(args)
     result = {"machine": machine(), "args": vars(args)}
+    if args.compare_dtypes:
+        dtypes = args.compare_dtypes.split(",")
+        vision, text = (TINY_VISION, TINY_TEXT) if args.smoke else (args.vision, BERT_BASE)
+        result.update(compare_dtypes(vision, args.batch, args.tokens, args.steps, dtypes, text=text))
+        name = args.name if args.name != "train_step_cpu" else "train_step_cpu_dtypes"
+        write_result(name, result, args.out)
+        return
     if args.smoke:
         result.update(measure(TINY_VISION, args.batch, args.tokens, args.steps, args.dtype, text=TINY_TEXT))
     else:

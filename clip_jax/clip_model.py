@@ -582,6 +582,16 @@ class CLIPModel:
             yield preprocess_images(items, self.image_processor)
             seen += len(chunk)
 
+    def _embed_pixels(self, fn: Callable, state: Any, images: Images, batch_size: int) -> np.ndarray:
+        """``fn(state, pixels)`` over ``images`` in bucketed batches split over the mesh, rows concatenated."""
+        return embed_rows(
+            lambda pixels: fn(state, pixels),
+            ([pixels] for pixels in self.pixel_batches(images, batch_size)),
+            batch_size=batch_size,
+            mesh=self.mesh,
+            bucket=True,
+        )
+
     def encode_image(self, images: Images, *, batch_size: int = 64, normalize: bool = True) -> np.ndarray:
         """Image embeddings ``[N, projection_dim]`` float32, L2-normalised unless ``normalize=False``.
 
@@ -593,13 +603,7 @@ class CLIPModel:
         """
         state = self._put_state(nnx.state(self.module))
         fn = self._compiled("image", normalize)
-        out = embed_rows(
-            lambda pixels: fn(state, pixels),
-            ([pixels] for pixels in self.pixel_batches(images, batch_size)),
-            batch_size=batch_size,
-            mesh=self.mesh,
-            bucket=True,
-        )
+        out = self._embed_pixels(fn, state, images, batch_size)
         return out if len(out) else np.zeros((0, self.module.projection_dim), np.float32)
 
     def encode_image_layers(self, images: Images, *, batch_size: int = 64) -> np.ndarray:
@@ -614,14 +618,7 @@ class CLIPModel:
 
             self._jitted["layers"] = jax.jit(layers)
         fn, state = self._jitted["layers"], self._put_state(nnx.state(self.module.vision))
-        out = embed_rows(
-            lambda pixels: fn(state, pixels),
-            ([pixels] for pixels in self.pixel_batches(images, batch_size)),
-            batch_size=batch_size,
-            mesh=self.mesh,
-            bucket=True,
-        )
-        return out.transpose(1, 0, 2)
+        return self._embed_pixels(fn, state, images, batch_size).transpose(1, 0, 2)
 
     def tokenize(self, texts: Texts, *, fixed_length: bool = False) -> dict[str, np.ndarray]:
         """Token ids and attention mask (int32), truncated to ``max_length`` and padded to a

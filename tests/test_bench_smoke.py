@@ -76,6 +76,21 @@ def test_train_step_smoke(tmp_path, jax_cache):
     assert result["phase2_over_phase1_step_time"] > 0
 
 
+def test_train_step_compare_dtypes_smoke(tmp_path, jax_cache):
+    result = run_smoke(
+        "train_step.py",
+        tmp_path,
+        "train_step_cpu_dtypes",
+        jax_cache,
+        args=("--compare_dtypes", "float32,bfloat16"),
+    )
+    for phase in ("1", "2"):
+        entry = result["phases"][phase]
+        assert entry["float32"]["speedup_over_float32"] == 1.0
+        assert entry["bfloat16"]["step_s"] > 0 and entry["bfloat16"]["speedup_over_float32"] > 0
+        assert len(entry["bfloat16"]["times"]) == len(entry["float32"]["times"]) == 2
+
+
 def test_loss_memory_smoke(tmp_path, jax_cache):
     result = run_smoke("loss_memory.py", tmp_path, "loss_memory", jax_cache)
     assert result["devices"] == 8
