@@ -22,6 +22,7 @@ from collections.abc import Callable, Sequence
 COMMANDS = {
     "train": "train a dual encoder (a recipe by name or a config file; resumes in its workdir)",
     "eval": "zero-shot classification, retrieval or embedding maps of workdirs, exports or hub ids",
+    "plan": "compile a recipe for a TPU slice (no TPU needed): memory per chip, fit, FLOPs, collectives",
     "export": "write a checkpoint in the Hugging Face format (and push it to the hub)",
     "to-webdataset": "convert an image-caption listing to WebDataset tar shards",
 }
@@ -190,6 +191,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from clip_jax.evaluate.cli import main as eval_main
 
         return run_guarded(lambda: eval_main(rest), debug=debug)
+    if command == "plan":
+        from clip_jax.plan.cli import main as plan_main
+
+        return run_guarded(lambda: plan_main(rest), debug=debug)
     if command == "export":
         from clip_jax.export import main as export_main
 

@@ -52,9 +52,21 @@ def make_mesh(axes: Mapping[str, int], devices: Sequence[jax.Device] | None = No
         )
     try:
         device_array = jax.experimental.mesh_utils.create_device_mesh(sizes, devices)
-    except Exception:  # CPU and unusual topologies: plain order is fine
-        device_array = np.array(devices).reshape(sizes)
+    except Exception as error:
+        if devices[0].platform != "cpu":  # on an accelerator, a plain reshape would ignore the interconnect
+            raise MeshError(
+                f"Mesh {dict(zip(names, sizes))} cannot be laid out on the {len(devices)} "
+                f"{devices[0].device_kind} devices' physical topology ({error}) — choose axis sizes that "
+                f"follow the slice's shape (e.g. {{'data': -1, 'fsdp': 1}}); on TPU v4/v5p, count chips "
+                f"(megacore), not TensorCores"
+            ) from None
+        device_array = np.array(devices).reshape(sizes)  # CPU: no interconnect, plain order is fine
     return Mesh(device_array, tuple(names))
+
+
+def process_count_of(mesh: Mesh) -> int:
+    """How many processes (hosts) own the devices of ``mesh``: the target's, also for a compile-only mesh."""
+    return len({d.process_index for d in mesh.devices.flat})
 
 
 def batch_axes(mesh: Mesh) -> tuple[str, ...]:
@@ -77,9 +89,10 @@ def batch_sharding(mesh: Mesh) -> NamedSharding:
 
 
 def check_batch_size(global_batch: int, mesh: Mesh, process_count: int | None = None) -> None:
-    """Raise :class:`MeshError` unless the batch splits evenly over devices and processes."""
+    """Raise :class:`MeshError` unless the batch splits evenly over devices and processes (default: the
+    processes that own ``mesh``'s devices, so a compile-only mesh of a pod is checked for the pod)."""
     n = data_parallel_size(mesh)
-    process_count = process_count or jax.process_count()
+    process_count = process_count or process_count_of(mesh)
     if global_batch % n or global_batch % process_count:
         lower, upper = (global_batch // n) * n, (global_batch // n + 1) * n
         raise MeshError(

@@ -81,15 +81,25 @@ def phase_optimizer(
 
 
 @dataclasses.dataclass
-class PhaseState:
-    """What running a phase needs: the placed state, its jitted step, the graph, the optimizer's schedules,
-    and the state's shardings (``abstract`` with ``sharding``: the restore target of a checkpoint)."""
+class PhaseProgram:
+    """A phase's program, built without executing anything: its jitted step, the graph, the optimizer's
+    schedules, the state's shapes and shardings (``abstract``: ``ShapeDtypeStruct`` leaves with
+    ``sharding``, also the restore target of a checkpoint), the batch it takes (``batch``, likewise), and
+    ``init``: a jitted ``(params, frozen) -> TrainState`` that places a fresh state on the mesh."""
 
-    state: TrainState
     step_fn: Callable[[TrainState, dict], tuple[TrainState, dict]]
     graphdef: nnx.GraphDef
     schedules: dict
     abstract: TrainState
+    batch: dict[str, jax.ShapeDtypeStruct]
+    init: Callable[[nnx.State, nnx.State], TrainState]
+
+
+@dataclasses.dataclass
+class PhaseState(PhaseProgram):
+    """A :class:`PhaseProgram` with its state placed on the mesh (what the training loop runs)."""
+
+    state: TrainState | None = None
 
 
 def state_sharding(config: ConfigDict, mesh: Mesh, abstract: TrainState) -> TrainState:
@@ -105,18 +115,20 @@ def state_sharding(config: ConfigDict, mesh: Mesh, abstract: TrainState) -> Trai
     )
 
 
-def create_train_state(
+def phase_program(
     config: ConfigDict, module: nnx.Module, phase: Phase, mesh: Mesh, *, step: int = 0, rng: Any = None
-) -> PhaseState:
-    """Split ``module`` for ``phase``, build its optimizer and jitted step, and place the state on ``mesh``
-    (``step``: the global step it starts at; ``rng``: carried over from the previous phase)."""
+) -> PhaseProgram:
+    """``phase``'s program for ``module`` on ``mesh`` (``step``: the global step it starts at; ``rng``: carried
+    over from the previous phase). ``module`` may be abstract (``nnx.eval_shape``) and ``mesh`` made of
+    compile-only devices (``jax.experimental.topologies``): nothing is computed or placed, so the step can be
+    compiled ahead of time for a TPU slice with ``step_fn.trace(abstract, batch).lower(...)``."""
     graphdef, params, frozen = split_trainable(module, phase.trainable)
     if not jax.tree.leaves(params):
         raise ValueError(f"Phase {phase.name!r}: trainable regex {phase.trainable!r} matches no parameter.")
     if phase.cache_features:
         feature_cache.check_cacheable(phase.name, params)
     tx, schedules = phase_optimizer(config, phase, params)
-    rng = initial_rng(config.train.seed) if rng is None else rng
+    seed = config.train.seed
 
     def make_state(params, frozen):
         return TrainState(
@@ -124,19 +136,45 @@ def create_train_state(
             params=params,
             frozen=frozen,
             opt_state=tx.init(params),
-            rng=rng,
+            rng=initial_rng(seed) if rng is None else rng,
         )
 
-    abstract = jax.eval_shape(make_state, params, frozen)
-    sharding = state_sharding(config, mesh, abstract)
-    state = jax.jit(make_state, out_shardings=sharding)(params, frozen)
+    shapes = jax.eval_shape(make_state, params, frozen)
+    sharding = state_sharding(config, mesh, shapes)
     step_fn = jit_train_step(
         make_phase_step(config, graphdef, tx, mesh, phase), sharding, batch_sharding(mesh), mesh
     )
-    abstract = jax.tree.map(
-        lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, sharding
-    )
-    return PhaseState(state, step_fn, graphdef, schedules, abstract)
+    abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), shapes, sharding)
+    init = jax.jit(make_state, out_shardings=sharding)
+    return PhaseProgram(step_fn, graphdef, schedules, abstract, batch_shapes(config, module, phase, mesh), init)
+
+
+def create_train_state(
+    config: ConfigDict, module: nnx.Module, phase: Phase, mesh: Mesh, *, step: int = 0, rng: Any = None
+) -> PhaseState:
+    """:func:`phase_program` with the state of ``module``'s parameters placed on ``mesh``."""
+    program = phase_program(config, module, phase, mesh, step=step, rng=rng)
+    _, params, frozen = split_trainable(module, phase.trainable)
+    state = program.init(params, frozen)
+    return PhaseState(**{f.name: getattr(program, f.name) for f in dataclasses.fields(program)}, state=state)
+
+
+def batch_shapes(config: ConfigDict, module: nnx.Module, phase: Phase, mesh: Mesh) -> dict[str, Any]:
+    """The global batch ``phase``'s step takes, as batch-sharded ``ShapeDtypeStruct`` leaves: pixels and
+    tokens, cached pooled features, or (distillation) tokens and the teacher's embeddings."""
+    rows, sharded = config.train.batch_size, batch_sharding(mesh)
+    spec = lambda shape, dtype: jax.ShapeDtypeStruct((rows, *shape), dtype, sharding=sharded)
+    length = min(int(config.model.max_length), int(module.text.config.max_length))
+    tokens = {"input_ids": spec((length,), jnp.int32), "attention_mask": spec((length,), jnp.int32)}
+    if config.train.objective == "distill":
+        return {**tokens, "target": spec((module.text_projection.kernel.shape[1],), jnp.float32)}
+    if phase.cache_features:
+        return {
+            "image_features": spec((module.vision.config.hidden_size,), jnp.float32),
+            "text_features": spec((module.text.config.hidden_size,), jnp.float32),
+        }
+    size = int(module.vision.config.image_size)
+    return {"pixel_values": spec((size, size, 3), jnp.float32), **tokens}
 
 
 def make_phase_step(

@@ -116,6 +116,35 @@ def read_config(directory: Path) -> dict[str, Any]:
         raise CheckpointError(f"{path} is not valid JSON: {error}.") from error
 
 
+#: Architectures (``config.json`` sizes, no weights) of the hub ids the shipped recipes name, for planning offline.
+SHIPPED_ARCHITECTURES = Path(__file__).parent / "architectures"
+
+
+def read_architecture(path_or_id: str | os.PathLike) -> tuple[dict[str, Any], str]:
+    """A checkpoint's ``config.json`` without reading (or downloading) any weights, and where it came from:
+    a local directory, the Hugging Face cache, or the architectures shipped for the recipes' hub ids."""
+    text = str(path_or_id)
+    path = Path(text).expanduser()
+    if path.is_dir():
+        return read_config(path), str(path / "config.json")
+    shipped = SHIPPED_ARCHITECTURES / (text.replace("/", "--") + ".json")
+    if "/" in text and not text.startswith((".", "/", "~")):
+        import huggingface_hub
+
+        cached = huggingface_hub.try_to_load_from_cache(text, "config.json")
+        if isinstance(cached, str):
+            return read_config(Path(cached).parent), f"the Hugging Face cache ({cached})"
+        if shipped.is_file():
+            raw = json.loads(shipped.read_text())
+            return {k: v for k, v in raw.items() if not k.startswith("_")}, f"clip_jax's copy ({shipped.name})"
+    known = sorted(p.stem.replace("--", "/") for p in SHIPPED_ARCHITECTURES.glob("*.json"))
+    raise CheckpointError(
+        f"the architecture of {text} is not known offline: it is no local directory, not in the Hugging Face "
+        f"cache, and not one of the architectures clip_jax ships ({', '.join(known)}) — download its "
+        f"config.json once (huggingface-cli download {text} config.json) or pass a local directory"
+    )
+
+
 def weight_format(directory: Path) -> str:
     """Which weight file a directory holds, in order of preference."""
     for name in WEIGHT_FILES:

@@ -1,0 +1,66 @@
+"""The scale table of docs/benchmarks.md: `clip-jax plan` rows for recipes x topologies x batches x meshes x
+dtypes, each compiled in its own process (one JSON line per compiled step appended to --out).
+
+    python bench/plan_scale.py --out bench/results/plan_scale.jsonl            # every row (hours on 2 cores)
+    python bench/plan_scale.py --rows 0,3 --out /tmp/rows.jsonl                # some of them
+
+Each row is `python -m clip_jax.plan --json` with the row's overrides; a row that fails or runs past
+--timeout is recorded with its error. Nothing here is timed but the compiles.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+LARGE = ["--config.model.vision=openai/clip-vit-large-patch14-336", "--config.model.text=FacebookAI/xlm-roberta-large",
+         "--config.model.projection_dim=768", "--config.model.max_length=64"]  # fmt: skip
+#: (name, recipe args, topology, phases, overrides)
+ROWS = [
+    ("clip_italian", [], "v5e:16x16", "warmup", ["--config.train.batch_size=32768"]),
+    ("clip_italian", [], "v5e:16x16", "warmup", ["--config.train.batch_size=32768", "--config.model.dtype=bfloat16"]),
+    ("clip_italian", [], "v5e:16x16", "finetune", ["--config.train.batch_size=32768", "--config.model.dtype=bfloat16"]),
+    ("clip_italian", [], "v5e:16x16", "finetune",
+     ["--config.train.batch_size=32768", "--config.model.dtype=bfloat16", "--config.mesh.axes.data=1",
+      "--config.mesh.axes.fsdp=256"]),
+    ("clip_italian", [], "v4:2x2x4", "warmup", ["--config.train.batch_size=4096"]),
+    ("clip_italian", [], "v4:2x2x4", "finetune", ["--config.train.batch_size=4096", "--config.model.dtype=bfloat16"]),
+    ("clip_italian", [], "v5p:4x4x4", "finetune",
+     ["--config.train.batch_size=131072", "--config.model.dtype=bfloat16", "--config.train.micro_batch_size=8192"]),
+    ("vit_l14_xlmr_large", LARGE, "v5p:4x4x4", "finetune",
+     ["--config.train.batch_size=32768", "--config.model.dtype=bfloat16", "--config.train.micro_batch_size=4096"]),
+]  # fmt: skip
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--rows", default="", help="comma-separated row indices (default: all)")
+    parser.add_argument("--timeout", type=float, default=3600)
+    args = parser.parse_args()
+    picked = [int(i) for i in args.rows.split(",") if i] or range(len(ROWS))
+    env = dict(os.environ, HF_HUB_OFFLINE="1", ALLOW_MULTIPLE_LIBTPU_LOAD="1")
+    for index in picked:
+        name, recipe, topology, phases, overrides = ROWS[index]
+        command = [sys.executable, "-m", "clip_jax.plan", "--config", "clip_italian", "--topology", topology,
+                   "--phases", phases, "--json", *recipe, *overrides]  # fmt: skip
+        start = time.time()
+        try:
+            done = subprocess.run(command, capture_output=True, text=True, timeout=args.timeout, env=env)
+            lines = [json.loads(x) for x in done.stdout.splitlines() if x.startswith("{")]
+            error = None if done.returncode == 0 else done.stderr.strip().splitlines()[-2:]
+        except subprocess.TimeoutExpired:
+            lines, error = [], f"compile ran past {args.timeout:.0f} s"
+        with open(args.out, "a") as out:
+            for line in lines or [{}]:
+                record = {"row": index, "name": name, "overrides": recipe + overrides, "wall_s": time.time() - start}
+                out.write(json.dumps({**record, **line, **({"error": error} if error else {})}) + "\n")
+        print(f"row {index} ({name} {topology} {phases}): {'error ' + str(error) if error else 'done'}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
