@@ -68,6 +68,12 @@ class Target:
     def hosts(self) -> int:
         return len({d.process_index for d in self.devices})
 
+    def with_memory(self, hbm_bytes: int) -> Target:
+        """The same target planned against ``hbm_bytes`` per chip (headroom, or a smaller chip's budget)."""
+        if self.chip is None:
+            raise TopologyError(f"--hbm_gib needs a TPU topology; {self.name} has no device memory limit")
+        return dataclasses.replace(self, chip=dataclasses.replace(self.chip, hbm_bytes=hbm_bytes))
+
 
 def target(name: str) -> Target:
     """``v5e:16x16``, ``v4:2x2x2`` (chips; megacore), ``v5p:4x4x4``, ``v6e:8x8`` (what

@@ -31,6 +31,8 @@ def _flags(argv: Sequence[str]):
     flags.DEFINE_string("phases", "", "Comma-separated steps to compile (phase names, eval); default all.",
                         flag_values=values)  # fmt: skip
     flags.DEFINE_bool("json", False, "Print one JSON object per step instead of the table.", flag_values=values)
+    flags.DEFINE_float("hbm_gib", 0.0, "Plan for this much memory per chip instead of the chip's HBM (0: all).",
+                       flag_values=values)  # fmt: skip
     flags.DEFINE_bool("search", True, "When a step does not fit, find the first change that does.",
                       flag_values=values)  # fmt: skip
     return values
@@ -62,7 +64,10 @@ def main(argv: Sequence[str]) -> list[dict]:
 
     steps = [s for s in values.phases.split(",") if s] or None
     log = (lambda text: print(text, file=sys.stderr)) if values.json else print
-    plans = plan(values.config, target(values.topology), steps=steps, search=values.search, log=log)
+    where = target(values.topology)
+    if values.hbm_gib:
+        where = where.with_memory(int(values.hbm_gib * 2**30))
+    plans = plan(values.config, where, steps=steps, search=values.search, log=log)
     rows = [p.as_dict() for p in plans]
     if values.json:
         for row in rows:

@@ -1,0 +1,181 @@
+"""`clip-jax plan` and the abstract train state: every step compiles for TPU topologies (libtpu's compile-only
+devices), the reported numbers agree with independent counts, and the abstract state is the placed one's."""
+
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+from train_helpers import REPO, subprocess_env, tiny_config
+
+from clip_jax.config import HEAD, override, phase
+from clip_jax.plan import plan, target
+from clip_jax.plan.hlo import summarize
+from clip_jax.sharding import MeshError, make_mesh
+from clip_jax.train.model import build_model
+from clip_jax.train.phase import create_train_state, phase_program, phases_of
+
+os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
+libtpu = pytest.importorskip("libtpu", reason="the [tpu] extra (libtpu) compiles for TPU topologies")
+
+
+def _plans(config, topology, steps=None, **kw):
+    return {p.step: p for p in plan(config, target(topology), steps=steps, log=lambda _: None, **kw)}
+
+
+def _check(p, chips):
+    assert p.chips == chips and p.fits is True
+    assert p.memory["total"] > 0 and p.memory["argument"] > 0
+    # the compiled program's matrix products against the analytic count (independent: shapes and the formula)
+    assert p.flops_xla == pytest.approx(p.flops_analytic, rel=0.1), (p.step, p.flops_xla, p.flops_analytic)
+    assert 0 < p.bound_seconds["step"] == max(p.bound_seconds[k] for k in ("compute", "memory", "collective"))
+
+
+@pytest.mark.parametrize("loss", ["softmax", "sigmoid"])
+def test_both_phases_and_eval_compile_for_a_v5e_slice(tmp_path, loss):
+    config = tiny_config(tmp_path, **{"loss.kind": loss, "train.batch_size": 32})
+    plans = _plans(config, "v5e:2x2")
+    assert list(plans) == ["warmup", "finetune", "eval"]
+    for p in plans.values():
+        _check(p, 4)
+    warm, fine = plans["warmup"], plans["finetune"]
+    assert warm.mesh == {"data": 4, "fsdp": 1} and warm.per_chip_batch == 8
+    # phase 1 trains the head only: no tower gradients, so far fewer FLOPs and less memory than phase 2
+    assert warm.flops_analytic < fine.flops_analytic / 2 and warm.memory["total"] < fine.memory["total"]
+    assert "all-reduce" in fine.collectives  # data parallel: gradients are reduced over the chips
+
+
+def test_micro_batches_remat_and_bfloat16_compile_and_change_what_they_should(tmp_path):
+    def finetune(**changes):
+        return _plans(tiny_config(tmp_path, **{"train.batch_size": 512, **changes}), "v5e:2x2", ["finetune"])[
+            "finetune"
+        ]
+
+    plain, micro = finetune(), finetune(**{"train.micro_batch_size": 64})
+    remat, bf16 = finetune(**{"model.remat": True}), finetune(**{"model.dtype": "bfloat16"})
+    assert micro.micro_batch == 64
+    # gradient caching runs the towers' forward twice: the compiled products grow by about one forward pass,
+    # counted through the scans' trip counts (XLA's own cost_analysis counts each loop body once)
+    assert micro.flops_xla == pytest.approx(plain.flops_xla * 4 / 3, rel=0.08)
+    assert micro.flops_xla_loops_once < micro.flops_xla / 2
+    assert remat.flops_xla > plain.flops_xla * 1.15  # the recomputed forward
+    assert bf16.dtype == "bfloat16" and bf16.flops_xla == pytest.approx(plain.flops_xla, rel=0.05)
+
+
+def test_cached_feature_and_distillation_steps_compile(tmp_path):
+    from transformers import CLIPConfig
+
+    features = tiny_config(tmp_path, **{"train.batch_size": 32})
+    features.phases.warmup = phase(3, HEAD, {"head": 1e-2}, cache_features=True)
+    step = _plans(features, "v5e:2x2", ["warmup"])["warmup"]
+    assert step.kind == "cached_features" and step.flops_xla == pytest.approx(step.flops_analytic, rel=0.1)
+
+    teacher = tmp_path / "teacher"  # a CLIP's config.json and nothing else: planning reads no weights
+    CLIPConfig(
+        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                           image_size=32, patch_size=8),
+        text_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                         vocab_size=99, max_position_embeddings=24),
+        projection_dim=16,
+    ).save_pretrained(teacher)  # fmt: skip
+    assert sorted(p.name for p in teacher.iterdir()) == ["config.json"]
+    distill = tiny_config(tmp_path, **{"train.objective": "distill", "train.batch_size": 32})
+    with distill.model.ignore_type():
+        distill.model.vision = str(teacher)
+    distill.phases.warmup = phase(3, r"text_projection\..*", {"head": 1e-2})
+    distill.phases.finetune = phase(3, r"(text|text_projection)\..*", {"head": 1e-3, "text": 1e-3})
+    plans = _plans(distill, "v5e:2x2", ["warmup", "finetune"])
+    for p in plans.values():
+        assert p.kind == "distill" and p.fits
+        assert p.flops_xla == pytest.approx(p.flops_analytic, rel=0.15)
+
+
+def test_a_phase_compiles_for_256_chips_and_fsdp_shards_the_state(tmp_path):
+    data = tiny_config(tmp_path, **{"train.batch_size": 512})
+    fsdp = tiny_config(tmp_path, **{"train.batch_size": 512})
+    fsdp.mesh.axes = {"data": 16, "fsdp": 16}
+    a = _plans(data, "v5e:16x16", ["finetune"])["finetune"]
+    b = _plans(fsdp, "v5e:16x16", ["finetune"])["finetune"]
+    assert a.chips == b.chips == 256 and a.hosts == 64  # v5e: 4 chips per compile-only host here
+    assert b.mesh == {"data": 16, "fsdp": 16}
+    assert b.memory["argument"] < a.memory["argument"] / 4  # parameters and Adam moments split 16 ways
+    assert "all-gather" in b.collectives and b.collectives["all-gather"]["count"] > a.collectives.get(
+        "all-gather", {"count": 0}
+    )["count"]
+
+
+def test_when_a_step_does_not_fit_plan_names_the_first_change_that_does(tmp_path):
+    config = tiny_config(tmp_path, **{"train.batch_size": 256})
+    full = _plans(config, "v5e:2x2", ["finetune"])["finetune"]
+    limit = full.memory["total"] - full.memory["temporary"] // 3  # a chip with too little memory for it
+    result = plan(config, target("v5e:2x2").with_memory(limit), steps=["finetune"], log=lambda _: None)[0]
+    assert result.fits is False
+    change = result.suggestion["change"]
+    assert list(change) == ["train.micro_batch_size"]  # the smallest change comes first
+    assert result.suggestion["memory"]["total"] <= 0.95 * limit
+    assert 256 % change["train.micro_batch_size"] == 0
+
+
+def test_hlo_summary_multiplies_loop_bodies_by_their_trip_counts():
+    devices = target("v5e:2x2").devices
+    mesh = Mesh(np.array(devices), ("data",))
+    w = jax.ShapeDtypeStruct((256, 128), jnp.float32, sharding=NamedSharding(mesh, P()))
+    x = jax.ShapeDtypeStruct((5, 64, 256), jnp.float32, sharding=NamedSharding(mesh, P(None, "data")))
+
+    def loss(w, x):
+        return jax.lax.scan(lambda c, xs: (c + jnp.tanh(xs @ w).sum(), None), 0.0, x)[0]
+
+    compiled = jax.jit(jax.grad(loss)).trace(w, x).lower(lowering_platforms=("tpu",)).compile()
+    summary = summarize(compiled.as_text(), 4)
+    rows = 64 // 4  # per device
+    assert summary.loops >= 1 and summary.unknown_trip_counts == 0
+    assert summary.matmul_flops == 5 * 2 * (2 * rows * 256 * 128)  # forward + weight gradient, 5 trips
+    assert summary.collectives["all-reduce"].bytes >= 256 * 128 * 4  # the weight gradient, reduced
+
+
+def test_abstract_program_equals_the_placed_state(tmp_path):
+    config = tiny_config(tmp_path)
+    mesh = make_mesh({"data": 4, "fsdp": 2})
+    model = build_model(config)
+    abstract = build_model(config, abstract=True)
+    for p in phases_of(config):
+        placed = create_train_state(config, model.module, p, mesh)
+        program = phase_program(config, abstract.module, p, mesh)
+        real = jax.tree.map(lambda a: (a.shape, a.dtype, a.sharding), placed.state)
+        shapes = jax.tree.map(lambda a: (a.shape, a.dtype, a.sharding), program.abstract)
+        assert jax.tree.structure(real) == jax.tree.structure(shapes) and real == shapes
+        assert program.batch["pixel_values"].shape == (config.train.batch_size, 32, 32, 3)
+
+
+def test_mesh_and_topology_errors_are_one_clear_line(tmp_path):
+    devices = target("v4:2x2x2").devices  # 8 chips (megacore): not TensorCores
+    assert len(devices) == 8 and devices[0].device_kind == "TPU v4"
+    with pytest.raises(MeshError, match="cannot be laid out"):
+        make_mesh({"data": 2, "fsdp": 2}, [devices[i] for i in (0, 3, 5, 6)])  # not a sub-slice
+    with pytest.raises(ValueError, match="unknown topology"):
+        target("v9:2x2")
+    with pytest.raises(MeshError, match="3 processes"):  # the target's hosts, not this process's
+        plan(tiny_config(tmp_path), target("v4:2x2x3"), log=lambda _: None)
+
+
+def test_the_command_prints_json_and_reads_recipe_architectures_offline(tmp_path):
+    env = dict(subprocess_env(), HF_HOME=str(tmp_path / "hf"))  # an empty cache: the shipped architectures
+    cmd = [sys.executable, "-m", "clip_jax.plan", "--config", "clip_italian", "--topology", "v5e:2x2",
+           "--phases", "eval", "--config.train.eval_batch_size=8", "--json"]  # fmt: skip
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    (row,) = [json.loads(line) for line in done.stdout.splitlines()]
+    assert row["step"] == "eval" and row["fits"] is True and row["global_batch"] == 8
+    assert row["memory"]["argument"] > 4 * 150e6 / 2  # ViT-B/32 + BERT-base float32 weights (~200M params)
+    missing = subprocess.run([*cmd[:4], "--config.model.text=someone/unknown-bert", "--topology", "v5e:2x2"],
+                             capture_output=True, text=True, env=env, cwd=REPO, timeout=300)  # fmt: skip
+    assert missing.returncode == 1
+    assert "error: the architecture of someone/unknown-bert is not known offline" in missing.stderr
+    no_topology = subprocess.run(cmd[:4], capture_output=True, text=True, env=env, cwd=REPO, timeout=300)
+    assert no_topology.returncode != 0 and "needs --topology" in no_topology.stderr
