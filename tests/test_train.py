@@ -316,7 +316,7 @@ def test_ctrl_c_saves_a_checkpoint_and_a_second_one_exits_at_once_even_during_a_
     ]  # (a KeyboardInterrupt during this compile once ended in a segfault, 139)
     assert "Ctrl-C: saving a checkpoint" in err
     saved = sorted(int(p.name) for p in (tmp_path / "once" / "checkpoints").iterdir() if p.name.isdigit())
-    assert saved[-1] > 3 and saved[-1] == max(losses(tmp_path / "once"))
+    assert saved[-1] >= 3 and saved[-1] == max(losses(tmp_path / "once"))  # no step is lost
     assert f"error: interrupted: saved a checkpoint at step {saved[-1]}" in err
     assert "Traceback" not in err
 
