@@ -86,8 +86,8 @@ def run_guarded(fn: Callable[[], object], *, debug: bool) -> int:
     try:
         fn()
         return 0
-    except KeyboardInterrupt:
-        print("error: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as stop:
+        print(f"error: interrupted{f': {stop}' if str(stop) else ''}", file=sys.stderr)
         return 130
     except SystemExit as stop:  # argparse / absl usage errors already printed their message
         return stop.code if isinstance(stop.code, int) else (0 if stop.code is None else 2)
@@ -235,6 +235,13 @@ def _define_train_flags(argv: Sequence[str] = ()):
     flags.DEFINE_string(
         "workdir", None, "Run directory (local or gs://); default runs/<config name>.", flag_values=values
     )
+    flags.DEFINE_integer(
+        "step",
+        None,
+        "Resume from this checkpoint instead of the latest (e.g. when the latest is damaged); the later "
+        "ones are moved to <workdir>/set_aside.",
+        flag_values=values,
+    )
     flags.DEFINE_bool(
         "print_config", False, "Print the resolved config (recipe + overrides) and exit.", flag_values=values
     )
@@ -360,7 +367,7 @@ def train_main(argv: Sequence[str]) -> dict | None:
 
     config_name = os.path.splitext(os.path.basename(config_file.partition(":")[0]))[0]
     workdir = FLAGS.workdir or os.path.join("runs", config_name)
-    summary = train(config, workdir)
+    summary = train(config, workdir, resume_step=FLAGS.step)
     import jax
 
     # The demo report reloads the checkpoint on one process; in a multi-process run orbax would wait for
@@ -377,6 +384,10 @@ def train_main(argv: Sequence[str]) -> dict | None:
         if skipped:
             print(f"  skipped examples: {skipped}")
         print(f"Checkpoints, TensorBoard logs and metrics.jsonl are in {workdir}.")
+    if summary.get("interrupted"):  # Ctrl-C: checkpointed, but the command did not finish (status 130)
+        raise KeyboardInterrupt(
+            f"saved a checkpoint at step {summary['step']} in {workdir} — run the same command to resume"
+        )
     return summary
 
 

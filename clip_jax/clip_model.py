@@ -23,6 +23,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 from PIL import Image
 
+from clip_jax import workdir as workdirs
 from clip_jax.data.preprocess import ImageProcessorConfig, preprocess_images
 from clip_jax.embedding import embed_rows, next_power_of_two
 from clip_jax.hub import (
@@ -399,6 +400,10 @@ class CLIPModel:
         ``model_type`` instead (transformers refuses it); ``require_transformers=True`` raises
         :class:`ExportError` for such a model. ``weights=False`` writes everything but the weights.
 
+        The directory is replaced whole and at once (written beside it, then renamed): a failure part-way leaves an
+        earlier model there as it was. It must be new, empty or an earlier saved model; a training workdir or a
+        directory of other files is refused (``ValueError``).
+
         ``card`` (a dict of :func:`clip_jax.hub.model_card`'s arguments: ``language``, ``results`` — eval.py's
         records —, ``datasets``, ``license``, ``training_config``, ``repo_id``, ...) also writes the model card,
         ``README.md``; ``base_models`` defaults to the hub ids this model was built from.
@@ -409,22 +414,25 @@ class CLIPModel:
                 "Cannot export in transformers' format: " + config["clip_jax"]["why_not_transformers"]
             )
         directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        (directory / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-        if weights:
-            module = self.module
-            key_map = dual_encoder_key_map(
-                architecture_of(module.vision).key_map, architecture_of(module.text).key_map
-            )
-            tensors = key_map.export(
-                {p: np.asarray(jax.device_get(v)) for p, v in flat_params(module).items()}
-            )
-            write_weights(tensors, directory, max_shard_size)
-        if self.tokenizer is not None:
-            save_tokenizer(self.tokenizer, directory, self.max_length)
-        self.image_processor.save_pretrained(directory)
-        if card is not None:
-            write_model_card(directory, **{"base_models": self.base_models, **card})
+        workdirs.check_replaceable(directory)
+        with workdirs.replace_directory(
+            directory
+        ) as new:  # the old directory stays until this one is complete
+            (new / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+            if weights:
+                module = self.module
+                key_map = dual_encoder_key_map(
+                    architecture_of(module.vision).key_map, architecture_of(module.text).key_map
+                )
+                tensors = key_map.export(
+                    {p: np.asarray(jax.device_get(v)) for p, v in flat_params(module).items()}
+                )
+                write_weights(tensors, new, max_shard_size)
+            if self.tokenizer is not None:
+                save_tokenizer(self.tokenizer, new, self.max_length)
+            self.image_processor.save_pretrained(new)
+            if card is not None:
+                write_model_card(new, **{"base_models": self.base_models, **card})
         return directory
 
     def push_to_hub(

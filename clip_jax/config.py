@@ -152,6 +152,10 @@ def base_config() -> ConfigDict:
             eval_every=500,  # 0: only at the end of each phase
             eval_batch_size=256,
             wandb_project="",  # set to log to Weights & Biases as well
+            # Resuming a workdir with a config that changes what the run computes (learning rates, steps, eval
+            # cadence... see clip_jax/train/resume.py) is refused unless this is set; the changes are then recorded
+            # in <workdir>/config_history.jsonl. Changes the checkpoint cannot restore under are refused regardless.
+            allow_config_change=False,
         )
     )
     c.phases = ConfigDict(

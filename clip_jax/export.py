@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 from clip_jax.evaluate.run import read_results
 from clip_jax.hub import DEFAULT_MAX_SHARD_SIZE, push_to_hub
@@ -33,6 +34,42 @@ def load_for_export(checkpoint: str, step: int | None = None, logit_scale: float
         bases = [config["model"][k] for k in ("vision", "text") if isinstance(config["model"][k], str)]
         return model, config, bases
     return model, None, []
+
+
+def check_out(out: str) -> None:
+    """Raise ``ValueError`` (before any work) for an ``--out`` that is a training workdir or lies inside one, or
+    that holds files other than an earlier export."""
+    from clip_jax import workdir
+
+    inside = workdir.enclosing_workdir(out)
+    if inside is not None:
+        raise ValueError(
+            f"--out {out} is "
+            + (
+                "a training workdir"
+                if inside == Path(out).expanduser().resolve()
+                else f"inside the training workdir {inside}"
+            )
+            + "; an export there would damage the run — choose a directory outside it, e.g. --out exported/"
+            + inside.name
+        )
+    workdir.check_replaceable(out)
+
+
+def _save(model, args: argparse.Namespace, bases: list[str], results, config):
+    return model.save_pretrained(
+        args.out,
+        max_shard_size=args.max_shard_size,
+        card=dict(
+            language=args.language,
+            license=args.license,
+            datasets=args.datasets,
+            base_models=bases or model.base_models,
+            results=results,
+            training_config=config,
+            repo_id=args.push_to_hub,
+        ),
+    )
 
 
 def main(argv: list[str] | None = None) -> str:
@@ -64,21 +101,16 @@ def main(argv: list[str] | None = None) -> str:
     parser.add_argument("--commit_message", default="Upload CLIP dual encoder (clip_jax)")
     args = parser.parse_args(argv)
 
+    check_out(args.out)
     model, config, bases = load_for_export(args.checkpoint, args.step, args.logit_scale)
     results = read_results(args.results) if args.results else None
-    out = model.save_pretrained(
-        args.out,
-        max_shard_size=args.max_shard_size,
-        card=dict(
-            language=args.language,
-            license=args.license,
-            datasets=args.datasets,
-            base_models=bases or model.base_models,
-            results=results,
-            training_config=config,
-            repo_id=args.push_to_hub,
-        ),
-    )
+    try:
+        out = _save(model, args, bases, results, config)
+    except OSError as error:
+        raise OSError(
+            f"exporting to {args.out} failed: {error} — {args.out} is as it was; free disk space (or fix the "
+            "permissions) and run again"
+        ) from error
     compatible = json.loads((out / "config.json").read_text())["model_type"] == "vision-text-dual-encoder"
     print(
         f"Exported to {out} ({'transformers VisionTextDualEncoderModel' if compatible else 'clip_jax-only'} format)."

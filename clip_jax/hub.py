@@ -59,8 +59,6 @@ def write_weights(
     tensors: Mapping[str, np.ndarray], directory: Path, max_shard_size: str | int = DEFAULT_MAX_SHARD_SIZE
 ) -> list[str]:
     """``model.safetensors``, or numbered shards and an index when larger than ``max_shard_size``."""
-    from safetensors.numpy import save_file
-
     limit = parse_size(max_shard_size)
     for stale in list(directory.glob("model*.safetensors")) + list(directory.glob(SAFETENSORS_INDEX)):
         stale.unlink()
@@ -73,12 +71,12 @@ def write_weights(
         shards[-1][name] = array
         size += array.nbytes
     if len(shards) == 1:
-        save_file(shards[0], str(directory / SAFETENSORS_NAME), metadata={"format": "pt"})
+        _save_safetensors(shards[0], directory / SAFETENSORS_NAME)
         return [SAFETENSORS_NAME]
     names = [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
     weight_map = {}
     for name, shard in zip(names, shards):
-        save_file(shard, str(directory / name), metadata={"format": "pt"})
+        _save_safetensors(shard, directory / name)
         weight_map.update({key: name for key in shard})
     index = {
         "metadata": {"total_size": int(sum(a.nbytes for a in tensors.values()))},
@@ -86,6 +84,24 @@ def write_weights(
     }
     (directory / SAFETENSORS_INDEX).write_text(json.dumps(index, indent=2) + "\n")
     return names
+
+
+def _save_safetensors(tensors: Mapping[str, np.ndarray], path: Path) -> None:
+    """``safetensors.numpy.save_file``, whose I/O failures (a full disk...) become ``OSError``."""
+    from safetensors.numpy import save_file
+
+    try:
+        save_file(dict(tensors), str(path), metadata={"format": "pt"})
+    except Exception as error:  # safetensors raises its own SafetensorError, not OSError, for a failed write
+        if isinstance(error, OSError):
+            raise
+        text = str(error)
+        cause = next(
+            (w for w in ("No space left on device", "File too large", "Permission denied") if w in text), None
+        )
+        raise OSError(
+            f"could not write {path}: {cause or text.splitlines()[0] if text else type(error).__name__}"
+        ) from error
 
 
 #: Data source schemes (eval.py / training specs) whose rest is a path or a hub / TFDS name.

@@ -51,14 +51,164 @@ def read_text(path: str | os.PathLike) -> str:
 
 
 def write_text(path: str | os.PathLike, text: str) -> None:
-    """Write ``text`` to ``path``, creating local parent directories."""
-    if not is_remote(path):
-        target = Path(path).expanduser()
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_text(text)
+    """Write ``text`` to ``path`` atomically (readers see the old file or the whole new one, also after a crash),
+    creating local parent directories."""
+    write_bytes(path, text.encode("utf-8"))
+
+
+def write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically: locally a temporary sibling, fsynced, renamed over ``path``; an object
+    store's single upload is atomic by itself."""
+    if is_remote(path):
+        fs, resolved = _fs(str(path))
+        fs.pipe_file(resolved, data)
         return
-    fs, resolved = _fs(str(path))
-    fs.pipe_file(resolved, text.encode("utf-8"))
+    target = Path(path).expanduser()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, temporary = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".partial")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(temporary, 0o644)
+        os.replace(temporary, target)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temporary)
+        raise
+    _fsync_dir(target.parent)
+
+
+def _fsync_dir(directory: str | os.PathLike) -> None:
+    """Make a rename in ``directory`` durable (a no-op where directories cannot be opened)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _exchange(a: str, b: str) -> bool:
+    """Swap the paths ``a`` and ``b`` in one step (Linux ``renameat2(RENAME_EXCHANGE)``); False where the
+    system or filesystem cannot."""
+    import ctypes
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    return renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0
+
+
+@contextlib.contextmanager
+def replace_directory(target: str | os.PathLike) -> Iterator[Path]:
+    """A fresh temporary sibling of the local directory ``target`` to fill; when the block ends without error its
+    files are fsynced and it takes ``target``'s place in one rename, and the old ``target`` is deleted. Until
+    then ``target`` is untouched (a crash, ``kill -9`` or a full disk leave it as it was, and at most a
+    ``.<name>.partial-*`` sibling behind); on an error the sibling is removed. Hidden entries of the old
+    directory (``.git``, ``.gitattributes``...) are carried over, hard-linked where possible."""
+    import shutil
+
+    target = Path(target).expanduser().absolute()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    new = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.partial-"))
+    try:
+        yield new
+        if target.is_dir():
+            for entry in target.iterdir():
+                if entry.name.startswith(".") and not (new / entry.name).exists():
+                    _copy_linked(entry, new / entry.name)
+        os.chmod(new, 0o755)
+        for file in [new, *new.rglob("*")]:
+            if file.is_file() and not file.is_symlink():
+                with open(file, "rb") as f:
+                    os.fsync(f.fileno())
+            elif file.is_dir():
+                _fsync_dir(file)
+        if target.exists() and _exchange(str(new), str(target)):
+            _fsync_dir(target.parent)
+            shutil.rmtree(new, ignore_errors=True)  # (``new`` now holds the old directory)
+            return
+        old = None
+        if target.exists():  # no atomic swap here: the old one steps aside for the two renames
+            old = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.old-"))
+            os.rename(target, old / "dir")
+        os.rename(new, target)
+        _fsync_dir(target.parent)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(new, ignore_errors=True)
+        raise
+
+
+def _copy_linked(source: Path, destination: Path) -> None:
+    import shutil
+
+    def link(src, dst):
+        try:
+            os.link(src, dst)
+        except OSError:
+            shutil.copy2(src, dst)
+
+    if source.is_dir() and not source.is_symlink():
+        shutil.copytree(source, destination, symlinks=True, copy_function=link)
+    else:
+        link(source, destination)
+
+
+def move(source: str, destination: str) -> None:
+    """Move the file or directory ``source`` to ``destination`` (local, or within one fsspec filesystem)."""
+    if not is_remote(source):
+        Path(destination).expanduser().parent.mkdir(parents=True, exist_ok=True)
+        os.rename(os.path.expanduser(source), os.path.expanduser(destination))
+        return
+    fs, resolved = _fs(source)
+    fs.mv(resolved, _fs(destination)[1], recursive=True)
+
+
+def check_replaceable(directory: str | os.PathLike) -> None:
+    """Raise ``ValueError`` unless the local ``directory`` may be replaced by a saved model: it must not exist, be
+    empty (hidden entries aside), or hold an earlier saved model (``config.json``) — never a training workdir."""
+    path = Path(directory).expanduser()
+    if not path.exists():
+        return
+    if not path.is_dir():
+        raise ValueError(f"{directory} is a file — choose a directory to write the model to")
+    if (path / "checkpoints").is_dir() or (path / "lock").is_file():
+        raise ValueError(
+            f"{directory} is a training workdir; a saved model written there would replace it — choose another "
+            "directory"
+        )
+    visible = [p.name for p in path.iterdir() if not p.name.startswith(".")]
+    if visible and "config.json" not in visible:
+        shown = ", ".join(sorted(visible)[:5]) + (", ..." if len(visible) > 5 else "")
+        raise ValueError(
+            f"{directory} is not empty ({shown}) and holds no saved model (no config.json); writing a model "
+            "there would replace its contents — choose a new or empty directory"
+        )
+
+
+def enclosing_workdir(path: str | os.PathLike) -> Path | None:
+    """The training workdir that the local ``path`` is, or lies inside (a directory with ``checkpoints/`` or a
+    run's ``lock``), or None."""
+    if is_remote(path):
+        return None
+    path = Path(path).expanduser().resolve()
+    for directory in (path, *path.parents):
+        if (directory / "checkpoints").is_dir() or (directory / "lock").is_file():
+            return directory
+    return None
 
 
 def create_text(path: str, text: str) -> None:

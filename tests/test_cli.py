@@ -321,3 +321,82 @@ def test_a_failing_checkpoint_write_stops_the_run_with_one_line(tmp_path, use_as
     assert resumed.returncode == 0 and "Resumed from step 3" in resumed.stdout + resumed.stderr, (
         resumed.stderr[-3000:]
     )
+
+
+def snapshot(directory):
+    """{relative path: bytes} of every file under ``directory``."""
+    return {
+        str(p.relative_to(directory)): p.read_bytes() for p in sorted(directory.rglob("*")) if p.is_file()
+    }
+
+
+def test_a_resume_is_checked_against_its_workdir_before_anything_is_written(tmp_path):
+    """A real run; then resumes that the checkpoint cannot take (tower shape, which parameters a phase trains), one
+    that changes the run without train.allow_config_change, and one from a damaged latest checkpoint: each is one
+    line and leaves every file of the workdir as it was. --step resumes from an earlier checkpoint; an allowed
+    change is recorded; the workdir stays loadable throughout."""
+    from clip_jax import load_model
+
+    env, workdir = subprocess_env(8), tmp_path / "run"
+    base = [
+        f"--workdir={workdir}",
+        f"--config.data.cache_dir={tmp_path / 'cache'}",
+        *CLI_TINY,
+        "--config.phases.warmup.steps=2",
+        "--config.phases.finetune.steps=4",
+        "--config.train.checkpoint_every=2",
+        "--config.train.async_checkpoints=False",
+    ]
+    first = cli("train", *base, env=env, timeout=300)
+    assert first.returncode == 0, first.stderr[-3000:]
+    before = snapshot(workdir)
+    assert "config.json" in before and "model/config.json" in before
+
+    refused = [
+        (
+            ["--config.model.vision.hidden_size=48"],
+            ["model.vision.hidden_size: 32 → 48", "another --workdir"],
+        ),
+        (["--config.phases.finetune.trainable=text.*"], ["phases.finetune.trainable: '.*' → 'text.*'"]),
+        (["--config.loss.kind=sigmoid"], ["loss.kind: 'softmax' → 'sigmoid'"]),
+        (["--config.train.grad_clip_norm=0"], ["train.grad_clip_norm: 1.0 → 0"]),
+        (
+            ["--config.phases.finetune.steps=6", "--config.train.eval_every=3"],
+            [
+                "phases.finetune.steps: 4 → 6",
+                "train.eval_every: 0 → 3",
+                "--config.train.allow_config_change=True",
+            ],
+        ),
+    ]
+    for overrides, needles in refused:
+        assert_one_line_error(
+            cli("train", *base, *overrides, env=env), "the workdir was not changed", *needles
+        )
+        assert snapshot(workdir) == before, overrides
+    # Free changes (decoding threads, the mesh) need no flag: nothing to train, the run just ends.
+    free = cli("train", *base, "--config.data.workers=2", "--config.mesh.axes.fsdp=2", env=env)
+    assert free.returncode == 0, free.stderr[-3000:]
+    assert "data.workers" in (workdir / "config_history.jsonl").read_text()  # recorded all the same
+
+    # The latest checkpoint (6) damaged: one line naming it and the others; nothing written.
+    for path in (workdir / "checkpoints" / "6" / "state" / "d").iterdir():
+        path.write_bytes(path.read_bytes()[:100])
+    damaged = snapshot(workdir)
+    grow = ["--config.phases.finetune.steps=6", "--config.train.allow_config_change=True"]
+    assert_one_line_error(
+        cli("train", *base, *grow, env=env), "checkpoint 6", "could not be read", "--step 4", "[2, 4]"
+    )
+    assert snapshot(workdir) == damaged
+
+    # --step 4 resumes from there; checkpoint 6 is moved aside, not deleted; the change is recorded.
+    resumed = cli("train", *base, *grow, "--step=4", env=env, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "Resumed from step 4" in resumed.stderr + resumed.stdout
+    assert [p.name[:13] for p in (workdir / "set_aside").iterdir()] == ["checkpoint-6-"]
+    assert sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())[-1] == 8
+    history = [json.loads(line) for line in (workdir / "config_history.jsonl").read_text().splitlines()]
+    assert history[-1]["resumed_at_step"] == 4
+    assert history[-1]["changes"]["phases.finetune.steps"] == [4, 6]
+    assert json.loads((workdir / "config.json").read_text())["phases"]["finetune"]["steps"] == 6
+    load_model(str(workdir))  # the workdir loads (its latest checkpoint, 8)

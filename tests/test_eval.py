@@ -594,3 +594,55 @@ def test_hf_labelled_data_skips_and_counts_bad_images(tmp_path):
         check_bad_fraction(spec, skipped, len(images), 0.1)
     with pytest.raises(ValueError, match=r"no column\(s\) \['label'\].*label=COLUMN"):
         load_labelled(f"hf:{tmp_path / 'saved'}?image=img")
+
+
+def _write_many(output, who, n):
+    from clip_jax.evaluate.run import write_results
+
+    for i in range(n):
+        record = {"dataset": f"d{i}", "model": "m", "pretrained": who, "task": "t", "metrics": {"acc1": i}}
+        write_results([record], output)
+
+
+def test_eval_output_is_checked_first_and_concurrent_writers_all_land(tmp_path):
+    """--output that is some other file is refused before any evaluation (the model named here does not even
+    exist); two processes writing to one results file at once keep every record; a rerun replaces its own."""
+    import multiprocessing
+
+    from clip_jax.evaluate.cli import main as eval_main
+    from clip_jax.evaluate.run import read_results, write_results
+
+    other = tmp_path / "train.jsonl"
+    other.write_text('{"image": "a.png"}\n')
+    with pytest.raises(ValueError, match="exists and is not eval's results"):
+        eval_main(
+            [
+                "--model",
+                str(tmp_path / "none"),
+                "--task",
+                "retrieval",
+                "--data",
+                "jsonl:x",
+                "--output",
+                str(other),
+            ]
+        )
+    assert other.read_text() == '{"image": "a.png"}\n'
+
+    output = tmp_path / "results.json"
+    context = multiprocessing.get_context("spawn")
+    writers = [context.Process(target=_write_many, args=(str(output), who, 15)) for who in ("a", "b")]
+    for w in writers:
+        w.start()
+    for w in writers:
+        w.join(120)
+        assert w.exitcode == 0
+    records = read_results(output)
+    assert sorted((r["pretrained"], r["dataset"]) for r in records) == sorted(
+        (who, f"d{i}") for who in ("a", "b") for i in range(15)
+    )
+    write_results(
+        [{**records[0], "metrics": {"acc1": 99}}], output
+    )  # the same eval again: replaced, not added
+    again = read_results(output)
+    assert len(again) == 30 and again[-1]["metrics"] == {"acc1": 99}

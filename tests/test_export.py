@@ -341,3 +341,126 @@ def test_card_dataset_names_carry_no_local_paths():
             "openai/clip-vit-base-patch32",
         ]
     ) == ["openai/clip-vit-base-patch32", "xlm-roberta-base"]
+
+
+def _files(directory):
+    return {p.name: p.read_bytes() for p in sorted(directory.iterdir()) if p.is_file()}
+
+
+def test_export_refuses_an_out_in_a_workdir_and_replaces_an_export_only_when_complete(trained, tmp_path):
+    """--out inside a workdir is refused before any work; a re-export killed (kill -9) while it writes leaves the
+    earlier export whole (never its new config.json beside the old weights), and a complete one replaces it."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from train_helpers import subprocess_env
+
+    root, _ = trained
+    workdir = root / "run"
+    before = {str(p): p.stat().st_mtime_ns for p in workdir.rglob("*")}
+    for out in (workdir, workdir / "export"):
+        with pytest.raises(ValueError, match="training workdir"):
+            export_main(["--checkpoint", str(workdir), "--out", str(out)])
+    assert {str(p): p.stat().st_mtime_ns for p in workdir.rglob("*")} == before
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "todo.txt").write_text("mine")
+    with pytest.raises(ValueError, match="holds no saved model"):
+        export_main(["--checkpoint", str(workdir), "--out", str(tmp_path / "notes")])
+
+    out = tmp_path / "out"
+    export_main(["--checkpoint", str(workdir), "--out", str(out), "--step", "4"])
+    (out / ".git").mkdir()  # e.g. a clone of the hub repo: hidden entries are carried over
+    (out / ".git" / "HEAD").write_text("ref")
+    old = _files(out)
+    command = [
+        sys.executable,
+        "-m",
+        "clip_jax.cli",
+        "export",
+        "--checkpoint",
+        str(workdir),
+        "--out",
+        str(out),
+    ]
+    process = subprocess.Popen(command, env=subprocess_env(1), stderr=subprocess.DEVNULL)
+    deadline, caught = time.time() + 120, False
+    while time.time() < deadline and process.poll() is None:
+        partial = [p for p in tmp_path.glob(".out.partial-*") if (p / "config.json").exists()]
+        if partial:  # the new export is being written beside the old one
+            process.send_signal(signal.SIGKILL)
+            caught = True
+            break
+    process.wait()
+    assert caught, "the export ended before it could be killed while writing"
+    assert _files(out) == old
+    step4 = flat_params(load_model(str(workdir), step=4).module)
+    for name, value in flat_params(CLIPModel.from_pretrained(str(out)).module).items():  # loads whole: step 4
+        np.testing.assert_array_equal(value, step4[name])
+    export_main(["--checkpoint", str(workdir), "--out", str(out)])
+    new = _files(out)
+    assert new["config.json"] == old["config.json"] and new["model.safetensors"] != old["model.safetensors"]
+    assert (out / ".git" / "HEAD").read_text() == "ref"
+    assert all(
+        p.name.startswith(".out.partial-") for p in tmp_path.glob(".*")
+    )  # only the killed one's leftover
+
+
+FULL_DISK = """
+import json, os, subprocess, sys
+mount, workdir, result = sys.argv[1:4]
+subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", mount], check=True)
+out = os.path.join(mount, "out")
+export = [sys.executable, "-m", "clip_jax.cli", "export", "--checkpoint", workdir, "--out", out]
+first = subprocess.run(export + ["--step", "4"], capture_output=True, text=True)
+files = lambda: {n: open(os.path.join(out, n), "rb").read().hex() for n in sorted(os.listdir(out))}
+before = files()
+stat = os.statvfs(mount)
+with open(os.path.join(mount, "filler"), "wb") as f:  # leave less room than a second export needs
+    f.write(b"x" * (stat.f_bavail * stat.f_frsize - 150_000))
+second = subprocess.run(export, capture_output=True, text=True)
+json.dump({"first": first.returncode, "second": second.returncode, "stderr": second.stderr,
+           "same": files() == before, "left": sorted(os.listdir(mount))}, open(result, "w"))
+"""
+
+
+def test_a_re_export_onto_a_full_disk_is_one_line_and_keeps_the_earlier_export(trained, tmp_path):
+    """A real full filesystem (a 1 MiB tmpfs, mounted in a private user and mount namespace by ``unshare``)."""
+    import shutil
+    import subprocess
+    import sys
+
+    from train_helpers import subprocess_env
+
+    root, _ = trained
+    if shutil.which("unshare") is None:
+        pytest.skip("needs unshare (util-linux) to mount a small tmpfs")
+    (tmp_path / "mnt").mkdir()
+    script = tmp_path / "full_disk.py"
+    script.write_text(FULL_DISK)
+    ran = subprocess.run(
+        [
+            "unshare",
+            "-rm",
+            sys.executable,
+            str(script),
+            str(tmp_path / "mnt"),
+            str(root / "run"),
+            str(tmp_path / "r.json"),
+        ],
+        env=subprocess_env(1),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    if ran.returncode != 0 and "mount" in ran.stderr:
+        pytest.skip(f"cannot mount a tmpfs here: {ran.stderr.strip().splitlines()[-1]}")
+    assert ran.returncode == 0, ran.stderr[-3000:]
+    result = json.loads((tmp_path / "r.json").read_text())
+    assert result["first"] == 0 and result["second"] == 1, result["stderr"][-3000:]
+    errors = [line for line in result["stderr"].splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and "Traceback" not in result["stderr"], result["stderr"][-3000:]
+    assert "No space left on device" in errors[0] and "is as it was" in errors[0], errors[0]
+    assert result["same"]  # the earlier export, byte for byte
+    assert result["left"] == ["filler", "out"]  # no partial export left behind

@@ -280,3 +280,48 @@ def test_sigmoid_loss_trains_and_validates_with_the_sigmoid_loss(tmp_path):
     assert summary["val"]["val/loss"] == pytest.approx(expected, rel=1e-4)
     softmax = (np.log(np.exp(logits).sum(1)) - np.diag(logits)).mean()  # what the old evaluator reported
     assert abs(softmax - expected) > 1e-2
+
+
+def _interrupt_at_the_phase_switch(tmp_path, name, presses):
+    """Start a run, press Ctrl-C (SIGINT) ``presses`` times as soon as it says the second phase starts (its step
+    is being compiled then); returns (exit status, stdout, stderr, seconds from the first press to the exit)."""
+    workdir = tmp_path / name
+    cmd = train_command(
+        workdir,
+        tmp_path / "cache",
+        "--config.phases.warmup.steps=3",
+        "--config.phases.finetune.steps=400",
+        "--config.train.checkpoint_every=1000",
+    )
+    with open(tmp_path / f"{name}.err", "w") as err:
+        process = subprocess.Popen(cmd, env=subprocess_env(), stdout=subprocess.PIPE, stderr=err, text=True)
+        lines = []
+        for line in process.stdout:
+            lines.append(line)
+            if "starting 'finetune'" in line:
+                break
+        tick = time.monotonic()
+        for _ in range(presses):
+            process.send_signal(signal.SIGINT)
+            time.sleep(0.2)
+        out = "".join(lines) + process.stdout.read()
+        process.wait(timeout=240)
+    return process.returncode, out, (tmp_path / f"{name}.err").read_text(), time.monotonic() - tick
+
+
+def test_ctrl_c_saves_a_checkpoint_and_a_second_one_exits_at_once_even_during_a_compile(tmp_path):
+    status, _out, err, _ = _interrupt_at_the_phase_switch(tmp_path, "once", 1)
+    assert status == 130, err[
+        -3000:
+    ]  # (a KeyboardInterrupt during this compile once ended in a segfault, 139)
+    assert "Ctrl-C: saving a checkpoint" in err
+    saved = sorted(int(p.name) for p in (tmp_path / "once" / "checkpoints").iterdir() if p.name.isdigit())
+    assert saved[-1] >= 3 and saved[-1] == max(losses(tmp_path / "once"))  # no step is lost
+    assert f"error: interrupted: saved a checkpoint at step {saved[-1]}" in err
+    assert "Traceback" not in err
+
+    status, _, err, seconds = _interrupt_at_the_phase_switch(tmp_path, "twice", 2)
+    assert status == 130, err[-3000:]
+    assert "Ctrl-C again: stopping at once, without saving" in err
+    assert "Traceback" not in err and "saved a checkpoint at step" not in err
+    print(f"second Ctrl-C: exited {seconds:.2f}s after the first press")

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import glob
 import io
 import json
 import os
@@ -48,6 +49,28 @@ def convert(
     counts: collections.Counter = collections.Counter()
     num_shards = max(1, -(-len(source) // shard_size))
     width = max(5, len(str(num_shards - 1)))
+    try:
+        shard = _write_shards(source, output, shard_size, width, verify, counts)
+    except BaseException:
+        for partial in glob.glob(glob.escape(output) + "-*.tar.partial"):
+            os.unlink(partial)
+        raise
+    if shard < 0:
+        raise ValueError(f"No usable example in {spec}: {dict(counts)}")
+    pattern = f"{output}-{{{0:0{width}d}..{shard:0{width}d}}}.tar"
+    return pattern, dict(counts)
+
+
+def _finish(tar: tarfile.TarFile) -> None:
+    """Close a shard written as ``NAME.partial`` and give it its name (fsynced): a shard is whole or absent."""
+    tar.close()
+    with open(tar.name, "rb") as f:
+        os.fsync(f.fileno())
+    os.replace(tar.name, tar.name.removesuffix(".partial"))
+
+
+def _write_shards(source, output: str, shard_size: int, width: int, verify: bool, counts) -> int:
+    """Write the shards of ``source``; returns the last shard's number (-1: none)."""
     tar, shard, in_shard = None, -1, 0
     for index in range(len(source)):
         record = source[index]
@@ -65,9 +88,9 @@ def convert(
             continue
         if tar is None or in_shard >= shard_size:
             if tar is not None:
-                tar.close()
+                _finish(tar)
             shard, in_shard = shard + 1, 0
-            tar = tarfile.open(f"{output}-{shard:0{width}d}.tar", "w")  # noqa: SIM115  (closed when the shard fills)
+            tar = tarfile.open(f"{output}-{shard:0{width}d}.tar.partial", "w")  # noqa: SIM115  (closed when full)
         key = f"{index:09d}"
         text = (
             (f"{key}.txt", captions[0].encode())
@@ -81,11 +104,8 @@ def convert(
         in_shard += 1
         counts["written"] += 1
     if tar is not None:
-        tar.close()
-    if shard < 0:
-        raise ValueError(f"No usable example in {spec}: {dict(counts)}")
-    pattern = f"{output}-{{{0:0{width}d}..{shard:0{width}d}}}.tar"
-    return pattern, dict(counts)
+        _finish(tar)
+    return shard
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -76,6 +76,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> list:
     """``clip-jax eval``: evaluate every --model on the task; returns the result records."""
     args = parse_args(argv)
+    if args.output:
+        from clip_jax.evaluate.run import check_output
+
+        check_output(args.output)  # before the evaluation, not after it
     from clip_jax import load_model
     from clip_jax.evaluate.run import format_table, run_embedmap, run_retrieval, run_zeroshot
     from clip_jax.evaluate.zeroshot import ClassEmbeddingCache

@@ -45,23 +45,64 @@ def result_record(
     }
 
 
+def _is_directory_output(output: str) -> bool:
+    return output.endswith(("/", os.sep)) or Path(output).is_dir()
+
+
+def _record_key(record: dict[str, Any]) -> tuple[str, ...]:
+    return tuple(str(record.get(k)) for k in ("dataset", "pretrained", "model", "language", "task"))
+
+
+def check_output(output: str | os.PathLike) -> None:
+    """Raise before any evaluation if ``output`` cannot take the results: a file that exists but is not eval's
+    results (it would be overwritten), or a place that cannot be written."""
+    output = str(output)
+    target = Path(output).expanduser()
+    if _is_directory_output(output):
+        parent = next((p for p in (target, *target.parents) if p.exists()), Path("."))
+    else:
+        if target.exists():
+            try:
+                read_results(target)
+            except (OSError, ValueError) as error:
+                raise ValueError(
+                    f"--output {output} exists and is not eval's results ({str(error).splitlines()[0]}) — "
+                    "choose another file; results are added to an existing results file"
+                ) from None
+        parent = next((p for p in target.parents if p.exists()), Path("."))
+    if not parent.is_dir() or not os.access(parent, os.W_OK):
+        raise ValueError(f"--output {output} cannot be written ({parent} is not a writable directory)")
+
+
 def write_results(results: list[dict[str, Any]], output: str | os.PathLike) -> list[Path]:
     """Write result records: into an existing directory (or a path ending in ``/``) one
     ``{dataset}_{pretrained}_{model}_{language}_{task}.json`` per record, as CLIP_benchmark does (what
-    ``clip_benchmark build`` reads); otherwise all of them as one JSON list in the file ``output``."""
+    ``clip_benchmark build`` reads); otherwise as one JSON list in the file ``output``, merged with the records
+    already there (a record of the same dataset, model, language and task is replaced). Each file is replaced
+    atomically, and the merge happens under a lock, so evaluations writing to one file at once all land."""
+    from clip_jax import workdir as workdirs
+
     output = str(output)
-    if output.endswith(("/", os.sep)) or Path(output).is_dir():
+    if _is_directory_output(output):
         directory = Path(output)
         directory.mkdir(parents=True, exist_ok=True)
         paths = []
         for r in results:
             name = "_".join(str(r[k]) for k in ("dataset", "pretrained", "model", "language", "task"))
             path = directory / (re.sub(r"[^\w.@+-]+", "-", name).strip("-")[:200] + ".json")
-            path.write_text(json.dumps(r, indent=2) + "\n")
+            workdirs.write_text(path, json.dumps(r, indent=2) + "\n")
             paths.append(path)
         return paths
-    Path(output).write_text(json.dumps(results, indent=2) + "\n")
-    return [Path(output)]
+    import fcntl
+
+    path = Path(output)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(f".{path.name}.lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        new = {_record_key(r) for r in results}
+        kept = [r for r in (read_results(path) if path.exists() else []) if _record_key(r) not in new]
+        workdirs.write_text(path, json.dumps(kept + list(results), indent=2) + "\n")
+    return [path]
 
 
 def read_results(path: str | os.PathLike) -> list[dict[str, Any]]:

@@ -7,6 +7,7 @@ name, renormalised (OpenAI CLIP's prompt ensembling). Images are classified by s
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import re
@@ -141,9 +142,12 @@ class ClassEmbeddingCache:
             value = np.load(path)
         else:
             value = class_embeddings(model, classnames, templates)
-            if path is not None:
-                path.parent.mkdir(parents=True, exist_ok=True)
-                np.save(path, value)
+            if path is not None:  # atomically: a concurrent or killed eval never leaves half a file
+                from clip_jax import workdir as workdirs
+
+                buffer = io.BytesIO()
+                np.save(buffer, value)
+                workdirs.write_bytes(path, buffer.getvalue())
         self.memory[key] = value
         return value
 

@@ -68,15 +68,12 @@ class FeatureStore:
             raise ValueError("Corrupt feature cache: some image has no caption.")
 
     def save(self, path: str) -> None:
-        """Write to ``path`` (local or fsspec URL) as an ``.npz``, atomically where the filesystem allows."""
-        import fsspec
+        """Write to ``path`` (local or fsspec URL) as an ``.npz``, atomically (see :func:`clip_jax.workdir.write_bytes`)."""
+        from clip_jax import workdir as workdirs
 
         buffer = io.BytesIO()
         np.savez(buffer, image=self.image, text=self.text, owner=self.owner)
-        with fsspec.open(path + ".partial", "wb") as f:
-            f.write(buffer.getvalue())
-        fs, _, (partial,) = fsspec.get_fs_token_paths(path + ".partial")
-        fs.mv(partial, fs._strip_protocol(path))
+        workdirs.write_bytes(path, buffer.getvalue())
 
     @classmethod
     def load(cls, path: str) -> FeatureStore | None:

@@ -53,8 +53,16 @@ class MetricsLogger:
         self.upload_every_s = upload_every_s
         self._tb = self._wandb = self._jsonl = self._spool = None
         self._uploaded = 0.0
-        if not enabled:
-            return
+        self._wandb_project, self._config = wandb_project, config
+        self._opened = False  # files are created at the first write: a run that fails before leaves none
+        if enabled and wandb_project:
+            from clip_jax.extras import require
+
+            require("wandb", "train.wandb_project")  # a missing extra is said up front
+
+    def _open(self) -> None:
+        self._opened = True
+        workdir, wandb_project, config = self.workdir, self._wandb_project, self._config
         from tensorboardX import FileWriter
 
         remote = workdirs.is_remote(workdir)
@@ -80,6 +88,8 @@ class MetricsLogger:
     def write(self, step: int, metrics: dict[str, Any]) -> None:
         if not self.enabled:
             return
+        if not self._opened:
+            self._open()
         from tensorboardX.proto.summary_pb2 import Summary
 
         scalars = {k: float(v) for k, v in metrics.items()}

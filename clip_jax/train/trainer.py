@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import math
-import signal
 import tempfile
 import time
 from pathlib import Path
@@ -31,13 +30,14 @@ from clip_jax.checkpoint import Checkpointer
 from clip_jax.config import validate
 from clip_jax.data import build_training_data, cache_examples
 from clip_jax.sharding import batch_sharding, check_batch_size, check_micro_batch_size, make_mesh
-from clip_jax.train import distill
+from clip_jax.train import distill, resume
 from clip_jax.train import features as feature_cache
 from clip_jax.train.evaluator import Evaluator
 from clip_jax.train.metrics_logger import MetricsLogger, progress_bar, strict_json
 from clip_jax.train.model import build_model
 from clip_jax.train.optim import learning_rates_at
 from clip_jax.train.phase import Phase, PhaseState, create_train_state, phases_of
+from clip_jax.train.signals import StopSignals
 from clip_jax.train.state import TrainState
 
 
@@ -48,9 +48,13 @@ class TrainingDiverged(RuntimeError):
 class Trainer:
     """Runs the phases of a config in a workdir, resuming from the latest checkpoint there."""
 
-    def __init__(self, config: ConfigDict, workdir: str, *, devices: list | None = None):
+    def __init__(
+        self, config: ConfigDict, workdir: str, *, devices: list | None = None, resume_step: int | None = None
+    ):
+        """``resume_step``: resume from this checkpoint instead of the latest (later ones are set aside)."""
         self.config = validate(config)
         self.workdir = workdir
+        self.resume_step = resume_step
         self.mesh = make_mesh(config.mesh.axes.to_dict(), devices)
         check_batch_size(config.train.batch_size, self.mesh)
         check_micro_batch_size(config.train.micro_batch_size, self.mesh)
@@ -60,6 +64,8 @@ class Trainer:
             workdirs.check_writable(workdir)
             self.lock.acquire()
         try:
+            # Before anything is written: a config the workdir's checkpoints cannot resume under is refused.
+            self.config_changes = resume.check_resume(self.config, workdir)
             self._setup(config, workdir)
         except BaseException:
             self.lock.release()
@@ -68,8 +74,6 @@ class Trainer:
     def _setup(self, config: ConfigDict, workdir: str) -> None:
         self.distilling = config.train.objective == "distill"  # text-only: clip_jax/train/distill.py
         self.model = distill.build_model(config) if self.distilling else build_model(config)
-        if self.primary:
-            self._write_run_files()
         self.graphdef = nnx.graphdef(self.model.module)
         self.phases = phases_of(config)
         self.total_steps = self.phases[-1].end
@@ -86,6 +90,7 @@ class Trainer:
             workdir, enabled=self.primary, wandb_project=config.train.wandb_project, config=config.to_dict()
         )
         self._stop_requested = False
+        self._stop_reason = ""
         self.last_val: dict[str, float] = {}
         self._feature_batches: dict[str, feature_cache.FeatureBatches] = {}
         self._restored_feature_state: dict[str, dict] = {}
@@ -170,12 +175,43 @@ class Trainer:
             self._feature_batches[phase.name] = batches
         return self._feature_batches[phase.name]
 
-    def request_stop(self) -> None:
-        """Stop at the end of the current step with a checkpoint (what SIGTERM does, e.g. on preemption)."""
+    def request_stop(self, reason: str = "stop requested") -> None:
+        """Stop at the end of the current step with a checkpoint (what SIGTERM and a first Ctrl-C do)."""
+        self._stop_reason = reason
         self._stop_requested = True
 
-    def _handle_sigterm(self, signum, frame) -> None:
-        self.request_stop()
+    def _restore_or_start(self) -> tuple[int, Phase, PhaseState, TrainState]:
+        """(step, phase, its started state and step function, state): from the checkpoint to resume, else fresh.
+        The workdir is written to (run files, config history) only once the checkpoint has been restored."""
+        step = 0
+        phase = self.phases[0]
+        restored = None
+        latest = resume.resume_step(self.checkpointer, self.workdir, self.resume_step)
+        if latest is not None:
+            meta = resume.read_checkpoint(
+                self.checkpointer, self.workdir, latest, self.checkpointer.restore_meta
+            )
+            phase = self.phases[meta["phase_index"]]
+            restored = (latest, meta)
+        started = self.start_phase(phase, self.model.module, step)
+        state = started.state
+        if restored is not None:
+            latest, meta = restored
+            state = resume.read_checkpoint(
+                self.checkpointer,
+                self.workdir,
+                latest,
+                lambda s: self.checkpointer.restore_state(s, started.abstract),
+            )
+            self.train_iter.set_state(meta["data"])
+            self._restored_feature_state = meta.get("features", {})
+            step = latest
+            resume.set_aside_later(self.checkpointer, self.workdir, step, self.logger.message)
+            self.logger.message(f"Resumed from step {step} ({phase.name}) in {self.workdir}.")
+        if self.primary:
+            self._write_run_files()
+            resume.record_changes(self.workdir, step, self.config_changes)
+        return step, phase, started, state
 
     def evaluate(self, state: TrainState) -> dict[str, float]:
         """Validation metrics of ``state`` (see :class:`~clip_jax.train.evaluator.Evaluator`)."""
@@ -194,28 +230,12 @@ class Trainer:
 
     # ------------------------------------------------------------------ the loop
     def run(self) -> dict[str, Any]:
-        """Train to the end of the last phase (or until SIGTERM); return a summary."""
-        step = 0
-        phase = self.phases[0]
-        restored = None
-        latest = self.checkpointer.latest_step()
-        if latest is not None:
-            meta = self.checkpointer.restore_meta(latest)
-            phase = self.phases[meta["phase_index"]]
-            restored = (latest, meta)
-        started = self.start_phase(phase, self.model.module, step)
-        state = started.state
-        if restored is not None:
-            latest, meta = restored
-            state = self.checkpointer.restore_state(latest, started.abstract)
-            self.train_iter.set_state(meta["data"])
-            self._restored_feature_state = meta.get("features", {})
-            step = latest
-            self.logger.message(f"Resumed from step {step} ({phase.name}) in {self.workdir}.")
-        previous_handler = signal.signal(signal.SIGTERM, self._handle_sigterm) if _in_main_thread() else None
+        """Train to the end of the last phase (or until SIGTERM / Ctrl-C); return a summary."""
+        stop_signals = StopSignals(self.request_stop).__enter__()
         summary: dict[str, Any] = {"workdir": self.workdir, "preempted": False}
         failing = False
         try:
+            step, phase, started, state = self._restore_or_start()
             while step < self.total_steps:
                 if step >= phase.end:  # phase boundary: hand the parameters over to the next phase
                     module = self.module(state)
@@ -231,8 +251,9 @@ class Trainer:
                 if self._stop_requested:
                     self.checkpointer.save(step, state, self._meta(phase, step))
                     self.checkpointer.wait()
-                    self.logger.message(f"SIGTERM: saved a checkpoint at step {step}; exiting.")
+                    self.logger.message(f"{self._stop_reason}: saved a checkpoint at step {step}; exiting.")
                     summary["preempted"] = True
+                    summary["interrupted"] = self._stop_reason == "SIGINT"
                     break
             summary.update(step=step, phase=phase.name, val=self.last_val, skipped=self.skipped())
             if self.primary:  # also when the run stops mid-epoch
@@ -248,8 +269,7 @@ class Trainer:
                 self.logger.close,
                 getattr(self.train_iter, "close", lambda: None),
             ]
-            if previous_handler is not None:
-                closers.append(lambda: signal.signal(signal.SIGTERM, previous_handler))
+            closers.append(lambda: stop_signals.__exit__(None, None, None))
             try:
                 for close in closers:
                     try:
@@ -326,15 +346,10 @@ class Trainer:
         return step, state
 
 
-def _in_main_thread() -> bool:
-    import threading
-
-    return threading.current_thread() is threading.main_thread()
-
-
-def train(config: ConfigDict, workdir: str) -> dict[str, Any]:
-    """Train as ``config`` says in ``workdir`` (resuming if it holds checkpoints); returns a summary."""
-    trainer = Trainer(config, workdir)
+def train(config: ConfigDict, workdir: str, *, resume_step: int | None = None) -> dict[str, Any]:
+    """Train as ``config`` says in ``workdir`` (resuming if it holds checkpoints, from ``resume_step`` if given);
+    returns a summary."""
+    trainer = Trainer(config, workdir, resume_step=resume_step)
     summary = trainer.run()
     if trainer.primary:
         summary = json.loads(json.dumps(summary, default=float))  # NumPy scalars -> floats
