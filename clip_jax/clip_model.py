@@ -29,6 +29,7 @@ from clip_jax.hub import (
     CLIP_JAX_MODEL_TYPE,
     DEFAULT_MAX_SHARD_SIZE,
     ExportError,
+    hub_projection_dim,
     push_to_hub,
     transformers_compatible,
     write_model_card,
@@ -187,8 +188,10 @@ def dual_encoder_builder(
 ):
     """From a dual encoder's ``config.json``: a function building the (random) :class:`DualEncoder`,
     and each tower's (architecture, key prefix of its composite)."""
-    if raw_config.get("model_type") == CLIP_JAX_MODEL_TYPE:
-        raw_config = dict(raw_config, model_type="vision-text-dual-encoder")  # our own format: same layout
+    if raw_config.get("model_type") == CLIP_JAX_MODEL_TYPE:  # our own format: same layout (see clip_jax.hub)
+        raw_config = dict(
+            raw_config, model_type="vision-text-dual-encoder", projection_dim=hub_projection_dim(raw_config)
+        )
     if raw_config.get("model_type") not in COMPOSITES:
         raise CheckpointError(
             f"{source} holds a {raw_config.get('model_type')!r} model, not a dual encoder "
@@ -379,8 +382,10 @@ class CLIPModel:
                 "logit_bias_init": (float(module.logit_bias[...]) if module.logit_bias is not None else None),
             },
         }
-        if not compatible:
+        if not compatible:  # transformers' strict config check then fails on projection_dim with `why`
             config["clip_jax"]["why_not_transformers"] = why
+            config["clip_jax"]["projection_dim"] = module.projection_dim
+            config["projection_dim"] = why
         return config
 
     def save_pretrained(
