@@ -248,7 +248,12 @@ class CLIPModel:
                 f"{self.image_processor.crop_width} but the vision tower takes {image_size}px images."
             )
         tower_max = module.text.config.max_length
-        self.max_length = min(max_length or tower_max, tower_max)
+        if max_length is not None and not 1 <= max_length <= tower_max:
+            raise ValueError(
+                f"max_length={max_length} does not fit the text tower, which takes 1 to {tower_max} tokens — "
+                f"use at most {tower_max} (in a training config: --config.model.max_length={tower_max} or less)"
+            )
+        self.max_length = max_length or tower_max
         #: What the model was initialised from (hub ids or paths): the model card's ``base_model``.
         self.base_models: list[str] = []
         self._jitted: dict[str, Callable] = {}
