@@ -105,8 +105,13 @@ def test_values_that_make_no_sense_are_rejected_before_any_work(override, needle
 def test_max_length_beyond_the_text_tower_is_an_error_not_a_clamp(tmp_path, capsys):
     """Issue 23: --config.model.max_length=1000 was clamped to the tower's 32 while config.json kept 1000."""
     status = main(
-        ["train", f"--workdir={tmp_path / 'w'}", f"--config.data.cache_dir={tmp_path / 'c'}", *CLI_TINY]
-        + ["--config.model.max_length=1000"]
+        [
+            "train",
+            f"--workdir={tmp_path / 'w'}",
+            f"--config.data.cache_dir={tmp_path / 'c'}",
+            *CLI_TINY,
+            "--config.model.max_length=1000",
+        ]
     )
     err = capsys.readouterr().err
     assert (
