@@ -30,6 +30,7 @@ from clip_jax.hub import (
     CLIP_JAX_MODEL_TYPE,
     DEFAULT_MAX_SHARD_SIZE,
     ExportError,
+    hub_projection_dim,
     push_to_hub,
     transformers_compatible,
     write_model_card,
@@ -188,8 +189,10 @@ def dual_encoder_builder(
 ):
     """From a dual encoder's ``config.json``: a function building the (random) :class:`DualEncoder`,
     and each tower's (architecture, key prefix of its composite)."""
-    if raw_config.get("model_type") == CLIP_JAX_MODEL_TYPE:
-        raw_config = dict(raw_config, model_type="vision-text-dual-encoder")  # our own format: same layout
+    if raw_config.get("model_type") == CLIP_JAX_MODEL_TYPE:  # our own format: same layout (see clip_jax.hub)
+        raw_config = dict(
+            raw_config, model_type="vision-text-dual-encoder", projection_dim=hub_projection_dim(raw_config)
+        )
     if raw_config.get("model_type") not in COMPOSITES:
         raise CheckpointError(
             f"{source} holds a {raw_config.get('model_type')!r} model, not a dual encoder "
@@ -246,7 +249,12 @@ class CLIPModel:
                 f"{self.image_processor.crop_width} but the vision tower takes {image_size}px images."
             )
         tower_max = module.text.config.max_length
-        self.max_length = min(max_length or tower_max, tower_max)
+        if max_length is not None and not 1 <= max_length <= tower_max:
+            raise ValueError(
+                f"max_length={max_length} does not fit the text tower, which takes 1 to {tower_max} tokens — "
+                f"use at most {tower_max} (in a training config: --config.model.max_length={tower_max} or less)"
+            )
+        self.max_length = max_length or tower_max
         #: What the model was initialised from (hub ids or paths): the model card's ``base_model``.
         self.base_models: list[str] = []
         self._jitted: dict[str, Callable] = {}
@@ -380,8 +388,10 @@ class CLIPModel:
                 "logit_bias_init": (float(module.logit_bias[...]) if module.logit_bias is not None else None),
             },
         }
-        if not compatible:
+        if not compatible:  # transformers' strict config check then fails on projection_dim with `why`
             config["clip_jax"]["why_not_transformers"] = why
+            config["clip_jax"]["projection_dim"] = module.projection_dim
+            config["projection_dim"] = why
         return config
 
     def save_pretrained(

@@ -8,6 +8,9 @@ Unknown keys are errors that list the valid ones.
 from __future__ import annotations
 
 import math
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from ml_collections import ConfigDict
@@ -199,119 +202,297 @@ def _flat_keys(config: Any, prefix: str = "") -> dict[str, Any]:
 
 
 def validate(config: ConfigDict) -> ConfigDict:
-    """Raise ``ValueError`` naming every unknown key (and the valid ones); check the phase list."""
+    """Raise ``ValueError`` naming every unknown key (and the valid ones), then the first value that breaks
+    its rule in :data:`RULES` (key, value, rule and how to fix it)."""
     schema = _flat_keys(base_config())
     given = _flat_keys(config)
     unknown = sorted(k for k in given if k not in schema and not k.startswith("phases."))
     if unknown:
         sections = sorted({k.rsplit(".", 1)[0] for k in unknown})
         valid = {s: sorted(k.rsplit(".", 1)[1] for k in schema if k.rsplit(".", 1)[0] == s) for s in sections}
-        raise ValueError(f"Unknown config key(s) {unknown}. Valid keys: {valid}.")
+        raise ValueError(
+            f"Unknown config key(s) {unknown} — valid keys: {valid}; fix the name in the config file or the "
+            "--config.KEY override"
+        )
+    names = config.train.phases
+    if not RULES["train.phases"].ok(names):
+        raise _invalid("train.phases", names, RULES["train.phases"].text)
     phase_keys = set(phase(1, "", {}).keys())
-    for name in config.train.phases:
+    for name in names:
         if name not in config.phases:
             raise ValueError(
-                f"train.phases names {name!r}, which is not in phases ({sorted(config.phases)})."
+                f"train.phases names {name!r}, which is not in phases ({sorted(config.phases)}) — add "
+                f"phases.{name} to the config, or leave it out of train.phases"
             )
         extra = set(config.phases[name].keys()) - phase_keys
         if extra:
-            raise ValueError(f"Unknown key(s) {sorted(extra)} in phases.{name}; valid: {sorted(phase_keys)}.")
-    if config.loss.negatives not in ("global", "local"):
-        raise ValueError(f"loss.negatives must be 'global' or 'local', not {config.loss.negatives!r}.")
-    micro, batch = config.train.micro_batch_size, config.train.batch_size
-    if not isinstance(micro, int) or micro < 0 or (micro and batch % micro):
-        raise ValueError(
-            f"train.micro_batch_size={micro!r} must be 0 (off) or a positive divisor of "
-            f"train.batch_size={batch}, e.g. {batch // 2 if batch % 2 == 0 else batch}."
-        )
-    if config.train.objective not in ("contrastive", "distill"):
-        raise ValueError(
-            f"train.objective must be 'contrastive' or 'distill', not {config.train.objective!r}."
-        )
-    if config.distill.loss not in ("mse", "cosine"):
-        raise ValueError(f"distill.loss must be 'mse' or 'cosine', not {config.distill.loss!r}.")
-    if config.train.objective == "distill" and any(
-        config.phases[n].cache_features for n in config.train.phases
-    ):
+            raise ValueError(f"Unknown key(s) {sorted(extra)} in phases.{name} — valid: {sorted(phase_keys)}")
+    _check_values(config)
+    if config.train.objective == "distill" and any(config.phases[n].cache_features for n in names):
         raise ValueError(
             "phases.*.cache_features is for contrastive phases; train.objective='distill' caches the "
-            "teacher's embeddings instead: set cache_features=False."
+            "teacher's embeddings instead — set cache_features=False."
         )
-    from clip_jax.loss import LOSSES
-
-    if config.loss.kind not in LOSSES:
-        raise ValueError(f"loss.kind must be one of {sorted(LOSSES)}, not {config.loss.kind!r}.")
-    _check_values(config)
     return config
 
 
-def _check_values(config: ConfigDict) -> None:
-    """Raise ``ValueError`` naming the key of the first value that makes no sense (before any work is done)."""
-    import re
-
-    def need(ok: bool, key: str, value: Any, rule: str) -> None:
-        if not ok:
-            raise ValueError(
-                f"{key}={value!r} is invalid: it must be {rule} — fix it in the config or with "
-                f"--config.{key}=..."
-            )
-
-    t, d = config.train, config.data
-    for key in ("batch_size", "log_every", "checkpoint_every", "keep_checkpoints", "eval_batch_size"):
-        need(isinstance(t[key], int) and t[key] >= 1, f"train.{key}", t[key], "a whole number >= 1")
-    need(t.eval_every >= 0, "train.eval_every", t.eval_every, ">= 0 (0: only at the end of each phase)")
-    for key in ("grad_clip_norm", "agc_clip", "weight_decay", "eps"):
-        need(t[key] >= 0, f"train.{key}", t[key], ">= 0")
-    need(0 <= d.max_bad_fraction <= 1, "data.max_bad_fraction", d.max_bad_fraction, "between 0 and 1")
-    need(d.val_limit >= 0, "data.val_limit", d.val_limit, ">= 0 (0: all)")
-    need(d.workers >= 1, "data.workers", d.workers, ">= 1")
-    need(d.worker_processes >= 0, "data.worker_processes", d.worker_processes, ">= 0")
-    low, high = tuple(d.crop_scale)
-    need(
-        0 < low <= high <= 1, "data.crop_scale", tuple(d.crop_scale), "(low, high) with 0 < low <= high <= 1"
-    )
-    need(
-        config.model.max_length >= 2,
-        "model.max_length",
-        config.model.max_length,
-        ">= 2 (room for the special tokens)",
-    )
-    if not config.train.phases:
+def check_init_from(config: ConfigDict, projection_dim: int, text_pooling: str, max_length: int) -> None:
+    """Raise ``ValueError`` where ``config.model`` sets a projection size, text pooling or ``max_length`` other
+    than those of the model ``model.init_from`` loaded (that model's own are used, so the config would record
+    settings the run did not have)."""
+    saved = {"projection_dim": projection_dim, "text_pooling": text_pooling, "max_length": max_length}
+    wrong = {k: v for k, v in saved.items() if config.model[k] != v}
+    if wrong:
+        given = ", ".join(f"model.{k}={config.model[k]!r}" for k in wrong)
+        fix = " ".join(f"--config.model.{k}={v}" for k, v in wrong.items())
         raise ValueError(
-            "train.phases is empty — name at least one entry of phases, e.g. ('warmup', 'finetune')."
+            f"{given} but model.init_from={config.model.init_from!r} has {', '.join(f'{k}={v!r}' for k, v in wrong.items())}, "
+            f"which the run uses — set {fix} (or leave model.init_from out to build new projections)"
         )
-    for name in config.train.phases:
-        p, key = config.phases[name], f"phases.{name}"
-        need(
-            isinstance(p.steps, int) and p.steps >= 1,
-            f"{key}.steps",
-            p.steps,
-            "a whole number >= 1 (leave the phase out of train.phases to skip it)",
+
+
+@dataclass(frozen=True)
+class Rule:
+    """What a config value must be: ``ok(value)`` says whether it is, ``text`` says it in words."""
+
+    ok: Callable[[Any], bool]
+    text: str
+
+
+def _whole(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def whole(low: int, note: str = "") -> Rule:
+    """A whole number ``>= low``."""
+    return Rule(lambda v: _whole(v) and v >= low, f"a whole number >= {low}{note}")
+
+
+def number(
+    low: float | None = None, high: float | None = None, *, high_open: bool = False, note: str = ""
+) -> Rule:
+    """A finite number in ``[low, high]`` (``[low, high)`` with ``high_open``); either bound may be absent."""
+    if low is None and high is None:
+        text = "a finite number"
+    elif high is None:
+        text = f"a finite number >= {low}"
+    else:
+        text = f"a number in [{low}, {high}{')' if high_open else ']'}"
+    return Rule(
+        lambda v: (
+            _finite(v)
+            and (low is None or v >= low)
+            and (high is None or (v < high if high_open else v <= high))
+        ),
+        text + note,
+    )
+
+
+def positive(note: str = "") -> Rule:
+    """A finite number ``> 0``."""
+    return Rule(lambda v: _finite(v) and v > 0, "a finite number > 0" + note)
+
+
+def one_of(*choices: str) -> Rule:
+    return Rule(lambda v: v in choices, "one of " + ", ".join(map(repr, choices)))
+
+
+def _regex(value: Any) -> bool:
+    try:
+        re.compile(value)
+    except (re.error, TypeError):
+        return False
+    return True
+
+
+FLAG = Rule(lambda v: isinstance(v, bool), "True or False")
+TEXT = Rule(lambda v: isinstance(v, str), "a string ('' for none)")
+NAME = Rule(lambda v: isinstance(v, str) and v.strip() != "", "a non-empty string")
+REGEX = Rule(_regex, "a valid regular expression")
+TOWER = Rule(
+    lambda v: (isinstance(v, str) and v.strip() != "") or isinstance(v, (dict, ConfigDict)),
+    "a local directory, a hub id, demo:NAME, or a dict of tower hyper-parameters",
+)
+
+
+def _pairs(value: Any, first: Callable[[Any], bool], second: Callable[[Any], bool]) -> bool:
+    return isinstance(value, (tuple, list)) and all(
+        isinstance(p, (tuple, list)) and len(p) == 2 and first(p[0]) and second(p[1]) for p in value
+    )
+
+
+def _distinct(names: list) -> bool:
+    return len(set(names)) == len(names)
+
+
+#: Every config value that has a type and a range, by dotted key (``phases.*.KEY``: every phase). Checked
+#: by :func:`validate` before any work; ``tests/test_configs.py`` checks that every key of the schema is here.
+RULES: dict[str, Rule] = {
+    "model.vision": TOWER,
+    "model.text": TOWER,
+    "model.init_from": TEXT,
+    "model.tokenizer": TEXT,
+    "model.projection_dim": whole(1),
+    "model.text_pooling": one_of("pooler", "cls", "mean", "eos"),
+    "model.image_size": whole(0, " (0: the vision tower's own)"),
+    "model.max_length": whole(2, " (room for the special tokens)"),
+    "model.logit_scale_init": number(note=" (log of the inverse temperature, e.g. 2.659 for 1/0.07)"),
+    "model.dtype": one_of(*DTYPES),
+    "model.param_dtype": one_of(*DTYPES),
+    "model.remat": FLAG,
+    "model.dropout": FLAG,
+    "loss.kind": Rule(lambda v: v in _losses(), "a name in clip_jax.loss.LOSSES"),  # listed by _check_values
+    "loss.sigmoid_bias_init": number(),
+    "loss.sigmoid_scale_init": number(),
+    "loss.negatives": one_of("global", "local"),
+    "data.source": one_of("shapes", "files"),
+    "data.train": TEXT,
+    "data.val": TEXT,
+    "data.val_limit": whole(0, " (0: all)"),
+    "data.image_key": TEXT,
+    "data.caption_key": TEXT,
+    "data.workers": whole(1),
+    "data.worker_processes": whole(0, " (0: decode in threads)"),
+    "data.crop_scale": Rule(
+        lambda v: (
+            isinstance(v, (tuple, list))
+            and len(v) == 2
+            and all(_finite(x) for x in v)
+            and 0 < v[0] <= v[1] <= 1
+        ),
+        "(low, high) with 0 < low <= high <= 1",
+    ),
+    "data.horizontal_flip": FLAG,
+    "data.max_bad_fraction": number(0, 1),
+    "data.cache_dir": NAME,
+    "data.shapes.num_train": whole(1),
+    "data.shapes.num_val": whole(1),
+    "data.shapes.image_size": whole(16),
+    "data.shapes.seed": whole(0),
+    "data.shapes.holdout": Rule(
+        lambda v: (
+            isinstance(v, str)
+            and all(len(p.split(":")) == 2 and all(p.split(":")) for p in v.split(",") if p)
+        ),
+        "comma-separated colour:shape pairs, e.g. 'rosso:triangolo,blu:cerchio' ('' for none)",
+    ),
+    "data.shapes.language": NAME,
+    "train.objective": one_of("contrastive", "distill"),
+    "train.batch_size": whole(1),
+    "train.micro_batch_size": whole(0, " (0: off)"),
+    "train.seed": whole(0),
+    "train.phases": Rule(
+        lambda v: (
+            isinstance(v, (tuple, list))
+            and len(v) >= 1
+            and all(isinstance(n, str) for n in v)
+            and _distinct(list(v))
+        ),
+        "a non-empty list of distinct names of entries of phases, e.g. ('warmup', 'finetune')",
+    ),
+    "train.param_groups": Rule(
+        lambda v: (
+            _pairs(v, lambda n: isinstance(n, str) and n != "", _regex) and _distinct([n for n, _ in v])
+        ),
+        "(name, regular expression) pairs with distinct names",
+    ),
+    "train.optimizer": one_of("adamw", "adabelief"),
+    "train.b1": number(0, 1, high_open=True),
+    "train.b2": number(0, 1, high_open=True),
+    "train.eps": positive(),
+    "train.weight_decay": number(0),
+    "train.grad_clip_norm": number(0, note=" (0: off)"),
+    "train.agc_clip": number(0, note=" (0: off)"),
+    "train.log_every": whole(1),
+    "train.checkpoint_every": whole(1),
+    "train.keep_checkpoints": whole(1),
+    "train.async_checkpoints": FLAG,
+    "train.eval_every": whole(0, " (0: only at the end of each phase)"),
+    "train.eval_batch_size": whole(1),
+    "train.wandb_project": TEXT,
+    "phases.*.steps": whole(1, " (leave the phase out of train.phases to skip it)"),
+    "phases.*.trainable": REGEX,
+    "phases.*.learning_rates": Rule(
+        lambda v: isinstance(v, (dict, ConfigDict)) and all(isinstance(k, str) for k in v),
+        "a dict of parameter group -> learning rate",
+    ),
+    "phases.*.warmup_steps": whole(0),
+    "phases.*.decay": one_of("cosine", "linear", "constant"),
+    "phases.*.end_factor": number(0, 1, note=" (the final fraction of the peak learning rate)"),
+    "phases.*.cache_features": FLAG,
+    "distill.train": TEXT,
+    "distill.val": TEXT,
+    "distill.val_limit": whole(0, " (0: all)"),
+    "distill.teacher_column": NAME,
+    "distill.student_column": NAME,
+    "distill.loss": one_of("mse", "cosine"),
+    "distill.student_sees_teacher_language": FLAG,
+    "mesh.axes": Rule(
+        lambda v: (
+            isinstance(v, (dict, ConfigDict))
+            and len(v) >= 1
+            and all(_whole(s) and (s == -1 or s >= 1) for s in v.values())
+            and sum(s == -1 for s in v.values()) <= 1
+        ),
+        "a dict of axis name -> size (>= 1, or -1 for one axis: the remaining devices), e.g. {'data': -1, 'fsdp': 1}",
+    ),
+    "mesh.rules": Rule(
+        lambda v: _pairs(v, _regex, lambda r: isinstance(r, (str, tuple, list))),
+        "(regular expression, 'fsdp' | 'replicate' | partition spec) pairs",
+    ),
+    "mesh.fsdp_min_size": whole(0),
+}
+
+
+def _losses() -> list[str]:
+    from clip_jax.loss import LOSSES
+
+    return sorted(LOSSES)
+
+
+def _invalid(key: str, value: Any, rule: str) -> ValueError:
+    return ValueError(
+        f"{key}={value!r} is invalid: it must be {rule} — fix it in the config or with --config.{key}=..."
+    )
+
+
+def _check_values(config: ConfigDict) -> None:
+    """Raise ``ValueError`` naming the key, the value and the rule of the first value of :data:`RULES` that
+    makes no sense (before any work is done), then the checks that relate several values."""
+    values = _flat_keys(config)
+    for name in config.train.phases if isinstance(config.train.phases, (tuple, list)) else ():
+        if isinstance(name, str) and name in config.phases:
+            values.update({f"phases.{name}.{k}": v for k, v in config.phases[name].items()})
+    for key, value in values.items():
+        rule = RULES.get(key) or RULES.get(re.sub(r"^phases\.[^.]+\.", "phases.*.", key))
+        if rule is not None and not rule.ok(value):
+            text = rule.text if key != "loss.kind" else "one of " + ", ".join(map(repr, _losses()))
+            raise _invalid(key, value, text)
+    axes = config.mesh.axes
+    if not RULES["mesh.axes"].ok(axes):
+        raise _invalid(
+            "mesh.axes", axes.to_dict() if isinstance(axes, ConfigDict) else axes, RULES["mesh.axes"].text
         )
-        need(p.warmup_steps >= 0, f"{key}.warmup_steps", p.warmup_steps, ">= 0")
-        need(
-            p.decay in ("cosine", "linear", "constant"), f"{key}.decay", p.decay, "cosine, linear or constant"
+    t = config.train
+    if t.micro_batch_size and t.batch_size % t.micro_batch_size:
+        raise _invalid(
+            "train.micro_batch_size",
+            t.micro_batch_size,
+            f"0 (off) or a divisor of train.batch_size={t.batch_size}, e.g. "
+            f"{t.batch_size // 2 if t.batch_size % 2 == 0 else t.batch_size}",
         )
-        need(p.end_factor >= 0, f"{key}.end_factor", p.end_factor, ">= 0")
-        try:
-            re.compile(p.trainable)
-        except (re.error, TypeError) as error:
-            raise ValueError(
-                f"{key}.trainable={p.trainable!r} is not a valid regular expression ({error}) — fix "
-                f"it with --config.{key}.trainable=..."
-            ) from None
-        for group, rate in p.learning_rates.items():
-            need(
-                isinstance(rate, (int, float)) and math.isfinite(rate) and rate >= 0,
-                f"{key}.learning_rates.{group}",
-                rate,
-                "a finite number >= 0",
-            )
-    for group, pattern in config.train.param_groups:
-        try:
-            re.compile(pattern)
-        except (re.error, TypeError) as error:
-            raise ValueError(
-                f"train.param_groups: the pattern {pattern!r} of group {group!r} is not a valid "
-                f"regular expression ({error})."
-            ) from None
+    groups = [n for n, _ in t.param_groups]
+    for name in t.phases:
+        for group, rate in config.phases[name].learning_rates.items():
+            key = f"phases.{name}.learning_rates.{group}"
+            if group not in groups:
+                raise ValueError(
+                    f"{key}: {group!r} is not a parameter group (train.param_groups: {', '.join(groups)}) — "
+                    f"name one of those, or add the group to train.param_groups"
+                )
+            if not (_finite(rate) and rate >= 0):
+                raise _invalid(key, rate, "a finite number >= 0")

@@ -5,8 +5,11 @@ Layout: ``config.json`` (``model_type: vision-text-dual-encoder``), ``model.safe
 plus ``model.safetensors.index.json``) with PyTorch parameter names, tokenizer files and
 ``preprocessor_config.json``. ``VisionTextDualEncoderModel`` pools text with the tower's
 ``pooler_output``; a model trained with another pooling (mean, cls, eos) would silently compute
-different text embeddings there, so such models are written with ``model_type: clip_jax_dual_encoder``,
-which transformers refuses to load, and clip_jax loads.
+different text embeddings there (transformers 5 loads a foreign ``model_type`` with only a warning), so
+such models are written with ``model_type: clip_jax_dual_encoder`` and, in place of the integer
+``projection_dim``, the reason transformers cannot compute them (:func:`transformers_compatible`), so that
+``VisionTextDualEncoderModel.from_pretrained`` fails with that message; clip_jax reads the real value from
+the ``clip_jax`` section and loads it.
 """
 
 from __future__ import annotations
@@ -47,12 +50,18 @@ def transformers_compatible(text_pooling: str, text_model_type: str) -> tuple[bo
     if text_pooling == "pooler":
         return True, ""
     return False, (
-        f"this model pools text with {text_pooling!r} but transformers' VisionTextDualEncoderModel uses "
-        f"the {text_model_type} tower's pooler_output, so transformers would compute different text "
-        "embeddings. It is saved as a clip_jax model (model_type clip_jax_dual_encoder), which "
-        "transformers refuses to load rather than silently misusing it. Train with "
-        "text_pooling='pooler' for a transformers-loadable export."
+        f"clip_jax model, not loadable in transformers: it pools text with {text_pooling!r} but "
+        f"transformers' VisionTextDualEncoderModel uses the {text_model_type} tower's pooler_output, so "
+        "transformers would compute different text embeddings — load it with clip_jax "
+        "(clip_jax.CLIPModel.from_pretrained), or train with model.text_pooling='pooler' for a "
+        "transformers-loadable export"
     )
+
+
+def hub_projection_dim(config: Mapping[str, Any]) -> Any:
+    """The projection size of a hub-format ``config.json``: ``clip_jax.projection_dim`` where the top-level
+    field holds the reason transformers cannot load the model (see the module docstring)."""
+    return config.get("clip_jax", {}).get("projection_dim", config.get("projection_dim"))
 
 
 def write_weights(
@@ -300,7 +309,7 @@ def model_card(
         f"A CLIP-style dual encoder{f' for `{language}`' if language else ''}: a {vision.get('model_type')} "
         f"vision tower ({vision.get('hidden_size')}-d, patch {vision.get('patch_size')}, "
         f"{vision.get('image_size')} px) and a {text.get('model_type')} text tower "
-        f"({text.get('hidden_size')}-d), each projected to {config.get('projection_dim')} dimensions, trained "
+        f"({text.get('hidden_size')}-d), each projected to {hub_projection_dim(config)} dimensions, trained "
         "contrastively with clip_jax (the projections first with frozen towers, then "
         "everything).",
         "",

@@ -106,9 +106,12 @@ def _from_workdir(workdir: str, step: int | None) -> CLIPModel:
                 ) from error
         finally:
             checkpointer.close()
+        module = nnx.merge(graphdef, restored["params"], restored["frozen"])
         return CLIPModel(
-            nnx.merge(graphdef, restored["params"], restored["frozen"]),
+            module,
             tokenizer=load_tokenizer(model_dir),
             image_processor=ImageProcessorConfig.from_pretrained(model_dir),
-            max_length=m.max_length,
+            # a workdir from before max_length was checked may record more than the tower takes: it trained
+            # with the tower's limit
+            max_length=min(m.max_length, module.text.config.max_length),
         )

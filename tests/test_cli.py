@@ -82,6 +82,16 @@ def test_debug_shows_the_traceback():
         ("--config.train.batch_size=abc", "batch_size"),
         ("--config=no_such_recipe", "no built-in recipe 'no_such_recipe'"),
         ("--config=missing/file.py", "does not exist"),
+        # issue 23: every value with a type and a range, named with its value and the fix
+        ("--config.train.b2=1.5", "train.b2=1.5 is invalid: it must be a number in [0, 1) — fix it"),
+        ("--config.model.image_size=-1", "model.image_size=-1 is invalid"),
+        ("--config.phases.warmup.end_factor=5", "phases.warmup.end_factor=5.0 is invalid"),
+        ("--config.model.projection_dim=-3", "model.projection_dim=-3 is invalid"),
+        ("--config.model.projection_dim=0", "model.projection_dim=0 is invalid"),
+        ("--config.data.shapes.num_train=0", "data.shapes.num_train=0 is invalid"),
+        ("--config.data.crop_scale=abc", "data.crop_scale=('abc',) is invalid: it must be (low, high)"),
+        ("--config.model.logit_scale_init=nan", "model.logit_scale_init=nan is invalid"),
+        ("--config.train.phases=('warmup','warmup')", "train.phases=('warmup', 'warmup') is invalid"),
     ],
 )
 def test_values_that_make_no_sense_are_rejected_before_any_work(override, needle, tmp_path, capsys):
@@ -90,6 +100,26 @@ def test_values_that_make_no_sense_are_rejected_before_any_work(override, needle
     assert status == 2 and "error: " in err and needle in err, err
     assert "Traceback" not in err
     assert not (tmp_path / "w").exists()  # rejected before the workdir is touched
+
+
+def test_max_length_beyond_the_text_tower_is_an_error_not_a_clamp(tmp_path, capsys):
+    """Issue 23: --config.model.max_length=1000 was clamped to the tower's 32 while config.json kept 1000."""
+    status = main(
+        [
+            "train",
+            f"--workdir={tmp_path / 'w'}",
+            f"--config.data.cache_dir={tmp_path / 'c'}",
+            *CLI_TINY,
+            "--config.model.max_length=1000",
+        ]
+    )
+    err = capsys.readouterr().err
+    assert (
+        status == 2
+        and "error: max_length=1000 does not fit the text tower, which takes 1 to 32 tokens" in err
+    )
+    assert "--config.model.max_length=32 or less" in err and "Traceback" not in err
+    assert not (tmp_path / "w" / "config.json").exists()
 
 
 def test_recipes_by_name_and_print_config(capsys):

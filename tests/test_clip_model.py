@@ -483,6 +483,8 @@ def test_loads_clip_italian_legacy_flax_hybrid_clip(checkpoints, tmp_path):
 
 
 def test_non_pooler_text_pooling_is_never_exported_as_a_transformers_model(checkpoints, tmp_path):
+    """Issue 23: transformers 5 loads a foreign model_type with only a warning, and a mean-pooling export then
+    gave text embeddings far from clip_jax's. The installed transformers must refuse it, with our message."""
     from clip_jax.hub import ExportError
 
     model = CLIPModel.from_towers(
@@ -492,11 +494,19 @@ def test_non_pooler_text_pooling_is_never_exported_as_a_transformers_model(check
         text_pooling="mean",
     )
     model.save_pretrained(tmp_path)
+    message = (
+        r"clip_jax model, not loadable in transformers: it pools text with 'mean'.*pooler_output.*CLIPModel"
+    )
+    for loader in (tf.VisionTextDualEncoderModel, tf.VisionTextDualEncoderConfig):
+        with pytest.raises(Exception, match=message):
+            loader.from_pretrained(str(tmp_path))
     with pytest.raises((ValueError, KeyError), match="clip_jax_dual_encoder"):
-        tf.AutoModel.from_pretrained(
-            str(tmp_path)
-        )  # transformers refuses rather than computing other embeddings
-    assert CLIPModel.from_pretrained(tmp_path).module.text_pooling == "mean"
+        tf.AutoModel.from_pretrained(str(tmp_path))  # the auto classes do not know the model type
+    # the real projection size is kept, and clip_jax loads the export exactly
+    loaded = CLIPModel.from_pretrained(tmp_path)
+    assert loaded.module.text_pooling == "mean" and loaded.module.projection_dim == 8
+    texts = ["un gatto nero", "due cani sul prato"]
+    np.testing.assert_array_equal(loaded.encode_text(texts), model.encode_text(texts))
     with pytest.raises(ExportError, match="pools text with 'mean'.*pooler_output"):
         model.save_pretrained(tmp_path / "hf", require_transformers=True)
 

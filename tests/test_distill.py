@@ -305,6 +305,13 @@ def test_init_from_continues_contrastively_from_the_distilled_model(distilled, s
             "model.text": "not-used-with-init_from",
         },
     )
+    # a setting the saved model does not have is refused (it would be recorded, but not used): issue 23
+    c.model.text_pooling = "mean"
+    with pytest.raises(
+        ValueError, match=r"model.text_pooling='mean' but model.init_from=.*text_pooling='pooler'"
+    ):
+        Trainer(c, str(tmp_path / "refused"))
+    c.model.text_pooling = "pooler"
     trainer = Trainer(c, str(tmp_path / "run"))
     ours = dict(nnx.to_flat_state(nnx.state(trainer.model.module)))
     theirs = nnx.to_flat_state(nnx.state(distilled_model.module))

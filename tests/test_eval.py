@@ -352,6 +352,72 @@ def test_eval_cli_retrieval(saved_model, tmp_path):
     assert m["text_retrieval_recall@10"] == 1.0 and 0 <= m["image_retrieval_mrr@1"] <= 1
 
 
+def per_caption_and_grouped_listings(root, images=20, captions=3):
+    """The same images and captions as an open_clip-style CSV (one row per caption, rows shuffled so an
+    image's rows are apart) and as a JSONL listing with a ``captions`` list: (csv path, jsonl path)."""
+    rs = np.random.RandomState(1)
+    (root / "img").mkdir(parents=True)
+    words = ["rosso", "verde", "blu", "cane", "gatto", "casa", "albero", "mare", "sole", "luna"]
+    rows = []
+    for i in range(images):
+        Image.fromarray(rs.randint(0, 256, (36, 40, 3), dtype=np.uint8)).save(root / "img" / f"{i}.png")
+        caps = [" ".join(rs.choice(words, 3)) + f" {i} {j}" for j in range(captions)]
+        rows.append({"image_path": f"img/{i}.png", "captions": caps})
+    (root / "grouped.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    flat = [(r["image_path"], c) for r in rows for c in r["captions"]]
+    flat = [flat[i] for i in rs.permutation(len(flat))]
+    with open(root / "per_caption.csv", "w", newline="") as f:
+        f.write("filepath,title\n" + "".join(f"{path},{caption}\n" for path, caption in flat))
+    return str(root / "per_caption.csv"), str(root / "grouped.jsonl")
+
+
+def test_retrieval_groups_rows_by_image(saved_model, tmp_path):
+    """Issue 23: a per-caption CSV repeats each image; counted as separate items, 20 images x 3 captions gave
+    image R@5 0.05 as CSV and 0.25 as JSONL. Rows are grouped by image: the numbers are the same."""
+    from clip_jax.data.pipeline import load_eval_examples
+    from clip_jax.evaluate.run import run_retrieval
+
+    model, path = saved_model
+    csv_spec, jsonl_spec = per_caption_and_grouped_listings(tmp_path)
+    per_caption = run_retrieval(model, path, csv_spec)["metrics"]
+    grouped = run_retrieval(model, path, jsonl_spec)["metrics"]
+    assert per_caption["images"] == grouped["images"] == 20 and per_caption["texts"] == grouped["texts"] == 60
+    assert per_caption.keys() == grouped.keys()
+    for name, value in grouped.items():
+        assert per_caption[name] == pytest.approx(value, rel=1e-12, abs=1e-12), name
+    # the grouping itself: each image once, with the captions of all its rows
+    _, csv_captions, _ = load_eval_examples(csv_spec, model.image_processor)
+    _, jsonl_captions, _ = load_eval_examples(jsonl_spec, model.image_processor)
+    assert sorted(map(sorted, csv_captions)) == sorted(map(sorted, jsonl_captions))
+    # a limit counts images, and still gathers every caption of the images it keeps
+    _, limited, _ = load_eval_examples(csv_spec, model.image_processor, limit=5)
+    assert len(limited) == 5 and all(len(c) == 3 for c in limited)
+
+
+def test_training_validation_groups_rows_by_image(tmp_path):
+    """Issue 23: training's ``data.val`` reads a per-caption CSV as the JSONL with a captions list."""
+    from train_helpers import tiny_config
+
+    from clip_jax.train.trainer import Trainer
+
+    csv_spec, jsonl_spec = per_caption_and_grouped_listings(tmp_path / "data")
+    metrics = {}
+    for name, spec in (("csv", csv_spec), ("jsonl", jsonl_spec)):
+        config = tiny_config(tmp_path / "cache", **{"data.source": "files", "data.train": jsonl_spec})
+        config.data.val = spec
+        trainer = Trainer(config, str(tmp_path / name))
+        assert len(trainer.val) == 20 and sum(map(len, trainer.val.captions)) == 60
+        state = trainer.start_phase(trainer.phases[0], trainer.model.module).state
+        metrics[name] = trainer.evaluate(state)
+        trainer.lock.release()
+    assert (
+        metrics["csv"].keys() == metrics["jsonl"].keys() and "val/image_retrieval_recall@5" in metrics["csv"]
+    )
+    for name, value in metrics["jsonl"].items():
+        if name != "val/loss":  # the loss takes each image's first caption, which depends on row order
+            assert metrics["csv"][name] == pytest.approx(value, rel=1e-12, abs=1e-12), name
+
+
 def clip_benchmark_build():
     """clip_benchmark's own `build` command (``clip_benchmark.cli.main_build``, the reader of its result files),
     taken from the installed package's source: importing ``clip_benchmark.cli`` needs torchvision and

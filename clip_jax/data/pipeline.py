@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures as futures
+import hashlib
 import io
 import logging
 import math
@@ -598,11 +599,21 @@ class TrainBatches:
         self.stream.close()
 
 
+def image_identity(record: dict) -> tuple[str, bytes] | None:
+    """What makes two records the same image: the same path and the same bytes (``None`` for a record
+    without image bytes). An open_clip-style listing has one row per caption, so an image repeats."""
+    data = record.get("image")
+    if not isinstance(data, bytes | bytearray):
+        return None
+    return str(record.get("path", "")), hashlib.sha1(data).digest()
+
+
 def _eval_examples(
     records: Iterator[dict], processor: ImageProcessorConfig, workers: int, counts: collections.Counter
-) -> Iterator[tuple[np.ndarray, list[str]]]:
-    """``(pixels, captions)`` of the usable records in order (eval preprocessing), decoded ``workers`` at a
-    time with at most ``4 * workers`` in flight (memory stays bounded on any data size); skips counted."""
+) -> Iterator[tuple[np.ndarray, list[str], tuple[str, bytes] | None]]:
+    """``(pixels, captions, image identity)`` of the usable records in order (eval preprocessing), decoded
+    ``workers`` at a time with at most ``4 * workers`` in flight (memory stays bounded on any data size);
+    skips counted."""
     transform = ExampleTransform(processor, train=False)
     window = 4 * max(1, workers)
     with futures.ThreadPoolExecutor(max(1, workers)) as pool:
@@ -610,16 +621,17 @@ def _eval_examples(
         records = iter(records)
         while True:
             for record in records:
-                pending.append(pool.submit(_safe, transform, record, None))
+                pending.append((image_identity(record), pool.submit(_safe, transform, record, None)))
                 if len(pending) >= window:
                     break
             if not pending:
                 return
-            result = pending.popleft().result()
+            identity, future = pending.popleft()
+            result = future.result()
             if isinstance(result, _Failed):
                 counts[result.error.reason] += 1
                 continue
-            yield result["pixel_values"], result["captions"]
+            yield result["pixel_values"], result["captions"], identity
 
 
 def process_examples(
@@ -640,7 +652,7 @@ def process_examples(
     for spec, _ in parse_mixture(specs):
         records = one_pass(parse_source(spec, **settings), process_index, process_count)
         pixels, captions = [], []
-        for image, caps in _eval_examples(records, processor, workers, counts):
+        for image, caps, _ in _eval_examples(records, processor, workers, counts):
             pixels.append(image)
             captions.append(caps)
             if len(pixels) == chunk:
@@ -679,16 +691,35 @@ def load_eval_examples(
     **settings: Any,
 ) -> tuple[np.ndarray, list[list[str]], dict]:
     """All usable examples of a source in order (eval preprocessing, every caption): pixels, captions, skip
-    counts. More skipped than ``max_bad_fraction`` of the examples seen is a :class:`DataError`."""
-    pixels, captions, counts = [], [], collections.Counter()
-    for image, caps in _eval_examples(one_pass(parse_source(spec, **settings)), processor, workers, counts):
-        pixels.append(image)
-        captions.append(caps)
-        if limit and len(pixels) >= limit:
-            break
+    counts. More skipped than ``max_bad_fraction`` of the rows seen is a :class:`DataError`.
+
+    Rows naming the same image (same path, same bytes: an open_clip-style listing has one row per caption)
+    are one example with the captions of all its rows, where the image first appears: retrieval ranks
+    images, so a repeated image must not count as several (a per-caption CSV gives the numbers of the
+    JSONL listing with a ``captions`` list). ``limit`` counts images; rows of images beyond it are not
+    decoded, but captions of the first ``limit`` images are gathered from every row."""
+    pixels: list[np.ndarray] = []
+    captions: list[list[str]] = []
+    counts: collections.Counter = collections.Counter()
+    where: dict[tuple[str, bytes], int] = {}  # image identity -> its example
+    rows = 0
+    records = one_pass(parse_source(spec, **settings))
+    if limit:  # once full, only rows of images already taken are worth decoding
+        records = (r for r in records if len(pixels) < limit or image_identity(r) in where)
+    for image, caps, identity in _eval_examples(records, processor, workers, counts):
+        if identity is not None and identity in where:
+            captions[where[identity]].extend(caps)
+        elif limit and len(pixels) >= limit:
+            continue
+        else:
+            if identity is not None:
+                where[identity] = len(pixels)
+            pixels.append(image)
+            captions.append(list(caps))
+        rows += 1
     if not pixels:
         raise DataError(f"No usable example in {spec} (skipped: {dict(counts)}).")
-    check_bad_fraction(spec, counts, len(pixels), max_bad_fraction)
+    check_bad_fraction(spec, counts, rows, max_bad_fraction)
     if counts:
         logger.warning("Skipped %d examples of %s: %s", sum(counts.values()), spec, dict(counts))
     return np.stack(pixels), captions, dict(counts)

@@ -3,6 +3,9 @@
 Recall@k (CLIP-style): a query is a hit if any correct item is among its top k. MRR@k
 (CLIP-Italian's metric): the mean over queries of 1/rank of the first correct item, 0 beyond k.
 Ties are broken pessimistically: an item scoring the same as the correct one counts as ranked above it.
+An item is an image with all its captions: listings with one row per caption (open_clip's CSV) are
+grouped by image when read (:func:`clip_jax.data.pipeline.load_eval_examples`), so a repeated image is one
+candidate, not several.
 
 Reported names are CLIP_benchmark's, everywhere (TensorBoard, ``metrics.jsonl``, ``summary.json``,
 ``eval.py --output``): ``text_retrieval_recall@k`` / ``text_retrieval_mrr@k`` rank the captions for each

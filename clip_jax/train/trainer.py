@@ -27,7 +27,7 @@ from ml_collections import ConfigDict
 
 from clip_jax import workdir as workdirs
 from clip_jax.checkpoint import Checkpointer
-from clip_jax.config import validate
+from clip_jax.config import check_init_from, validate
 from clip_jax.data import build_training_data, cache_examples
 from clip_jax.sharding import batch_sharding, check_batch_size, check_micro_batch_size, make_mesh
 from clip_jax.train import distill, resume
@@ -74,6 +74,9 @@ class Trainer:
     def _setup(self, config: ConfigDict, workdir: str) -> None:
         self.distilling = config.train.objective == "distill"  # text-only: clip_jax/train/distill.py
         self.model = distill.build_model(config) if self.distilling else build_model(config)
+        if config.model.init_from:  # the saved model's own settings: config.json must not record others
+            m = self.model
+            check_init_from(config, m.module.projection_dim, m.module.text_pooling, m.max_length)
         self.graphdef = nnx.graphdef(self.model.module)
         self.phases = phases_of(config)
         self.total_steps = self.phases[-1].end
