@@ -37,7 +37,9 @@ ROWS = [
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--out", required=True)
     parser.add_argument("--rows", default="", help="comma-separated row indices (default: all)")
     parser.add_argument("--timeout", type=float, default=3600)
@@ -57,9 +59,17 @@ def main() -> None:
             lines, error = [], f"compile ran past {args.timeout:.0f} s"
         with open(args.out, "a") as out:
             for line in lines or [{}]:
-                record = {"row": index, "name": name, "overrides": recipe + overrides, "wall_s": time.time() - start}
+                record = {
+                    "row": index,
+                    "name": name,
+                    "overrides": recipe + overrides,
+                    "wall_s": time.time() - start,
+                }
                 out.write(json.dumps({**record, **line, **({"error": error} if error else {})}) + "\n")
-        print(f"row {index} ({name} {topology} {phases}): {'error ' + str(error) if error else 'done'}", flush=True)
+        print(
+            f"row {index} ({name} {topology} {phases}): {'error ' + str(error) if error else 'done'}",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 from train_helpers import REPO, subprocess_env, tiny_config
 
-from clip_jax.config import HEAD, override, phase
+from clip_jax.config import HEAD, phase
 from clip_jax.plan import plan, target
 from clip_jax.plan.hlo import summarize
 from clip_jax.sharding import MeshError, make_mesh
@@ -105,9 +105,10 @@ def test_a_phase_compiles_for_256_chips_and_fsdp_shards_the_state(tmp_path):
     assert a.chips == b.chips == 256 and a.hosts == 64  # v5e: 4 chips per compile-only host here
     assert b.mesh == {"data": 16, "fsdp": 16}
     assert b.memory["argument"] < a.memory["argument"] / 4  # parameters and Adam moments split 16 ways
-    assert "all-gather" in b.collectives and b.collectives["all-gather"]["count"] > a.collectives.get(
-        "all-gather", {"count": 0}
-    )["count"]
+    assert (
+        "all-gather" in b.collectives
+        and b.collectives["all-gather"]["count"] > a.collectives.get("all-gather", {"count": 0})["count"]
+    )
 
 
 def test_when_a_step_does_not_fit_plan_names_the_first_change_that_does(tmp_path):

@@ -4,4 +4,14 @@ per-chip memory, fit, FLOPs, collectives and a step-time bound (see :mod:`~clip_
 from clip_jax.plan.chips import CHIPS, Chip, Target, TopologyError, target
 from clip_jax.plan.planner import StepPlan, compile_step, find_fit, plan
 
-__all__ = ["CHIPS", "Chip", "StepPlan", "Target", "TopologyError", "compile_step", "find_fit", "plan", "target"]
+__all__ = [
+    "CHIPS",
+    "Chip",
+    "StepPlan",
+    "Target",
+    "TopologyError",
+    "compile_step",
+    "find_fit",
+    "plan",
+    "target",
+]

@@ -82,7 +82,9 @@ def target(name: str) -> Target:
 
     if name == "local":
         devices = jax.devices()
-        return Target(name, devices, devices[0].platform, CHIPS.get(DEVICE_KINDS.get(devices[0].device_kind, "")))
+        return Target(
+            name, devices, devices[0].platform, CHIPS.get(DEVICE_KINDS.get(devices[0].device_kind, ""))
+        )
     if name.startswith("cpu:"):
         count = _positive(name[4:], name)
         devices = jax.devices("cpu")

@@ -30,7 +30,9 @@ def _flags(argv: Sequence[str]):
     flags.DEFINE_string("topology", None, "What to compile for (see above).", flag_values=values)
     flags.DEFINE_string("phases", "", "Comma-separated steps to compile (phase names, eval); default all.",
                         flag_values=values)  # fmt: skip
-    flags.DEFINE_bool("json", False, "Print one JSON object per step instead of the table.", flag_values=values)
+    flags.DEFINE_bool(
+        "json", False, "Print one JSON object per step instead of the table.", flag_values=values
+    )
     flags.DEFINE_float("hbm_gib", 0.0, "Plan for this much memory per chip instead of the chip's HBM (0: all).",
                        flag_values=values)  # fmt: skip
     flags.DEFINE_bool("search", True, "When a step does not fit, find the first change that does.",
@@ -59,7 +61,9 @@ def main(argv: Sequence[str]) -> list[dict]:
         raise UsageError(f"{str(error).splitlines()[0]} — see clip-jax plan --help") from None
     if not values.topology:
         raise UsageError("clip-jax plan needs --topology — e.g. v5e:4x4, v4:2x2x2, cpu:8 (see --help)")
-    os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")  # plans may run beside each other (tests, sweeps)
+    os.environ.setdefault(
+        "ALLOW_MULTIPLE_LIBTPU_LOAD", "1"
+    )  # plans may run beside each other (tests, sweeps)
     from clip_jax.plan import plan, target
 
     steps = [s for s in values.phases.split(",") if s] or None
@@ -93,15 +97,20 @@ def format_table(plans) -> str:
             f"== {p.step} ({p.kind}) on {p.topology}: {p.chips} chips, {p.hosts} host(s), mesh {p.mesh}",
             f"   batch {p.global_batch} global, {p.per_chip_batch:g} per chip"
             + (f", micro-batch {p.micro_batch}" if p.micro_batch else "")
-            + f"; dtype {p.dtype}" + (", remat" if p.remat else ""),
+            + f"; dtype {p.dtype}"
+            + (", remat" if p.remat else ""),
             f"   memory per chip: {_gib(mem['total'])} of {_gib(p.hbm_bytes)} — {fits}"
             f"  (arguments {_gib(mem['argument'])}, outputs {_gib(mem['output'])}, aliased "
             f"{_gib(mem['aliased'])}, temporaries {_gib(mem['temporary'])}, code {_gib(mem['code'])})",
             f"   FLOPs per step: {p.flops_analytic:.3e} analytic, {p.flops_xla:.3e} compiled matmuls "
             f"(loops x trip counts; XLA's cost_analysis, loops once: {p.flops_xla_loops_once:.3e})",
             "   collectives per chip and step: "
-            + (", ".join(f"{k} {int(c['count'])}x {c['bytes'] / 2**20:.1f} MiB" for k, c in p.collectives.items())
-               or "none"),  # fmt: skip
+            + (
+                ", ".join(
+                    f"{k} {int(c['count'])}x {c['bytes'] / 2**20:.1f} MiB" for k, c in p.collectives.items()
+                )
+                or "none"
+            ),
             f"   compile: {p.compile_seconds:.1f} s",
         ]
         if p.bound_seconds:
@@ -110,13 +119,18 @@ def format_table(plans) -> str:
                 f"   step-time BOUND (published peaks, not a measurement): {b['step'] * 1e3:.2f} ms "
                 f"(compute {b['compute'] * 1e3:.2f}, HBM {b['memory'] * 1e3:.2f}, interconnect "
                 f"{b['collective'] * 1e3:.2f})"
-                + (f" -> at most {p.bound_images_per_s:,.0f} images/s, MFU {p.bound_mfu:.0%}"
-                   if p.bound_images_per_s else "")  # fmt: skip
+                + (
+                    f" -> at most {p.bound_images_per_s:,.0f} images/s, MFU {p.bound_mfu:.0%}"
+                    if p.bound_images_per_s
+                    else ""
+                )
             )
         if p.fits is False:
             if p.suggestion:
                 change = " ".join(f"--config.{k}={v}" for k, v in p.suggestion["change"].items())
                 lines.append(f"   fits with: {change} ({_gib(p.suggestion['memory']['total'])} per chip)")
             else:
-                lines.append("   no single change of micro-batch, fsdp, remat or bfloat16 fits: use more chips")
+                lines.append(
+                    "   no single change of micro-batch, fsdp, remat or bfloat16 fits: use more chips"
+                )
     return "\n".join(lines)

@@ -164,11 +164,14 @@ def _matmul_flops(ins: _Instruction, shapes: dict[str, str]) -> float:
     window = re.search(r"window=\{([^}]*)\}", ins.attributes)
     positions = 1
     if window:
-        field = lambda key: [int(x) for x in re.search(rf"\b{key}=([\dx]+)", window.group(1)).group(1).split("x")]
+        field = lambda key: [
+            int(x) for x in re.search(rf"\b{key}=([\dx]+)", window.group(1)).group(1).split("x")
+        ]
         sizes = field("size") if "size=" in window.group(1) else []
         dilation = field("lhs_dilate") if "lhs_dilate=" in window.group(1) else [1] * len(sizes)
         positions = math.prod(
-            min(-(-size // step), spatial.get(str(d), size)) for d, (size, step) in enumerate(zip(sizes, dilation))
+            min(-(-size // step), spatial.get(str(d), size))
+            for d, (size, step) in enumerate(zip(sizes, dilation))
         )
     return 2.0 * outputs * features * positions
 

@@ -65,7 +65,9 @@ class StepPlan:
     flops_xla_loops_once: float  # global: XLA's cost_analysis() flops (loop bodies counted once), x chips
     collectives: dict[str, dict[str, float]]  # kind -> count, bytes (produced per chip), wire_bytes
     compile_seconds: float
-    bound_seconds: dict[str, float] = dataclasses.field(default_factory=dict)  # compute, memory, collective, step
+    bound_seconds: dict[str, float] = dataclasses.field(
+        default_factory=dict
+    )  # compute, memory, collective, step
     bound_images_per_s: float | None = None
     bound_mfu: float | None = None
     suggestion: dict[str, Any] | None = None  # when it does not fit: the first change that fits
@@ -84,7 +86,9 @@ def plan(
     steps = steps or names
     unknown = [s for s in steps if s not in names]
     if unknown:
-        raise ValueError(f"--phases {','.join(unknown)}: not a step of this recipe — choose from {', '.join(names)}")
+        raise ValueError(
+            f"--phases {','.join(unknown)}: not a step of this recipe — choose from {', '.join(names)}"
+        )
     plans = []
     for name in steps:
         log(f"compiling {name} for {target.name} ({len(target.devices)} devices)...")
@@ -190,7 +194,12 @@ def _eval_program(config: ConfigDict, module: nnx.Module, mesh, rows: int):
     length = min(int(config.model.max_length), int(module.text.config.max_length))
     spec = lambda shape, dtype: jax.ShapeDtypeStruct((rows, *shape), dtype, sharding=batched)
     abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), state, sharding)
-    args = (abstract, spec((size, size, 3), jnp.float32), spec((length,), jnp.int32), spec((length,), jnp.int32))
+    args = (
+        abstract,
+        spec((size, size, 3), jnp.float32),
+        spec((length,), jnp.int32),
+        spec((length,), jnp.int32),
+    )
     return fn, args
 
 
@@ -203,7 +212,9 @@ def tower_flops(config: Any, sequence: int, patch_pixels: int = 0) -> float:
     return layers * per_layer + 2 * (sequence - 1) * patch_pixels * d
 
 
-def analytic_flops(module: nnx.Module, config: ConfigDict, kind: str, phase: Phase | None, batch: int) -> float:
+def analytic_flops(
+    module: nnx.Module, config: ConfigDict, kind: str, phase: Phase | None, batch: int
+) -> float:
     """Model FLOPs of one global step (the MFU convention: no recomputation for remat or gradient caching): a
     trained part costs three forward passes (forward, input and weight gradients), a frozen one a forward."""
     v, t = module.vision.config, module.text.config
@@ -221,9 +232,11 @@ def analytic_flops(module: nnx.Module, config: ConfigDict, kind: str, phase: Pha
     trains = lambda tower: tower in trained
     if kind == "distill":
         return batch * (3 if trains("text") else 1) * text + batch * 3 * t.hidden_size * dim * 2
-    towers = 0.0 if kind == "cached_features" else (3 if trains("vision") else 1) * vision + (
-        3 if trains("text") else 1
-    ) * text
+    towers = (
+        0.0
+        if kind == "cached_features"
+        else (3 if trains("vision") else 1) * vision + (3 if trains("text") else 1) * text
+    )
     return batch * (towers + 3 * heads + 3 * loss)
 
 

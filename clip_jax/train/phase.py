@@ -146,7 +146,9 @@ def phase_program(
     )
     abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), shapes, sharding)
     init = jax.jit(make_state, out_shardings=sharding)
-    return PhaseProgram(step_fn, graphdef, schedules, abstract, batch_shapes(config, module, phase, mesh), init)
+    return PhaseProgram(
+        step_fn, graphdef, schedules, abstract, batch_shapes(config, module, phase, mesh), init
+    )
 
 
 def create_train_state(

@@ -136,7 +136,9 @@ def read_architecture(path_or_id: str | os.PathLike) -> tuple[dict[str, Any], st
             return read_config(Path(cached).parent), f"the Hugging Face cache ({cached})"
         if shipped.is_file():
             raw = json.loads(shipped.read_text())
-            return {k: v for k, v in raw.items() if not k.startswith("_")}, f"clip_jax's copy ({shipped.name})"
+            return {
+                k: v for k, v in raw.items() if not k.startswith("_")
+            }, f"clip_jax's copy ({shipped.name})"
     known = sorted(p.stem.replace("--", "/") for p in SHIPPED_ARCHITECTURES.glob("*.json"))
     raise CheckpointError(
         f"the architecture of {text} is not known offline: it is no local directory, not in the Hugging Face "
