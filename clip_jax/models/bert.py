@@ -17,6 +17,7 @@ from flax import nnx
 from clip_jax.models.layers import (
     MLP,
     Attention,
+    Dense,
     DType,
     TowerOutput,
     activation,
@@ -141,7 +142,7 @@ class BertEncoder(nnx.Module):
         self.embeddings_norm = layer_norm(d, config.layer_norm_eps, **kwargs)
         self.dropout = nnx.Dropout(config.hidden_dropout_prob)
         self.layers = nnx.List([PostNormBlock(config, **kwargs) for _ in range(config.num_hidden_layers)])
-        self.pooler = nnx.Linear(d, d, kernel_init=init, **kwargs) if add_pooling_layer else None
+        self.pooler = Dense(d, d, kernel_init=init, **kwargs) if add_pooling_layer else None
 
     def position_ids(self, input_ids: jax.Array) -> jax.Array:
         """Positions as transformers numbers them for this model type."""
@@ -234,7 +235,7 @@ class BertForMaskedLM(nnx.Module):
         )
         d = config.hidden_size
         kwargs = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-        self.transform = nnx.Linear(d, d, kernel_init=normal(config.initializer_range), **kwargs)
+        self.transform = Dense(d, d, kernel_init=normal(config.initializer_range), **kwargs)
         self.transform_norm = layer_norm(d, config.layer_norm_eps, **kwargs)
         self.bias = nnx.Param(jnp.zeros((config.vocab_size,), param_dtype))
         self.act = activation(config.hidden_act)

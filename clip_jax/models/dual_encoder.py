@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx, struct
 
-from clip_jax.models.layers import TowerOutput
+from clip_jax.models.layers import Dense, TowerOutput
 from clip_jax.models.registry import POOLINGS
 from clip_jax.weights.keymap import IDENTITY, LINEAR, KeyMap, Rule
 
@@ -87,8 +87,8 @@ class DualEncoder(nnx.Module):
         self.text_pooling = text_pooling
         init = nnx.initializers.normal(0.02)
         kwargs = dict(use_bias=False, kernel_init=init, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-        self.visual_projection = nnx.Linear(vision.config.hidden_size, projection_dim, **kwargs)
-        self.text_projection = nnx.Linear(text.config.hidden_size, projection_dim, **kwargs)
+        self.visual_projection = Dense(vision.config.hidden_size, projection_dim, **kwargs)
+        self.text_projection = Dense(text.config.hidden_size, projection_dim, **kwargs)
         self.logit_scale = nnx.Param(jnp.asarray(logit_scale_init, jnp.float32))
         self.logit_bias = (
             nnx.Param(jnp.asarray(logit_bias_init, jnp.float32)) if logit_bias_init is not None else None

@@ -73,9 +73,9 @@ def _low_precision(*arrays: Array) -> bool:
     return all(jnp.issubdtype(a.dtype, jnp.floating) and jnp.finfo(a.dtype).bits == 16 for a in arrays)
 
 
-def _product(a: Array, b: Array) -> Array:
-    """``a [m, k] @ b [k, n]`` with float32 accumulation, in ``a``'s dtype."""
-    return jnp.dot(a, b, preferred_element_type=jnp.float32).astype(a.dtype)
+def _product(a: Array, kernel: Array) -> Array:
+    """``a [m, k] @ kernel [k, n]`` in ``a``'s (16-bit) dtype, with float32 accumulation."""
+    return jnp.dot(a, kernel.astype(a.dtype), preferred_element_type=jnp.float32).astype(a.dtype)
 
 
 def _rows_to_columns(a: Array) -> Array:
@@ -86,62 +86,84 @@ def _rows_to_columns(a: Array) -> Array:
     return a.reshape(m, k // block, block).transpose(1, 2, 0).reshape(k, m)
 
 
-@jax.custom_vjp
-def _cpu_product(a: Array, b: Array) -> Array:
-    return _product(a, b)
+def _product_forward(a: Array, kernel: Array) -> tuple[Array, tuple[Array, Array]]:
+    return _product(a, kernel), (a, kernel)
 
 
-def _cpu_product_forward(a: Array, b: Array) -> tuple[Array, tuple[Array, Array]]:
-    return _product(a, b), (a, b)
+def _input_gradient(a: Array, kernel: Array, grad: Array) -> Array:
+    dims = (((1,), (1,)), ((), ()))
+    return jax.lax.dot_general(grad, kernel.astype(a.dtype), dims, preferred_element_type=jnp.float32)
+
+
+def _product_backward(saved: tuple[Array, Array], grad: Array) -> tuple[Array, Array]:
+    """The weight gradient stays in float32 (the kernel's dtype when it is a float32 master weight) from the
+    product on: with a batch sharded over devices, the cross-device sum XLA inserts after it runs in float32."""
+    a, kernel = saved
+    grad = grad.astype(a.dtype)
+    grad_kernel = jnp.dot(a.T, grad, preferred_element_type=jnp.float32)
+    return _input_gradient(a, kernel, grad).astype(a.dtype), grad_kernel.astype(kernel.dtype)
 
 
 def _cpu_product_backward(saved: tuple[Array, Array], grad: Array) -> tuple[Array, Array]:
-    a, b = saved
+    """:func:`_product_backward` with ``a.T`` stored row-major first (XLA's CPU bfloat16 kernels need it)."""
+    a, kernel = saved
     grad = grad.astype(a.dtype)
-    grad_a = jax.lax.dot_general(grad, b, (((1,), (1,)), ((), ())), preferred_element_type=jnp.float32)
-    grad_b = _product(_rows_to_columns(a), grad)
-    return grad_a.astype(a.dtype), grad_b.astype(b.dtype)
+    grad_kernel = jnp.dot(_rows_to_columns(a), grad, preferred_element_type=jnp.float32)
+    return _input_gradient(a, kernel, grad).astype(a.dtype), grad_kernel.astype(kernel.dtype)
 
 
-_cpu_product.defvjp(_cpu_product_forward, _cpu_product_backward)
+_default_product = jax.custom_vjp(_product)
+_default_product.defvjp(_product_forward, _product_backward)
+_cpu_product = jax.custom_vjp(_product)
+_cpu_product.defvjp(_product_forward, _cpu_product_backward)
 
 
 def dense_product(x: Array, kernel: Array) -> Array:
-    """``x [..., in] @ kernel [in, out]``: a dense map's matrix product.
+    """``x [..., in] @ kernel [in, out]``: a dense map's matrix product, computed in ``x``'s dtype.
 
-    In 16-bit floats (``model.dtype=bfloat16``) the product accumulates in float32 and returns ``x``'s dtype.
-    On CPU its gradient is written for XLA's fast bfloat16 kernels (AMX on recent Xeons): XLA's CPU
-    compiler runs a bfloat16 product only when both operands are stored row-major in the product's own
-    orientation, and otherwise converts them to float32 first, so the weight gradient ``x.T @ dy`` ran at
-    float32 speed, 4-5x slower than the forward product (``bench/matmul_libs.py --dtype bfloat16``). The
-    backward pass stores ``x.T`` row-major before multiplying. Values and gradients are those of the plain
-    product up to float32 summation order (each is rounded once to the compute dtype). float32 operands take
-    the plain product on every platform.
+    With 16-bit ``x`` (``model.dtype=bfloat16``), ``kernel`` may be the float32 master weight: it is rounded
+    for the product, which accumulates in float32, and its gradient is computed and returned in float32 — so
+    in a data-parallel step the gradient is summed across devices in float32, as the master weights are kept
+    (``clip-jax plan`` shows the reductions' dtypes). On CPU the gradient is written for XLA's fast bfloat16
+    kernels (AMX on recent Xeons): XLA's CPU compiler runs a bfloat16 product only when both operands are
+    stored row-major in the product's own orientation, and otherwise converts them to float32 first, so the
+    weight gradient ``x.T @ dy`` ran at float32 speed, 4-5x slower than the forward product
+    (``bench/matmul_libs.py --dtype bfloat16``); the backward pass stores ``x.T`` row-major before
+    multiplying. Values and gradients are those of the plain product up to float32 summation order. float32
+    ``x`` takes the plain product on every platform.
     """
-    if not (_low_precision(x, kernel) and FAST_LOW_PRECISION_PRODUCTS):
-        return jnp.dot(x, kernel)
+    if not (_low_precision(x) and FAST_LOW_PRECISION_PRODUCTS):
+        return jnp.dot(x, kernel.astype(x.dtype) if _low_precision(x) else kernel)
     rows = x.reshape(-1, x.shape[-1])
-    product = jax.lax.platform_dependent(rows, kernel, cpu=_cpu_product, default=_product)
+    product = jax.lax.platform_dependent(rows, kernel, cpu=_cpu_product, default=_default_product)
     return product.reshape(*x.shape[:-1], kernel.shape[-1])
 
 
-def dense_dot_general(
-    lhs: Array, rhs: Array, dimension_numbers, precision=None, preferred_element_type=None, out_sharding=None
-) -> Array:
-    """``jax.lax.dot_general`` for ``nnx.Linear``: :func:`dense_product` for its 16-bit products."""
-    (lhs_contracting, rhs_contracting), batch = dimension_numbers
-    dense = tuple(lhs_contracting) == (lhs.ndim - 1,) and tuple(rhs_contracting) == (0,) and rhs.ndim == 2
-    plain = not any(batch) and precision is None and preferred_element_type is None and out_sharding is None
-    if dense and plain and _low_precision(lhs, rhs):
-        return dense_product(lhs, rhs)
-    return jax.lax.dot_general(
-        lhs,
-        rhs,
-        dimension_numbers,
-        precision=precision,
-        preferred_element_type=preferred_element_type,
-        out_sharding=out_sharding,
-    )
+class Dense(nnx.Module):
+    """``x @ kernel + bias``, with ``nnx.Linear``'s parameters (``kernel [in, out]``, ``bias [out]``), computed
+    in ``dtype`` from weights kept in ``param_dtype`` by :func:`dense_product` (16-bit compute: float32 weight
+    gradients)."""
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        *,
+        use_bias: bool = True,
+        kernel_init: nnx.Initializer = DEFAULT_INIT,
+        dtype: DType = None,
+        param_dtype: jnp.dtype = jnp.float32,
+        rngs: nnx.Rngs,
+    ):
+        self.kernel = nnx.Param(kernel_init(rngs.params(), (in_features, out_features), param_dtype))
+        self.bias = nnx.Param(jnp.zeros((out_features,), param_dtype)) if use_bias else None
+        self.dtype = dtype
+
+    def __call__(self, x: Array) -> Array:
+        if self.dtype is not None:
+            x = x.astype(self.dtype)
+        y = dense_product(x, self.kernel[...])
+        return y if self.bias is None else y + self.bias[...].astype(y.dtype)
 
 
 class HeadsProjection(nnx.Module):
@@ -165,8 +187,8 @@ class HeadsProjection(nnx.Module):
     def __call__(self, x: Array) -> Array:
         kernel, bias = self.kernel[...], self.bias[...]
         if self.dtype is not None:
-            x, kernel, bias = x.astype(self.dtype), kernel.astype(self.dtype), bias.astype(self.dtype)
-        heads = dense_product(x, kernel.reshape(kernel.shape[0], -1))
+            x, bias = x.astype(self.dtype), bias.astype(self.dtype)
+        heads = dense_product(x, kernel.reshape(kernel.shape[0], -1))  # the master kernel: see dense_product
         return heads.reshape(*x.shape[:-1], *kernel.shape[1:]) + bias
 
 
@@ -191,7 +213,7 @@ class HeadsMerge(nnx.Module):
     def __call__(self, x: Array) -> Array:
         kernel, bias = self.kernel[...], self.bias[...]
         if self.dtype is not None:
-            x, kernel, bias = x.astype(self.dtype), kernel.astype(self.dtype), bias.astype(self.dtype)
+            x, bias = x.astype(self.dtype), bias.astype(self.dtype)
         merged = x.reshape(*x.shape[:-2], -1)
         return dense_product(merged, kernel.reshape(-1, kernel.shape[-1])) + bias
 
@@ -256,9 +278,8 @@ class MLP(nnx.Module):
         fc2_init: nnx.Initializer = DEFAULT_INIT,
     ):
         kwargs = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-        kwargs["dot_general"] = dense_dot_general
-        self.fc1 = nnx.Linear(embed_dim, hidden_dim, kernel_init=fc1_init, **kwargs)
-        self.fc2 = nnx.Linear(hidden_dim, embed_dim, kernel_init=fc2_init, **kwargs)
+        self.fc1 = Dense(embed_dim, hidden_dim, kernel_init=fc1_init, **kwargs)
+        self.fc2 = Dense(hidden_dim, embed_dim, kernel_init=fc2_init, **kwargs)
         self.act = activation(act)
 
     def __call__(self, x: Array) -> Array:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
+import os
 from typing import Any
 
 GiB = 2**30
@@ -106,6 +107,8 @@ def target(name: str) -> Target:
             "compiling for a TPU topology needs libtpu (no TPU needed) — pip install 'clip_jax[tpu]' "
             "(libtpu==0.0.42.*, the version jax 0.10.2's tpu extra pins)"
         )
+    # Compile-only devices never touch a TPU: several planning processes may load libtpu at once.
+    os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
     from jax.experimental import topologies
 
     options = {"chip_config_name": "megacore"} if chip.megacore else {}
@@ -115,7 +118,7 @@ def target(name: str) -> Target:
         first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise TopologyError(
             f"libtpu cannot build topology {name!r}: {first} — check the shape (v5e/v6e: AxB, v4/v5p: AxBxC, "
-            f"in chips)"
+            f"in chips) and that no other program holds the TPU"
         ) from None
     kind = DEVICE_KINDS.get(devices[0].device_kind)
     if kind != generation:

@@ -223,21 +223,19 @@ def analytic_flops(
     vision = tower_flops(v, patches + 1, 3 * v.patch_size**2)
     text = tower_flops(t, length)
     dim = module.text_projection.kernel.shape[1]
-    heads = 2 * (v.hidden_size + t.hidden_size) * dim
     loss = 2 * 2 * batch * dim  # two B x B logit blocks, per example
     if kind == "eval_embed":
-        return batch * (vision + text + heads)
+        return batch * (vision + text + 2 * (v.hidden_size + t.hidden_size) * dim)
     _, params, _ = split_trainable(module, phase.trainable)
     trained = {path_string(path).split(".")[0] for path, _ in jax.tree_util.tree_leaves_with_path(params)}
-    trains = lambda tower: tower in trained
+    passes = lambda tower: 3 if tower in trained else 1  # forward, input and weight gradients; or forward
+    # a projection: forward and weight gradient, plus its input's gradient when the tower below it trains
+    head = lambda tower, width: 2 * width * dim * (3 if tower in trained else 2)
     if kind == "distill":
-        return batch * (3 if trains("text") else 1) * text + batch * 3 * t.hidden_size * dim * 2
-    towers = (
-        0.0
-        if kind == "cached_features"
-        else (3 if trains("vision") else 1) * vision + (3 if trains("text") else 1) * text
-    )
-    return batch * (towers + 3 * heads + 3 * loss)
+        return batch * (passes("text") * text + head("text", t.hidden_size))
+    towers = 0.0 if kind == "cached_features" else passes("vision") * vision + passes("text") * text
+    heads = head("vision", v.hidden_size) + head("text", t.hidden_size)
+    return batch * (towers + heads + 3 * loss)
 
 
 #: The changes tried when a step does not fit, smallest first.
