@@ -23,11 +23,16 @@ from clip_jax.data.pipeline import BadExample, decode_image, valid_captions
 from clip_jax.data.sources import FileSource, parse_source
 
 
-def _image_extension(data: bytes) -> str:
+def _image_extension(data: bytes, path: str) -> str:
+    """``jpg``/``png``/``webp`` from the image's header, ``""`` for another format; a file PIL cannot identify
+    is one skipped example (``corrupt_image``), never the end of the conversion."""
     from PIL import Image
 
-    with Image.open(io.BytesIO(data)) as image:
-        return {"JPEG": "jpg", "PNG": "png", "WEBP": "webp"}.get(image.format, "")
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            return {"JPEG": "jpg", "PNG": "png", "WEBP": "webp"}.get(image.format, "")
+    except (OSError, SyntaxError, ValueError) as error:
+        raise BadExample("corrupt_image", f"{path}: {error}") from None
 
 
 def convert(
@@ -57,7 +62,7 @@ def convert(
             captions = valid_captions(record["captions"], record["key"])
             if verify:
                 decode_image(record["image"], record["path"])
-            ext = _image_extension(record["image"]) if record["image"] else ""
+            ext = _image_extension(record["image"], record["path"]) if record["image"] else ""
             if not ext:
                 raise BadExample("unsupported_image_format", record["path"])
         except BadExample as error:

@@ -113,7 +113,9 @@ def read_config(directory: Path) -> dict[str, Any]:
     try:
         return json.loads(path.read_text())
     except json.JSONDecodeError as error:
-        raise CheckpointError(f"{path} is not valid JSON: {error}.") from error
+        raise CheckpointError(
+            f"{path} is not valid JSON ({error}) — the file is damaged; download or export the model again"
+        ) from error
 
 
 def weight_format(directory: Path) -> str:
