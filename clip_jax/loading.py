@@ -56,7 +56,9 @@ def training_config(workdir: str) -> ConfigDict:
     """The config a training workdir was trained with (``<workdir>/config.json``)."""
     path = workdirs.join(workdir, "config.json")
     if not workdirs.exists(path):
-        raise FileNotFoundError(f"{workdir} is not a clip_jax training workdir: config.json is missing.")
+        raise FileNotFoundError(
+            f"{workdir} is not a clip_jax training workdir: config.json is missing — pass a training run's --workdir or an exported directory"
+        )
     return ConfigDict(read_json(workdirs.read_text(path), path))
 
 
@@ -76,7 +78,7 @@ def _from_workdir(workdir: str, step: int | None) -> CLIPModel:
     config = training_config(workdir)
     if not workdirs.exists(workdirs.join(workdir, "model", "config.json")):
         raise FileNotFoundError(
-            f"{workdir} is not a clip_jax training workdir: model/config.json is missing."
+            f"{workdir} is not a clip_jax training workdir: model/config.json is missing — pass a training run's --workdir or an exported directory"
         )
     m = config.model
     with workdirs.local_copy(workdirs.join(workdir, "model")) as model_dir:
@@ -90,7 +92,9 @@ def _from_workdir(workdir: str, step: int | None) -> CLIPModel:
         try:
             step = step if step is not None else checkpointer.latest_step()
             if step is None:
-                raise FileNotFoundError(f"No checkpoint in {workdir}/checkpoints.")
+                raise FileNotFoundError(
+                    f"No checkpoint in {workdir}/checkpoints — train until the first checkpoint (train.checkpoint_every), or pass an exported directory"
+                )
             if step not in checkpointer.all_steps():
                 raise FileNotFoundError(
                     f"No checkpoint of step {step} in {workdir}/checkpoints; it has {checkpointer.all_steps()}."

@@ -642,7 +642,7 @@ def test_one_spec_parser_for_every_kind():
     with pytest.raises(ValueError, match=r"Unknown option\(s\) \['colour'\] .*valid: image, caption"):
         split_spec("hf:org/data?colour=red")
     with pytest.raises(
-        ValueError, match="Cannot tell the format of '/data/train.parquet'; prefix it with jsonl:"
+        ValueError, match="Cannot tell the format of '/data/train.parquet' — prefix it with jsonl:"
     ):
         parse_source("/data/train.parquet")
     with pytest.raises(

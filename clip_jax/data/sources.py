@@ -177,7 +177,7 @@ def read_listing(path: str, fmt: str, what: str = "Data listing") -> tuple[list[
     else:
         rows = list(csv.DictReader(io.StringIO(text), delimiter="\t" if fmt == "tsv" else ","))
     if not rows:
-        raise ValueError(f"{what} {path} has no records.")
+        raise ValueError(f"{what} {path} has no records — check the file")
     return rows, lines
 
 
@@ -200,7 +200,7 @@ class FileSource:
         self.fmt = self.fmt or self.path.removesuffix(".gz").rsplit(".", 1)[-1].lower()
         if self.fmt not in LISTING_FORMATS:
             raise ValueError(
-                f"Cannot tell the format of {self.path}; prefix it with jsonl:, json:, csv: or tsv:."
+                f"Cannot tell the format of {self.path} — prefix it with jsonl:, json:, csv: or tsv:"
             )
         rows, lines = read_listing(self.path, self.fmt)
         objects = [r for r in rows[:1000] if isinstance(r, dict)]
@@ -286,7 +286,7 @@ class WebDatasetSource:
     def __post_init__(self):
         self.shards = [s for p in self.pattern.split("::") for s in expand_braces(p)]
         if not self.shards:
-            raise ValueError(f"No shards match {self.pattern}.")
+            raise ValueError(f"No shards match {self.pattern} — check the pattern")
 
     def units(
         self, epoch: int, seed: int, process_index: int, process_count: int
@@ -579,7 +579,7 @@ def _infer_kind(spec: str) -> str:
     if extension in LISTING_FORMATS:
         return extension
     raise ValueError(
-        f"Cannot tell the format of {spec!r}; prefix it with jsonl:, json:, csv: or tsv: (a listing), or use "
+        f"Cannot tell the format of {spec!r} — prefix it with jsonl:, json:, csv: or tsv: (a listing), or use "
         f"another kind of source: {', '.join(k + ':' for k in SOURCES)}."
     )
 

@@ -48,7 +48,7 @@ def convert(
     keys = {k: v for k, v in (("image_key", image_key), ("caption_key", caption_key)) if v}
     source = parse_source(spec, **keys)
     if not isinstance(source, FileSource):
-        raise ValueError(f"{spec} is already WebDataset shards.")
+        raise ValueError(f"{spec} is already WebDataset shards — train on it directly (wds:...)")
     os.makedirs(os.path.dirname(os.path.abspath(output)) or ".", exist_ok=True)
     counts: collections.Counter = collections.Counter()
     num_shards = max(1, -(-len(source) // shard_size))
@@ -88,7 +88,9 @@ def convert(
     if tar is not None:
         tar.close()
     if shard < 0:
-        raise ValueError(f"No usable example in {spec}: {dict(counts)}")
+        raise ValueError(
+            f"No usable example in {spec}: {dict(counts)} — check the image paths and the image/caption keys"
+        )
     pattern = f"{output}-{{{0:0{width}d}..{shard:0{width}d}}}.tar"
     return pattern, dict(counts)
 

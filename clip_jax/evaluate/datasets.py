@@ -95,7 +95,7 @@ def image_folder(spec: SourceSpec, settings: dict[str, Any]) -> LabelledImages:
     """``imagefolder:DIR``: one sub-folder per class (sorted names are the classes), images read lazily."""
     root = Path(spec.path)
     if not root.is_dir():
-        raise FileNotFoundError(f"Image folder {root} does not exist.")
+        raise FileNotFoundError(f"Image folder {root} does not exist — check the path")
     classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     suffixes = IMAGE_SUFFIXES | UNSUPPORTED_IMAGE_SUFFIXES
     files = [
@@ -265,7 +265,9 @@ def _xm3600(root: Path, language: str, which: str) -> list[tuple[Path, list[str]
             (root / "images" / f"{row['image/key']}.jpg", captions[:1] if which == "first" else captions)
         )
     if not items:
-        raise ValueError(f"xm3600: {listing} holds no images.")
+        raise ValueError(
+            f"xm3600: {listing} holds no images — check that it is Crossmodal-3600's captions.jsonl"
+        )
     return items
 
 

@@ -35,12 +35,16 @@ def load_resource(spec: str, kind: str) -> list[str]:
     if builtin_spec:
         resource = resources.files("clip_jax.evaluate") / "resources" / f"{name}_{lang}.json"
         if not resource.is_file():
-            raise ValueError(f"No built-in {kind} {spec!r}; built in: {builtin()}. Or pass a JSON/text file.")
+            raise ValueError(
+                f"No built-in {kind} {spec!r} — use one of {builtin()}, or pass a JSON/text file"
+            )
         values = json.loads(resource.read_text())[kind]
     else:
         path = Path(spec)
         if not path.is_file():
-            raise FileNotFoundError(f"{kind} file {spec} does not exist.")
+            raise FileNotFoundError(
+                f"{kind} file {spec} does not exist — check the path, or use a built-in: {builtin()}"
+            )
         if path.suffix == ".json":
             try:
                 data = json.loads(path.read_text())
