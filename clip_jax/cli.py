@@ -270,7 +270,7 @@ def _config_arg(argv: list[str]) -> tuple[list[str], str]:
     """argv with ``--config NAME`` / ``--config=NAME`` replaced by the resolved file, and that file."""
     from clip_jax import configs
 
-    out, spec, i = [], "demo", 0
+    out, specs, i = [], [], 0
     while i < len(argv):
         arg = argv[i]
         if arg == "--config":
@@ -278,13 +278,20 @@ def _config_arg(argv: list[str]) -> tuple[list[str], str]:
                 raise UsageError(
                     f"--config needs a value — a recipe ({', '.join(configs.names())}) or a .py file"
                 )
-            spec, i = argv[i + 1], i + 2
+            specs.append(argv[i + 1])
+            i += 2
             continue
         if arg.startswith("--config="):
-            spec = arg.split("=", 1)[1]
+            specs.append(arg.split("=", 1)[1])
         else:
             out.append(arg)
         i += 1
+    if len(specs) > 1:
+        raise UsageError(
+            f"--config is given {len(specs)} times ({', '.join(specs)}) — give one recipe or file, and change "
+            "single values with --config.KEY=VALUE"
+        )
+    spec = specs[0] if specs else "demo"
     try:
         resolved = configs.resolve(spec)
     except ValueError as error:
@@ -293,14 +300,51 @@ def _config_arg(argv: list[str]) -> tuple[list[str], str]:
 
 
 def load_config_file(spec: str):
-    """``get_config()`` (or ``get_config(ARG)`` for ``FILE.py:ARG``) of a config file."""
+    """``get_config()`` (or ``get_config(ARG)`` for ``FILE.py:ARG``) of a config file: an
+    ``ml_collections.ConfigDict``. The file is Python and runs here. Its own mistakes (a syntax error, an
+    exception while it runs, no ``get_config``, another return type) are a :class:`UsageError` naming it."""
     import importlib.util
+
+    from ml_collections import ConfigDict
 
     path, _, arg = spec.partition(":")
     module_spec = importlib.util.spec_from_file_location("_clip_jax_config", os.path.expanduser(path))
     module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
-    return module.get_config(arg) if arg else module.get_config()
+    try:
+        module_spec.loader.exec_module(module)
+        get_config = getattr(module, "get_config", None)
+        if not callable(get_config):
+            raise UsageError(
+                f"config file {path} defines no get_config() — add one returning an ml_collections "
+                "ConfigDict (start from clip_jax.config.base_config(); see clip_jax/configs/demo.py)"
+            )
+        config = get_config(arg) if arg else get_config()
+    except UsageError:
+        raise
+    except SyntaxError as error:
+        raise UsageError(
+            f"config file {path}, line {error.lineno}: {error.msg} — fix the Python syntax there"
+        ) from None
+    except Exception as error:  # the file is user code: any error in it is the file's
+        where = next(
+            (
+                f", line {frame.lineno}"
+                for frame in reversed(traceback.extract_tb(error.__traceback__))
+                if os.path.abspath(frame.filename) == os.path.abspath(os.path.expanduser(path))
+            ),
+            "",
+        )
+        first = (str(error).strip().splitlines() or [""])[0]
+        raise UsageError(
+            f"config file {path}{where}: {type(error).__name__}: {first} — fix the file "
+            "(--debug shows the traceback)"
+        ) from error
+    if not isinstance(config, ConfigDict):
+        raise UsageError(
+            f"config file {path}: get_config() returned a {type(config).__name__}, not an ml_collections "
+            "ConfigDict — return clip_jax.config.base_config() with your changes (a ConfigDict)"
+        )
+    return config
 
 
 def check_overrides(config, argv: Sequence[str]) -> None:
@@ -347,9 +391,23 @@ def train_main(argv: Sequence[str]) -> dict | None:
     argv = ["clip-jax train", *argv]
     FLAGS = _define_train_flags(argv)
     try:
-        FLAGS(argv)
+        positional = FLAGS(argv)[1:]
     except flags.Error as error:
         raise UsageError(f"{str(error).splitlines()[0]} — see clip-jax train --help") from None
+    if positional:
+        raise UsageError(
+            f"clip-jax train takes no positional arguments ({' '.join(positional)}) — name a recipe or "
+            f"file with --config (e.g. --config {positional[0]}), a run directory with --workdir"
+        )
+    if FLAGS.workdir is not None and not FLAGS.workdir.strip():
+        raise UsageError(
+            "--workdir is empty — give a run directory, or leave --workdir out for runs/<config name>"
+        )
+    if FLAGS.workdir is not None and FLAGS.workdir.startswith("-"):  # `--workdir --print_config`
+        raise UsageError(
+            f"--workdir {FLAGS.workdir} looks like a flag, not a directory — give --workdir a value "
+            "(--workdir=DIR), or use ./-name for a directory whose name starts with '-'"
+        )
     config = FLAGS.config
     from clip_jax.config import validate
 

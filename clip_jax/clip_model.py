@@ -223,6 +223,18 @@ def dual_encoder_builder(
     return build, (v_arch, v_outer), (t_arch, t_outer)
 
 
+def _finite_pixels(pixels: Any) -> Any:
+    """``pixels``, unless they hold NaN or infinity (which would give NaN embeddings without a word)."""
+    array = np.asarray(pixels)
+    if np.issubdtype(array.dtype, np.floating) and not np.isfinite(array).all():
+        bad = int((~np.isfinite(array.reshape(len(array), -1))).any(axis=1).sum())
+        raise ValueError(
+            f"{bad} of {len(array)} preprocessed images in a batch hold NaN or infinite pixel values — fix "
+            "their preprocessing (or pass the images themselves: PIL images or uint8 arrays)"
+        )
+    return pixels
+
+
 class CLIPModel:
     """A CLIP-style dual encoder with its tokenizer and image processor.
 
@@ -604,7 +616,7 @@ class CLIPModel:
         """``fn(state, pixels)`` over ``images`` in bucketed batches split over the mesh, rows concatenated."""
         return embed_rows(
             lambda pixels: fn(state, pixels),
-            ([pixels] for pixels in self.pixel_batches(images, batch_size)),
+            ([_finite_pixels(pixels)] for pixels in self.pixel_batches(images, batch_size)),
             batch_size=batch_size,
             mesh=self.mesh,
             bucket=True,
@@ -727,13 +739,17 @@ class CLIPModel:
         labels = _text_list(labels)
         if not labels:
             raise ValueError("classify needs at least one label.")
+        if not (isinstance(top_k, int) and top_k >= 1):
+            raise ValueError(
+                f"classify: top_k={top_k!r} — use a whole number >= 1 (the labels to keep per image)"
+            )
         prompts = resolve_templates(templates, language)
         logits = self.logit_multiplier * (
             self.encode_image(images, batch_size=batch_size) @ class_embeddings(self, labels, prompts).T
         )
         shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
         probs = shifted / shifted.sum(axis=1, keepdims=True)
-        order = np.argsort(-probs, axis=1, kind="stable")[:, : max(1, top_k)]
+        order = np.argsort(-probs, axis=1, kind="stable")[:, :top_k]
         best = [[(labels[j], float(row[j])) for j in idx] for row, idx in zip(probs, order)]
         return Classification(
             classes=labels, logits=logits.astype(np.float32), probs=probs.astype(np.float32), top_k=best

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import jax
 from flax import nnx
@@ -55,8 +56,20 @@ def training_config(workdir: str) -> ConfigDict:
     """The config a training workdir was trained with (``<workdir>/config.json``)."""
     path = workdirs.join(workdir, "config.json")
     if not workdirs.exists(path):
-        raise FileNotFoundError(f"{workdir} is not a clip_jax training workdir: config.json is missing.")
-    return ConfigDict(json.loads(workdirs.read_text(path)))
+        raise FileNotFoundError(
+            f"{workdir} is not a clip_jax training workdir: config.json is missing — pass a training run's --workdir or an exported directory"
+        )
+    return ConfigDict(read_json(workdirs.read_text(path), path))
+
+
+def read_json(text: str, path: str) -> Any:
+    """``text`` (the contents of ``path``) parsed as JSON; a file that is not JSON is an error naming it."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as error:
+        raise CheckpointError(
+            f"{path} is not valid JSON ({error}) — the file is damaged; restore it or retrain"
+        ) from None
 
 
 def _from_workdir(workdir: str, step: int | None) -> CLIPModel:
@@ -65,12 +78,12 @@ def _from_workdir(workdir: str, step: int | None) -> CLIPModel:
     config = training_config(workdir)
     if not workdirs.exists(workdirs.join(workdir, "model", "config.json")):
         raise FileNotFoundError(
-            f"{workdir} is not a clip_jax training workdir: model/config.json is missing."
+            f"{workdir} is not a clip_jax training workdir: model/config.json is missing — pass a training run's --workdir or an exported directory"
         )
     m = config.model
     with workdirs.local_copy(workdirs.join(workdir, "model")) as model_dir:
         build, _, _ = dual_encoder_builder(
-            json.loads((model_dir / "config.json").read_text()),
+            read_json((model_dir / "config.json").read_text(), str(model_dir / "config.json")),
             dtype=None if m.dtype == "float32" else dtype_of(m.dtype),
             param_dtype=dtype_of(m.param_dtype),
             source=str(model_dir),
@@ -79,7 +92,9 @@ def _from_workdir(workdir: str, step: int | None) -> CLIPModel:
         try:
             step = step if step is not None else checkpointer.latest_step()
             if step is None:
-                raise FileNotFoundError(f"No checkpoint in {workdir}/checkpoints.")
+                raise FileNotFoundError(
+                    f"No checkpoint in {workdir}/checkpoints — train until the first checkpoint (train.checkpoint_every), or pass an exported directory"
+                )
             if step not in checkpointer.all_steps():
                 raise FileNotFoundError(
                     f"No checkpoint of step {step} in {workdir}/checkpoints; it has {checkpointer.all_steps()}."

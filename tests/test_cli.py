@@ -102,6 +102,61 @@ def test_values_that_make_no_sense_are_rejected_before_any_work(override, needle
     assert not (tmp_path / "w").exists()  # rejected before the workdir is touched
 
 
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (
+            ["tiny"],
+            "clip-jax train takes no positional arguments (tiny) — name a recipe or file with --config",
+        ),
+        (["--config=tiny", "--config", "demo"], "--config is given 2 times (tiny, demo) — give one"),
+        (["--workdir="], "--workdir is empty — give a run directory"),
+        (["--workdir", "--print_config"], "--workdir --print_config looks like a flag"),
+    ],
+)
+def test_command_line_mistakes_are_refused(args, needle, tmp_path, capsys, monkeypatch):
+    """Issue 23: a positional `tiny` ran the full demo; of two --config flags the last won; --workdir ""
+    trained into runs/<name>."""
+    monkeypatch.chdir(tmp_path)
+    status = main(["train", *args, "--print_config"])
+    err = capsys.readouterr().err
+    assert status == 2 and f"error: {needle}" in err and "Traceback" not in err, err
+    assert list(tmp_path.iterdir()) == []  # nothing trained, nothing written
+
+
+@pytest.mark.parametrize(
+    "source, needle",
+    [
+        (
+            "def get_config(:\n    pass\n",
+            "config file {path}, line 1: invalid syntax — fix the Python syntax",
+        ),
+        (
+            "x = 1\n",
+            "config file {path} defines no get_config() — add one returning an ml_collections ConfigDict",
+        ),
+        (
+            "def get_config():\n    return {'train': {}}\n",
+            "config file {path}: get_config() returned a dict, not an ml_collections ConfigDict — return",
+        ),
+        (
+            "def get_config():\n    return 1 / 0\n",
+            "config file {path}, line 2: ZeroDivisionError: division by zero — fix the file",
+        ),
+    ],
+)
+def test_a_broken_config_file_is_one_line_naming_it(source, needle, tmp_path, capsys):
+    """Issue 23: a config file's own errors were tracebacks; --print_config runs the file too."""
+    path = tmp_path / "recipe.py"
+    path.write_text(source)
+    for extra in ([], ["--print_config"]):
+        status = main(["train", f"--config={path}", f"--workdir={tmp_path / 'w'}", *extra])
+        err = capsys.readouterr().err
+        assert status == 2 and "error: " + needle.format(path=path) in err and "Traceback" not in err, err
+        assert len([line for line in err.splitlines() if line.startswith("error:")]) == 1
+    assert not (tmp_path / "w").exists()
+
+
 def test_max_length_beyond_the_text_tower_is_an_error_not_a_clamp(tmp_path, capsys):
     """Issue 23: --config.model.max_length=1000 was clamped to the tower's 32 while config.json kept 1000."""
     status = main(

@@ -23,7 +23,7 @@ from clip_jax.data.pipeline import (
     load_eval_examples,
     process_examples,
 )
-from clip_jax.data.sources import FileSource, WebDatasetSource, expand_braces, parse_source
+from clip_jax.data.sources import FileSource, WebDatasetSource, expand_braces, parse_mixture, parse_source
 from clip_jax.data.to_webdataset import convert
 
 PROCESSOR = ImageProcessorConfig.for_image_size(32)
@@ -125,7 +125,6 @@ def test_converter_writes_txt_captions_and_json_for_several(tmp_path):
 
 
 def test_shard_brace_lists_in_a_mixture(tmp_path):
-    from clip_jax.data.sources import parse_mixture
 
     write_images(tmp_path / "train", n=4)
     write_images(tmp_path / "val", n=3)
@@ -643,7 +642,7 @@ def test_one_spec_parser_for_every_kind():
     with pytest.raises(ValueError, match=r"Unknown option\(s\) \['colour'\] .*valid: image, caption"):
         split_spec("hf:org/data?colour=red")
     with pytest.raises(
-        ValueError, match="Cannot tell the format of '/data/train.parquet'; prefix it with jsonl:"
+        ValueError, match="Cannot tell the format of '/data/train.parquet' — prefix it with jsonl:"
     ):
         parse_source("/data/train.parquet")
     with pytest.raises(
@@ -790,3 +789,34 @@ def test_training_preprocessing_without_augmentation_equals_evaluation(tmp_path)
     augmented = ExampleTransform(processor, train=True, crop_scale=(0.5, 1.0))(source[1], rng)["pixel_values"]
     assert augmented.shape == (32, 24, 3)  # crop_height x crop_width
     assert augmented.min() >= 0 and augmented.max() <= 1  # rescaled, not normalised
+
+
+def test_listing_encodings_gzip_and_mixture_weights(tmp_path):
+    """Issue 23: a CSV with a byte-order mark lost its first column; a gzipped listing was unreadable; a
+    mixture weight of -1 was read as part of the file name."""
+    import gzip
+
+    rows = write_images(tmp_path)
+    header_and_rows = "filepath,title\n" + "".join(f"{r['image_path']},{r['captions'][0]}\n" for r in rows)
+    (tmp_path / "bom.csv").write_bytes(b"\xef\xbb\xbf" + header_and_rows.encode())
+    source = parse_source(str(tmp_path / "bom.csv"))
+    assert source.image_key == "filepath" and source[0]["image"] is not None
+    (tmp_path / "train.jsonl.gz").write_bytes(gzip.compress((tmp_path / "train.jsonl").read_bytes()))
+    _, captions, _ = load_eval_examples(str(tmp_path / "train.jsonl.gz"), PROCESSOR)
+    assert captions == [r["captions"] for r in rows]
+    assert parse_mixture("a.jsonl=0.25,hf:x?split=1,hf:y?split=test=2") == [
+        ("a.jsonl", 0.25),
+        ("hf:x?split=1", 1.0),
+        ("hf:y?split=test", 2.0),
+    ]
+    for bad in ("a.jsonl=-1", "a.jsonl=0", "a.jsonl=nan"):
+        with pytest.raises(ValueError, match=r"mixture weight .* of a.jsonl must be a number > 0 — fix it"):
+            parse_mixture(bad)
+
+
+def test_to_webdataset_skips_an_unidentifiable_image_without_verifying(tmp_path):
+    """Issue 23: with --no_verify one bad image stopped the whole conversion."""
+    rows = write_images(tmp_path)
+    (tmp_path / rows[3]["image_path"]).write_bytes(b"not an image at all")
+    _, counts = convert(str(tmp_path / "train.jsonl"), str(tmp_path / "s" / "t"), verify=False)
+    assert counts == {"written": len(rows) - 1, "corrupt_image": 1}

@@ -211,9 +211,12 @@ def image_folder(root, classes=("rosso", "verde", "blu"), per_class=4):
 
 
 def test_eval_cli_zeroshot_two_models_and_json(saved_model, tmp_path, capsys):
+    import shutil
+
     import eval as eval_cli
 
     _, path = saved_model
+    copy = shutil.copytree(path, tmp_path / "copy")  # a second model (the same model twice is refused)
     folder = image_folder(tmp_path / "folder")
     (tmp_path / "classes.json").write_text(
         json.dumps({"classnames": ["rosso", "verde", "blu"], "templates": ["una foto {}.", "un quadrato {}"]})
@@ -223,7 +226,7 @@ def test_eval_cli_zeroshot_two_models_and_json(saved_model, tmp_path, capsys):
             "--model",
             path,
             "--model",
-            path,
+            str(copy),
             "--task",
             "zeroshot",
             "--dataset",
@@ -712,3 +715,72 @@ def test_eval_output_is_checked_first_and_concurrent_writers_all_land(tmp_path):
     )  # the same eval again: replaced, not added
     again = read_results(output)
     assert len(again) == 30 and again[-1]["metrics"] == {"acc1": 99}
+
+
+def test_small_silent_cases_are_errors_or_counted(saved_model, tmp_path, caplog):
+    """Issue 23: cases that gave a silently wrong answer."""
+    import eval as eval_cli
+    from clip_jax.evaluate.datasets import load_labelled
+
+    model, path = saved_model
+    # classify(top_k=0) returned one entry per image
+    with pytest.raises(ValueError, match=r"top_k=0 — use a whole number >= 1"):
+        model.classify([Image.new("RGB", (40, 36))], ["rosso", "verde"], top_k=0)
+    # NaN pixels gave NaN embeddings
+    pixels = np.zeros((2, 32, 32, 3), np.float32)
+    pixels[1, 3, 4, 0] = np.nan
+    with pytest.raises(ValueError, match=r"1 of 2 preprocessed images in a batch hold NaN or infinite pixel"):
+        model.encode_image(pixels)
+    # .heic / .svg files vanished from eval with skipped {}: they are counted
+    folder = image_folder(tmp_path / "folder", per_class=3)
+    (folder / "rosso" / "photo.heic").write_bytes(b"\x00\x00\x00\x18ftypheic")
+    (folder / "blu" / "logo.svg").write_text("<svg/>")
+    (folder / "blu" / "notes.txt").write_text("not an image, not counted")
+    skipped = {}
+    images, _, classes = load_labelled(f"imagefolder:{folder}", skipped=skipped)
+    assert len(images) == 9 and skipped == {"unsupported_format": 2} and classes == ["blu", "rosso", "verde"]
+    # an empty class folder is kept (a subset keeps its class indices) but said
+    (folder / "viola").mkdir()
+    with caplog.at_level("WARNING", logger="clip_jax.evaluate.datasets"):
+        assert load_labelled(f"imagefolder:{folder}")[2] == ["blu", "rosso", "verde", "viola"]
+    assert "1 class folder(s) hold no images (viola)" in caplog.text
+    (folder / "viola").rmdir()
+    # class names: duplicates and wrong types in a user's file
+    names = tmp_path / "names.json"
+    for data, needle in (
+        (
+            {"classnames": ["blu", "blu", "verde"], "templates": ["una foto di {}"]},
+            r"names \['blu'\] more than once",
+        ),
+        ({"classnames": "blu,rosso,verde"}, r"classnames must be a list of non-empty strings, not str — fix"),
+        (
+            {"classnames": ["blu", 2, None]},
+            r"classnames must be a list of non-empty strings, not a list holding",
+        ),
+        (["blu", "rosso"], r"has no 'classnames' list — write"),
+    ):
+        names.write_text(json.dumps(data))
+        with pytest.raises(ValueError, match=needle):
+            load_resource(str(names), "classnames")
+    # the same model twice reported two results and wrote one file
+    with pytest.raises(ValueError, match=r"--model .* is given more than once — give each model once"):
+        eval_cli.main(["--model", path, "--model", path, "--task", "retrieval", "--data", "val.jsonl"])
+
+
+def test_a_corrupt_config_json_is_named(saved_model, tmp_path):
+    """Issue 23: a corrupt config.json said "Expecting value: line 6 column 6" without naming the file."""
+    import shutil
+
+    from clip_jax import load_model
+    from clip_jax.weights import CheckpointError
+
+    _, path = saved_model
+    copy = tmp_path / "m"
+    shutil.copytree(path, copy)
+    (copy / "config.json").write_text(
+        '{\n  "model_type": "vision-text-dual-encoder",\n  "projection_dim": ,\n}'
+    )
+    with pytest.raises(
+        CheckpointError, match=rf"{copy / 'config.json'} is not valid JSON .* — the file is damaged"
+    ):
+        load_model(str(copy))

@@ -70,7 +70,9 @@ def training_specs(config: Any) -> tuple[str, str]:
         return "shapes:train", "shapes:val"
     if d.source == "files":
         if not d.train:
-            raise ValueError("data.source='files' needs data.train (e.g. 'jsonl:/data/train.jsonl').")
+            raise ValueError(
+                "data.source='files' needs data.train — set it, e.g. --config.data.train=jsonl:/data/train.jsonl"
+            )
         return d.train, d.val
     raise ValueError(f"Unknown data.source {d.source!r}; choose 'shapes' (offline demo) or 'files'.")
 

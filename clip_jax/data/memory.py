@@ -36,7 +36,9 @@ class EpochBatches:
         if batch_size % process_count:
             raise ValueError(f"Batch size {batch_size} is not divisible by {process_count} processes.")
         if batch_size > size:
-            raise ValueError(f"Batch size {batch_size} exceeds the {size} {noun}.")
+            raise ValueError(
+                f"Batch size {batch_size} exceeds the {size} {noun} — lower train.batch_size or use more data"
+            )
         self.size, self.batch_size, self.seed = size, batch_size, seed
         self.local = slice(
             process_index * batch_size // process_count, (process_index + 1) * batch_size // process_count

@@ -665,7 +665,10 @@ def process_examples(
     if counts:
         logger.warning("Skipped %d examples of %s: %s", sum(counts.values()), specs, dict(counts))
     if not total:
-        raise DataError(f"No usable example in this process's part of {specs} (skipped: {dict(counts)}).")
+        raise DataError(
+            f"No usable example in this process's part of {specs} (skipped: {dict(counts)}) — check the image paths "
+            "and the image/caption keys (data.image_key, data.caption_key)"
+        )
 
 
 def check_bad_fraction(spec: str, skipped: dict, used: int, max_bad_fraction: float | None) -> None:
@@ -718,7 +721,9 @@ def load_eval_examples(
             captions.append(list(caps))
         rows += 1
     if not pixels:
-        raise DataError(f"No usable example in {spec} (skipped: {dict(counts)}).")
+        raise DataError(
+            f"No usable example in {spec} (skipped: {dict(counts)}) — check the image paths and the image/caption keys"
+        )
     check_bad_fraction(spec, counts, rows, max_bad_fraction)
     if counts:
         logger.warning("Skipped %d examples of %s: %s", sum(counts.values()), spec, dict(counts))

@@ -32,9 +32,11 @@ from __future__ import annotations
 
 import csv
 import functools
+import gzip
 import io
 import json
 import logging
+import math
 import os
 import re
 import tarfile
@@ -129,9 +131,17 @@ def read_listing(path: str, fmt: str, what: str = "Data listing") -> tuple[list[
     ``not_an_object``) naming file and line, so one bad line costs one row, not the file."""
     try:
         with _open(path, "rb") as f:
-            text = f.read().decode("utf-8")
+            data = f.read()
     except FileNotFoundError:
-        raise FileNotFoundError(f"{what} {path} does not exist.") from None
+        raise FileNotFoundError(f"{what} {path} does not exist — check the path") from None
+    if data[:2] == b"\x1f\x8b":  # gzip, whatever the file is called
+        data = gzip.decompress(data)
+    try:
+        text = data.decode("utf-8-sig")  # a byte-order mark (Excel's CSV) is not part of the first column
+    except UnicodeDecodeError as error:
+        raise ValueError(
+            f"{what} {path} is not UTF-8 text ({error.reason} at byte {error.start}) — save it as UTF-8"
+        ) from None
     lines: list[int] = []  # the line of each row (JSONL), for messages
     if fmt == "jsonl":
         rows: list[Any] = []
@@ -167,7 +177,7 @@ def read_listing(path: str, fmt: str, what: str = "Data listing") -> tuple[list[
     else:
         rows = list(csv.DictReader(io.StringIO(text), delimiter="\t" if fmt == "tsv" else ","))
     if not rows:
-        raise ValueError(f"{what} {path} has no records.")
+        raise ValueError(f"{what} {path} has no records — check the file")
     return rows, lines
 
 
@@ -187,10 +197,10 @@ class FileSource:
     streaming: ClassVar[bool] = False
 
     def __post_init__(self):
-        self.fmt = self.fmt or self.path.rsplit(".", 1)[-1].lower()
+        self.fmt = self.fmt or self.path.removesuffix(".gz").rsplit(".", 1)[-1].lower()
         if self.fmt not in LISTING_FORMATS:
             raise ValueError(
-                f"Cannot tell the format of {self.path}; prefix it with jsonl:, json:, csv: or tsv:."
+                f"Cannot tell the format of {self.path} — prefix it with jsonl:, json:, csv: or tsv:"
             )
         rows, lines = read_listing(self.path, self.fmt)
         objects = [r for r in rows[:1000] if isinstance(r, dict)]
@@ -276,7 +286,7 @@ class WebDatasetSource:
     def __post_init__(self):
         self.shards = [s for p in self.pattern.split("::") for s in expand_braces(p)]
         if not self.shards:
-            raise ValueError(f"No shards match {self.pattern}.")
+            raise ValueError(f"No shards match {self.pattern} — check the pattern")
 
     def units(
         self, epoch: int, seed: int, process_index: int, process_count: int
@@ -565,11 +575,11 @@ def _infer_kind(spec: str) -> str:
         return "wds"
     if spec == "shapes":
         return "shapes"
-    extension = spec.split("?", 1)[0].rsplit(".", 1)[-1].lower()
+    extension = spec.split("?", 1)[0].removesuffix(".gz").rsplit(".", 1)[-1].lower()
     if extension in LISTING_FORMATS:
         return extension
     raise ValueError(
-        f"Cannot tell the format of {spec!r}; prefix it with jsonl:, json:, csv: or tsv: (a listing), or use "
+        f"Cannot tell the format of {spec!r} — prefix it with jsonl:, json:, csv: or tsv: (a listing), or use "
         f"another kind of source: {', '.join(k + ':' for k in SOURCES)}."
     )
 
@@ -753,8 +763,17 @@ def parse_mixture(specs: Sequence[str] | str) -> list[tuple[str, float]]:
         ]  # "wds:{train,extra}-{0..9}.tar,x.jsonl"
     out = []
     for item in specs:
-        spec, _, weight = (
-            item.strip().rpartition("=") if re.search(r"=[\d.]+$", item.strip()) else (item, "", "1")
-        )
-        out.append((spec.strip(), float(weight)))
+        item = item.strip()
+        match = re.search(r"=\s*([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?|[-+]?(?:inf|nan))$", item, re.I)
+        spec = item[: match.start()].strip() if match else item
+        # `hf:x?split=1`: the number is an option's value, not a weight (a weight follows the last option)
+        if match and "?" in spec and "=" not in re.split(r"[?&]", spec)[-1]:
+            match, spec = None, item
+        weight = float(match.group(1)) if match else 1.0
+        if not (math.isfinite(weight) and weight > 0):
+            raise ValueError(
+                f"mixture weight {match.group(1)} of {spec} must be a number > 0 — fix it in data.train "
+                f"(e.g. {spec}=0.5), or leave the source out"
+            )
+        out.append((spec, weight))
     return out

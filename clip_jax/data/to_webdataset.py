@@ -24,11 +24,16 @@ from clip_jax.data.pipeline import BadExample, decode_image, valid_captions
 from clip_jax.data.sources import FileSource, parse_source
 
 
-def _image_extension(data: bytes) -> str:
+def _image_extension(data: bytes, path: str) -> str:
+    """``jpg``/``png``/``webp`` from the image's header, ``""`` for another format; a file PIL cannot identify
+    is one skipped example (``corrupt_image``), never the end of the conversion."""
     from PIL import Image
 
-    with Image.open(io.BytesIO(data)) as image:
-        return {"JPEG": "jpg", "PNG": "png", "WEBP": "webp"}.get(image.format, "")
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            return {"JPEG": "jpg", "PNG": "png", "WEBP": "webp"}.get(image.format, "")
+    except (OSError, SyntaxError, ValueError) as error:
+        raise BadExample("corrupt_image", f"{path}: {error}") from None
 
 
 def convert(
@@ -44,7 +49,7 @@ def convert(
     keys = {k: v for k, v in (("image_key", image_key), ("caption_key", caption_key)) if v}
     source = parse_source(spec, **keys)
     if not isinstance(source, FileSource):
-        raise ValueError(f"{spec} is already WebDataset shards.")
+        raise ValueError(f"{spec} is already WebDataset shards — train on it directly (wds:...)")
     os.makedirs(os.path.dirname(os.path.abspath(output)) or ".", exist_ok=True)
     counts: collections.Counter = collections.Counter()
     num_shards = max(1, -(-len(source) // shard_size))
@@ -56,7 +61,9 @@ def convert(
             os.unlink(partial)
         raise
     if shard < 0:
-        raise ValueError(f"No usable example in {spec}: {dict(counts)}")
+        raise ValueError(
+            f"No usable example in {spec}: {dict(counts)} — check the image paths and the image/caption keys"
+        )
     pattern = f"{output}-{{{0:0{width}d}..{shard:0{width}d}}}.tar"
     return pattern, dict(counts)
 
@@ -80,7 +87,7 @@ def _write_shards(source, output: str, shard_size: int, width: int, verify: bool
             captions = valid_captions(record["captions"], record["key"])
             if verify:
                 decode_image(record["image"], record["path"])
-            ext = _image_extension(record["image"]) if record["image"] else ""
+            ext = _image_extension(record["image"], record["path"]) if record["image"] else ""
             if not ext:
                 raise BadExample("unsupported_image_format", record["path"])
         except BadExample as error:

@@ -76,6 +76,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> list:
     """``clip-jax eval``: evaluate every --model on the task; returns the result records."""
     args = parse_args(argv)
+    repeated = sorted({m for m in args.model if args.model.count(m) > 1})
+    if repeated:  # one result file per (data set, model): a repeated model would overwrite its own
+        raise ValueError(f"--model {repeated[0]} is given more than once — give each model once")
     if args.output:
         from clip_jax.evaluate.run import check_output
 

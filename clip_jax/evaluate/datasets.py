@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +34,23 @@ from PIL import Image
 
 from clip_jax.data.sources import LabelledImages, SourceSpec, kinds_for, parse_source, split_spec
 
+logger = logging.getLogger(__name__)
+
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
+#: Image formats found in photo folders that clip_jax does not decode: counted as skipped
+#: (``unsupported_format``), never silently left out.
+UNSUPPORTED_IMAGE_SUFFIXES = {
+    ".heic",
+    ".heif",
+    ".svg",
+    ".svgz",
+    ".avif",
+    ".jxl",
+    ".raw",
+    ".dng",
+    ".cr2",
+    ".nef",
+}
 
 
 def load_labelled(
@@ -78,21 +95,43 @@ def image_folder(spec: SourceSpec, settings: dict[str, Any]) -> LabelledImages:
     """``imagefolder:DIR``: one sub-folder per class (sorted names are the classes), images read lazily."""
     root = Path(spec.path)
     if not root.is_dir():
-        raise FileNotFoundError(f"Image folder {root} does not exist.")
-    classes = sorted(p.name for p in root.iterdir() if p.is_dir())
+        raise FileNotFoundError(f"Image folder {root} does not exist — check the path")
+    classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    suffixes = IMAGE_SUFFIXES | UNSUPPORTED_IMAGE_SUFFIXES
     files = [
         (f, i)
         for i, c in enumerate(classes)
         for f in sorted((root / c).rglob("*"))
-        if f.suffix.lower() in IMAGE_SUFFIXES
+        if f.suffix.lower() in suffixes
     ]
     if not files:
         raise ValueError(
-            f"Image folder {root} holds no images in class sub-folders ({len(classes)} folders found)."
+            f"Image folder {root} holds no images in class sub-folders ({len(classes)} folders found) — "
+            f"put each class's images ({', '.join(sorted(IMAGE_SUFFIXES))}) in a sub-folder named after it"
+        )
+    present = {label for _, label in files}
+    empty = [c for i, c in enumerate(classes) if i not in present]
+    if empty:  # kept: they hold the class indices of a subset; said, since a stray folder is one more class
+        logger.warning(
+            "Image folder %s: %d class folder(s) hold no images (%s): they still count among the %d classes "
+            "(zero-shot candidates, --classnames), and per-class recall leaves them out",
+            root,
+            len(empty),
+            ", ".join(empty[:5]) + (", ..." if len(empty) > 5 else ""),
+            len(classes),
         )
 
     def records():
         for file, label in files:
+            if file.suffix.lower() in UNSUPPORTED_IMAGE_SUFFIXES:
+                detail = f"{file}: {file.suffix} images are not read; convert them to JPEG or PNG"
+                yield {
+                    "image": None,
+                    "path": str(file),
+                    "label": label,
+                    "error": ("unsupported_format", detail),
+                }
+                continue
             try:
                 yield {"image": file.read_bytes(), "path": str(file), "label": label}
             except OSError as error:
@@ -226,7 +265,9 @@ def _xm3600(root: Path, language: str, which: str) -> list[tuple[Path, list[str]
             (root / "images" / f"{row['image/key']}.jpg", captions[:1] if which == "first" else captions)
         )
     if not items:
-        raise ValueError(f"xm3600: {listing} holds no images.")
+        raise ValueError(
+            f"xm3600: {listing} holds no images — check that it is Crossmodal-3600's captions.jsonl"
+        )
     return items
 
 

@@ -157,7 +157,7 @@ def _labelled(
     images, labels, dataset_classes = load_labelled(dataset, limit=limit, skipped=skipped)
     check_bad_fraction(dataset, skipped, len(images), max_bad_fraction)
     if not images:
-        raise ValueError(f"No usable image in {dataset} (skipped: {skipped}).")
+        raise ValueError(f"No usable image in {dataset} (skipped: {skipped}) — check the images and the path")
     names, prompts = load_resource(classnames, "classnames"), load_resource(templates, "templates")
     check_classnames(names, dataset_classes, labels, classnames, dataset)
     return images, labels, names, prompts, skipped

@@ -32,28 +32,53 @@ def load_resource(spec: str, kind: str) -> list[str]:
     """Class names or templates from ``LANG:NAME`` (built in: en/it x cifar10/cifar100/imagenet), a JSON file
     (``{"classnames": [...], "templates": [...]}``) or a text file (one per line)."""
     lang, sep, name = spec.partition(":")
-    if sep and not os.path.exists(spec):
+    builtin_spec = bool(sep) and not os.path.exists(spec)
+    if builtin_spec:
         resource = resources.files("clip_jax.evaluate") / "resources" / f"{name}_{lang}.json"
         if not resource.is_file():
-            raise ValueError(f"No built-in {kind} {spec!r}; built in: {builtin()}. Or pass a JSON/text file.")
+            raise ValueError(
+                f"No built-in {kind} {spec!r} — use one of {builtin()}, or pass a JSON/text file"
+            )
         values = json.loads(resource.read_text())[kind]
     else:
         path = Path(spec)
         if not path.is_file():
-            raise FileNotFoundError(f"{kind} file {spec} does not exist.")
+            raise FileNotFoundError(
+                f"{kind} file {spec} does not exist — check the path, or use a built-in: {builtin()}"
+            )
         if path.suffix == ".json":
-            data = json.loads(path.read_text())
-            if kind not in data:
-                raise ValueError(f"{spec} has no {kind!r} list.")
+            try:
+                data = json.loads(path.read_text())
+            except json.JSONDecodeError as error:
+                raise ValueError(f"{spec} is not valid JSON ({error}) — fix the file") from None
+            if not isinstance(data, dict) or kind not in data:
+                raise ValueError(
+                    f'{spec} has no {kind!r} list — write {{"{kind}": ["...", ...]}} (or a text file, '
+                    "one per line)"
+                )
             values = data[kind]
         else:
             values = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    if not isinstance(values, list) or not all(isinstance(v, str) and v.strip() for v in values):
+        wrong = (
+            type(values).__name__ if not isinstance(values, list) else "a list holding non-strings or blanks"
+        )
+        raise ValueError(f"{spec}: {kind} must be a list of non-empty strings, not {wrong} — fix the file")
     if kind == "templates":
         bad = [t for t in values if not PLACEHOLDER.search(t)]
         if bad:
-            raise ValueError(f"Template(s) without a {{}} / {{c}} placeholder: {bad[:3]}.")
+            raise ValueError(
+                f"Template(s) without a {{}} / {{c}} placeholder: {bad[:3]} — put {{}} where the class name goes"
+            )
     if not values:
-        raise ValueError(f"{spec} holds no {kind}.")
+        raise ValueError(f"{spec} holds no {kind} — add at least one")
+    if kind == "classnames" and not builtin_spec:  # built-in lists keep their sources' known duplicates
+        repeated = sorted({v for v in values if values.count(v) > 1})
+        if repeated:
+            raise ValueError(
+                f"{spec} names {repeated[:5]} more than once — each class needs its own name (two classes "
+                "with one name cannot be told apart)"
+            )
     return list(values)
 
 

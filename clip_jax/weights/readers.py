@@ -109,11 +109,15 @@ def read_config(directory: Path) -> dict[str, Any]:
     """The checkpoint's ``config.json`` as a dict."""
     path = Path(directory) / "config.json"
     if not path.is_file():
-        raise CheckpointError(f"{directory} has no config.json; a Hugging Face model directory needs one.")
+        raise CheckpointError(
+            f"{directory} has no config.json — pass a Hugging Face model directory (save_pretrained writes one)"
+        )
     try:
         return json.loads(path.read_text())
     except json.JSONDecodeError as error:
-        raise CheckpointError(f"{path} is not valid JSON: {error}.") from error
+        raise CheckpointError(
+            f"{path} is not valid JSON ({error}) — the file is damaged; download or export the model again"
+        ) from error
 
 
 #: Architectures (``config.json`` sizes, no weights) of the hub ids the shipped recipes name, for planning offline.
@@ -152,7 +156,9 @@ def weight_format(directory: Path) -> str:
     for name in WEIGHT_FILES:
         if (Path(directory) / name).is_file():
             return name
-    raise CheckpointError(f"{directory} holds no weights: expected one of {', '.join(WEIGHT_FILES)}.")
+    raise CheckpointError(
+        f"{directory} holds no weights: expected one of {', '.join(WEIGHT_FILES)} — pass the directory save_pretrained wrote"
+    )
 
 
 def read_state_dict(directory: str | os.PathLike) -> dict[str, np.ndarray]:
