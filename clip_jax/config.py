@@ -411,6 +411,7 @@ RULES: dict[str, Rule] = {
     "train.checkpoint_every": whole(1),
     "train.keep_checkpoints": whole(1),
     "train.async_checkpoints": FLAG,
+    "train.allow_config_change": FLAG,
     "train.eval_every": whole(0, " (0: only at the end of each phase)"),
     "train.eval_batch_size": whole(1),
     "train.wandb_project": TEXT,

@@ -397,6 +397,8 @@ def test_a_failing_checkpoint_write_stops_the_run_with_one_line(tmp_path, use_as
             "--config.phases.warmup.steps=3",
             "--config.phases.finetune.steps=3",
             "--config.train.checkpoint_every=2",
+            # the faulty run's config (tiny_config) differs from the command line's in warm-up steps: safe changes
+            "--config.train.allow_config_change=True",
         ],
         env=subprocess_env(8),
         capture_output=True,

@@ -185,7 +185,9 @@ def test_dropout_masks_are_the_same_in_both_passes(tmp_path):
 
 def test_micro_batch_size_errors_say_what_fits(tmp_path):
     config = tiny_config(tmp_path / "cache", **{"train.micro_batch_size": 12})
-    with pytest.raises(ValueError, match="micro_batch_size=12 must be 0 .* divisor of train.batch_size=16"):
+    with pytest.raises(
+        ValueError, match="micro_batch_size=12 is invalid: it must be 0 .* divisor of train.batch_size=16"
+    ):
         validate(config)
     config = tiny_config(tmp_path / "cache", **{"train.micro_batch_size": 4})
     with pytest.raises(MeshError, match="micro_batch_size 4 is not divisible by the 8 data-parallel devices"):

@@ -188,18 +188,18 @@ def english_clip(
         from clip_jax.demo import zero_shot_heldout
         from clip_jax.train import train
 
-        tokenizer = write_wordpiece_tokenizer(vocabulary("en"), out / "tokenizer")
-        config = english_clip_config(settings, cache_dir, str(tokenizer))
-        run = out / "run"
-        train(config, str(run))
-        model = load_model(str(run))
-        shutil.rmtree(tokenizer)
-        model.save_pretrained(out, require_transformers=True)
-        losses = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+        # The training run and its tokenizer live beside ``out``: a saved model goes into an empty directory.
+        with tempfile.TemporaryDirectory(dir=out.parent, prefix=".english-clip-run-") as work:
+            tokenizer = write_wordpiece_tokenizer(vocabulary("en"), Path(work) / "tokenizer")
+            config = english_clip_config(settings, cache_dir, str(tokenizer))
+            run = Path(work) / "run"
+            train(config, str(run))
+            model = load_model(str(run))
+            model.save_pretrained(out, require_transformers=True)
+            losses = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
         losses = [(r["step"], round(r["train/loss"], 4)) for r in losses if "train/loss" in r]
         data = load_or_generate(ShapesSpec(**config.data.shapes.to_dict()), cache_dir)
         zero_shot = zero_shot_heldout(model, data["val"], language="en")
-        shutil.rmtree(run)
         return {"train_loss": losses, "zero_shot_en_val": zero_shot}
 
     return _build("english-clip", settings, cache_dir, build, log)
