@@ -33,30 +33,43 @@ RTOL = 1e-5
 
 
 @pytest.fixture(scope="module")
-def on_4_devices(tmp_path_factory):
+def listing(tmp_path_factory):
+    """Flags reading 64 real image files through a JSONL listing (the random-access pipeline, with augmentation)."""
+    from test_data import write_images
+
+    root = tmp_path_factory.mktemp("listing")
+    write_images(root, n=64)
+    return ["--config.data.source=files", f"--config.data.train=jsonl:{root / 'train.jsonl'}"]
+
+
+@pytest.fixture(scope="module")
+def on_4_devices(tmp_path_factory, listing):
     """{step: loss} of the uninterrupted run on the new mesh: 1 process, 4 devices, fsdp=4."""
     root = tmp_path_factory.mktemp("straight")
-    run(train_command(root / "run", root / "cache", *STEPS, *MESH_4), subprocess_env(devices=4))
+    run(train_command(root / "run", root / "cache", *listing, *STEPS, *MESH_4), subprocess_env(devices=4))
     reference = losses(root / "run")
     assert sorted(reference) == [1, 2, 3, 4, 5, 6]
     return reference
 
 
-def resume_on_4_devices(workdir, cache, reference):
+def resume_on_4_devices(workdir, cache, flags, reference):
     """Resume ``workdir`` from step 3 on 1 process with 4 devices (fsdp=4); its steps 4-6 must match
     ``reference``'s."""
-    result = run(train_command(workdir, cache, *STEPS, *MESH_4, "--step=3"), subprocess_env(devices=4))
+    result = run(
+        train_command(workdir, cache, *flags, *STEPS, *MESH_4, "--step=3"), subprocess_env(devices=4)
+    )
     assert "Resumed from step 3" in result.stdout + result.stderr
     resumed = losses(workdir)
     for step in (4, 5, 6):
         assert resumed[step] == pytest.approx(reference[step], rel=RTOL), step
 
 
-def test_checkpoint_of_8_devices_fsdp2_resumes_on_4_devices_fsdp4(tmp_path, on_4_devices):
+def test_checkpoint_of_8_devices_fsdp2_resumes_on_4_devices_fsdp4(tmp_path, listing, on_4_devices):
     tick = time.perf_counter()
-    run(train_command(tmp_path / "run", tmp_path / "cache", *STEPS, *MESH_8), subprocess_env(devices=8))
-    assert (tmp_path / "run" / "checkpoints" / "3").exists()
-    resume_on_4_devices(tmp_path / "run", tmp_path / "cache", on_4_devices)
+    workdir = tmp_path / "run"
+    run(train_command(workdir, tmp_path / "cache", *listing, *STEPS, *MESH_8), subprocess_env(devices=8))
+    assert (workdir / "checkpoints" / "3").exists()
+    resume_on_4_devices(workdir, tmp_path / "cache", listing, on_4_devices)
     print(f"8 devices -> 4: {time.perf_counter() - tick:.1f}s")
 
 
@@ -66,13 +79,40 @@ def _free_port():
         return s.getsockname()[1]
 
 
-def test_checkpoint_of_2_processes_resumes_on_1_process(tmp_path, on_4_devices):
-    """2 processes (jax.distributed over gloo, 4 CPU devices each, fsdp=2) save; 1 process with 4 devices resumes."""
+def _launch_two_processes(workdir, cache, *flags):
+    """Both processes of a 2-process run (jax.distributed over gloo, 4 CPU devices each): [(status, stderr)]."""
+    port = _free_port()
+    procs = [
+        subprocess.Popen(
+            train_command(
+                workdir,
+                cache,
+                *flags,
+                f"--coordinator=127.0.0.1:{port}",
+                "--num_processes=2",
+                f"--process_id={i}",
+            ),
+            env=subprocess_env(devices=4),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(2)
+    ]
+    return [(p.returncode, err) for p, (_out, err) in zip(procs, [p.communicate(timeout=300) for p in procs])]
+
+
+def test_checkpoint_of_2_processes_resumes_on_1_process(tmp_path, listing, on_4_devices):
+    """2 processes (jax.distributed over gloo, 4 CPU devices each, fsdp=2) save; 1 process with 4 devices resumes,
+    at the next unread example of the listing (each of the 2 read every other one)."""
     tick = time.perf_counter()
-    for status, err in _launch_two_processes(tmp_path / "run", tmp_path / "cache", *STEPS, *MESH_8):
+    workdir = tmp_path / "run"
+    for status, err in _launch_two_processes(workdir, tmp_path / "cache", *listing, *STEPS, *MESH_8):
         assert status == 0, err[-3000:]
-    assert (tmp_path / "run" / "checkpoints" / "3").exists()
-    resume_on_4_devices(tmp_path / "run", tmp_path / "cache", on_4_devices)
+    meta = json.loads((workdir / "checkpoints" / "3" / "meta" / "metadata").read_text())
+    positions = [state["stream"]["grain"]["next_index"] for state in meta["data_by_process"]]
+    assert positions == [24, 24]  # 3 steps of 16 examples, half each
+    resume_on_4_devices(workdir, tmp_path / "cache", listing, on_4_devices)
     print(f"2 processes -> 1: {time.perf_counter() - tick:.1f}s")
 
 
@@ -171,29 +211,6 @@ def test_positions_that_cannot_carry_over_say_why(tmp_path):
 
     with pytest.raises(DataPositionError, match="its own examples, in its own order"):
         FeatureBatches.carry_state([{"epoch": 0, "position": 1}] * 2)
-
-
-def _launch_two_processes(workdir, cache, *flags):
-    """Both processes of a 2-process run (jax.distributed over gloo, 4 CPU devices each): [(status, stderr)]."""
-    port = _free_port()
-    procs = [
-        subprocess.Popen(
-            train_command(
-                workdir,
-                cache,
-                *flags,
-                f"--coordinator=127.0.0.1:{port}",
-                "--num_processes=2",
-                f"--process_id={i}",
-            ),
-            env=subprocess_env(devices=4),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for i in range(2)
-    ]
-    return [(p.returncode, err) for p, (_out, err) in zip(procs, [p.communicate(timeout=300) for p in procs])]
 
 
 def _files(workdir):
