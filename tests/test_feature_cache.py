@@ -188,7 +188,7 @@ def test_two_processes_each_cache_their_half_in_lock_step(tmp_path):
         assert p.returncode == 0, err[-3000:]
     single = FeatureStore.load(feature_cache_path(str(tmp_path / "single"), "warmup", 0))
     for process in range(2):
-        part = FeatureStore.load(feature_cache_path(str(tmp_path / "multi"), "warmup", process))
+        part = FeatureStore.load(feature_cache_path(str(tmp_path / "multi"), "warmup", process, 2))
         assert len(part.image) == 32  # the 64 demo images, every other one
         np.testing.assert_allclose(part.image, single.image[process::2], atol=1e-4)
     assert sorted(losses(tmp_path / "multi")) == [1, 2, 3]

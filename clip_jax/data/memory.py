@@ -9,6 +9,10 @@ import numpy as np
 from clip_jax.data.preprocess import ImageProcessorConfig, preprocess_images
 
 
+class DataPositionError(ValueError):
+    """A data position saved by one number of processes cannot continue under another."""
+
+
 class ArrayDataset:
     """Images (uint8 ``[N, H, W, 3]``) with one or more captions each."""
 
@@ -73,6 +77,14 @@ class EpochBatches:
 
     def set_state(self, state: dict[str, int]) -> None:
         self.epoch, self.position = int(state["epoch"]), int(state["position"])
+
+    def carry_state(self, states: list[dict[str, int]]) -> dict[str, int]:
+        """This process's state continuing where the processes that saved ``states`` (one each, in process order,
+        any count) stopped: the position counts global batches and the order does not depend on the process
+        count, so every process's state is the same and carries over exactly."""
+        if any(s != states[0] for s in states):
+            raise DataPositionError(f"the processes saved different positions ({states})")
+        return dict(states[0])
 
     def __iter__(self) -> EpochBatches:
         return self

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageOps
 
+from clip_jax.data.memory import DataPositionError
 from clip_jax.data.preprocess import ImageProcessorConfig, normalize, preprocess_image, to_rgb
 from clip_jax.data.sources import one_pass, parse_mixture, parse_source, source_label
 
@@ -321,6 +322,7 @@ class ExampleStream:
                 f"{worker_processes}."
             )
         self.transform, self.seed, self.workers = transform, seed, workers
+        self.process_count = process_count
         self._epoch: int | None = None
         self._ended: list[tuple[str, int]] = []
         mixture = parse_mixture(specs)
@@ -594,6 +596,39 @@ class TrainBatches:
     def set_state(self, state: dict) -> None:
         self.stream.set_state(state["stream"])
         self.monitor.set_state(state["bad"])
+
+    def carry_state(self, states: list[dict]) -> dict:
+        """This process's state continuing where the processes that saved ``states`` (one each, in process order)
+        stopped, under this iterator's process count; :class:`DataPositionError` says why it cannot.
+
+        Random-access sources read a global order (the same for any process count), process ``i`` of ``n`` its
+        every ``n``-th example: while no process has skipped an example, all have read the same number, so the
+        first ``n * next_index`` examples are read and any process count continues exactly. A skipped example is
+        replaced by the process's next one, so positions then differ per process; streamed sources (WebDataset,
+        streaming datasets) split their shards per process, and worker processes keep per-worker positions."""
+        if any(sum(s["bad"]["counts"].values()) for s in states):
+            skipped = [sum(s["bad"]["counts"].values()) for s in states]
+            raise DataPositionError(
+                f"the processes had skipped {skipped} bad examples, and each replaces its skipped examples with "
+                "its own next ones, so their positions are their own"
+            )
+        streams = [s["stream"] for s in states]
+        if not all(set(s) == {"grain"} and set(s["grain"]) == {"next_index"} for s in streams):
+            kind = (
+                "worker processes (data.worker_processes)" if "grain" in streams[0] else "a streamed source"
+            )
+            raise DataPositionError(f"{kind} keep{'s' if kind[0] == 'a' else ''} a position per process")
+        read = {s["grain"]["next_index"] for s in streams}
+        if len(read) != 1:
+            raise DataPositionError(f"the processes had read different numbers of examples ({sorted(read)})")
+        total = read.pop() * len(states)
+        count = self.stream.process_count
+        if total % count:
+            raise DataPositionError(f"the {total} examples read do not divide among {count} processes")
+        return {
+            "stream": {"grain": {"next_index": total // count}},
+            "bad": {"seen": total // count, "counts": {}},
+        }
 
     def close(self) -> None:
         self.stream.close()

@@ -28,6 +28,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 from ml_collections import ConfigDict
 
+from clip_jax.data.memory import DataPositionError
 from clip_jax.embedding import embed_rows
 from clip_jax.sharding import batch_axes
 from clip_jax.train.state import TrainState, apply_gradients, output_loss
@@ -111,6 +112,13 @@ class FeatureBatches:
 
     def set_state(self, state: dict[str, int]) -> None:
         self.epoch, self.position = int(state["epoch"]), int(state["position"])
+
+    @staticmethod
+    def carry_state(states: list[dict[str, int]]) -> dict[str, int]:
+        """Never possible under another process count: each process caches and orders its own examples."""
+        raise DataPositionError(
+            "each process trains on the features of its own examples, in its own order (cache_features)"
+        )
 
     def __iter__(self) -> FeatureBatches:
         return self
@@ -198,8 +206,12 @@ def compute_features(
     return FeatureStore(image, text, np.asarray(owner, np.int64))
 
 
-def feature_cache_path(workdir: str, phase: str, process_index: int) -> str:
-    return f"{workdir.rstrip('/')}/feature_cache/{phase}-process{process_index:05d}.npz"
+def feature_cache_path(workdir: str, phase: str, process_index: int, process_count: int = 1) -> str:
+    """Where process ``process_index`` of ``process_count`` caches ``phase``'s features: a cache written under
+    another process count holds another share of the examples, so it is not read (it is computed again)."""
+    return (
+        f"{workdir.rstrip('/')}/feature_cache/{phase}-process{process_index:05d}-of-{process_count:05d}.npz"
+    )
 
 
 def describe(store: FeatureStore) -> dict[str, Any]:
@@ -224,7 +236,7 @@ def feature_batches(
 ) -> FeatureBatches:
     """The batches of a ``cache_features`` phase: features cached in ``<workdir>/feature_cache`` by an earlier
     attempt, or computed now in one pass over ``examples()`` (all processes together) and saved there."""
-    path = feature_cache_path(workdir, phase, jax.process_index())
+    path = feature_cache_path(workdir, phase, jax.process_index(), jax.process_count())
     store = FeatureStore.load(path)
     # Several processes recompute together unless every one has its part (the pass is lock-step).
     if jax.process_count() > 1 and not np.all(multihost_utils.process_allgather(np.array(store is not None))):

@@ -17,11 +17,13 @@ from collections.abc import Callable
 from typing import Any
 
 import jax
+import numpy as np
 from ml_collections import ConfigDict
 
 from clip_jax import workdir as workdirs
 from clip_jax.checkpoint import Checkpointer
 from clip_jax.config import base_config, phase
+from clip_jax.data.memory import DataPositionError
 from clip_jax.weights.readers import CheckpointError
 
 #: A checkpoint written under the old value cannot be restored under the new one.
@@ -219,3 +221,37 @@ def set_aside_later(checkpointer: Checkpointer, workdir: str, step: int, log: Ca
 
         multihost_utils.sync_global_devices("clip_jax set_aside_later")
     checkpointer.manager.reload()
+
+
+def gather_states(state: dict) -> list[dict]:
+    """Every process's ``state`` (a JSON-able data position), in process order. All processes call it together
+    (two all-gathers when there are several)."""
+    if jax.process_count() == 1:
+        return [state]
+    from jax.experimental import multihost_utils
+
+    data = np.frombuffer(json.dumps(state).encode(), np.uint8)
+    sizes = np.asarray(multihost_utils.process_allgather(np.array([len(data)], np.int64))).reshape(-1)
+    padded = np.zeros(int(sizes.max()), np.uint8)
+    padded[: len(data)] = data
+    rows = np.asarray(multihost_utils.process_allgather(padded))
+    return [json.loads(bytes(row[:size])) for row, size in zip(rows, sizes)]
+
+
+def carried_state(
+    states: list[dict], carry: Callable[[list[dict]], dict], what: str, step: int, workdir: str
+) -> dict:
+    """This process's data position from the ``states`` the processes saved at ``step`` (one each): its own when
+    the process count is the same, else ``carry(states)``; a position that cannot carry over is one
+    :class:`DataPositionError` naming ``what`` it is, why, and the ways out."""
+    if len(states) == jax.process_count():
+        return states[jax.process_index()]
+    try:
+        return carry(states)
+    except DataPositionError as error:
+        raise DataPositionError(
+            f"cannot resume {workdir} at step {step} on {jax.process_count()} process(es): the position of {what} "
+            f"was saved by {len(states)} and cannot carry over ({error}) — resume on {len(states)} process(es), "
+            f"or from a checkpoint where it is not needed (--step), or train in another --workdir with "
+            f"model.init_from={workdir}; the workdir was not changed"
+        ) from None

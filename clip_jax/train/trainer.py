@@ -142,15 +142,48 @@ class Trainer:
         }
 
     def _meta(self, phase: Phase, step: int) -> dict:
+        """A checkpoint's metadata: its phase and every process's data positions (``data`` is process 0's)."""
+        data = resume.gather_states(self.train_iter.get_state())
         meta = {
             "step": step,
             "phase": phase.name,
             "phase_index": phase.index,
-            "data": self.train_iter.get_state(),
+            "data": data[0],
+            "data_by_process": data,
         }
         if self._feature_batches:
-            meta["features"] = {name: it.get_state() for name, it in self._feature_batches.items()}
+            features = {
+                name: resume.gather_states(it.get_state()) for name, it in self._feature_batches.items()
+            }
+            meta["features"] = {name: states[0] for name, states in features.items()}
+            meta["features_by_process"] = features
         return meta
+
+    def _carried_positions(self, meta: dict, step: int, phase: Phase) -> tuple[dict, dict[str, dict]]:
+        """This process's (data position, cached-feature positions) from a checkpoint's ``meta``, carried over to
+        this run's process count (:func:`~clip_jax.train.resume.carried_state`). Before ``data_by_process``,
+        checkpoints held process 0's positions only, which every process took."""
+        count = jax.process_count()
+        data = resume.carried_state(
+            meta.get("data_by_process") or [meta["data"]] * count,
+            self.train_iter.carry_state,
+            "the training data",
+            step,
+            self.workdir,
+        )
+        by_process = meta.get("features_by_process") or {
+            k: [v] * count for k, v in meta.get("features", {}).items()
+        }
+        features = {}
+        if phase.name in by_process and step < phase.end:  # only the running phase reads its position again
+            features[phase.name] = resume.carried_state(
+                by_process[phase.name],
+                feature_cache.FeatureBatches.carry_state,
+                f"the cached features of phase {phase.name!r}",
+                step,
+                self.workdir,
+            )
+        return data, features
 
     def _cache_examples(self):
         """Chunks of (eval-preprocessed pixels, all captions) of this process's training examples."""
@@ -195,19 +228,19 @@ class Trainer:
                 self.checkpointer, self.workdir, latest, self.checkpointer.restore_meta
             )
             phase = self.phases[meta["phase_index"]]
-            restored = (latest, meta)
+            restored = (latest, meta, *self._carried_positions(meta, latest, phase))
         started = self.start_phase(phase, self.model.module, step)
         state = started.state
         if restored is not None:
-            latest, meta = restored
+            latest, meta, data_state, feature_states = restored
             state = resume.read_checkpoint(
                 self.checkpointer,
                 self.workdir,
                 latest,
                 lambda s: self.checkpointer.restore_state(s, started.abstract),
             )
-            self.train_iter.set_state(meta["data"])
-            self._restored_feature_state = meta.get("features", {})
+            self.train_iter.set_state(data_state)
+            self._restored_feature_state = feature_states
             step = latest
             resume.set_aside_later(self.checkpointer, self.workdir, step, self.logger.message)
             self.logger.message(f"Resumed from step {step} ({phase.name}) in {self.workdir}.")
