@@ -36,19 +36,21 @@ def make_mesh(axes: Mapping[str, int], devices: Sequence[jax.Device] | None = No
     names, sizes = list(axes), [int(s) for s in axes.values()]
     unknown = [i for i, s in enumerate(sizes) if s == -1]
     if len(unknown) > 1:
-        raise MeshError(f"At most one mesh axis may be -1 (inferred); got {dict(axes)}.")
+        raise MeshError(
+            f"At most one mesh axis may be -1 (inferred); got {dict(axes)} — give the other axes sizes"
+        )
     known = math.prod(s for s in sizes if s != -1)
     if any(s == 0 or s < -1 for s in sizes) or len(devices) % known:
         raise MeshError(
             f"Mesh {dict(axes)} does not fit {len(devices)} devices: the product of the axis sizes "
-            f"must divide the device count. E.g. {{'data': -1, 'fsdp': 1}} fits any count."
+            f"must divide the device count — e.g. {{'data': -1, 'fsdp': 1}} fits any count"
         )
     if unknown:
         sizes[unknown[0]] = len(devices) // known
     if math.prod(sizes) != len(devices):
         raise MeshError(
             f"Mesh {dict(zip(names, sizes))} has {math.prod(sizes)} slots but there are "
-            f"{len(devices)} devices; make the sizes multiply to {len(devices)} or use -1 for one axis."
+            f"{len(devices)} devices — make the sizes multiply to {len(devices)} or use -1 for one axis"
         )
     try:
         device_array = jax.experimental.mesh_utils.create_device_mesh(sizes, devices)
@@ -97,7 +99,7 @@ def check_batch_size(global_batch: int, mesh: Mesh, process_count: int | None = 
         lower, upper = (global_batch // n) * n, (global_batch // n + 1) * n
         raise MeshError(
             f"Global batch size {global_batch} is not divisible by the {n} data-parallel devices "
-            f"(and {process_count} processes); use a multiple of {n}, e.g. {lower or n} or {upper}."
+            f"(and {process_count} processes) — use a multiple of {n}, e.g. {lower or n} or {upper}"
         )
 
 
@@ -107,8 +109,8 @@ def check_micro_batch_size(micro_batch_size: int, mesh: Mesh) -> None:
     if micro_batch_size % n:
         raise MeshError(
             f"train.micro_batch_size {micro_batch_size} is not divisible by the {n} data-parallel "
-            f"devices (each device embeds micro_batch_size / {n} examples at a time); use a multiple "
-            f"of {n}, e.g. {max(n, micro_batch_size // n * n)}."
+            f"devices (each device embeds micro_batch_size / {n} examples at a time) — use a multiple "
+            f"of {n}, e.g. {max(n, micro_batch_size // n * n)}"
         )
 
 
@@ -150,7 +152,7 @@ def partition_spec(
                 if dim % count:
                     raise MeshError(
                         f"Rule {pattern!r} -> {rule} cannot split {path} {shape}: {dim} is not "
-                        f"divisible by {count}."
+                        f"divisible by {count} — change the rule or the mesh axis size"
                     )
             return spec
     return P()
@@ -195,7 +197,8 @@ def initialize_distributed(
     if any(x is not None for x in explicit):
         if any(x is None for x in explicit):
             raise MeshError(
-                "Multi-process runs need --coordinator, --num_processes and --process_id together."
+                "Multi-process runs need --coordinator, --num_processes and --process_id together — give all three "
+                "(or --distributed on TPU pods and SLURM)"
             )
         if num_processes > 1:
             jax.config.update("jax_cpu_collectives_implementation", "gloo")

@@ -152,7 +152,9 @@ def architecture_for(model_type: str, kind: Kind) -> Architecture:
             f"{sorted(COMPOSITES)}). To add one, see clip_jax/models/registry.py."
         )
     if arch.kind != kind:
-        raise CheckpointError(f"model_type {model_type!r} is a {arch.kind} tower, not a {kind} tower.")
+        raise CheckpointError(
+            f"model_type {model_type!r} is a {arch.kind} tower, not a {kind} tower — give it as model.{arch.kind}"
+        )
     return arch
 
 
@@ -214,12 +216,16 @@ def tower_config(hf_config: dict[str, Any], kind: Kind, source: str = "") -> tup
     sizes that cannot build a tower raise :class:`CheckpointError` naming ``source``."""
     model_type = hf_config.get("model_type")
     if model_type is None:
-        raise CheckpointError("config.json has no 'model_type'; it is not a transformers config.")
+        raise CheckpointError(
+            "config.json has no 'model_type'; it is not a transformers config — pass a transformers model's directory"
+        )
     outer = ""
     if model_type in COMPOSITES:
         sub_key, outer = COMPOSITES[model_type][kind]
         if sub_key not in hf_config:
-            raise CheckpointError(f"A {model_type!r} config.json needs '{sub_key}'.")
+            raise CheckpointError(
+                f"A {model_type!r} config.json needs '{sub_key}' — the file is incomplete: save the model again"
+            )
         sub = dict(hf_config[sub_key])
         if sub.get("model_type") in COMPOSITES:  # hybrid-clip keeps a whole CLIP config as its vision config
             arch, config, _ = tower_config(normalised_config(sub, source), kind, source)

@@ -21,8 +21,8 @@ def param_group(path: str, groups: Sequence[tuple[str, str]]) -> str:
         if re.fullmatch(pattern, path):
             return name
     raise ValueError(
-        f"Parameter {path} matches no group in train.param_groups {[n for n, _ in groups]}; "
-        "add a catch-all group."
+        f"Parameter {path} matches no group in train.param_groups {[n for n, _ in groups]} "
+        "— add a catch-all group."
     )
 
 
@@ -40,7 +40,7 @@ def make_schedule(
     elif decay == "constant":
         after = optax.constant_schedule(peak)
     else:
-        raise ValueError(f"Unknown learning-rate decay {decay!r}; choose cosine, linear or constant.")
+        raise ValueError(f"Unknown learning-rate decay {decay!r} — choose cosine, linear or constant")
     if warmup_steps == 0:
         return after
     return optax.join_schedules([optax.linear_schedule(0.0, peak, warmup_steps), after], [warmup_steps])
@@ -62,7 +62,7 @@ def _base_optimizer(
         if wd:
             chain.insert(0, optax.add_decayed_weights(wd, mask))
         return optax.chain(*chain)
-    raise ValueError(f"Unknown optimizer {name!r}; choose adamw or adabelief.")
+    raise ValueError(f"Unknown optimizer {name!r} — choose adamw or adabelief")
 
 
 def make_optimizer(
@@ -84,7 +84,7 @@ def make_optimizer(
     if missing:
         raise ValueError(
             f"Trainable parameter groups {missing} have no learning rate in this phase's "
-            f"learning_rates {dict(learning_rates)}."
+            f"learning_rates {dict(learning_rates)} — give each group a rate"
         )
     schedules = {
         g: make_schedule(float(learning_rates[g]), steps, warmup_steps, decay, end_factor) for g in used

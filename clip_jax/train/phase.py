@@ -124,7 +124,10 @@ def phase_program(
     compiled ahead of time for a TPU slice with ``step_fn.trace(abstract, batch).lower(...)``."""
     graphdef, params, frozen = split_trainable(module, phase.trainable)
     if not jax.tree.leaves(params):
-        raise ValueError(f"Phase {phase.name!r}: trainable regex {phase.trainable!r} matches no parameter.")
+        raise ValueError(
+            f"Phase {phase.name!r}: trainable regex {phase.trainable!r} matches no parameter — parameter paths "
+            f"look like vision.layers.0.mlp.fc1.kernel or text_projection.kernel"
+        )
     if phase.cache_features:
         feature_cache.check_cacheable(phase.name, params)
     tx, schedules = phase_optimizer(config, phase, params)
