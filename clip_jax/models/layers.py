@@ -156,7 +156,11 @@ class Dense(nnx.Module):
         rngs: nnx.Rngs,
     ):
         self.kernel = nnx.Param(kernel_init(rngs.params(), (in_features, out_features), param_dtype))
-        self.bias = nnx.Param(jnp.zeros((out_features,), param_dtype)) if use_bias else None
+        if use_bias:
+            rngs.params()  # the key nnx.Linear draws for its bias: the parameters after it initialise as before
+            self.bias = nnx.Param(jnp.zeros((out_features,), param_dtype))
+        else:
+            self.bias = nnx.data(None)
         self.dtype = dtype
 
     def __call__(self, x: Array) -> Array:
