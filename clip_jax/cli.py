@@ -18,6 +18,7 @@ import os
 import sys
 import traceback
 from collections.abc import Callable, Sequence
+from typing import Any
 
 COMMANDS = {
     "train": "train a dual encoder (a recipe by name or a config file; resumes in its workdir)",
@@ -371,9 +372,30 @@ def check_overrides(config, argv: Sequence[str]) -> None:
             node = node[part]
 
 
+def parse_config_command(command: str, argv: Sequence[str], define_flags: Callable) -> tuple[Any, str]:
+    """The parsed flags of ``clip-jax COMMAND`` (``define_flags(argv)`` defines them, ``--config`` among them)
+    and the resolved config file: overrides checked against the config, positional arguments refused."""
+    from absl import flags
+
+    argv, config_file = _config_arg(list(argv))
+    check_overrides(load_config_file(config_file), argv)
+    argv = [f"clip-jax {command}", *argv]
+    values = define_flags(argv)
+    try:
+        positional = values(argv)[1:]
+    except flags.Error as error:
+        raise UsageError(f"{str(error).splitlines()[0]} — see clip-jax {command} --help") from None
+    if positional:
+        raise UsageError(
+            f"clip-jax {command} takes no positional arguments ({' '.join(positional)}) — name a recipe or "
+            f"file with --config (e.g. --config {positional[0]})"
+            + (", a run directory with --workdir" if command == "train" else "")
+        )
+    return values, config_file
+
+
 def train_main(argv: Sequence[str]) -> dict | None:
     """``clip-jax train``: parse flags, check the config, train, print a summary."""
-    from absl import flags
 
     from clip_jax import configs
 
@@ -386,19 +408,7 @@ def train_main(argv: Sequence[str]) -> dict | None:
             "  --config.KEY=VALUE: override any key of the config (see --print_config)\n  --debug: show tracebacks"
         )
         return None
-    argv, config_file = _config_arg(argv)
-    check_overrides(load_config_file(config_file), argv)
-    argv = ["clip-jax train", *argv]
-    FLAGS = _define_train_flags(argv)
-    try:
-        positional = FLAGS(argv)[1:]
-    except flags.Error as error:
-        raise UsageError(f"{str(error).splitlines()[0]} — see clip-jax train --help") from None
-    if positional:
-        raise UsageError(
-            f"clip-jax train takes no positional arguments ({' '.join(positional)}) — name a recipe or "
-            f"file with --config (e.g. --config {positional[0]}), a run directory with --workdir"
-        )
+    FLAGS, config_file = parse_config_command("train", argv, _define_train_flags)
     if FLAGS.workdir is not None and not FLAGS.workdir.strip():
         raise UsageError(
             "--workdir is empty — give a run directory, or leave --workdir out for runs/<config name>"

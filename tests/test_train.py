@@ -143,16 +143,21 @@ def test_resume_after_kill_9_continues_with_identical_losses(tmp_path):
         assert resumed[step] == pytest.approx(reference[step], abs=1e-6), step
 
 
-def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tmp_path):
-    env = subprocess_env()
-    workdir = tmp_path / "run"
-    cmd = train_command(
+def long_run_command(workdir, cache):
+    """A run long enough to interrupt: 3 + 400 steps, no checkpoint until it is stopped."""
+    return train_command(
         workdir,
-        tmp_path / "cache",
+        cache,
         "--config.phases.warmup.steps=3",
         "--config.phases.finetune.steps=400",
         "--config.train.checkpoint_every=1000",
     )
+
+
+def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tmp_path):
+    env = subprocess_env()
+    workdir = tmp_path / "run"
+    cmd = long_run_command(workdir, tmp_path / "cache")
     process = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 240
     while time.time() < deadline and process.poll() is None:  # wait until phase 2 runs (step 5)
@@ -286,13 +291,7 @@ def _interrupt_at_the_phase_switch(tmp_path, name, presses):
     """Start a run, press Ctrl-C (SIGINT) ``presses`` times as soon as it says the second phase starts (its step
     is being compiled then); returns (exit status, stdout, stderr, seconds from the first press to the exit)."""
     workdir = tmp_path / name
-    cmd = train_command(
-        workdir,
-        tmp_path / "cache",
-        "--config.phases.warmup.steps=3",
-        "--config.phases.finetune.steps=400",
-        "--config.train.checkpoint_every=1000",
-    )
+    cmd = long_run_command(workdir, tmp_path / "cache")
     with open(tmp_path / f"{name}.err", "w") as err:
         process = subprocess.Popen(cmd, env=subprocess_env(), stdout=subprocess.PIPE, stderr=err, text=True)
         lines = []

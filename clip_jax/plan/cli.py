@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import sys
 from collections.abc import Sequence
 
@@ -42,28 +41,17 @@ def _flags(argv: Sequence[str]):
 
 def main(argv: Sequence[str]) -> list[dict]:
     """Parse ``argv``, plan, print the table (or JSON lines); returns the plans as dicts."""
-    from absl import flags
 
-    from clip_jax.cli import UsageError, _config_arg, check_overrides, load_config_file
+    from clip_jax.cli import UsageError, parse_config_command
 
     argv = list(argv)
     if any(a in ("-h", "--help") for a in argv):
         print(HELP)
         print("\n".join(f"  --{name}: {flag.help}" for name, flag in _flags(["plan"]).items()))
         return []
-    argv, config_file = _config_arg(argv)
-    check_overrides(load_config_file(config_file), argv)
-    argv = ["clip-jax plan", *argv]
-    values = _flags(argv)
-    try:
-        values(argv)
-    except flags.Error as error:
-        raise UsageError(f"{str(error).splitlines()[0]} — see clip-jax plan --help") from None
+    values, _ = parse_config_command("plan", argv, _flags)
     if not values.topology:
         raise UsageError("clip-jax plan needs --topology — e.g. v5e:4x4, v4:2x2x2, cpu:8 (see --help)")
-    os.environ.setdefault(
-        "ALLOW_MULTIPLE_LIBTPU_LOAD", "1"
-    )  # plans may run beside each other (tests, sweeps)
     from clip_jax.plan import plan, target
 
     steps = [s for s in values.phases.split(",") if s] or None

@@ -56,10 +56,6 @@ class HloSummary:
     unknown_trip_counts: int
 
     @property
-    def collective_bytes(self) -> float:
-        return sum(c.bytes for c in self.collectives.values())
-
-    @property
     def wire_bytes(self) -> float:
         return sum(c.wire_bytes for c in self.collectives.values())
 
