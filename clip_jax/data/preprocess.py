@@ -1,4 +1,5 @@
-"""CLIP image preprocessing, identical to transformers' ``CLIPImageProcessor`` (PIL backend).
+"""CLIP image preprocessing, identical to transformers' ``CLIPImageProcessor`` (PIL backend), and SigLIP's
+(``SiglipImageProcessor``: a resize straight to the model's size, no crop).
 
 Resize the shortest side with bicubic resampling, center-crop, rescale to [0, 1] and
 normalise with the checkpoint's mean and std. Output is channels-last float32
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -36,6 +38,9 @@ class ImageProcessorConfig:
     do_resize: bool = True
     do_center_crop: bool = True
     do_normalize: bool = True
+    #: Resize straight to ``crop_height`` x ``crop_width`` (no aspect kept, no crop): SigLIP's processors,
+    #: whose ``size`` is ``{"height": H, "width": W}``.
+    resize_to_crop: bool = False
 
     @classmethod
     def for_image_size(cls, image_size: int) -> ImageProcessorConfig:
@@ -44,12 +49,32 @@ class ImageProcessorConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ImageProcessorConfig:
-        """From the contents of a ``preprocessor_config.json``."""
+        """From the contents of a ``preprocessor_config.json``: CLIP's, SigLIP's, or SigLIP 2's NaFlex one, read as
+        a resize to its fixed square size (``sqrt(max_num_patches) * patch_size``: NaFlex's own size for square
+        images; other images are stretched to the square instead of keeping their aspect ratio)."""
         size, crop = d.get("size", 224), d.get("crop_size", 224)
+        if "max_num_patches" in d and "patch_size" in d:  # SigLIP 2's NaFlex processor, run at a fixed size
+            side = math.isqrt(int(d["max_num_patches"])) * int(d["patch_size"])
+            size = {"height": side, "width": side}
+        if isinstance(size, dict) and {"height", "width"} <= set(size) and "shortest_edge" not in size:
+            return cls(
+                shortest_edge=min(int(size["height"]), int(size["width"])),
+                crop_height=int(size["height"]),
+                crop_width=int(size["width"]),
+                image_mean=tuple(d.get("image_mean", (0.5, 0.5, 0.5))),
+                image_std=tuple(d.get("image_std", (0.5, 0.5, 0.5))),
+                resample=int(d.get("resample", Image.Resampling.BICUBIC)),
+                rescale_factor=float(d.get("rescale_factor", 1 / 255)),
+                do_resize=bool(d.get("do_resize", True)),
+                do_center_crop=False,
+                do_normalize=bool(d.get("do_normalize", True)),
+                resize_to_crop=True,
+            )
         if isinstance(size, dict):
             if "shortest_edge" not in size:
                 raise ValueError(
-                    f"Only size={{'shortest_edge': N}} is supported by CLIP preprocessing; got {size}."
+                    f"Only size={{'shortest_edge': N}} (CLIP) or {{'height': H, 'width': W}} (SigLIP) is "
+                    f"supported; got {size}."
                 )
             size = size["shortest_edge"]
         if isinstance(crop, dict):
@@ -76,7 +101,21 @@ class ImageProcessorConfig:
         return cls.from_dict(json.loads(path.read_text())) if path.is_file() else None
 
     def to_dict(self) -> dict[str, Any]:
-        """A ``preprocessor_config.json`` that transformers' ``CLIPImageProcessor`` reads."""
+        """A ``preprocessor_config.json`` that transformers' ``CLIPImageProcessor`` reads (``SiglipImageProcessor``
+        for a resize straight to the crop size)."""
+        if self.resize_to_crop:
+            return {
+                "image_processor_type": "SiglipImageProcessor",
+                "do_resize": self.do_resize,
+                "size": {"height": self.crop_height, "width": self.crop_width},
+                "resample": self.resample,
+                "do_rescale": True,
+                "rescale_factor": self.rescale_factor,
+                "do_normalize": self.do_normalize,
+                "image_mean": list(self.image_mean),
+                "image_std": list(self.image_std),
+                "do_convert_rgb": True,
+            }
         return {
             "image_processor_type": "CLIPImageProcessor",
             "do_resize": self.do_resize,
@@ -139,7 +178,9 @@ def preprocess_image(image: Image.Image | np.ndarray, config: ImageProcessorConf
             raise ValueError(f"Array images must be uint8 [H, W, 3]; got {image.dtype} {image.shape}.")
         image = Image.fromarray(image)
     image = to_rgb(image)
-    if config.do_resize:
+    if config.do_resize and config.resize_to_crop:
+        image = image.resize((config.crop_width, config.crop_height), resample=config.resample)
+    elif config.do_resize:
         image = _resize_shortest_edge(image, config.shortest_edge, config.resample)
     array = np.asarray(image)
     if config.do_center_crop:

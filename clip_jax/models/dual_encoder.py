@@ -88,7 +88,9 @@ class DualEncoder(nnx.Module):
         init = nnx.initializers.normal(0.02)
         kwargs = dict(use_bias=False, kernel_init=init, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         self.visual_projection = Dense(vision.config.hidden_size, projection_dim, **kwargs)
-        self.text_projection = Dense(text.config.hidden_size, projection_dim, **kwargs)
+        # A text tower whose pooler ends in its own head (SigLIP) pools to that head's width.
+        text_width = getattr(text.config, "pooled_size", None) if text_pooling == "pooler" else None
+        self.text_projection = Dense(text_width or text.config.hidden_size, projection_dim, **kwargs)
         self.logit_scale = nnx.Param(jnp.asarray(logit_scale_init, jnp.float32))
         self.logit_bias = (
             nnx.Param(jnp.asarray(logit_bias_init, jnp.float32)) if logit_bias_init is not None else None

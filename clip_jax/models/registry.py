@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from clip_jax.models import bert, clip_text, vit
+from clip_jax.models import bert, clip_text, siglip, vit
 from clip_jax.models.layers import DType
 from clip_jax.weights.keymap import KeyMap
 from clip_jax.weights.loading import Adapter, load_params
@@ -123,6 +123,36 @@ ARCHITECTURES: dict[str, Architecture] = {
         anchor="embeddings.token_embedding.weight",
         ignore=(r"embeddings\.position_ids",),
     ),
+    **{
+        model_type: Architecture(
+            kind="vision",
+            config_cls=config_cls,
+            module_cls=siglip.SiglipVisionTransformer,
+            key_map=key_map,
+            prefixes=("vision_model.", ""),
+            anchor="embeddings.position_embedding.weight",
+            ignore=(r"embeddings\.position_ids",),
+        )
+        for model_type, config_cls, key_map in (
+            ("siglip_vision_model", siglip.SiglipVisionConfig, siglip.VISION_KEY_MAP),
+            ("siglip2_vision_model", siglip.Siglip2VisionConfig, siglip.VISION2_KEY_MAP),
+        )
+    },
+    **{
+        model_type: Architecture(
+            kind="text",
+            config_cls=config_cls,
+            module_cls=siglip.SiglipTextTransformer,
+            key_map=siglip.TEXT_KEY_MAP,
+            prefixes=("text_model.", ""),
+            anchor="embeddings.token_embedding.weight",
+            ignore=(r"embeddings\.position_ids",),
+        )
+        for model_type, config_cls in (
+            ("siglip_text_model", siglip.SiglipTextConfig),
+            ("siglip2_text_model", siglip.Siglip2TextConfig),
+        )
+    },
     "bert": Architecture(prefixes=("", "bert."), **_BERT),
     "roberta": Architecture(prefixes=("", "roberta."), **_BERT),
     "xlm-roberta": Architecture(prefixes=("", "roberta."), **_BERT),
@@ -136,10 +166,19 @@ COMPOSITES: dict[str, dict[Kind, tuple[str, str]]] = {
         "vision": ("vision_config", "vision_model."),
         "text": ("text_config", "text_model."),
     },
+    "siglip": {"vision": ("vision_config", "vision_model."), "text": ("text_config", "text_model.")},
+    "siglip2": {"vision": ("vision_config", "vision_model."), "text": ("text_config", "text_model.")},
     # CLIP-Italian's earlier Flax checkpoints (transformers' jax-projects hybrid_clip).
     "hybrid-clip": {"vision": ("vision_config", "vision_model."), "text": ("text_config", "text_model.")},
 }
-_COMPOSITE_DEFAULT_TYPES = {("clip", "vision"): "clip_vision_model", ("clip", "text"): "clip_text_model"}
+_COMPOSITE_DEFAULT_TYPES = {
+    ("clip", "vision"): "clip_vision_model",
+    ("clip", "text"): "clip_text_model",
+    ("siglip", "vision"): "siglip_vision_model",
+    ("siglip", "text"): "siglip_text_model",
+    ("siglip2", "vision"): "siglip2_vision_model",
+    ("siglip2", "text"): "siglip2_text_model",
+}
 
 
 def architecture_for(model_type: str, kind: Kind) -> Architecture:
