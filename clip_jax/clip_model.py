@@ -23,6 +23,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 from PIL import Image
 
+from clip_jax import siglip_layout
 from clip_jax import workdir as workdirs
 from clip_jax.data.preprocess import ImageProcessorConfig, preprocess_images
 from clip_jax.embedding import embed_rows, next_power_of_two
@@ -36,7 +37,13 @@ from clip_jax.hub import (
     write_model_card,
     write_weights,
 )
-from clip_jax.models.dual_encoder import LOGIT_SCALE_INIT, DualEncoder, dual_encoder_key_map, l2_normalize
+from clip_jax.models.dual_encoder import (
+    LOGIT_SCALE_INIT,
+    LOGIT_SCALE_MAX,
+    DualEncoder,
+    dual_encoder_key_map,
+    l2_normalize,
+)
 from clip_jax.models.registry import (
     COMPOSITES,
     LoadedTower,
@@ -215,6 +222,7 @@ def dual_encoder_builder(
             text_pooling=extra.get("text_pooling", "pooler"),
             logit_scale_init=float(hf.get("logit_scale_init_value", LOGIT_SCALE_INIT)),
             logit_bias_init=bias,
+            logit_scale_max=extra.get("logit_scale_max", LOGIT_SCALE_MAX),
             dtype=dtype,
             param_dtype=param_dtype,
             rngs=nnx.Rngs(0),
@@ -345,9 +353,13 @@ class CLIPModel:
         model trained with a fixed scale of 20, as CLIP-Italian).
         """
         directory = resolve_checkpoint(path_or_id, revision=revision)
-        state_dict = read_state_dict(directory)
+        state_dict, raw_config = read_state_dict(directory), read_config(directory)
+        if siglip_layout.is_siglip_model(raw_config):  # SiglipModel / Siglip2Model: identity projections
+            raw_config, state_dict = siglip_layout.siglip_as_dual_encoder(
+                raw_config, state_dict, str(directory)
+            )
         build, (v_arch, v_outer), (t_arch, t_outer) = dual_encoder_builder(
-            read_config(directory),
+            raw_config,
             dtype=dtype,
             param_dtype=param_dtype,
             has_logit_bias="logit_bias" in state_dict,
@@ -398,6 +410,7 @@ class CLIPModel:
                 "text_pooling": module.text_pooling,
                 "max_length": self.max_length,
                 "logit_bias_init": (float(module.logit_bias[...]) if module.logit_bias is not None else None),
+                "logit_scale_max": module.logit_scale_max,
             },
         }
         if not compatible:  # transformers' strict config check then fails on projection_dim with `why`
@@ -430,8 +443,9 @@ class CLIPModel:
         records —, ``datasets``, ``license``, ``training_config``, ``repo_id``, ...) also writes the model card,
         ``README.md``; ``base_models`` defaults to the hub ids this model was built from.
         """
-        config = self.hub_config()
-        if require_transformers and config["model_type"] != "vision-text-dual-encoder":
+        siglip = siglip_layout.siglip_export(self)  # a SigLIP model goes back to SigLIP's layout
+        config = siglip[0] if siglip else self.hub_config()
+        if require_transformers and config["model_type"] == CLIP_JAX_MODEL_TYPE:
             raise ExportError(
                 "Cannot export in transformers' format: " + config["clip_jax"]["why_not_transformers"]
             )
@@ -441,7 +455,9 @@ class CLIPModel:
             directory
         ) as new:  # the old directory stays until this one is complete
             (new / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-            if weights:
+            if weights and siglip:
+                write_weights(siglip[1], new, max_shard_size)
+            elif weights:
                 module = self.module
                 key_map = dual_encoder_key_map(
                     architecture_of(module.vision).key_map, architecture_of(module.text).key_map
@@ -652,12 +668,21 @@ class CLIPModel:
 
     def tokenize(self, texts: Texts, *, fixed_length: bool = False) -> dict[str, np.ndarray]:
         """Token ids and attention mask (int32), truncated to ``max_length`` and padded to a
-        power-of-two length bucket, or to ``max_length`` itself with ``fixed_length`` (training)."""
+        power-of-two length bucket, or to ``max_length`` itself with ``fixed_length`` (training); a text tower
+        that pools its last position (SigLIP) always gets ``max_length`` tokens and an all-ones mask."""
         if self.tokenizer is None:
             raise ValueError(
                 "This model has no tokenizer: pass tokenizer=PATH_OR_OBJECT to CLIPModel.from_towers."
             )
         texts = _text_list(texts)
+        if getattr(self.module.text.config, "pads_to_max_length", False):
+            # SigLIP pools the last position: its processor's padding="max_length", and no padding mask (what
+            # SiglipModel sees from input_ids alone, and how it was trained).
+            enc = self.tokenizer(
+                texts, padding="max_length", truncation=True, max_length=self.max_length, return_tensors="np"
+            )
+            ids = enc["input_ids"].astype(np.int32)
+            return {"input_ids": ids, "attention_mask": np.ones_like(ids)}
         enc = self.tokenizer(
             texts, padding="longest", truncation=True, max_length=self.max_length, return_tensors="np"
         )

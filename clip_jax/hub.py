@@ -45,8 +45,18 @@ def parse_size(size: str | int) -> int:
     )
 
 
+#: Text towers that transformers' ``AutoModel`` has no class for (only whole SigLIP models hold them).
+NO_AUTOMODEL_TEXT_TOWERS = ("siglip_text_model", "siglip2_text_model")
+
+
 def transformers_compatible(text_pooling: str, text_model_type: str) -> tuple[bool, str]:
     """Whether ``VisionTextDualEncoderModel`` computes exactly our text embeddings, and why not."""
+    if text_model_type in NO_AUTOMODEL_TEXT_TOWERS:
+        return False, (
+            f"clip_jax model, not loadable in transformers: its text tower is a {text_model_type}, which "
+            "transformers' AutoModel cannot build on its own, so VisionTextDualEncoderModel cannot hold it — load "
+            "it with clip_jax (clip_jax.CLIPModel.from_pretrained)"
+        )
     if text_pooling == "pooler":
         return True, ""
     return False, (

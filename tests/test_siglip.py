@@ -189,3 +189,144 @@ def test_siglip_preprocessing_equals_transformers_siglip_image_processor(tmp_pat
     np.testing.assert_allclose(
         again(images=[image], return_tensors="np")["pixel_values"].transpose(0, 2, 3, 1), expected, atol=1e-6
     )
+
+
+def write_siglip_files(directory, image_size=32):
+    """What a SigLIP checkpoint ships beside its weights, built offline: SigLIP 2's Gemma-style tokenizer (BPE
+    over characters, lower-cased; SigLIP 1's sentencepiece tokenizer needs the sentencepiece package) and
+    SiglipImageProcessor's config."""
+    from transformers import Siglip2Tokenizer, SiglipImageProcessorPil
+
+    specials = ["<pad>", "<eos>", "<bos>", "<unk>", "<mask>"]
+    vocab = {token: i for i, token in enumerate(specials + list("▁abcdefghijklmnopqrstuvwxyz"))}
+    Siglip2Tokenizer(vocab=vocab, merges=[], model_max_length=12).save_pretrained(directory)
+    SiglipImageProcessorPil(size={"height": image_size, "width": image_size}).save_pretrained(directory)
+    return directory
+
+
+TEXTS = ["una foto di un gatto", "un cane rosso", "tre cerchi blu"]
+
+
+def reference_embeddings(model, directory, images):
+    """transformers' SigLIP embeddings and logits, inputs from the directory's own processor and tokenizer."""
+    from transformers import AutoTokenizer, SiglipImageProcessorPil
+
+    tokenizer = AutoTokenizer.from_pretrained(directory)
+    ids = tokenizer(TEXTS, padding="max_length", max_length=12, truncation=True, return_tensors="pt")[
+        "input_ids"
+    ]
+    pixel_values = SiglipImageProcessorPil.from_pretrained(directory)(images=images, return_tensors="pt")
+    pixel_values = pixel_values["pixel_values"]
+    with torch.no_grad():
+        if "Siglip2" in type(model).__name__:
+            patches = torch.tensor(
+                siglip2_patches(pixel_values.numpy(), model.config.vision_config.patch_size)
+            )
+            grid = int(model.config.vision_config.num_patches**0.5)
+            out = model(
+                input_ids=ids,
+                pixel_values=patches,
+                pixel_attention_mask=torch.ones(patches.shape[:2], dtype=torch.long),
+                spatial_shapes=torch.tensor([[grid, grid]] * len(images)),
+            )
+        else:
+            out = model(input_ids=ids, pixel_values=pixel_values)
+    return out.image_embeds.numpy(), out.text_embeds.numpy(), out.logits_per_image.numpy()
+
+
+def some_images(n=2):
+    from PIL import Image
+
+    rs = np.random.RandomState(5)
+    return [Image.fromarray(rs.randint(0, 256, (40 + 9 * i, 48, 3), np.uint8)) for i in range(n)]
+
+
+@pytest.mark.parametrize("name", ["siglip", "siglip2"])
+def test_whole_siglip_model_in_and_out(siglip_models, tmp_path, name):
+    """SiglipModel / Siglip2Model -> CLIPModel: transformers' embeddings and logits (a scale above CLIP's ceiling
+    of 100, and the bias); save_pretrained writes SigLIP's layout back, which transformers loads with equal
+    embeddings and logits, also after the text projection changed (folded into the text head)."""
+    import transformers as tf
+
+    from clip_jax import CLIPModel
+
+    model = siglip_models[0][name]
+    with torch.no_grad():
+        model.logit_scale.fill_(4.9)  # exp(4.9) = 134 > 100
+    source = write_siglip_files(save_torch_model(model, tmp_path / "source"))
+    images = some_images()
+    ref_image, ref_text, ref_logits = reference_embeddings(model, source, images)
+
+    ours = CLIPModel.from_pretrained(source)
+    assert ours.module.logit_bias is not None and ours.max_length == 12
+    np.testing.assert_allclose(ours.encode_image(images), ref_image, atol=TOL)
+    np.testing.assert_allclose(ours.encode_text(TEXTS), ref_text, atol=TOL)
+    np.testing.assert_allclose(ours.similarity(images, TEXTS), ref_logits, atol=1e-3)
+    assert ours.logit_multiplier == pytest.approx(np.exp(4.9), rel=1e-5)
+
+    rs = np.random.RandomState(7)
+    kernel = ours.module.text_projection.kernel
+    kernel.set_value(kernel.get_value() + 0.1 * rs.randn(*kernel.get_value().shape).astype(np.float32))
+    expected_image, expected_text = ours.encode_image(images), ours.encode_text(TEXTS)
+    expected_logits = ours.similarity(images, TEXTS)
+    ours.save_pretrained(tmp_path / "out")
+    saved = __import__("json").loads((tmp_path / "out" / "config.json").read_text())
+    assert saved["model_type"] == name and "visual_projection.weight" not in saved
+    back = (tf.SiglipModel if name == "siglip" else tf.Siglip2Model).from_pretrained(tmp_path / "out").eval()
+    image, text, logits = reference_embeddings(back, tmp_path / "out", images)
+    np.testing.assert_allclose(image, expected_image, atol=TOL)
+    np.testing.assert_allclose(text, expected_text, atol=TOL)
+    np.testing.assert_allclose(logits, expected_logits, atol=1e-3)
+    again = CLIPModel.from_pretrained(tmp_path / "out")  # and clip_jax reads its own SigLIP export
+    np.testing.assert_allclose(again.encode_text(TEXTS), expected_text, atol=TOL)
+
+
+def test_siglip_model_with_a_trained_vision_projection_is_written_in_clip_jax_layout(siglip_models, tmp_path):
+    """SigLIP's layout has no vision projection, and transformers cannot build a SigLIP text tower inside a
+    VisionTextDualEncoderModel: once its vision projection is trained, the model is written in clip_jax's own
+    layout (transformers refuses it with the reason) and clip_jax reloads it with equal logits."""
+    import transformers as tf
+
+    from clip_jax import CLIPModel
+    from clip_jax.hub import ExportError
+
+    source = write_siglip_files(save_torch_model(siglip_models[0]["siglip"], tmp_path / "source"))
+    ours = CLIPModel.from_pretrained(source)
+    kernel = ours.module.visual_projection.kernel
+    kernel.set_value(kernel.get_value() * 1.5)
+    with pytest.raises(ExportError, match="siglip_text_model"):
+        ours.save_pretrained(tmp_path / "strict", require_transformers=True)
+    ours.save_pretrained(tmp_path / "out")
+    with pytest.raises(Exception, match="not loadable in transformers"):
+        tf.VisionTextDualEncoderModel.from_pretrained(tmp_path / "out")
+    images = some_images()
+    again = CLIPModel.from_pretrained(tmp_path / "out")
+    assert again.module.logit_scale_max is None and again.module.logit_bias is not None
+    np.testing.assert_allclose(again.similarity(images, TEXTS), ours.similarity(images, TEXTS), atol=1e-4)
+
+
+def test_eval_takes_a_siglip_model_directory(siglip_models, tmp_path):
+    """`clip-jax eval --model` on a transformers SigLIP directory: a retrieval row whose recall matches the
+    ranking of transformers' own embeddings (a baseline next to a fine-tuned model)."""
+    import json
+
+    from PIL import Image
+
+    import eval as eval_cli
+
+    model = siglip_models[0]["siglip"]
+    source = write_siglip_files(save_torch_model(model, tmp_path / "siglip"))
+    images = []
+    for i, colour in enumerate([(220, 30, 30), (30, 170, 40), (30, 60, 220)]):
+        images.append(tmp_path / f"{i}.png")
+        Image.new("RGB", (40, 36), colour).save(images[-1])
+    rows = [{"image_path": str(p), "captions": [TEXTS[i]]} for i, p in enumerate(images)]
+    (tmp_path / "val.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    result = eval_cli.main(
+        ["--model", str(source), "--task", "retrieval", "--data", str(tmp_path / "val.jsonl")]
+    )
+    metrics = result[0]["metrics"]
+    ref_image, ref_text, _ = reference_embeddings(model, source, [Image.open(p) for p in images])
+    ranks = (ref_image @ ref_text.T).argsort(axis=1)[:, ::-1]
+    expected = float(np.mean(ranks[:, 0] == np.arange(3)))  # each image's own caption ranked first
+    assert metrics["images"] == 3 and metrics["text_retrieval_recall@1"] == pytest.approx(expected)

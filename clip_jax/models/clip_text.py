@@ -47,6 +47,9 @@ class CLIPTextConfig:
     initializer_factor: float = 1.0
 
     model_type = "clip_text_model"
+    #: transformers' CLIP pools at the highest token id when ``eos_token_id == 2`` (configs older than the EOS
+    #: fix, as OpenAI's code); Meta CLIP 2, whose tokenizer's EOS really is 2, always pools at the EOS token.
+    legacy_eos_pooling = True
 
     @classmethod
     def from_hf(cls, hf: dict) -> CLIPTextConfig:
@@ -61,6 +64,14 @@ class CLIPTextConfig:
     def max_length(self) -> int:
         """The longest token sequence the tower accepts."""
         return self.max_position_embeddings
+
+
+@dataclasses.dataclass(frozen=True)
+class MetaClip2TextConfig(CLIPTextConfig):
+    """Meta CLIP 2's text tower (``metaclip_2_text_model``): CLIP's, pooled at the EOS token whatever its id."""
+
+    model_type = "metaclip_2_text_model"
+    legacy_eos_pooling = False
 
 
 class CLIPTextTransformer(nnx.Module):
@@ -131,7 +142,7 @@ class CLIPTextTransformer(nnx.Module):
             self.layers, x, mask, remat=self.remat, deterministic=deterministic, rngs=rngs
         )
         x = self.final_layer_norm(x)
-        if self.config.eos_token_id == 2:
+        if self.config.eos_token_id == 2 and self.config.legacy_eos_pooling:
             eos_index = jnp.argmax(input_ids, axis=-1)
         else:
             eos_index = jnp.argmax((input_ids == self.config.eos_token_id).astype(jnp.int32), axis=-1)

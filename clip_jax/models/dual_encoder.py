@@ -64,7 +64,10 @@ def l2_normalize(x: jax.Array, eps: float = 1e-12) -> jax.Array:
 
 
 class DualEncoder(nnx.Module):
-    """Vision tower + text tower + projections + learned logit scale (and optional logit bias)."""
+    """Vision tower + text tower + projections + learned logit scale (and optional logit bias).
+
+    ``logit_scale_max``: the ceiling of the log scale (CLIP's ln 100); None for none (SigLIP's models).
+    """
 
     def __init__(
         self,
@@ -75,6 +78,7 @@ class DualEncoder(nnx.Module):
         text_pooling: str = "pooler",
         logit_scale_init: float = LOGIT_SCALE_INIT,
         logit_bias_init: float | None = None,
+        logit_scale_max: float | None = LOGIT_SCALE_MAX,
         dtype: jnp.dtype | None = None,
         param_dtype: jnp.dtype = jnp.float32,
         rngs: nnx.Rngs,
@@ -92,6 +96,7 @@ class DualEncoder(nnx.Module):
         text_width = getattr(text.config, "pooled_size", None) if text_pooling == "pooler" else None
         self.text_projection = Dense(text_width or text.config.hidden_size, projection_dim, **kwargs)
         self.logit_scale = nnx.Param(jnp.asarray(logit_scale_init, jnp.float32))
+        self.logit_scale_max = logit_scale_max
         self.logit_bias = (
             nnx.Param(jnp.asarray(logit_bias_init, jnp.float32)) if logit_bias_init is not None else None
         )
@@ -131,8 +136,10 @@ class DualEncoder(nnx.Module):
         )
 
     def scale(self) -> jax.Array:
-        """``exp(logit_scale)``, clamped at 100."""
-        return jnp.exp(jnp.minimum(self.logit_scale[...], LOGIT_SCALE_MAX))
+        """``exp(logit_scale)``, clamped at ``exp(logit_scale_max)`` (100 unless built otherwise)."""
+        if self.logit_scale_max is None:
+            return jnp.exp(self.logit_scale[...])
+        return jnp.exp(jnp.minimum(self.logit_scale[...], self.logit_scale_max))
 
     def __call__(
         self,

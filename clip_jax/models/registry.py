@@ -103,26 +103,30 @@ _BERT = dict(
     allow_missing=(r"pooler\..*",),
 )
 
+_CLIP_VISION = dict(
+    kind="vision",
+    module_cls=vit.CLIPVisionTransformer,
+    key_map=vit.KEY_MAP,
+    prefixes=("vision_model.", ""),
+    anchor="embeddings.patch_embedding.weight",
+    ignore=(r"embeddings\.position_ids",),
+    adapt=_adapt_vit_positions,
+)
+_CLIP_TEXT = dict(
+    kind="text",
+    module_cls=clip_text.CLIPTextTransformer,
+    key_map=clip_text.KEY_MAP,
+    prefixes=("text_model.", ""),
+    anchor="embeddings.token_embedding.weight",
+    ignore=(r"embeddings\.position_ids",),
+)
+
 ARCHITECTURES: dict[str, Architecture] = {
-    "clip_vision_model": Architecture(
-        kind="vision",
-        config_cls=vit.CLIPVisionConfig,
-        module_cls=vit.CLIPVisionTransformer,
-        key_map=vit.KEY_MAP,
-        prefixes=("vision_model.", ""),
-        anchor="embeddings.patch_embedding.weight",
-        ignore=(r"embeddings\.position_ids",),
-        adapt=_adapt_vit_positions,
-    ),
-    "clip_text_model": Architecture(
-        kind="text",
-        config_cls=clip_text.CLIPTextConfig,
-        module_cls=clip_text.CLIPTextTransformer,
-        key_map=clip_text.KEY_MAP,
-        prefixes=("text_model.", ""),
-        anchor="embeddings.token_embedding.weight",
-        ignore=(r"embeddings\.position_ids",),
-    ),
+    "clip_vision_model": Architecture(config_cls=vit.CLIPVisionConfig, **_CLIP_VISION),
+    "clip_text_model": Architecture(config_cls=clip_text.CLIPTextConfig, **_CLIP_TEXT),
+    # Meta CLIP 2: CLIP's towers and weight names; the text tower pools at the EOS token even when its id is 2.
+    "metaclip_2_vision_model": Architecture(config_cls=vit.MetaClip2VisionConfig, **_CLIP_VISION),
+    "metaclip_2_text_model": Architecture(config_cls=clip_text.MetaClip2TextConfig, **_CLIP_TEXT),
     **{
         model_type: Architecture(
             kind="vision",
@@ -166,6 +170,7 @@ COMPOSITES: dict[str, dict[Kind, tuple[str, str]]] = {
         "vision": ("vision_config", "vision_model."),
         "text": ("text_config", "text_model."),
     },
+    "metaclip_2": {"vision": ("vision_config", "vision_model."), "text": ("text_config", "text_model.")},
     "siglip": {"vision": ("vision_config", "vision_model."), "text": ("text_config", "text_model.")},
     "siglip2": {"vision": ("vision_config", "vision_model."), "text": ("text_config", "text_model.")},
     # CLIP-Italian's earlier Flax checkpoints (transformers' jax-projects hybrid_clip).
@@ -174,6 +179,8 @@ COMPOSITES: dict[str, dict[Kind, tuple[str, str]]] = {
 _COMPOSITE_DEFAULT_TYPES = {
     ("clip", "vision"): "clip_vision_model",
     ("clip", "text"): "clip_text_model",
+    ("metaclip_2", "vision"): "metaclip_2_vision_model",
+    ("metaclip_2", "text"): "metaclip_2_text_model",
     ("siglip", "vision"): "siglip_vision_model",
     ("siglip", "text"): "siglip_text_model",
     ("siglip2", "vision"): "siglip2_vision_model",

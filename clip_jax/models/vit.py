@@ -63,6 +63,13 @@ class CLIPVisionConfig:
         return self.image_size // self.patch_size
 
 
+@dataclasses.dataclass(frozen=True)
+class MetaClip2VisionConfig(CLIPVisionConfig):
+    """Meta CLIP 2's vision tower (``metaclip_2_vision_model``): CLIP's ViT, weights under the same names."""
+
+    model_type = "metaclip_2_vision_model"
+
+
 @functools.lru_cache(maxsize=64)
 def bicubic_resize_matrix(in_size: int, out_size: int) -> np.ndarray:
     """``[out, in]`` matrix equal to PyTorch's bicubic interpolation (a=-0.75, align_corners=False).
