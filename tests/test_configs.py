@@ -24,7 +24,11 @@ def test_recipes_ship_in_the_package_and_the_checkout_re_exports_them():
 
     from clip_jax import configs
 
-    assert configs.names() == CONFIGS == ["clip_italian", "demo", "distill_demo", "distill_italian", "siglip_italian", "tiny"]
+    assert (
+        configs.names()
+        == CONFIGS
+        == ["clip_italian", "demo", "distill_demo", "distill_italian", "siglip_italian", "tiny"]
+    )
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
     for name in configs.names():
         packaged = importlib.import_module(f"clip_jax.configs.{name}").get_config()
