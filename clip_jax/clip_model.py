@@ -4,14 +4,10 @@ save and load. The ``nnx`` module is ``model.module``; training works on that.
 
 from __future__ import annotations
 
-import copy
 import dataclasses
-import itertools
-import json
 import math
 import os
-import re
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,50 +17,28 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
-from PIL import Image
 
-from clip_jax import siglip_layout
-from clip_jax import workdir as workdirs
-from clip_jax.data.preprocess import ImageProcessorConfig, preprocess_images
+from clip_jax.data.preprocess import ImageProcessorConfig
 from clip_jax.embedding import embed_rows, next_power_of_two
 from clip_jax.hub import (
-    CLIP_JAX_MODEL_TYPE,
     DEFAULT_MAX_SHARD_SIZE,
-    ExportError,
-    hub_projection_dim,
+    dual_encoder_config,
     push_to_hub,
-    transformers_compatible,
-    write_model_card,
-    write_weights,
+    read_dual_encoder,
+    save_dual_encoder,
 )
-from clip_jax.models.dual_encoder import (
-    LOGIT_SCALE_INIT,
-    LOGIT_SCALE_MAX,
-    DualEncoder,
-    dual_encoder_key_map,
-    l2_normalize,
-)
+from clip_jax.inputs import Images, Texts, finite_pixels, pixel_batches, text_list
+from clip_jax.models.dual_encoder import LOGIT_SCALE_INIT, DualEncoder, l2_normalize
 from clip_jax.models.registry import (
-    COMPOSITES,
     LoadedTower,
-    architecture_of,
     build_tower,
-    detect_prefix,
     load_tower,
-    normalised_config,
-    tower_builder,
-    tower_config,
 )
-from clip_jax.weights.loading import flat_params, load_params
-from clip_jax.weights.readers import CheckpointError, read_config, read_state_dict, resolve_checkpoint
+from clip_jax.prompts import class_embeddings, resolve_templates
+from clip_jax.weights.readers import resolve_checkpoint
+from clip_jax.weights.tokenizers import TOKENIZER_FILES, load_tokenizer
 
 TowerSource = str | os.PathLike | dict | Any
-#: What ``encode_image`` accepts: one PIL image, a sequence or iterator of PIL images (or uint8
-#: ``[H, W, 3]`` arrays), a uint8 ``[N, H, W, 3]`` array, preprocessed float pixels ``[N, S, S, 3]`` or
-#: ``[N, 3, S, S]`` (numpy, torch or jax), or a mapping with ``pixel_values`` (transformers' processor output).
-Images = Any
-#: What ``encode_text`` accepts: one string or a sequence / iterator of strings.
-Texts = str | Iterable[str]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,96 +60,6 @@ class Classification:
         return [best[0][0] for best in self.top_k]
 
 
-def _to_numpy(value: Any) -> np.ndarray | None:
-    """A numpy view of a numpy, jax or torch array; None for anything else."""
-    if isinstance(value, np.ndarray):
-        return value
-    if isinstance(value, jax.Array):
-        return np.asarray(value)
-    if type(value).__module__.split(".")[0] == "torch" and hasattr(value, "detach"):
-        tensor = value.detach().cpu()
-        return (tensor.float() if tensor.is_floating_point() else tensor).numpy()
-    return None
-
-
-def _text_list(texts: Texts) -> list[str]:
-    """``texts`` as a list of strings (one string becomes a list of one), or a TypeError saying what is wrong."""
-    if isinstance(texts, str):
-        return [texts]
-    if isinstance(texts, (bytes, Mapping)) or not isinstance(texts, Iterable):
-        raise TypeError(f"Texts must be a string or a sequence of strings; got {type(texts).__name__}.")
-    texts = list(texts)
-    bad = [i for i, t in enumerate(texts) if not isinstance(t, str)]
-    if bad:
-        raise TypeError(
-            f"Texts must be strings; items {bad[:5]} are not (item {bad[0]}: {type(texts[bad[0]]).__name__})."
-        )
-    return texts
-
-
-#: Files of which at least one is present in a directory that really holds a tokenizer.
-TOKENIZER_FILES = (
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "vocab.txt",
-    "vocab.json",
-    "sentencepiece.bpe.model",
-    "spiece.model",
-)
-
-
-def load_tokenizer(source: Any) -> Any:
-    """A tokenizer object, loaded from a directory if given one; None when the directory has none.
-
-    (transformers builds an empty tokenizer for a directory without tokenizer files; we refuse that.)
-    """
-    if source is None or not isinstance(source, (str, os.PathLike)):
-        return source
-    from transformers import AutoTokenizer
-    from transformers.utils import logging as hf_logging
-
-    if Path(source).is_dir() and not any((Path(source) / name).is_file() for name in TOKENIZER_FILES):
-        return None
-    # Beside our own config.json (model_type clip_jax_dual_encoder) transformers warns that it does not know
-    # the model type; the tokenizer files are what is loaded, so the warning is noise.
-    verbosity = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()
-    try:
-        return AutoTokenizer.from_pretrained(str(source), trust_remote_code=False)
-    finally:
-        hf_logging.set_verbosity(verbosity)
-
-
-#: Loading-time arguments a tokenizer remembers in ``init_kwargs``: not part of what an export should carry.
-RUNTIME_TOKENIZER_KWARGS = (
-    "is_local",
-    "local_files_only",
-    "_commit_hash",
-    "cache_dir",
-    "force_download",
-    "token",
-    "use_auth_token",
-    "revision",
-    "trust_remote_code",
-    "subfolder",
-)
-
-
-def save_tokenizer(tokenizer: Any, directory: str | os.PathLike, max_length: int) -> None:
-    """Write ``tokenizer`` as a fresh copy: no truncation or padding state from earlier calls, no loading
-    arguments, and ``model_max_length`` set to the model's ``max_length`` (so ``truncation=True`` without a
-    length truncates where the model does)."""
-    fresh = copy.deepcopy(tokenizer)
-    backend = getattr(fresh, "backend_tokenizer", None) or getattr(fresh, "_tokenizer", None)
-    if backend is not None and hasattr(backend, "no_truncation"):
-        backend.no_truncation()
-        backend.no_padding()
-    fresh.model_max_length = max_length
-    fresh.init_kwargs = {k: v for k, v in fresh.init_kwargs.items() if k not in RUNTIME_TOKENIZER_KWARGS}
-    fresh.init_kwargs["model_max_length"] = max_length
-    fresh.save_pretrained(str(directory))
-
-
 def _tower(source: TowerSource, kind: str, **kwargs: Any) -> LoadedTower:
     """A pretrained tower for a path/hub id; a random one for a config (dataclass, dict, transformers config)."""
     if isinstance(source, (str, os.PathLike)):
@@ -184,63 +68,6 @@ def _tower(source: TowerSource, kind: str, **kwargs: Any) -> LoadedTower:
     kwargs.pop("overrides")
     kwargs.pop("revision", None)
     return build_tower(source, kind, **kwargs)
-
-
-def dual_encoder_builder(
-    raw_config: dict[str, Any],
-    *,
-    dtype: jnp.dtype | None = None,
-    param_dtype: jnp.dtype = jnp.float32,
-    has_logit_bias: bool = False,
-    source: str = "",
-):
-    """From a dual encoder's ``config.json``: a function building the (random) :class:`DualEncoder`,
-    and each tower's (architecture, key prefix of its composite)."""
-    if raw_config.get("model_type") == CLIP_JAX_MODEL_TYPE:  # our own format: same layout (see clip_jax.hub)
-        raw_config = dict(
-            raw_config, model_type="vision-text-dual-encoder", projection_dim=hub_projection_dim(raw_config)
-        )
-    if raw_config.get("model_type") not in COMPOSITES:
-        raise CheckpointError(
-            f"{source} holds a {raw_config.get('model_type')!r} model, not a dual encoder "
-            f"({sorted(COMPOSITES)}). To pair two towers, use CLIPModel.from_towers(vision=..., text=...)."
-        )
-    hf = normalised_config(raw_config, source)
-    extra = raw_config.get("clip_jax", {})
-    (v_arch, v_cfg, v_outer), (t_arch, t_cfg, t_outer) = (
-        tower_config(hf, k, source) for k in ("vision", "text")
-    )
-    bias = extra.get("logit_bias_init")
-    if has_logit_bias and bias is None:
-        bias = 0.0
-
-    def build() -> DualEncoder:
-        return DualEncoder(
-            tower_builder(v_arch, v_cfg, dtype, param_dtype)(),
-            tower_builder(t_arch, t_cfg, dtype, param_dtype)(),
-            projection_dim=int(hf.get("projection_dim", 512)),
-            text_pooling=extra.get("text_pooling", "pooler"),
-            logit_scale_init=float(hf.get("logit_scale_init_value", LOGIT_SCALE_INIT)),
-            logit_bias_init=bias,
-            logit_scale_max=extra.get("logit_scale_max", LOGIT_SCALE_MAX),
-            dtype=dtype,
-            param_dtype=param_dtype,
-            rngs=nnx.Rngs(0),
-        )
-
-    return build, (v_arch, v_outer), (t_arch, t_outer)
-
-
-def _finite_pixels(pixels: Any) -> Any:
-    """``pixels``, unless they hold NaN or infinity (which would give NaN embeddings without a word)."""
-    array = np.asarray(pixels)
-    if np.issubdtype(array.dtype, np.floating) and not np.isfinite(array).all():
-        bad = int((~np.isfinite(array.reshape(len(array), -1))).any(axis=1).sum())
-        raise ValueError(
-            f"{bad} of {len(array)} preprocessed images in a batch hold NaN or infinite pixel values — fix "
-            "their preprocessing (or pass the images themselves: PIL images or uint8 arrays)"
-        )
-    return pixels
 
 
 class CLIPModel:
@@ -353,35 +180,8 @@ class CLIPModel:
         model trained with a fixed scale of 20, as CLIP-Italian).
         """
         directory = resolve_checkpoint(path_or_id, revision=revision)
-        state_dict, raw_config = read_state_dict(directory), read_config(directory)
-        if siglip_layout.is_siglip_model(raw_config):  # SiglipModel / Siglip2Model: identity projections
-            raw_config, state_dict = siglip_layout.siglip_as_dual_encoder(
-                raw_config, state_dict, str(directory)
-            )
-        build, (v_arch, v_outer), (t_arch, t_outer) = dual_encoder_builder(
-            raw_config,
-            dtype=dtype,
-            param_dtype=param_dtype,
-            has_logit_bias="logit_bias" in state_dict,
-            source=str(directory),
-        )
-        v_prefix = detect_prefix(state_dict, v_arch, v_outer, source=str(directory))
-        t_prefix = detect_prefix(state_dict, t_arch, t_outer, source=str(directory))
-        key_map = dual_encoder_key_map(v_arch.key_map, t_arch.key_map, v_prefix, t_prefix)
-        ignore = tuple(re.escape(v_prefix) + p for p in v_arch.ignore) + tuple(
-            re.escape(t_prefix) + p for p in t_arch.ignore
-        )
-        module = load_params(
-            build,
-            state_dict,
-            key_map,
-            ignore=ignore,
-            allow_missing=tuple(f"vision\\.{p}" for p in v_arch.allow_missing)
-            + tuple(f"text\\.{p}" for p in t_arch.allow_missing),
-            source=f"dual encoder from {directory}",
-        )
-        if max_length is None:  # the length the model was trained with, recorded by save_pretrained
-            max_length = read_config(directory).get("clip_jax", {}).get("max_length")
+        module, saved_length = read_dual_encoder(directory, dtype=dtype, param_dtype=param_dtype)
+        max_length = saved_length if max_length is None else max_length
         model = cls(
             module,
             tokenizer=load_tokenizer(directory),
@@ -395,29 +195,7 @@ class CLIPModel:
 
     def hub_config(self) -> dict[str, Any]:
         """The ``config.json`` of this model in the hub format (see :mod:`clip_jax.hub`)."""
-        module = self.module
-        compatible, why = transformers_compatible(
-            module.text_pooling, module.text.config.to_hf()["model_type"]
-        )
-        config = {
-            "model_type": "vision-text-dual-encoder" if compatible else CLIP_JAX_MODEL_TYPE,
-            "architectures": ["VisionTextDualEncoderModel"] if compatible else ["CLIPModel (clip_jax)"],
-            "vision_config": module.vision.config.to_hf(),
-            "text_config": module.text.config.to_hf(),
-            "projection_dim": module.projection_dim,
-            "logit_scale_init_value": LOGIT_SCALE_INIT,
-            "clip_jax": {
-                "text_pooling": module.text_pooling,
-                "max_length": self.max_length,
-                "logit_bias_init": (float(module.logit_bias[...]) if module.logit_bias is not None else None),
-                "logit_scale_max": module.logit_scale_max,
-            },
-        }
-        if not compatible:  # transformers' strict config check then fails on projection_dim with `why`
-            config["clip_jax"]["why_not_transformers"] = why
-            config["clip_jax"]["projection_dim"] = module.projection_dim
-            config["projection_dim"] = why
-        return config
+        return dual_encoder_config(self.module, self.max_length)
 
     def save_pretrained(
         self,
@@ -443,35 +221,17 @@ class CLIPModel:
         records —, ``datasets``, ``license``, ``training_config``, ``repo_id``, ...) also writes the model card,
         ``README.md``; ``base_models`` defaults to the hub ids this model was built from.
         """
-        siglip = siglip_layout.siglip_export(self)  # a SigLIP model goes back to SigLIP's layout
-        config = siglip[0] if siglip else self.hub_config()
-        if require_transformers and config["model_type"] == CLIP_JAX_MODEL_TYPE:
-            raise ExportError(
-                "Cannot export in transformers' format: " + config["clip_jax"]["why_not_transformers"]
-            )
-        directory = Path(directory)
-        workdirs.check_replaceable(directory)
-        with workdirs.replace_directory(
-            directory
-        ) as new:  # the old directory stays until this one is complete
-            (new / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-            if weights and siglip:
-                write_weights(siglip[1], new, max_shard_size)
-            elif weights:
-                module = self.module
-                key_map = dual_encoder_key_map(
-                    architecture_of(module.vision).key_map, architecture_of(module.text).key_map
-                )
-                tensors = key_map.export(
-                    {p: np.asarray(jax.device_get(v)) for p, v in flat_params(module).items()}
-                )
-                write_weights(tensors, new, max_shard_size)
-            if self.tokenizer is not None:
-                save_tokenizer(self.tokenizer, new, self.max_length)
-            self.image_processor.save_pretrained(new)
-            if card is not None:
-                write_model_card(new, **{"base_models": self.base_models, **card})
-        return directory
+        return save_dual_encoder(
+            directory,
+            self.module,
+            tokenizer=self.tokenizer,
+            image_processor=self.image_processor,
+            max_length=self.max_length,
+            max_shard_size=max_shard_size,
+            weights=weights,
+            require_transformers=require_transformers,
+            card=None if card is None else {"base_models": self.base_models, **card},
+        )
 
     def push_to_hub(
         self,
@@ -551,88 +311,13 @@ class CLIPModel:
     def pixel_batches(self, images: Images, batch_size: int = 64) -> Iterator[np.ndarray]:
         """``images`` (any form :meth:`encode_image` takes) as preprocessed float32 ``[n, S, S, 3]`` batches
         of at most ``batch_size``; an iterator of images is read one batch at a time."""
-        size = self.module.vision.config.image_size
-        if isinstance(images, Mapping):
-            if "pixel_values" not in images:
-                raise TypeError(
-                    f"A mapping of images needs a 'pixel_values' entry (as transformers' processors "
-                    f"return); got keys {sorted(images)[:5]}."
-                )
-            images = images["pixel_values"]
-        if isinstance(images, Image.Image):
-            images = [images]
-        array = _to_numpy(images)
-        if array is not None:
-            if array.ndim == 3:
-                array = array[None]
-            if array.dtype == np.uint8:
-                if array.ndim != 4 or array.shape[-1] != 3:
-                    raise ValueError(
-                        f"uint8 image arrays must be channels-last [N, H, W, 3] or [H, W, 3]; got "
-                        f"shape {array.shape}"
-                        + (
-                            " (channels first: transpose to [N, H, W, 3])"
-                            if array.ndim == 4 and array.shape[1] == 3
-                            else ""
-                        )
-                        + "."
-                    )
-                for start in range(0, len(array), batch_size):
-                    yield preprocess_images(list(array[start : start + batch_size]), self.image_processor)
-                return
-            if not jnp.issubdtype(array.dtype, jnp.floating):
-                raise TypeError(
-                    f"Image arrays must be uint8 (raw pixels) or floating point (preprocessed pixels); "
-                    f"got {array.dtype}."
-                )
-            if array.ndim == 4 and array.shape[1:] == (3, size, size) and array.shape[-1] != 3:
-                array = array.transpose(0, 2, 3, 1)  # transformers' pixel_values are channels-first
-            if array.ndim != 4 or array.shape[1:] != (size, size, 3):
-                raise ValueError(
-                    f"Float image arrays must be preprocessed pixels [N, {size}, {size}, 3] (channels last) or "
-                    f"[N, 3, {size}, {size}] (transformers' pixel_values); got shape {array.shape}. Pass PIL "
-                    "images or uint8 arrays to have them resized, cropped and normalised."
-                )
-            for start in range(0, len(array), batch_size):
-                yield np.asarray(array[start : start + batch_size], np.float32)
-            return
-        if isinstance(images, (str, bytes, os.PathLike)):
-            raise TypeError(
-                f"encode_image takes images, not file names ({str(images)[:80]!r}): open them first, "
-                "e.g. PIL.Image.open(path)."
-            )
-        if not isinstance(images, Iterable):
-            raise TypeError(
-                f"encode_image takes a PIL image, a sequence of them, or a pixel array (numpy, torch "
-                f"or jax); got {type(images).__name__}."
-            )
-        iterator, seen = iter(images), 0
-        while chunk := list(itertools.islice(iterator, batch_size)):
-            items = []
-            for i, item in enumerate(chunk):
-                raw = item if isinstance(item, Image.Image) else _to_numpy(item)
-                if not (
-                    isinstance(raw, Image.Image)
-                    or (raw is not None and raw.dtype == np.uint8 and raw.ndim == 3 and raw.shape[-1] == 3)
-                ):
-                    described = (
-                        f"a {raw.dtype} array of shape {raw.shape}"
-                        if raw is not None
-                        else f"a {type(item).__name__}"
-                    )
-                    raise TypeError(
-                        f"Image {seen + i} is {described}; a sequence of images must hold PIL images "
-                        "or uint8 [H, W, 3] arrays (stack preprocessed pixels into one float array)."
-                    )
-                items.append(raw)
-            yield preprocess_images(items, self.image_processor)
-            seen += len(chunk)
+        return pixel_batches(images, self.image_processor, self.module.vision.config.image_size, batch_size)
 
     def _embed_pixels(self, fn: Callable, state: Any, images: Images, batch_size: int) -> np.ndarray:
         """``fn(state, pixels)`` over ``images`` in bucketed batches split over the mesh, rows concatenated."""
         return embed_rows(
             lambda pixels: fn(state, pixels),
-            ([_finite_pixels(pixels)] for pixels in self.pixel_batches(images, batch_size)),
+            ([finite_pixels(pixels)] for pixels in self.pixel_batches(images, batch_size)),
             batch_size=batch_size,
             mesh=self.mesh,
             bucket=True,
@@ -674,7 +359,7 @@ class CLIPModel:
             raise ValueError(
                 "This model has no tokenizer: pass tokenizer=PATH_OR_OBJECT to CLIPModel.from_towers."
             )
-        texts = _text_list(texts)
+        texts = text_list(texts)
         if getattr(self.module.text.config, "pads_to_max_length", False):
             # SigLIP pools the last position: its processor's padding="max_length", and no padding mask (what
             # SiglipModel sees from input_ids alone, and how it was trained).
@@ -703,7 +388,7 @@ class CLIPModel:
         ``texts``: one string (N = 1) or a sequence of strings, tokenised with the text tower's tokenizer
         and truncated to ``max_length`` tokens.
         """
-        texts = _text_list(texts)
+        texts = text_list(texts)
         state = self._put_state(nnx.state(self.module))
         fn = self._compiled("text", normalize)
         out = [  # one call per batch: each batch is padded to its own token-length bucket
@@ -759,9 +444,7 @@ class CLIPModel:
         neither, the labels are embedded as given. Returns probabilities (softmax over the labels) and the
         ``top_k`` labels per image.
         """
-        from clip_jax.evaluate.zeroshot import class_embeddings, resolve_templates
-
-        labels = _text_list(labels)
+        labels = text_list(labels)
         if not labels:
             raise ValueError("classify needs at least one label.")
         if not (isinstance(top_k, int) and top_k >= 1):

@@ -216,7 +216,7 @@ def validate(config: ConfigDict) -> ConfigDict:
         )
     names = config.train.phases
     if not RULES["train.phases"].ok(names):
-        raise _invalid("train.phases", names, RULES["train.phases"].text)
+        raise invalid_value("train.phases", names, RULES["train.phases"].text)
     phase_keys = set(phase(1, "", {}).keys())
     for name in names:
         if name not in config.phases:
@@ -228,11 +228,6 @@ def validate(config: ConfigDict) -> ConfigDict:
         if extra:
             raise ValueError(f"Unknown key(s) {sorted(extra)} in phases.{name} — valid: {sorted(phase_keys)}")
     _check_values(config)
-    if config.train.objective == "distill" and any(config.phases[n].cache_features for n in names):
-        raise ValueError(
-            "phases.*.cache_features is for contrastive phases; train.objective='distill' caches the "
-            "teacher's embeddings instead — set cache_features=False."
-        )
     return config
 
 
@@ -381,7 +376,7 @@ RULES: dict[str, Rule] = {
         "comma-separated colour:shape pairs, e.g. 'rosso:triangolo,blu:cerchio' ('' for none)",
     ),
     "data.shapes.language": NAME,
-    "train.objective": one_of("contrastive", "distill"),
+    "train.objective": NAME,  # checked against the registered objectives (clip_jax/train/objectives.py)
     "train.batch_size": whole(1),
     "train.micro_batch_size": whole(0, " (0: off)"),
     "train.seed": whole(0),
@@ -430,7 +425,7 @@ RULES: dict[str, Rule] = {
     "distill.val_limit": whole(0, " (0: all)"),
     "distill.teacher_column": NAME,
     "distill.student_column": NAME,
-    "distill.loss": one_of("mse", "cosine"),
+    "distill.loss": NAME,  # checked by the distill objective
     "distill.student_sees_teacher_language": FLAG,
     "mesh.axes": Rule(
         lambda v: (
@@ -455,7 +450,8 @@ def _losses() -> list[str]:
     return sorted(LOSSES)
 
 
-def _invalid(key: str, value: Any, rule: str) -> ValueError:
+def invalid_value(key: str, value: Any, rule: str) -> ValueError:
+    """The error for ``key=value`` that breaks ``rule`` (its text): key, value, rule and where to fix it."""
     return ValueError(
         f"{key}={value!r} is invalid: it must be {rule} — fix it in the config or with --config.{key}=..."
     )
@@ -472,15 +468,15 @@ def _check_values(config: ConfigDict) -> None:
         rule = RULES.get(key) or RULES.get(re.sub(r"^phases\.[^.]+\.", "phases.*.", key))
         if rule is not None and not rule.ok(value):
             text = rule.text if key != "loss.kind" else "one of " + ", ".join(map(repr, _losses()))
-            raise _invalid(key, value, text)
+            raise invalid_value(key, value, text)
     axes = config.mesh.axes
     if not RULES["mesh.axes"].ok(axes):
-        raise _invalid(
+        raise invalid_value(
             "mesh.axes", axes.to_dict() if isinstance(axes, ConfigDict) else axes, RULES["mesh.axes"].text
         )
     t = config.train
     if t.micro_batch_size and t.batch_size % t.micro_batch_size:
-        raise _invalid(
+        raise invalid_value(
             "train.micro_batch_size",
             t.micro_batch_size,
             f"0 (off) or a divisor of train.batch_size={t.batch_size}, e.g. "
@@ -496,4 +492,4 @@ def _check_values(config: ConfigDict) -> None:
                     f"name one of those, or add the group to train.param_groups"
                 )
             if not (_finite(rate) and rate >= 0):
-                raise _invalid(key, rate, "a finite number >= 0")
+                raise invalid_value(key, rate, "a finite number >= 0")

@@ -133,11 +133,3 @@ def main(argv: list[str] | None = None) -> str:
             ) from error
         print(f"Pushed to {args.push_to_hub}: {url}")
     return str(out)
-
-
-if __name__ == "__main__":
-    import sys
-
-    from clip_jax.cli import console
-
-    console(["export", *sys.argv[1:]])

@@ -23,6 +23,8 @@ from typing import Any
 
 import numpy as np
 
+from clip_jax import siglip_layout
+
 SAFETENSORS_NAME = "model.safetensors"
 SAFETENSORS_INDEX = "model.safetensors.index.json"
 CLIP_JAX_MODEL_TYPE = "clip_jax_dual_encoder"
@@ -220,9 +222,9 @@ def _examples(language: str | None) -> tuple[list[str], str]:
     """Two labels and a prompt in ``language`` for the usage snippets (CIFAR-10's cat and dog, first template)."""
     from importlib import resources
 
-    resource = resources.files("clip_jax.evaluate") / "resources" / f"cifar10_{language or 'en'}.json"
+    resource = resources.files("clip_jax") / "resources" / f"cifar10_{language or 'en'}.json"
     if not resource.is_file():
-        resource = resources.files("clip_jax.evaluate") / "resources" / "cifar10_en.json"
+        resource = resources.files("clip_jax") / "resources" / "cifar10_en.json"
     data = json.loads(resource.read_text())
     return [data["classnames"][3], data["classnames"][5]], data["templates"][0]
 
@@ -451,3 +453,172 @@ def push_to_hub(
         commit_message=commit_message,
     )
     return str(getattr(info, "commit_url", info))
+
+
+# ---------------------------------------------------------------------------------- dual encoders in and out
+def dual_encoder_builder(
+    raw_config: dict[str, Any],
+    *,
+    dtype: Any = None,
+    param_dtype: Any = np.float32,
+    has_logit_bias: bool = False,
+    source: str = "",
+):
+    """From a dual encoder's ``config.json``: a function building the (random) ``DualEncoder``, and each
+    tower's (architecture, key prefix of its composite)."""
+    from flax import nnx
+
+    from clip_jax.models.dual_encoder import LOGIT_SCALE_INIT, LOGIT_SCALE_MAX, DualEncoder
+    from clip_jax.models.registry import COMPOSITES, normalised_config, tower_builder, tower_config
+    from clip_jax.weights.readers import CheckpointError
+
+    if raw_config.get("model_type") == CLIP_JAX_MODEL_TYPE:  # our own format: the same layout
+        raw_config = dict(
+            raw_config, model_type="vision-text-dual-encoder", projection_dim=hub_projection_dim(raw_config)
+        )
+    if raw_config.get("model_type") not in COMPOSITES:
+        raise CheckpointError(
+            f"{source} holds a {raw_config.get('model_type')!r} model, not a dual encoder "
+            f"({sorted(COMPOSITES)}). To pair two towers, use CLIPModel.from_towers(vision=..., text=...)."
+        )
+    hf = normalised_config(raw_config, source)
+    extra = raw_config.get("clip_jax", {})
+    (v_arch, v_cfg, v_outer), (t_arch, t_cfg, t_outer) = (
+        tower_config(hf, k, source) for k in ("vision", "text")
+    )
+    bias = extra.get("logit_bias_init")
+    if has_logit_bias and bias is None:
+        bias = 0.0
+
+    def build() -> DualEncoder:
+        return DualEncoder(
+            tower_builder(v_arch, v_cfg, dtype, param_dtype)(),
+            tower_builder(t_arch, t_cfg, dtype, param_dtype)(),
+            projection_dim=int(hf.get("projection_dim", 512)),
+            text_pooling=extra.get("text_pooling", "pooler"),
+            logit_scale_init=float(hf.get("logit_scale_init_value", LOGIT_SCALE_INIT)),
+            logit_bias_init=bias,
+            logit_scale_max=extra.get("logit_scale_max", LOGIT_SCALE_MAX),
+            dtype=dtype,
+            param_dtype=param_dtype,
+            rngs=nnx.Rngs(0),
+        )
+
+    return build, (v_arch, v_outer), (t_arch, t_outer)
+
+
+def read_dual_encoder(
+    directory: Path, *, dtype: Any = None, param_dtype: Any = np.float32
+) -> tuple[Any, Any]:
+    """A saved dual encoder's module with its weights (our format, transformers' ``vision-text-dual-encoder``
+    or an OpenAI-style ``clip`` checkpoint), and the ``max_length`` it was saved with (None if none)."""
+    from clip_jax.models.dual_encoder import dual_encoder_key_map
+    from clip_jax.models.registry import detect_prefix
+    from clip_jax.weights.loading import load_params
+    from clip_jax.weights.readers import read_config, read_state_dict
+
+    state_dict = read_state_dict(directory)
+    config = read_config(directory)
+    if siglip_layout.is_siglip_model(config):  # SiglipModel / Siglip2Model: identity projections
+        config, state_dict = siglip_layout.siglip_as_dual_encoder(config, state_dict, str(directory))
+    build, (v_arch, v_outer), (t_arch, t_outer) = dual_encoder_builder(
+        config,
+        dtype=dtype,
+        param_dtype=param_dtype,
+        has_logit_bias="logit_bias" in state_dict,
+        source=str(directory),
+    )
+    v_prefix = detect_prefix(state_dict, v_arch, v_outer, source=str(directory))
+    t_prefix = detect_prefix(state_dict, t_arch, t_outer, source=str(directory))
+    key_map = dual_encoder_key_map(v_arch.key_map, t_arch.key_map, v_prefix, t_prefix)
+    ignore = tuple(re.escape(v_prefix) + p for p in v_arch.ignore) + tuple(
+        re.escape(t_prefix) + p for p in t_arch.ignore
+    )
+    module = load_params(
+        build,
+        state_dict,
+        key_map,
+        ignore=ignore,
+        allow_missing=tuple(f"vision\\.{p}" for p in v_arch.allow_missing)
+        + tuple(f"text\\.{p}" for p in t_arch.allow_missing),
+        source=f"dual encoder from {directory}",
+    )
+    return module, config.get("clip_jax", {}).get("max_length")
+
+
+def dual_encoder_config(module: Any, max_length: int | None) -> dict[str, Any]:
+    """The ``config.json`` of a dual encoder in the hub format: transformers' ``vision-text-dual-encoder``
+    where transformers reproduces the model, clip_jax's own ``model_type`` (saying why) where it cannot."""
+    from clip_jax.models.dual_encoder import LOGIT_SCALE_INIT
+
+    compatible, why = transformers_compatible(module.text_pooling, module.text.config.to_hf()["model_type"])
+    config = {
+        "model_type": "vision-text-dual-encoder" if compatible else CLIP_JAX_MODEL_TYPE,
+        "architectures": ["VisionTextDualEncoderModel"] if compatible else ["CLIPModel (clip_jax)"],
+        "vision_config": module.vision.config.to_hf(),
+        "text_config": module.text.config.to_hf(),
+        "projection_dim": module.projection_dim,
+        "logit_scale_init_value": LOGIT_SCALE_INIT,
+        "clip_jax": {
+            "text_pooling": module.text_pooling,
+            "max_length": max_length,
+            "logit_bias_init": (float(module.logit_bias[...]) if module.logit_bias is not None else None),
+            "logit_scale_max": module.logit_scale_max,
+        },
+    }
+    if not compatible:  # transformers' strict config check then fails on projection_dim with `why`
+        config["clip_jax"]["why_not_transformers"] = why
+        config["clip_jax"]["projection_dim"] = module.projection_dim
+        config["projection_dim"] = why
+    return config
+
+
+def save_dual_encoder(
+    directory: str | os.PathLike,
+    module: Any,
+    *,
+    tokenizer: Any,
+    image_processor: Any,
+    max_length: int | None,
+    max_shard_size: str | int = DEFAULT_MAX_SHARD_SIZE,
+    weights: bool = True,
+    require_transformers: bool = False,
+    card: Mapping[str, Any] | None = None,
+) -> Path:
+    """``CLIPModel.save_pretrained``: config.json, weights, tokenizer, preprocessor config (and the model
+    card), replacing ``directory`` whole and at once."""
+    import jax
+
+    from clip_jax import workdir as workdirs
+    from clip_jax.models.dual_encoder import dual_encoder_key_map
+    from clip_jax.models.registry import architecture_of
+    from clip_jax.weights.loading import flat_params
+    from clip_jax.weights.tokenizers import save_tokenizer
+
+    siglip = siglip_layout.siglip_export(module, max_length)  # a SigLIP model goes back to SigLIP's layout
+    config = siglip[0] if siglip else dual_encoder_config(module, max_length)
+    if require_transformers and config["model_type"] == CLIP_JAX_MODEL_TYPE:
+        raise ExportError(
+            "Cannot export in transformers' format: " + config["clip_jax"]["why_not_transformers"]
+        )
+    directory = Path(directory)
+    workdirs.check_replaceable(directory)
+    with workdirs.replace_directory(directory) as new:  # the old directory stays until this one is complete
+        (new / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+        if weights and siglip:
+            write_weights(siglip[1], new, max_shard_size)
+        elif weights:
+            key_map = dual_encoder_key_map(
+                architecture_of(module.vision).key_map, architecture_of(module.text).key_map
+            )
+            write_weights(
+                key_map.export({p: np.asarray(jax.device_get(v)) for p, v in flat_params(module).items()}),
+                new,
+                max_shard_size,
+            )
+        if tokenizer is not None:
+            save_tokenizer(tokenizer, new, max_length)
+        image_processor.save_pretrained(new)
+        if card is not None:
+            write_model_card(new, **card)
+    return directory

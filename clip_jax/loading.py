@@ -17,11 +17,13 @@ from ml_collections import ConfigDict
 
 from clip_jax import workdir as workdirs
 from clip_jax.checkpoint import Checkpointer
-from clip_jax.clip_model import CLIPModel, dual_encoder_builder, load_tokenizer
+from clip_jax.clip_model import CLIPModel
 from clip_jax.config import dtype_of
 from clip_jax.data.preprocess import ImageProcessorConfig
+from clip_jax.hub import dual_encoder_builder
 from clip_jax.models.freezing import split_trainable
 from clip_jax.weights.readers import CheckpointError
+from clip_jax.weights.tokenizers import load_tokenizer
 
 
 def load_model(spec: str, *, step: int | None = None, logit_scale: float | None = None) -> CLIPModel:

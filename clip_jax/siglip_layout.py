@@ -64,11 +64,10 @@ def siglip_as_dual_encoder(
     return converted, weights
 
 
-def siglip_export(model: Any) -> tuple[dict[str, Any], dict[str, np.ndarray]] | None:
-    """``(config.json, weights)`` of ``model`` (a :class:`~clip_jax.CLIPModel`) in transformers' ``SiglipModel``
+def siglip_export(module: Any, max_length: int | None) -> tuple[dict[str, Any], dict[str, np.ndarray]] | None:
+    """``(config.json, weights)`` of a dual encoder ``module`` in transformers' ``SiglipModel``
     / ``Siglip2Model`` layout, or None where that layout cannot hold it: towers not of one SigLIP family, text
     pooled otherwise than by its head, no logit bias, or a vision projection that is not the identity."""
-    module = model.module
     vision_type = module.vision.config.to_hf()["model_type"]
     text_type = module.text.config.to_hf()["model_type"]
     family = next((f for f, types in SIGLIP_MODEL_TYPES.items() if types == (vision_type, text_type)), None)
@@ -105,11 +104,8 @@ def siglip_export(model: Any) -> tuple[dict[str, Any], dict[str, np.ndarray]] | 
         "text_config": text_config,
         "clip_jax": {
             "text_pooling": "pooler",
-            "max_length": model.max_length,
+            "max_length": max_length,
             "logit_scale_max": module.logit_scale_max,
         },
     }
     return config, tensors
-
-
-__all__ = ["SIGLIP_MODEL_TYPES", "is_siglip_model", "siglip_as_dual_encoder", "siglip_export"]

@@ -30,7 +30,8 @@ same classes are then tried with English prompts: the Italian text tower does no
 words are unknown tokens to its vocabulary), so the gap is what teaching CLIP a language is about.""", [
     SETUP,
     """\
-from clip_jax.evaluate.zeroshot import class_embeddings, classification_metrics
+from clip_jax.evaluate.zeroshot import classification_metrics
+from clip_jax.prompts import class_embeddings
 
 split = data["heldout"]
 labels_it = ["rosso", "verde", "blu", "giallo"]

@@ -207,9 +207,7 @@ def test_classify_ensembles_prompts_as_a_numpy_reference(model):
     from importlib import resources
 
     images, labels = photos(2), ["gatto", "cane", "quadrato"]
-    italian = json.loads(
-        (resources.files("clip_jax.evaluate") / "resources" / "imagenet_it.json").read_text()
-    )
+    italian = json.loads((resources.files("clip_jax") / "resources" / "imagenet_it.json").read_text())
     templates = italian["templates"]
     texts = model.encode_text([t.replace("{}", label) for label in labels for t in templates])
     means = texts.reshape(len(labels), len(templates), -1).mean(axis=1)

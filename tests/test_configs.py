@@ -123,7 +123,6 @@ def test_every_config_value_has_a_rule():
             "phases.warmup.trainable='(head' is invalid: it must be a valid regular",
         ),
         ("phases.finetune.learning_rates.text", float("nan"), "phases.finetune.learning_rates.text=nan"),
-        ("distill.loss", "l1", "distill.loss='l1'"),
         ("distill.teacher_column", "", "distill.teacher_column=''"),
         ("mesh.axes.data", 0, "mesh.axes={'data': 0, 'fsdp': 1} is invalid"),
         ("mesh.fsdp_min_size", -1, "mesh.fsdp_min_size=-1"),

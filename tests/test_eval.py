@@ -11,14 +11,8 @@ from PIL import Image
 
 from clip_jax import CLIPModel
 from clip_jax.evaluate.retrieval import retrieval_metrics
-from clip_jax.evaluate.zeroshot import (
-    PLACEHOLDER,
-    ClassEmbeddingCache,
-    builtin,
-    class_embeddings,
-    classification_metrics,
-    load_resource,
-)
+from clip_jax.evaluate.zeroshot import ClassEmbeddingCache, classification_metrics
+from clip_jax.prompts import PLACEHOLDER, builtin, class_embeddings, load_resource
 
 
 def brute_force_ranks(scores, correct):
@@ -86,9 +80,7 @@ def test_resources(tmp_path):
 
 def resource_file(spec):
     lang, _, name = spec.partition(":")
-    return json.loads(
-        (resources.files("clip_jax.evaluate") / "resources" / f"{name}_{lang}.json").read_text()
-    )
+    return json.loads((resources.files("clip_jax") / "resources" / f"{name}_{lang}.json").read_text())
 
 
 def duplicates(values):
@@ -536,7 +528,7 @@ def test_embedding_maps(saved_model, tmp_path):
 
 def test_bad_inputs(saved_model, tmp_path):
     from clip_jax import load_model
-    from clip_jax.evaluate.datasets import load_labelled
+    from clip_jax.data.benchmarks import load_labelled
     from clip_jax.evaluate.zeroshot import zero_shot
     from clip_jax.weights import CheckpointError
 
@@ -563,7 +555,7 @@ def test_tfds_dataset_built_on_disk(saved_model, tmp_path, file_format):
     if file_format == "tfrecord":
         pytest.importorskip("tensorflow", reason="tfrecord TFDS data needs tensorflow (not in any extra)")
     import eval as eval_cli
-    from clip_jax.evaluate.datasets import load_labelled
+    from clip_jax.data.benchmarks import load_labelled
 
     colours = {"rosso": (220, 30, 30), "verde": (30, 170, 40), "blu": (30, 60, 220)}
 
@@ -627,8 +619,8 @@ def test_hf_labelled_data_skips_and_counts_bad_images(tmp_path):
     import io
 
     datasets = pytest.importorskip("datasets")
+    from clip_jax.data.benchmarks import load_labelled
     from clip_jax.data.pipeline import DataError, check_bad_fraction
-    from clip_jax.evaluate.datasets import load_labelled
 
     def png(colour):
         buffer = io.BytesIO()
@@ -720,7 +712,7 @@ def test_eval_output_is_checked_first_and_concurrent_writers_all_land(tmp_path):
 def test_small_silent_cases_are_errors_or_counted(saved_model, tmp_path, caplog):
     """Issue 23: cases that gave a silently wrong answer."""
     import eval as eval_cli
-    from clip_jax.evaluate.datasets import load_labelled
+    from clip_jax.data.benchmarks import load_labelled
 
     model, path = saved_model
     # classify(top_k=0) returned one entry per image
@@ -741,7 +733,7 @@ def test_small_silent_cases_are_errors_or_counted(saved_model, tmp_path, caplog)
     assert len(images) == 9 and skipped == {"unsupported_format": 2} and classes == ["blu", "rosso", "verde"]
     # an empty class folder is kept (a subset keeps its class indices) but said
     (folder / "viola").mkdir()
-    with caplog.at_level("WARNING", logger="clip_jax.evaluate.datasets"):
+    with caplog.at_level("WARNING", logger="clip_jax.data.benchmarks"):
         assert load_labelled(f"imagefolder:{folder}")[2] == ["blu", "rosso", "verde", "viola"]
     assert "1 class folder(s) hold no images (viola)" in caplog.text
     (folder / "viola").rmdir()

@@ -8,8 +8,8 @@ import pytest
 from PIL import Image
 
 from clip_jax import CLIPModel
+from clip_jax.data.benchmarks import caption_benchmark
 from clip_jax.data.sources import parse_source
-from clip_jax.evaluate.datasets import caption_benchmark
 from clip_jax.evaluate.retrieval import benchmark_names, retrieval_metrics
 
 COLOURS = [(200, 30, 30), (30, 200, 30), (30, 30, 200), (200, 200, 30), (30, 200, 200)]

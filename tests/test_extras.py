@@ -35,8 +35,8 @@ def test_gcs_workdir_says_gcs_not_no_such_directory(without):
 
 
 def test_hf_and_tfds_data_sets(without):
+    from clip_jax.data.benchmarks import load_labelled
     from clip_jax.data.sources import parse_source
-    from clip_jax.evaluate.datasets import load_labelled
 
     without("datasets", "tensorflow_datasets")
     with pytest.raises(MissingExtra, match=r"clip_jax\[hf\]"):

@@ -125,7 +125,7 @@ def _tiny_dual_encoder(tmp_path):
     config = tiny_config(tmp_path / "cache", **{"model.dropout": True})
     config.model.text.update(hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1)
     config.model.vision["attention_dropout"] = 0.1
-    from clip_jax.train.trainer import build_model
+    from clip_jax.train.model import build_model
 
     return build_model(config)
 

@@ -1,4 +1,4 @@
-"""Write the built-in ImageNet-1k zero-shot resources (clip_jax/evaluate/resources/imagenet_{en,it}.json)
+"""Write the built-in ImageNet-1k zero-shot resources (clip_jax/resources/imagenet_{en,it}.json)
 from CLIP_benchmark's released wheel, so the lists are copied, never retyped:
 
     pip download clip-benchmark==1.6.2 --no-deps -d /tmp/cb
@@ -24,7 +24,7 @@ import zipfile
 from email.parser import Parser
 from pathlib import Path
 
-OUT = Path(__file__).resolve().parents[1] / "clip_jax" / "evaluate" / "resources"
+OUT = Path(__file__).resolve().parents[1] / "clip_jax" / "resources"
 DATA = "clip_benchmark/datasets"
 KEY = "imagenet1k"
 

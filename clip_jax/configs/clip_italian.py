@@ -4,7 +4,7 @@
         --config.data.train="wds:/data/it/train-{00000..00279}.tar" --config.data.val=jsonl:/data/mscoco-it/val.jsonl
 
 Data: WIT (Italian reference descriptions), MSCOCO-IT and Conceptual Captions translated to
-Italian (~1.4M pairs), as WebDataset shards (python -m clip_jax.data.to_webdataset) or listings
+Italian (~1.4M pairs), as WebDataset shards (clip-jax to-webdataset) or listings
 mixed by weight.
 
 Checked against CLIP-Italian's published setup (Bianchi et al. 2021, arXiv:2108.08688, and the

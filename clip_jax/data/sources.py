@@ -13,11 +13,11 @@ clip_jax.data.sources import describe_sources; print(describe_sources())"``):
   Face dataset (hub id, ``save_to_disk`` directory or data files),
 - ``shapes:train|val|heldout``: the offline demo's synthetic scenes (``shapes:heldout`` as parallel pairs),
 - ``xm3600:DIR?language=it``, ``xtd10:DIR?language=it``, ``multi30k:DIR?language=de&split=test``:
-  multilingual benchmarks as distributed (:mod:`clip_jax.evaluate.datasets`),
+  multilingual benchmarks as distributed (:mod:`clip_jax.data.benchmarks`),
 - ``imagefolder:DIR``, ``tfds:NAME[:SPLIT]``: labelled images for zero-shot classification.
 
 Each kind has a reader per *role*: ``captions`` (image–caption examples, :func:`parse_source`), ``labels``
-(labelled images, :func:`clip_jax.evaluate.datasets.load_labelled`) and ``pairs`` (parallel sentences,
+(labelled images, :func:`clip_jax.data.benchmarks.load_labelled`) and ``pairs`` (parallel sentences,
 :func:`clip_jax.data.parallel.read_pairs`). Adding a kind is one :class:`SourceKind` entry here.
 Paths may be local or any fsspec URL (``gs://``, ``s3://``, ...).
 
@@ -295,7 +295,7 @@ class WebDatasetSource:
         if len(self.shards) < process_count:
             raise ValueError(
                 f"{len(self.shards)} shards cannot be split over {process_count} processes; "
-                "write more shards (python -m clip_jax.data.to_webdataset --shard_size ...)."
+                "write more shards (clip-jax to-webdataset --shard_size ...)."
             )
         order = np.random.default_rng([seed, epoch]).permutation(len(self.shards))
         mine = [self.shards[i] for i in order][process_index::process_count]
@@ -705,7 +705,7 @@ def _shapes_pairs(spec: SourceSpec, settings: dict[str, Any]) -> list[dict[str, 
     return [{teacher: t, student: s} for t, s in zip(english, italian)]
 
 
-_BENCHMARKS = "clip_jax.evaluate.datasets:caption_benchmark"
+_BENCHMARKS = "clip_jax.data.benchmarks:caption_benchmark"
 for _kind in LISTING_FORMATS:
     register_source(
         SourceKind(
@@ -742,14 +742,14 @@ register_source(
     SourceKind(
         "imagefolder",
         "labelled images, one sub-folder per class",
-        {"labels": "clip_jax.evaluate.datasets:image_folder"},
+        {"labels": "clip_jax.data.benchmarks:image_folder"},
     )
 )
 register_source(
     SourceKind(
         "tfds",
         "a TensorFlow Datasets data set, tfds:NAME[:SPLIT]",
-        {"labels": "clip_jax.evaluate.datasets:tfds_labelled"},
+        {"labels": "clip_jax.data.benchmarks:tfds_labelled"},
         ("data_dir", "image", "label"),
     )
 )

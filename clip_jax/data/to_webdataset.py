@@ -144,11 +144,3 @@ def main(argv: list[str] | None = None) -> None:
         f"{ {k: v for k, v in counts.items() if k != 'written'} }"
     )
     print(f"Use: --config.data.train=wds:{pattern}")
-
-
-if __name__ == "__main__":
-    import sys
-
-    from clip_jax.cli import console
-
-    console(["to-webdataset", *sys.argv[1:]])

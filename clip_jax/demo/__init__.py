@@ -21,8 +21,10 @@ import numpy as np
 from ml_collections import ConfigDict
 
 from clip_jax.data.shapes import COLOURS, COUNTS, POSITIONS, SHAPES, ShapesSpec, captions, load_or_generate
+from clip_jax.demo import standins  # noqa: F401 (registers the demo: model names)
 from clip_jax.evaluate.retrieval import benchmark_names, retrieval_metrics
-from clip_jax.evaluate.zeroshot import classification_metrics, ensemble_embeddings
+from clip_jax.evaluate.zeroshot import classification_metrics
+from clip_jax.prompts import ensemble_embeddings
 
 ATTRIBUTES = {"colour": list(COLOURS), "shape": list(SHAPES), "count": list(COUNTS)}
 KEYS = ("colour", "shape", "count", "position")

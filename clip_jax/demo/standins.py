@@ -26,6 +26,8 @@ from typing import Any
 
 import numpy as np
 
+from clip_jax.weights.readers import register_named_models
+
 #: Bump when the build code changes what it produces (it is part of the cache key).
 BUILD_VERSION = 1
 SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
@@ -315,7 +317,7 @@ def italian_bert(
         model = BertForMaskedLM(config, rngs=nnx.Rngs(params=s.seed))
         corpus = italian_corpus(s.seed, s.num_other_sentences)
         history = train_masked_lm(model, corpus, tokenizer, s, log)
-        model.save_pretrained(out)
+        save_masked_lm(model, out)
         return {"corpus_sentences": len(corpus), "mlm_history": history}
 
     return _build("italian-bert", settings, cache_dir, build, log)
@@ -338,6 +340,23 @@ STANDINS: dict[str, Callable[..., Path]] = {
 }
 
 
+def save_masked_lm(model, directory: str | Path) -> None:
+    """A :class:`clip_jax.models.bert.BertForMaskedLM` as transformers saves one: config.json
+    (``architectures: [BertForMaskedLM]``, tied word embeddings) and model.safetensors."""
+    import jax
+
+    from clip_jax.hub import write_weights
+    from clip_jax.models.bert import MLM_KEY_MAP
+    from clip_jax.weights.loading import flat_params
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    config = {**model.config.to_hf(), "architectures": ["BertForMaskedLM"], "tie_word_embeddings": True}
+    (directory / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    params = {p: np.asarray(jax.device_get(v)) for p, v in flat_params(model).items()}
+    write_weights(MLM_KEY_MAP.export(params), directory)
+
+
 def resolve(spec: Any, cache_dir: str, log: Callable[[str], None] = print) -> Any:
     """``demo:english-clip`` / ``demo:italian-bert`` / ``demo:shapes-tokenizer`` -> the stand-in's directory
     (built if needed); anything else unchanged."""
@@ -347,3 +366,6 @@ def resolve(spec: Any, cache_dir: str, log: Callable[[str], None] = print) -> An
     if name not in STANDINS:
         raise ValueError(f"Unknown demo stand-in {spec!r}; choose one of {[PREFIX + n for n in STANDINS]}.")
     return str(STANDINS[name](cache_dir, log=log))
+
+
+register_named_models(PREFIX, lambda spec, cache_dir: resolve(spec, cache_dir))

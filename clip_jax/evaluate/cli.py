@@ -15,7 +15,6 @@ several times to compare models in one table. Results are printed and, with --ou
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 
@@ -151,9 +150,3 @@ def main(argv: list[str] | None = None) -> list:
         written = write_results(results, args.output)
         print(f"Results written to {args.output}" + (f" ({len(written)} files)" if len(written) > 1 else ""))
     return results
-
-
-if __name__ == "__main__":
-    from clip_jax.cli import console
-
-    console(["eval", *sys.argv[1:]])

@@ -16,9 +16,10 @@ import re
 from pathlib import Path
 from typing import Any
 
-from clip_jax.evaluate.datasets import CAPTION_BENCHMARKS, load_labelled, spec_options
+from clip_jax.data.benchmarks import CAPTION_BENCHMARKS, load_labelled, spec_options
 from clip_jax.evaluate.retrieval import benchmark_names, retrieval_metrics
-from clip_jax.evaluate.zeroshot import ClassEmbeddingCache, class_embeddings, fill, load_resource, zero_shot
+from clip_jax.evaluate.zeroshot import ClassEmbeddingCache, zero_shot
+from clip_jax.prompts import class_embeddings, fill, load_resource
 
 
 def architecture_name(model) -> str:

@@ -256,25 +256,6 @@ class BertForMaskedLM(nnx.Module):
         logits = self.bert.word_embeddings.attend(hidden)
         return logits.astype(jnp.float32) + self.bias[...].astype(jnp.float32)
 
-    def save_pretrained(self, directory, *, tokenizer=None) -> None:
-        """config.json (``architectures: [BertForMaskedLM]``), model.safetensors and the tokenizer."""
-        import json
-        from pathlib import Path
-
-        import numpy as np
-
-        from clip_jax.hub import write_weights
-        from clip_jax.weights.loading import flat_params
-
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        config = {**self.config.to_hf(), "architectures": ["BertForMaskedLM"], "tie_word_embeddings": True}
-        (directory / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-        params = {p: np.asarray(jax.device_get(v)) for p, v in flat_params(self).items()}
-        write_weights(MLM_KEY_MAP.export(params), directory)
-        if tokenizer is not None:
-            tokenizer.save_pretrained(str(directory))
-
 
 #: ``BertForMaskedLM`` (transformers) <-> :class:`BertForMaskedLM`; the decoder weight is tied to the word
 #: embeddings and the decoder bias to ``cls.predictions.bias``, so neither is stored separately.

@@ -42,7 +42,7 @@ def _flags(argv: Sequence[str]):
 def main(argv: Sequence[str]) -> list[dict]:
     """Parse ``argv``, plan, print the table (or JSON lines); returns the plans as dicts."""
 
-    from clip_jax.cli import UsageError, parse_config_command
+    from clip_jax.commandline import UsageError, parse_config_command
 
     argv = list(argv)
     if any(a in ("-h", "--help") for a in argv):

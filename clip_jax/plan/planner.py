@@ -35,6 +35,7 @@ from clip_jax.sharding import (
     shard_params,
 )
 from clip_jax.train.model import build_model
+from clip_jax.train.objectives import objective_of
 from clip_jax.train.phase import Phase, phase_program, phases_of
 
 #: The share of a chip's memory a plan may fill and still "fit" (the runtime and fragmentation need the rest).
@@ -116,8 +117,7 @@ def compile_step(config: ConfigDict, target: Target, name: str) -> StepPlan:
         phase = next(p for p in phases_of(config) if p.name == name)
         program = phase_program(config, module, phase, mesh)
         fn, args = program.step_fn, (program.abstract, program.batch)
-        distilling = config.train.objective == "distill"
-        kind = "distill" if distilling else "cached_features" if phase.cache_features else "train"
+        kind = objective_of(config).step_kind(phase)
         micro = micro if kind == "train" and 0 < micro < batch else 0
     start = time.perf_counter()
     compiled = fn.trace(*args).lower(lowering_platforms=(target.platform,)).compile()

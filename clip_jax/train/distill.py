@@ -42,9 +42,9 @@ LOSSES = ("mse", "cosine")
 
 def teacher_directory(config: ConfigDict) -> str:
     """The teacher CLIP's checkpoint (``model.vision``; ``demo:english-clip`` is built on first use)."""
-    from clip_jax.demo.standins import resolve
+    from clip_jax.weights.readers import resolve_named
 
-    return str(resolve(config.model.vision, config.data.cache_dir))
+    return str(resolve_named(config.model.vision, config.data.cache_dir))
 
 
 def load_teacher(config: ConfigDict) -> CLIPModel:

@@ -7,14 +7,14 @@ from typing import Any
 from flax import nnx
 from ml_collections import ConfigDict
 
-from clip_jax.clip_model import CLIPModel, dual_encoder_builder
+from clip_jax.clip_model import CLIPModel
 from clip_jax.config import dtype_of
-from clip_jax.demo.standins import resolve as resolve_named
+from clip_jax.hub import dual_encoder_builder
 from clip_jax.loading import load_model
 from clip_jax.loss import loss_kind
 from clip_jax.models.dual_encoder import DualEncoder
 from clip_jax.models.registry import normalised_config, tower_builder, tower_config
-from clip_jax.weights.readers import read_architecture
+from clip_jax.weights.readers import read_architecture, resolve_named
 
 
 def build_model(config: ConfigDict, *, abstract: bool = False) -> CLIPModel:

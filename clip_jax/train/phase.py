@@ -19,10 +19,9 @@ from ml_collections import ConfigDict
 
 from clip_jax.models.freezing import split_trainable
 from clip_jax.sharding import batch_sharding, replicated, shard_params
-from clip_jax.train import distill
-from clip_jax.train import features as feature_cache
+from clip_jax.train.objectives import objective_of
 from clip_jax.train.optim import make_optimizer
-from clip_jax.train.state import TrainState, initial_rng, jit_train_step, make_train_step
+from clip_jax.train.state import TrainState, initial_rng, jit_train_step
 
 
 @dataclasses.dataclass(frozen=True)
@@ -128,8 +127,7 @@ def phase_program(
             f"Phase {phase.name!r}: trainable regex {phase.trainable!r} matches no parameter — parameter paths "
             f"look like vision.layers.0.mlp.fc1.kernel or text_projection.kernel"
         )
-    if phase.cache_features:
-        feature_cache.check_cacheable(phase.name, params)
+    objective_of(config).check_phase(phase, params)
     tx, schedules = phase_optimizer(config, phase, params)
     seed = config.train.seed
 
@@ -165,41 +163,13 @@ def create_train_state(
 
 
 def batch_shapes(config: ConfigDict, module: nnx.Module, phase: Phase, mesh: Mesh) -> dict[str, Any]:
-    """The global batch ``phase``'s step takes, as batch-sharded ``ShapeDtypeStruct`` leaves: pixels and
-    tokens, cached pooled features, or (distillation) tokens and the teacher's embeddings."""
-    rows, sharded = config.train.batch_size, batch_sharding(mesh)
-    spec = lambda shape, dtype: jax.ShapeDtypeStruct((rows, *shape), dtype, sharding=sharded)
-    length = min(int(config.model.max_length), int(module.text.config.max_length))
-    tokens = {"input_ids": spec((length,), jnp.int32), "attention_mask": spec((length,), jnp.int32)}
-    if config.train.objective == "distill":
-        return {**tokens, "target": spec((module.text_projection.kernel.shape[1],), jnp.float32)}
-    if phase.cache_features:
-        return {
-            "image_features": spec((module.vision.config.hidden_size,), jnp.float32),
-            "text_features": spec((module.text.config.hidden_size,), jnp.float32),
-        }
-    size = int(module.vision.config.image_size)
-    return {"pixel_values": spec((size, size, 3), jnp.float32), **tokens}
+    """The global batch ``phase``'s step takes (the run's objective decides), as batch-sharded
+    ``ShapeDtypeStruct`` leaves."""
+    return objective_of(config).batch_shapes(config, module, phase, mesh)
 
 
 def make_phase_step(
     config: ConfigDict, graphdef: nnx.GraphDef, tx: optax.GradientTransformation, mesh: Mesh, phase: Phase
 ) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
-    """The (un-jitted) step of ``phase``: distillation, projections on cached features, or the towers'."""
-    if config.train.objective == "distill":
-        return distill.make_distill_step(
-            graphdef, tx, mesh, loss_kind=config.distill.loss, dropout=config.model.dropout
-        )
-    if phase.cache_features:  # projections on cached features: no tower activations, no micro-batches needed
-        return feature_cache.make_feature_train_step(
-            graphdef, tx, mesh, loss_kind=config.loss.kind, negatives=config.loss.negatives
-        )
-    return make_train_step(
-        graphdef,
-        tx,
-        mesh,
-        loss_kind=config.loss.kind,
-        negatives=config.loss.negatives,
-        dropout=config.model.dropout,
-        micro_batch_size=config.train.micro_batch_size,
-    )
+    """The (un-jitted) step of ``phase``, as the run's objective makes it."""
+    return objective_of(config).make_step(config, graphdef, tx, mesh, phase)

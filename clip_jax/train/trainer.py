@@ -28,13 +28,13 @@ from ml_collections import ConfigDict
 from clip_jax import workdir as workdirs
 from clip_jax.checkpoint import Checkpointer
 from clip_jax.config import check_init_from, validate
-from clip_jax.data import build_training_data, cache_examples
+from clip_jax.data import cache_examples
 from clip_jax.sharding import batch_sharding, check_batch_size, check_micro_batch_size, make_mesh
-from clip_jax.train import distill, resume
 from clip_jax.train import features as feature_cache
+from clip_jax.train import resume
 from clip_jax.train.evaluator import Evaluator
 from clip_jax.train.metrics_logger import MetricsLogger, progress_bar, strict_json
-from clip_jax.train.model import build_model
+from clip_jax.train.objectives import objective_of
 from clip_jax.train.optim import learning_rates_at
 from clip_jax.train.phase import Phase, PhaseState, create_train_state, phases_of
 from clip_jax.train.signals import StopSignals
@@ -53,6 +53,7 @@ class Trainer:
     ):
         """``resume_step``: resume from this checkpoint instead of the latest (later ones are set aside)."""
         self.config = validate(config)
+        self.objective = objective_of(config)  # checks the objective's own settings
         self.workdir = workdir
         self.resume_step = resume_step
         self.mesh = make_mesh(config.mesh.axes.to_dict(), devices)
@@ -72,18 +73,14 @@ class Trainer:
             raise
 
     def _setup(self, config: ConfigDict, workdir: str) -> None:
-        self.distilling = config.train.objective == "distill"  # text-only: clip_jax/train/distill.py
-        self.model = distill.build_model(config) if self.distilling else build_model(config)
+        self.model = self.objective.build_model(config)
         if config.model.init_from:  # the saved model's own settings: config.json must not record others
             m = self.model
             check_init_from(config, m.module.projection_dim, m.module.text_pooling, m.max_length)
         self.graphdef = nnx.graphdef(self.model.module)
         self.phases = phases_of(config)
         self.total_steps = self.phases[-1].end
-        if self.distilling:
-            self.train_iter, self.val = distill.build_data(config, self.model, self.tokenize)
-        else:
-            self.train_iter, self.val = build_training_data(config, self.model.image_processor, self.tokenize)
+        self.train_iter, self.val = self.objective.build_data(config, self.model, self.tokenize)
         self.evaluator = Evaluator(config, self.val, self.mesh, self.tokenize)
         self.batch_sharding = batch_sharding(self.mesh)
         self.checkpointer = Checkpointer(

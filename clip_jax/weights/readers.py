@@ -28,6 +28,32 @@ class CheckpointError(ValueError):
     """A checkpoint that cannot be found, read, or matched to a model."""
 
 
+#: ``PREFIX`` -> resolver(name, cache_dir) -> a local checkpoint directory: model names that are built, not
+#: downloaded (the demo's ``demo:english-clip``, registered by :mod:`clip_jax.demo`).
+NAMED_MODELS: dict[str, Any] = {}
+
+
+def register_named_models(prefix: str, resolver) -> None:
+    """Let ``PREFIX...`` model names resolve through ``resolver(name, cache_dir) -> directory``."""
+    NAMED_MODELS[prefix] = resolver
+
+
+def resolve_named(spec: Any, cache_dir: str) -> Any:
+    """A registered named model (``demo:english-clip``) -> its directory (built if needed); anything else
+    (a local directory, a hub id, a dict config, None) unchanged."""
+    if not isinstance(spec, str):
+        return spec
+    for prefix, resolver in NAMED_MODELS.items():
+        if spec.startswith(prefix):
+            return resolver(spec, cache_dir)
+    if spec.startswith("demo:"):
+        raise ValueError(
+            f"{spec} names a demo stand-in, but clip_jax.demo is not imported — import clip_jax.demo first "
+            "(the clip-jax command and the demo recipes do)"
+        )
+    return spec
+
+
 def resolve_checkpoint(path_or_id: str | os.PathLike, *, revision: str | None = None) -> Path:
     """A local directory holding the checkpoint: ``path_or_id`` itself, or a hub snapshot.
 
