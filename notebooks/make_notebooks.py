@@ -113,7 +113,7 @@ separate with depth.""", [
 import json, tempfile
 from pathlib import Path
 from PIL import Image
-from clip_jax.evaluate.run import run_embedmap
+from clip_jax.evaluate.tasks.embedmap import run_embedmap
 
 root = Path(tempfile.mkdtemp())
 split = data["val"]

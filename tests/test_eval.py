@@ -370,7 +370,7 @@ def test_retrieval_groups_rows_by_image(saved_model, tmp_path):
     """Issue 23: a per-caption CSV repeats each image; counted as separate items, 20 images x 3 captions gave
     image R@5 0.05 as CSV and 0.25 as JSONL. Rows are grouped by image: the numbers are the same."""
     from clip_jax.data.pipeline import load_eval_examples
-    from clip_jax.evaluate.run import run_retrieval
+    from clip_jax.evaluate.tasks.retrieval import run_retrieval
 
     model, path = saved_model
     csv_spec, jsonl_spec = per_caption_and_grouped_listings(tmp_path)
@@ -494,7 +494,7 @@ def test_clip_benchmark_build_reads_eval_output(saved_model, tmp_path):
 
 def test_embedding_maps(saved_model, tmp_path):
     pytest.importorskip("matplotlib")
-    from clip_jax.evaluate.run import run_embedmap
+    from clip_jax.evaluate.tasks.embedmap import run_embedmap
 
     model, path = saved_model
     folder = image_folder(tmp_path / "folder", per_class=6)
@@ -776,3 +776,36 @@ def test_a_corrupt_config_json_is_named(saved_model, tmp_path):
         CheckpointError, match=rf"{copy / 'config.json'} is not valid JSON .* — the file is damaged"
     ):
         load_model(str(copy))
+
+
+def test_a_new_eval_task_is_one_registration(saved_model, tmp_path):
+    """Issue 26: an evaluation task is an EvalTask registered from its own module; clip-jax eval takes its
+    options, refuses a run without the ones it needs, and writes its record like any other's."""
+    import eval as eval_cli
+    from clip_jax.evaluate.run import read_results, result_record
+    from clip_jax.evaluate.tasks import TASKS, EvalTask, register_task, tasks
+
+    assert set(tasks()) >= {"zeroshot", "retrieval", "embedmap"}
+    _, path = saved_model
+
+    def text_norms(model, name, args, index):
+        texts = args.texts.split(",")
+        norms = np.linalg.norm(model.encode_text(texts, normalize=False), axis=1)
+        return result_record(model, name, "texts", "text_norms", "", {"mean_norm": float(norms.mean())})
+
+    register_task(
+        EvalTask("text_norms", "mean text embedding norm", (("--texts", {}),), ("texts",), text_norms)
+    )
+    try:
+        with pytest.raises(SystemExit):
+            eval_cli.parse_args(["--model", path, "--task", "text_norms"])  # --texts missing
+        out = tmp_path / "results.json"
+        (record,) = eval_cli.main(
+            ["--model", path, "--task", "text_norms", "--texts", "un gatto,un cane", "--output", str(out)]
+        )
+        model = CLIPModel.from_pretrained(path)
+        expected = np.linalg.norm(model.encode_text(["un gatto", "un cane"], normalize=False), axis=1).mean()
+        assert record["metrics"]["mean_norm"] == pytest.approx(float(expected), rel=1e-5)
+        assert read_results(out)[0]["task"] == "text_norms"
+    finally:
+        del TASKS["text_norms"]

@@ -15,35 +15,31 @@ several times to compare models in one table. Results are printed and, with --ou
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    """The eval command's arguments; a missing option for the chosen task is a usage error."""
+    """The eval command's arguments (the tasks' own options included); a missing option for the chosen task
+    is a usage error."""
+    from clip_jax.evaluate.tasks import tasks
+
+    registered = tasks()
     parser = argparse.ArgumentParser(
         prog="clip-jax eval", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument(
         "--model", action="append", required=True, help="workdir, directory or hub id (repeatable)"
     )
-    parser.add_argument("--task", choices=["zeroshot", "retrieval", "embedmap"], required=True)
     parser.add_argument(
-        "--dataset", help="zeroshot/embedmap: imagefolder:PATH | hf:NAME?image=..&label=.. | tfds:NAME"
+        "--task",
+        choices=list(registered),
+        required=True,
+        help="; ".join(f"{name}: {task.summary}" for name, task in registered.items()),
     )
-    parser.add_argument("--classnames", help="it:cifar10, en:cifar100, ... or a JSON / text file")
-    parser.add_argument(
-        "--templates", help="it:cifar10, en:cifar10, ... or a JSON / text file (with {} for the name)"
-    )
-    parser.add_argument("--data", help="retrieval: jsonl:/csv:/wds:/hf: source with captions")
     parser.add_argument("--limit", type=int, default=None, help="use at most this many images")
     parser.add_argument("--batch_size", type=int, default=64)
     parser.add_argument(
         "--logit_scale", type=float, default=None, help="override every model's temperature scale"
     )
-    parser.add_argument("--layers", action="store_true", help="embedmap: also one map per vision layer")
-    parser.add_argument("--projection", default="umap", choices=["umap", "pca"])
-    parser.add_argument("--map_out", default="embedding_map.png")
-    parser.add_argument("--cache_dir", default="~/.cache/clip_jax/class_embeddings")
     parser.add_argument(
         "--output",
         default=None,
@@ -56,17 +52,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=0.1,
         help="refuse to report metrics if more of the images than this could not be used",
     )
+    added = set()
+    for task in registered.values():
+        for flag, kwargs in task.options:
+            if flag not in added:
+                added.add(flag)
+                parser.add_argument(flag, **kwargs)
     args = parser.parse_args(argv)
-    needs = {
-        "zeroshot": ("dataset", "classnames", "templates"),
-        "retrieval": ("data",),
-        "embedmap": ("dataset", "classnames", "templates"),
-    }[args.task]
     if not 0 <= args.max_bad_fraction <= 1:
         parser.error(f"--max_bad_fraction must be between 0 and 1, not {args.max_bad_fraction}")
     if args.batch_size < 1 or (args.limit is not None and args.limit < 1):
         parser.error("--batch_size and --limit must be at least 1")
-    missing = [f"--{n}" for n in needs if getattr(args, n) is None]
+    missing = [f"--{n}" for n in registered[args.task].needs if getattr(args, n) is None]
     if missing:
         parser.error(f"--task {args.task} needs {' '.join(missing)}.")
     return args
@@ -83,57 +80,14 @@ def main(argv: list[str] | None = None) -> list:
 
         check_output(args.output)  # before the evaluation, not after it
     from clip_jax import load_model
-    from clip_jax.evaluate.run import format_table, run_embedmap, run_retrieval, run_zeroshot
-    from clip_jax.evaluate.zeroshot import ClassEmbeddingCache
+    from clip_jax.evaluate.run import format_table
+    from clip_jax.evaluate.tasks import TASKS
 
-    cache = ClassEmbeddingCache(args.cache_dir)
-    results = []
-    for i, spec in enumerate(args.model):
-        model = load_model(spec, logit_scale=args.logit_scale)
-        if args.task == "zeroshot":
-            results.append(
-                run_zeroshot(
-                    model,
-                    spec,
-                    args.dataset,
-                    args.classnames,
-                    args.templates,
-                    cache=cache,
-                    limit=args.limit,
-                    batch_size=args.batch_size,
-                    max_bad_fraction=args.max_bad_fraction,
-                )
-            )
-        elif args.task == "retrieval":
-            results.append(
-                run_retrieval(
-                    model,
-                    spec,
-                    args.data,
-                    limit=args.limit,
-                    batch_size=args.batch_size,
-                    max_bad_fraction=args.max_bad_fraction,
-                )
-            )
-        else:
-            out = Path(args.map_out)
-            if len(args.model) > 1:
-                out = out.with_name(f"{out.stem}-{i}{out.suffix}")
-            results.append(
-                run_embedmap(
-                    model,
-                    spec,
-                    args.dataset,
-                    args.classnames,
-                    args.templates,
-                    str(out),
-                    layers=args.layers,
-                    limit=args.limit,
-                    method=args.projection,
-                    batch_size=args.batch_size,
-                    max_bad_fraction=args.max_bad_fraction,
-                )
-            )
+    task = TASKS[args.task]
+    results = [
+        task.run(load_model(spec, logit_scale=args.logit_scale), spec, args, i)
+        for i, spec in enumerate(args.model)
+    ]
     print(format_table(results))
     for r in results:
         if r.get("skipped") or (r["metrics"].get("skipped") if isinstance(r["metrics"], dict) else 0):

@@ -1,5 +1,5 @@
-"""The evaluation tasks behind eval.py: zero-shot classification, retrieval and embedding maps,
-for one or several models, with result records in CLIP_benchmark's format.
+"""Result records of ``clip-jax eval``'s tasks (:mod:`clip_jax.evaluate.tasks`) in CLIP_benchmark's format:
+written, merged, read back and tabulated.
 
 A record is ``{"dataset", "model", "pretrained", "task", "metrics", "language"}`` as CLIP_benchmark writes
 them: ``model`` names the architecture, ``pretrained`` the weights (the ``--model`` given to eval.py: a
@@ -15,11 +15,6 @@ import os
 import re
 from pathlib import Path
 from typing import Any
-
-from clip_jax.data.benchmarks import CAPTION_BENCHMARKS, load_labelled, spec_options
-from clip_jax.evaluate.retrieval import benchmark_names, retrieval_metrics
-from clip_jax.evaluate.zeroshot import ClassEmbeddingCache, zero_shot
-from clip_jax.prompts import class_embeddings, fill, load_resource
 
 
 def architecture_name(model) -> str:
@@ -123,149 +118,6 @@ def read_results(path: str | os.PathLike) -> list[dict[str, Any]]:
     if bad:
         raise ValueError(f"{path} is not eval.py's --output: records {bad[:5]} have no 'metrics'.")
     return records
-
-
-def _language(spec: str | None) -> str:
-    return spec.partition(":")[0] if spec and ":" in spec and len(spec.partition(":")[0]) == 2 else ""
-
-
-def check_classnames(
-    names: list[str], dataset_classes: list[str], labels, classnames: str, dataset: str
-) -> None:
-    """Raise ``ValueError`` unless the class names fit the data set: as many as its class folders/labels (when
-    it names them), and more than its largest label."""
-    if dataset_classes and len(dataset_classes) != len(names):
-        show = lambda xs: ", ".join(xs[:8]) + (f", ... ({len(xs)} in all)" if len(xs) > 8 else "")
-        raise ValueError(
-            f"--classnames {classnames} has {len(names)} class names ({show(names)}) but {dataset} has "
-            f"{len(dataset_classes)} classes ({show(list(dataset_classes))}) — pass the class names of "
-            "this data set, in the order of its classes"
-        )
-    if len(labels) and int(max(labels)) >= len(names):
-        raise ValueError(
-            f"{dataset} has labels up to {int(max(labels))} but --classnames {classnames} has only "
-            f"{len(names)} names — pass the class names of this data set"
-        )
-
-
-def _labelled(
-    dataset: str, classnames: str, templates: str, limit: int | None, max_bad_fraction: float | None
-):
-    """Images, labels, class names and templates of a zero-shot data set, checked against each other."""
-    from clip_jax.data.pipeline import check_bad_fraction
-
-    skipped: dict = {}
-    images, labels, dataset_classes = load_labelled(dataset, limit=limit, skipped=skipped)
-    check_bad_fraction(dataset, skipped, len(images), max_bad_fraction)
-    if not images:
-        raise ValueError(f"No usable image in {dataset} (skipped: {skipped}) — check the images and the path")
-    names, prompts = load_resource(classnames, "classnames"), load_resource(templates, "templates")
-    check_classnames(names, dataset_classes, labels, classnames, dataset)
-    return images, labels, names, prompts, skipped
-
-
-def run_zeroshot(
-    model,
-    model_name: str,
-    dataset: str,
-    classnames: str,
-    templates: str,
-    *,
-    cache: ClassEmbeddingCache,
-    limit: int | None = None,
-    batch_size: int = 64,
-    max_bad_fraction: float | None = 0.1,
-) -> dict[str, Any]:
-    """Zero-shot metrics of one model; unusable images are skipped and counted (``skipped`` in the record)."""
-    images, labels, names, prompts, skipped = _labelled(
-        dataset, classnames, templates, limit, max_bad_fraction
-    )
-    metrics = zero_shot(
-        model, images, labels, names, prompts, cache=cache, model_id=model_name, batch_size=batch_size
-    )
-    return {
-        **result_record(model, model_name, dataset, "zeroshot_classification", _language(templates), metrics),
-        "images": len(images),
-        "skipped": skipped,
-    }
-
-
-def run_retrieval(
-    model,
-    model_name: str,
-    data: str,
-    *,
-    limit: int | None = None,
-    batch_size: int = 64,
-    max_bad_fraction: float | None = 0.1,
-) -> dict[str, Any]:
-    from clip_jax.data.pipeline import load_eval_examples
-
-    pixels, captions, skipped = load_eval_examples(
-        data, model.image_processor, limit=limit, max_bad_fraction=max_bad_fraction
-    )
-    texts = [c for caps in captions for c in caps]
-    text_image = [i for i, caps in enumerate(captions) for _ in caps]
-    metrics = retrieval_metrics(
-        model.encode_image(pixels, batch_size=batch_size),
-        model.encode_text(texts, batch_size=4 * batch_size),
-        text_image,
-        ks=(1, 5, 10),
-    )
-    renamed = benchmark_names(metrics)
-    language = (
-        spec_options(data)[1].get("language", "") if data.partition(":")[0] in CAPTION_BENCHMARKS else ""
-    )
-    return result_record(
-        model,
-        model_name,
-        data,
-        "zeroshot_retrieval",
-        language,
-        {**renamed, "images": len(pixels), "texts": len(texts), "skipped": int(sum(skipped.values()))},
-    )
-
-
-def run_embedmap(
-    model,
-    model_name: str,
-    dataset: str,
-    classnames: str,
-    templates: str,
-    out: str,
-    *,
-    layers: bool = False,
-    limit: int | None = None,
-    method: str = "umap",
-    batch_size: int = 64,
-    max_bad_fraction: float | None = 0.1,
-) -> dict[str, Any]:
-    from clip_jax.evaluate.embedmap import write_embedding_map
-
-    images, labels, names, prompts, _ = _labelled(dataset, classnames, templates, limit, max_bad_fraction)
-    image_embeds = model.encode_image(images, batch_size=batch_size)
-    single = model.encode_text([fill(prompts[0], c) for c in names])
-    mean = class_embeddings(model, names, prompts)
-    features = list(model.encode_image_layers(images, batch_size=batch_size)) if layers else []
-    files = write_embedding_map(
-        image_embeds,
-        labels,
-        names,
-        single,
-        mean,
-        out,
-        layer_features=features,
-        method=method,
-        title=f"{Path(model_name).name}: {Path(dataset.partition(':')[2] or dataset).name}",
-    )
-    return result_record(
-        model,
-        model_name,
-        dataset,
-        "embedmap",
-        _language(templates),
-        {"files": [str(f) for f in files], "images": len(images)},
-    )
 
 
 def format_table(results: list[dict[str, Any]]) -> str:
