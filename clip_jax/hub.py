@@ -514,7 +514,7 @@ def read_dual_encoder(
     or an OpenAI-style ``clip`` checkpoint), and the ``max_length`` it was saved with (None if none)."""
     from clip_jax.models.dual_encoder import dual_encoder_key_map
     from clip_jax.models.registry import detect_prefix
-    from clip_jax.weights.loading import load_params
+    from clip_jax.weights.params import load_params
     from clip_jax.weights.readers import read_config, read_state_dict
 
     state_dict = read_state_dict(directory)
@@ -592,7 +592,7 @@ def save_dual_encoder(
     from clip_jax import workdir as workdirs
     from clip_jax.models.dual_encoder import dual_encoder_key_map
     from clip_jax.models.registry import architecture_of
-    from clip_jax.weights.loading import flat_params
+    from clip_jax.weights.params import flat_params
     from clip_jax.weights.tokenizers import save_tokenizer
 
     siglip = siglip_layout.siglip_export(module, max_length)  # a SigLIP model goes back to SigLIP's layout

@@ -20,7 +20,7 @@ import jax
 import numpy as np
 
 from clip_jax.models.registry import architecture_of, normalised_config, tower_config
-from clip_jax.weights.loading import flat_params
+from clip_jax.weights.params import flat_params
 from clip_jax.weights.readers import CheckpointError
 
 logger = logging.getLogger(__name__)

@@ -10,7 +10,7 @@ from conftest import save_torch_model
 from test_siglip import TINY_SIGLIP_TEXT, TINY_SIGLIP_VISION, randomise, write_siglip_files
 
 from clip_jax.config import override
-from clip_jax.weights.loading import flat_params
+from clip_jax.weights.params import flat_params
 
 
 def test_siglip_italian_recipe_trains_end_to_end(checkpoints, tmp_path):

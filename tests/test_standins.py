@@ -17,7 +17,7 @@ from clip_jax.clip_model import CLIPModel
 from clip_jax.demo import standins
 from clip_jax.models.bert import BertConfig, BertForMaskedLM
 from clip_jax.models.registry import build_tower
-from clip_jax.weights.loading import flat_params
+from clip_jax.weights.params import flat_params
 
 
 def test_masked_lm_checkpoint_matches_transformers(tmp_path):

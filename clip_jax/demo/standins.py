@@ -347,7 +347,7 @@ def save_masked_lm(model, directory: str | Path) -> None:
 
     from clip_jax.hub import write_weights
     from clip_jax.models.bert import MLM_KEY_MAP
-    from clip_jax.weights.loading import flat_params
+    from clip_jax.weights.params import flat_params
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)

@@ -22,7 +22,7 @@ from flax import nnx
 from clip_jax.models import bert, clip_text, siglip, vit
 from clip_jax.models.layers import DType
 from clip_jax.weights.keymap import KeyMap
-from clip_jax.weights.loading import Adapter, load_params
+from clip_jax.weights.params import Adapter, load_params
 from clip_jax.weights.readers import CheckpointError, read_config, read_state_dict, resolve_checkpoint
 
 Kind = Literal["vision", "text"]

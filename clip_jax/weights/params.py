@@ -1,4 +1,4 @@
-"""Filling a model's parameters from a PyTorch-named state dict, with a full report of what did not fit."""
+"""A model's parameters: flattened by path, and filled from a PyTorch-named state dict, with a full report of what did not fit."""
 
 from __future__ import annotations
 
