@@ -3,6 +3,7 @@ dtypes, each compiled in its own process (one JSON line per compiled step append
 
     python bench/plan_scale.py --out bench/results/plan_scale.jsonl            # every row (hours on 2 cores)
     python bench/plan_scale.py --rows 0,3 --out /tmp/rows.jsonl                # some of them
+    python bench/plan_scale.py --table bench/results/plan_scale.jsonl          # the markdown table of results
 
 Each row is `python -m clip_jax.plan --json` with the row's overrides; a row that fails or runs past
 --timeout is recorded with its error. Nothing here is timed but the compiles.
@@ -36,14 +37,48 @@ ROWS = [
 ]  # fmt: skip
 
 
+def table(path: str) -> str:
+    """The markdown rows of docs/benchmarks.md's scale table from plan_scale's JSON lines."""
+    gib, out = 2**30, []
+    for line in open(path):
+        r = json.loads(line)
+        if "memory" not in r:
+            out.append(f"| row {r['row']} | {r.get('error')} |")
+            continue
+        mem, bound = r["memory"], r["bound_seconds"]
+        phase = {"warmup": "1 (heads)", "finetune": "2 (everything)"}.get(r["step"], r["step"])
+        mesh = ", ".join(f"{k} {v}" for k, v in r["mesh"].items() if v > 1)
+        collectives = ", ".join(
+            f"{k} {v['count']}x {v['bytes'] / gib:.2f} GiB" for k, v in sorted(r["collectives"].items())
+        )
+        limiter = max(("compute", "memory", "collective"), key=lambda k: bound[k])
+        out.append(
+            f"| {r['topology']} ({r['chips']} chips, {r['hosts']} hosts) | {r['name']} | {mesh} | {r['dtype']} | "
+            f"{phase} | {r['global_batch']:,}"
+            + (f" (micro {r['micro_batch']:,})" if r["micro_batch"] else "")
+            + f" | {mem['total'] / gib:.2f} GiB of {r['hbm_bytes'] / gib:.0f} (args {mem['argument'] / gib:.2f}, "
+            f"temporaries {mem['temporary'] / gib:.2f}) | {'yes' if r['fits'] else '**no**'} | "
+            f"{r['flops_analytic']:.4g} / {r['flops_xla']:.4g} | {collectives} | "
+            f"{bound['step'] * 1e3:.1f} ms ({limiter}), {r['bound_images_per_s'] / 1e3:,.0f}k img/s, "
+            f"{r['bound_images_per_s'] / r['hosts']:,.0f} img/s per host | {r['compile_seconds']:.0f} s |"
+        )
+    return "\n".join(out)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--out", required=True)
+    parser.add_argument("--out", help="append the rows' JSON lines here")
+    parser.add_argument("--table", help="print the markdown table of this results file and exit")
     parser.add_argument("--rows", default="", help="comma-separated row indices (default: all)")
     parser.add_argument("--timeout", type=float, default=3600)
     args = parser.parse_args()
+    if args.table:
+        print(table(args.table))
+        return
+    if not args.out:
+        parser.error("--out is needed to run rows")
     picked = [int(i) for i in args.rows.split(",") if i] or range(len(ROWS))
     env = dict(os.environ, HF_HUB_OFFLINE="1", ALLOW_MULTIPLE_LIBTPU_LOAD="1")
     for index in picked:

@@ -124,6 +124,38 @@ def test_when_a_step_does_not_fit_plan_names_the_first_change_that_does(tmp_path
     assert 256 % change["train.micro_batch_size"] == 0
 
 
+def test_a_step_the_tpu_compiler_refuses_is_reported_as_not_fitting(tmp_path):
+    """A program too large for the chip's HBM is refused by the TPU compiler itself (RESOURCE_EXHAUSTED), not
+    measured: plan reports what the compiler said it needs instead of crashing (bench/plan_scale.py's
+    fsdp-256 phase-2 row did). At 2**17 examples on 4 chips the loss's logits alone (32768 x 131072 float32
+    per chip, 16 GiB) exceed a v5e chip, so no micro-batch size helps either (found by --search; not repeated
+    here for time)."""
+    config = tiny_config(tmp_path, **{"train.batch_size": 2**17, "train.phases": ("finetune",)})
+    (result,) = plan(config, target("v5e:2x2"), steps=["finetune"], search=False, log=lambda _: None)
+    assert result.fits is False and "Ran out of memory" in result.compiler_refused
+    assert result.memory["temporary"] > result.hbm_bytes  # the compiler's own count, beyond the chip
+    assert result.memory["total"] == result.memory["temporary"]
+    from clip_jax.plan.cli import format_table
+
+    text = format_table([result])
+    assert "DOES NOT FIT" in text and "the TPU compiler refused it: RESOURCE_EXHAUSTED" in text
+
+
+def test_compiler_out_of_memory_reads_the_compilers_message():
+    from clip_jax.plan.planner import compiler_out_of_memory
+
+    message = (
+        "jax.errors.JaxRuntimeError: RESOURCE_EXHAUSTED: Ran out of memory on HBM, the total memory required "
+        "for HLO temporaries (26.01G) exceeds available HBM (15.75G)."
+    )
+    assert compiler_out_of_memory(RuntimeError(message)) == int(26.01 * 2**30)
+    assert compiler_out_of_memory(RuntimeError("RESOURCE_EXHAUSTED: ... required for x (512.5M) ...")) is None
+    assert compiler_out_of_memory(
+        RuntimeError("RESOURCE_EXHAUSTED: Ran out of memory in memory space hbm, required for y (512.5M)")
+    ) == int(512.5 * 2**20)
+    assert compiler_out_of_memory(ValueError("shapes do not match")) is None
+
+
 def test_hlo_summary_multiplies_loop_bodies_by_their_trip_counts():
     devices = target("v5e:2x2").devices
     mesh = Mesh(np.array(devices), ("data",))

@@ -87,11 +87,21 @@ def format_table(plans) -> str:
             + (f", micro-batch {p.micro_batch}" if p.micro_batch else "")
             + f"; dtype {p.dtype}"
             + (", remat" if p.remat else ""),
-            f"   memory per chip: {_gib(mem['total'])} of {_gib(p.hbm_bytes)} — {fits}"
-            f"  (arguments {_gib(mem['argument'])}, outputs {_gib(mem['output'])}, aliased "
-            f"{_gib(mem['aliased'])}, temporaries {_gib(mem['temporary'])}, code {_gib(mem['code'])})",
-            f"   FLOPs per step: {p.flops_analytic:.3e} analytic, {p.flops_xla:.3e} compiled matmuls "
-            f"(loops x trip counts; XLA's cost_analysis, loops once: {p.flops_xla_loops_once:.3e})",
+            (
+                f"   memory per chip: at least {_gib(mem['total'])} of {_gib(p.hbm_bytes)} — {fits}"
+                " (the TPU compiler's count of temporaries alone; it built no program)"
+                if p.compiler_refused
+                else f"   memory per chip: {_gib(mem['total'])} of {_gib(p.hbm_bytes)} — {fits}"
+                f"  (arguments {_gib(mem['argument'])}, outputs {_gib(mem['output'])}, aliased "
+                f"{_gib(mem['aliased'])}, temporaries {_gib(mem['temporary'])}, code {_gib(mem['code'])})"
+            ),
+            f"   FLOPs per step: {p.flops_analytic:.3e} analytic"
+            + (
+                ""
+                if p.compiler_refused
+                else f", {p.flops_xla:.3e} compiled matmuls (loops x trip counts; XLA's cost_analysis, "
+                f"loops once: {p.flops_xla_loops_once:.3e})"
+            ),
             "   collectives per chip and step: "
             + (
                 ", ".join(
@@ -113,6 +123,8 @@ def format_table(plans) -> str:
                     else ""
                 )
             )
+        if p.compiler_refused:
+            lines.append(f"   the TPU compiler refused it: {p.compiler_refused}")
         if p.fits is False:
             if p.suggestion:
                 change = " ".join(f"--config.{k}={v}" for k, v in p.suggestion["change"].items())

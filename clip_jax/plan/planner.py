@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
+import re
 import time
 from typing import Any
 
@@ -72,6 +73,9 @@ class StepPlan:
     bound_images_per_s: float | None = None
     bound_mfu: float | None = None
     suggestion: dict[str, Any] | None = None  # when it does not fit: the first change that fits
+    #: the TPU compiler's own refusal when the step cannot fit at all (memory then holds what it said it
+    #: needed, as temporaries; the FLOPs and collectives of a program that was never built are absent)
+    compiler_refused: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -120,7 +124,40 @@ def compile_step(config: ConfigDict, target: Target, name: str) -> StepPlan:
         kind = objective_of(config).step_kind(phase)
         micro = micro if kind == "train" and 0 < micro < batch else 0
     start = time.perf_counter()
-    compiled = fn.trace(*args).lower(lowering_platforms=(target.platform,)).compile()
+    hbm = target.chip.hbm_bytes if target.chip else None
+    common = dict(
+        step=name,
+        kind=kind,
+        topology=target.name,
+        chips=len(target.devices),
+        hosts=target.hosts,
+        mesh=dict(mesh.shape),
+        global_batch=batch,
+        per_chip_batch=batch / data_parallel_size(mesh),
+        micro_batch=micro,
+        dtype=str(config.model.dtype),
+        remat=bool(config.model.remat),
+        hbm_bytes=hbm,
+        flops_analytic=analytic_flops(module, config, kind, phase, batch),
+    )
+    try:
+        compiled = fn.trace(*args).lower(lowering_platforms=(target.platform,)).compile()
+    except Exception as error:  # the TPU compiler refuses a program that cannot fit its HBM at all
+        needed = compiler_out_of_memory(error)
+        if needed is None:
+            raise
+        memory = dict.fromkeys(("argument", "output", "aliased", "code"), 0)
+        memory.update(temporary=needed, total=needed)
+        return StepPlan(
+            **common,
+            memory=memory,
+            fits=False,
+            flops_xla=float("nan"),
+            flops_xla_loops_once=float("nan"),
+            collectives={},
+            compile_seconds=time.perf_counter() - start,
+            compiler_refused=str(error).strip().splitlines()[-1][:300],
+        )
     seconds = time.perf_counter() - start
     stats = compiled.memory_analysis()
     memory = {
@@ -136,23 +173,10 @@ def compile_step(config: ConfigDict, target: Target, name: str) -> StepPlan:
     hlo = summarize(compiled.as_text(), chips)
     costs = compiled.cost_analysis() or {}
     costs = costs[0] if isinstance(costs, list) else costs
-    hbm = target.chip.hbm_bytes if target.chip else None
     result = StepPlan(
-        step=name,
-        kind=kind,
-        topology=target.name,
-        chips=chips,
-        hosts=target.hosts,
-        mesh=dict(mesh.shape),
-        global_batch=batch,
-        per_chip_batch=batch / data_parallel_size(mesh),
-        micro_batch=micro,
-        dtype=str(config.model.dtype),
-        remat=bool(config.model.remat),
+        **common,
         memory=memory,
-        hbm_bytes=hbm,
         fits=None if hbm is None else memory["total"] <= USABLE_MEMORY * hbm,
-        flops_analytic=analytic_flops(module, config, kind, phase, batch),
         flops_xla=hlo.matmul_flops * chips,
         flops_xla_loops_once=float(costs.get("flops", 0.0)) * chips,
         collectives={k: dataclasses.asdict(c) for k, c in hlo.collectives.items()},
@@ -161,6 +185,19 @@ def compile_step(config: ConfigDict, target: Target, name: str) -> StepPlan:
     if target.chip is not None:
         _bound(result, target, hlo.matmul_flops, hlo.wire_bytes)
     return result
+
+
+_OUT_OF_MEMORY = re.compile(r"Ran out of memory .*?required for .*?\((\d+(?:\.\d+)?)([KMGT]?)\)", re.S | re.I)
+
+
+def compiler_out_of_memory(error: BaseException) -> int | None:
+    """The bytes the TPU compiler said a program needs when it refused it for want of HBM
+    (``RESOURCE_EXHAUSTED: Ran out of memory ... required for HLO temporaries (26.01G) exceeds available HBM
+    (15.75G)``); None for any other error."""
+    match = _OUT_OF_MEMORY.search(str(error))
+    if not match or "RESOURCE_EXHAUSTED" not in str(error):
+        return None
+    return int(float(match.group(1)) * 1024 ** "_KMGT".index(match.group(2) or "_"))
 
 
 def _bound(result: StepPlan, target: Target, chip_flops: float, wire_bytes: float) -> None:
