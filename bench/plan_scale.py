@@ -40,8 +40,9 @@ ROWS = [
 def table(path: str) -> str:
     """The markdown rows of docs/benchmarks.md's scale table from plan_scale's JSON lines."""
     gib, out = 2**30, []
-    for line in open(path):
-        r = json.loads(line)
+    with open(path) as lines:
+        records = [json.loads(line) for line in lines]
+    for r in records:
         if "memory" not in r:
             out.append(f"| row {r['row']} | {r.get('error')} |")
             continue
