@@ -18,8 +18,9 @@ import os
 import sys
 import traceback
 from collections.abc import Callable, Sequence
+from typing import Any
 
-from clip_jax.commandline import UsageError, parse_config_command
+from clip_jax.commandline import UsageError, define_config_flag, parse_config_command
 
 COMMANDS = {
     "train": "train a dual encoder (a recipe by name or a config file; resumes in its workdir)",
@@ -215,21 +216,14 @@ the same --workdir resumes from its latest checkpoint; one run at a time may use
 """
 
 
-def _define_train_flags(argv: Sequence[str] = ()):
+def _define_train_flags(argv: Sequence[str] = (), config: Any = None):
     """A fresh set of the train command's flags (not absl's global FLAGS, so it can be parsed more than once);
-    ``argv`` (with the program name first) tells ml_collections which ``--config.KEY`` overrides to define."""
+    ``argv`` (with the program name first) tells ml_collections which ``--config.KEY`` overrides to define
+    on ``config`` (the loaded recipe; None: only the flags' help)."""
     from absl import flags
-    from ml_collections import config_flags
 
     values = flags.FlagValues()
-    config_flags.DEFINE_config_file(
-        "config",
-        None,
-        "Built-in recipe name or config file (.py with get_config()).",
-        lock_config=True,
-        flag_values=values,
-        sys_argv=list(argv),
-    )
+    define_config_flag(values, argv, config)
     flags.DEFINE_string(
         "workdir", None, "Run directory (local or gs://); default runs/<config name>.", flag_values=values
     )

@@ -119,16 +119,18 @@ def check_overrides(config, argv: Sequence[str]) -> None:
 
 
 def parse_config_command(command: str, argv: Sequence[str], define_flags: Callable) -> tuple[Any, str]:
-    """The parsed flags of ``clip-jax COMMAND`` (``define_flags(argv)`` defines them, ``--config`` among them)
-    and the resolved config file: overrides checked against the config, positional arguments refused."""
+    """The parsed flags of ``clip-jax COMMAND`` and the resolved config file. The file runs once: its
+    ``get_config()`` result, overrides checked against it, becomes ``--config`` through
+    ``define_flags(argv, config)`` (which defines the command's flags); positional arguments are refused."""
     from absl import flags
 
     import clip_jax.demo  # noqa: F401 (demo:NAME towers resolve in any recipe, not only the demo's)
 
     argv, config_file = _config_arg(list(argv))
-    check_overrides(load_config_file(config_file), argv)
-    argv = [f"clip-jax {command}", *argv]
-    values = define_flags(argv)
+    config = load_config_file(config_file)
+    check_overrides(config, argv)
+    argv = [f"clip-jax {command}", *(a for a in argv if not a.startswith("--config="))]
+    values = define_flags(argv, config)
     try:
         positional = values(argv)[1:]
     except flags.Error as error:
@@ -140,3 +142,17 @@ def parse_config_command(command: str, argv: Sequence[str], define_flags: Callab
             + (", a run directory with --workdir" if command == "train" else "")
         )
     return values, config_file
+
+
+def define_config_flag(values: Any, argv: Sequence[str], config: Any) -> None:
+    """``--config`` on ``values``: the loaded ``config`` with ``--config.KEY=VALUE`` overrides (``argv`` names
+    them), or, without a config (help text only), the file flag."""
+    from ml_collections import config_flags
+
+    text = "Built-in recipe name or config file (.py with get_config())."
+    if config is None:
+        config_flags.DEFINE_config_file("config", None, text, flag_values=values, sys_argv=list(argv))
+    else:
+        config_flags.DEFINE_config_dict(
+            "config", config, text, lock_config=True, flag_values=values, sys_argv=list(argv)
+        )

@@ -188,6 +188,24 @@ def test_recipes_by_name_and_print_config(capsys):
     assert "adabelief" in capsys.readouterr().out
 
 
+def test_a_config_file_runs_once_per_command(tmp_path, capsys):
+    """Issue 26: the config file is Python; it ran twice per command (once to check the overrides, once for
+    the flags). Now its get_config() result is the --config flag, overrides applied to it."""
+    calls = tmp_path / "calls"
+    config_file = tmp_path / "counted.py"
+    config_file.write_text(
+        "from clip_jax.configs.tiny import get_config as tiny\n"
+        "def get_config():\n"
+        f"    open({str(calls)!r}, 'a').write('x')\n"
+        "    return tiny()\n"
+    )
+    assert main(["train", f"--config={config_file}", "--print_config", "--config.train.batch_size=48"]) == 0
+    assert "batch_size: 48" in capsys.readouterr().out
+    assert calls.read_text() == "x"
+    assert main(["plan", f"--config={config_file}", "--topology", "cpu:1", "--phases", "none"]) != 0
+    assert calls.read_text() == "xx"  # plan too: one run (it then refuses the unknown step)
+
+
 def test_batch_size_not_divisible_by_devices_and_bad_workdirs(tmp_path):
     env = subprocess_env(8)
     result = cli("train", f"--workdir={tmp_path / 'w'}", *CLI_TINY, "--config.train.batch_size=12", env=env)

@@ -6,6 +6,8 @@ import json
 import sys
 from collections.abc import Sequence
 
+from clip_jax.commandline import define_config_flag
+
 HELP = """\
 clip-jax plan: compile a recipe's steps for a TPU slice (no TPU needed) and report what each chip holds.
 
@@ -19,13 +21,11 @@ offline (local directory, Hugging Face cache, or the copies clip_jax ships for i
 """
 
 
-def _flags(argv: Sequence[str]):
+def _flags(argv: Sequence[str], config=None):
     from absl import flags
-    from ml_collections import config_flags
 
     values = flags.FlagValues()
-    config_flags.DEFINE_config_file("config", None, "Recipe name or config file.", lock_config=True,
-                                    flag_values=values, sys_argv=list(argv))  # fmt: skip
+    define_config_flag(values, argv, config)
     flags.DEFINE_string("topology", None, "What to compile for (see above).", flag_values=values)
     flags.DEFINE_string("phases", "", "Comma-separated steps to compile (phase names, eval); default all.",
                         flag_values=values)  # fmt: skip
