@@ -137,8 +137,10 @@ class Contrastive(Objective):
         spec = _spec(config, mesh)
         if phase.cache_features:
             return {
-                "image_features": spec((module.vision.config.hidden_size,), jnp.float32),
-                "text_features": spec((module.text.config.hidden_size,), jnp.float32),
+                # the projections' input widths: a tower's pooled output (a SigLIP text head may differ
+                # from the tower's hidden size)
+                "image_features": spec((module.visual_projection.kernel.shape[0],), jnp.float32),
+                "text_features": spec((module.text_projection.kernel.shape[0],), jnp.float32),
             }
         size = int(module.vision.config.image_size)
         return {"pixel_values": spec((size, size, 3), jnp.float32), **_token_shapes(config, module, mesh)}
