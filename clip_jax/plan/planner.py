@@ -63,8 +63,12 @@ class StepPlan:
     hbm_bytes: int | None
     fits: bool | None
     flops_analytic: float  # global, model FLOPs of one step (no recomputation)
-    flops_xla: float  # global: the compiled program's matrix-multiply FLOPs, loops x trip counts, x chips
-    flops_xla_loops_once: float  # global: XLA's cost_analysis() flops (loop bodies counted once), x chips
+    flops_xla: (
+        float | None
+    )  # global: the compiled program's matrix-multiply FLOPs, loops x trip counts, x chips
+    flops_xla_loops_once: (
+        float | None
+    )  # global: XLA's cost_analysis() flops (loop bodies counted once), x chips
     collectives: dict[str, dict[str, float]]  # kind -> count, bytes (produced per chip), wire_bytes
     compile_seconds: float
     bound_seconds: dict[str, float] = dataclasses.field(
@@ -152,8 +156,8 @@ def compile_step(config: ConfigDict, target: Target, name: str) -> StepPlan:
             **common,
             memory=memory,
             fits=False,
-            flops_xla=float("nan"),
-            flops_xla_loops_once=float("nan"),
+            flops_xla=None,
+            flops_xla_loops_once=None,
             collectives={},
             compile_seconds=time.perf_counter() - start,
             compiler_refused=str(error).strip().splitlines()[-1][:300],
