@@ -62,6 +62,15 @@ def _variant(base: Callable, **changes) -> Callable[[ConfigDict, dict], None]:
     return configure
 
 
+def _steps(base: Callable, **changes) -> Callable[[ConfigDict, dict], None]:
+    """``base`` with some of the run's step settings (``phase1``, ``phase2``) changed."""
+
+    def configure(c: ConfigDict, s: dict) -> None:
+        base(c, {**s, **changes})
+
+    return configure
+
+
 RECIPES: dict[str, tuple[str, Callable[[ConfigDict, dict], None]]] = {
     "a_two_phase": ("(a) warm-up, then fine-tune everything (CLIP-Italian)", _two_phase),
     "b_all_from_start": (
@@ -103,6 +112,24 @@ def _distilled_first(c: ConfigDict, s: dict) -> None:
     """The first run of (h): distillation in phase1 steps (half warm-up, half the whole student)."""
     _distill(c, s, steps=(s["phase1"] // 2, s["phase1"] - s["phase1"] // 2))
 
+
+# Rows added by issue 24: which part of (a) makes it change the vision tower more than (b)?
+RECIPES.update(
+    {
+        "a_fixed_temp": (
+            "(a) with the temperature fixed through phase 1 (learned in phase 2 only)",
+            _variant(_two_phase, **{"phases.warmup.trainable": r"(visual_projection|text_projection)\..*"}),
+        ),
+        "a_no_rewarm": (
+            "(a) without the phase-2 learning-rate warm-up (full rate from phase 2's first step)",
+            _variant(_two_phase, **{"phases.finetune.warmup_steps": 0}),
+        ),
+        "a_phase1_50": (
+            "(a) with a 50-step phase 1 (phase 2 unchanged: 400 steps)",
+            _steps(_two_phase, phase1=50),
+        ),
+    }
+)
 
 # Rows added by issue 17; a third element is a first run whose export the row's run starts from (model.init_from).
 RECIPES.update(
@@ -174,6 +201,13 @@ def run_recipe(name: str, seed: int, settings: dict, cache_dir: str, workdir: st
         cosine = float(
             np.mean(np.sum(transfer["model"].encode_text(italian) * teacher.encode_text(english), axis=1))
         )
+    from clip_jax.clip_model import CLIPModel as _CLIP
+
+    start = _CLIP.from_pretrained(standins["english-clip"]).module.vision
+    diagnostics = {
+        "logit_scale_at_phase_end": _logit_scales(c, workdir),
+        "vision_drift": vision_drift(start, transfer["model"].module.vision),
+    }
     losses = [json.loads(line) for line in Path(workdir, "metrics.jsonl").read_text().splitlines()]
     losses = [r["train/loss"] for r in losses if "train/loss" in r]
     return {
@@ -193,7 +227,41 @@ def run_recipe(name: str, seed: int, settings: dict, cache_dir: str, workdir: st
         "final_loss": float(np.mean(losses[-4:])),
         "cosine_it_en": cosine,
         "wall_s": wall,
+        **diagnostics,
     }
+
+
+def _logit_scales(config: ConfigDict, workdir: str) -> dict[str, float]:
+    """The learned log inverse temperature at the end of each phase (phase 1's is what phase 2 starts with)."""
+    from clip_jax import load_model
+    from clip_jax.train.phase import phases_of
+
+    return {p.name: float(load_model(workdir, step=p.end).module.logit_scale[...]) for p in phases_of(config)}
+
+
+def vision_drift(start, end) -> dict[str, float]:
+    """Relative L2 distance ||end - start|| / ||start|| of the vision tower's parameters, per transformer
+    layer (``layers.N``), for the rest (``embeddings``: everything outside the layers) and over all."""
+    import re
+
+    import jax
+    from flax import nnx
+
+    from clip_jax.sharding import path_string
+
+    def flat(module):
+        leaves = jax.tree_util.tree_flatten_with_path(nnx.state(module, nnx.Param))[0]
+        return {path_string(p): np.asarray(x, np.float64) for p, x in leaves}
+
+    a, b = flat(start), flat(end)
+    sums: dict[str, list[float]] = {}
+    for name, x in a.items():
+        layer = re.search(r"layers\.(\d+)\.", name)
+        for part in (f"layer_{layer.group(1)}" if layer else "embeddings", "all"):
+            acc = sums.setdefault(part, [0.0, 0.0])
+            acc[0] += float(np.sum((b[name] - x) ** 2))
+            acc[1] += float(np.sum(x**2))
+    return {k: float(np.sqrt(d / n)) for k, (d, n) in sorted(sums.items())}
 
 
 def summarise(runs: list[dict]) -> dict:
@@ -207,6 +275,9 @@ def summarise(runs: list[dict]) -> dict:
         out[key] = {k: stat([r[key][k] for r in runs]) for k in runs[0][key]}
     for key in ("first_loss", "final_loss", "cosine_it_en", "wall_s"):
         out[key] = stat([r[key] for r in runs])
+    for key in ("logit_scale_at_phase_end", "vision_drift"):
+        if key in runs[0]:
+            out[key] = {k: stat([r[key][k] for r in runs]) for k in runs[0][key]}
     return out
 
 
@@ -247,6 +318,7 @@ def main() -> None:
     parser.add_argument("--cache_dir", default="~/.cache/clip_jax")
     parser.add_argument("--smoke", action="store_true", help="tiny stand-ins and runs (CI)")
     parser.add_argument("--out", default=None, help="results folder (default bench/results)")
+    parser.add_argument("--name", default="recipe_cpu", help="results file name, without .json")
     args = parser.parse_args()
     from absl import logging
 
@@ -306,7 +378,10 @@ def main() -> None:
             finally:
                 shutil.rmtree(workdir, ignore_errors=True)
             print(
-                f"{name} seed {seed}: {json.dumps(runs[-1]['zero_shot'])} wall {runs[-1]['wall_s']:.0f}s",
+                f"{name} seed {seed}: {json.dumps(runs[-1]['zero_shot'])} forgetting "
+                f"{json.dumps(runs[-1]['forgetting_en'])} logit scales "
+                f"{json.dumps(runs[-1]['logit_scale_at_phase_end'])} drift {json.dumps(runs[-1]['vision_drift'])} "
+                f"wall {runs[-1]['wall_s']:.0f}s",
                 flush=True,
             )
         result["runs"][name] = runs
@@ -315,7 +390,7 @@ def main() -> None:
         shutil.rmtree(cache_dir, ignore_errors=True)
     result["markdown"] = markdown(result)
     print(result["markdown"])
-    write_result("recipe_cpu", result, args.out)
+    write_result(args.name, result, args.out)
 
 
 if __name__ == "__main__":
