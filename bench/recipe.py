@@ -124,6 +124,18 @@ RECIPES.update(
             "(a) without the phase-2 learning-rate warm-up (full rate from phase 2's first step)",
             _variant(_two_phase, **{"phases.finetune.warmup_steps": 0}),
         ),
+        "a_tower_wd0": (
+            "(a) without weight decay on the towers in phase 2 (heads keep train.weight_decay)",
+            _variant(_two_phase, **{"phases.finetune.weight_decay": {"vision": 0.0, "text": 0.0}}),
+        ),
+        "a_l2sp": (
+            "(a) with L2-SP: phase-2 weight decay towards the pretrained weights, not zero",
+            _variant(_two_phase, **{"train.weight_decay_towards": "start"}),
+        ),
+        "a_layer_decay": (
+            "(a) with layer-wise learning-rate decay 0.65 in the towers",
+            _variant(_two_phase, **{"train.layer_decay": 0.65}),
+        ),
         "a_phase1_50": (
             "(a) with a 50-step phase 1 (phase 2 unchanged: 400 steps)",
             _steps(_two_phase, phase1=50),

@@ -1,0 +1,145 @@
+"""Tools against forgetting (issue 24): per-group weight decay, L2-SP, layer-wise learning-rate decay."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from clip_jax.config import validate
+from clip_jax.sharding import path_string
+from clip_jax.train.optim import make_optimizer
+from tests.train_helpers import tiny_config
+
+GROUPS = [("head", r"head\..*"), ("tower", r"tower\..*")]
+SETTINGS = dict(b1=0.9, b2=0.98, eps=1e-6, weight_decay=0.5, grad_clip_norm=0.0, agc_clip=0.0)
+
+
+def _params(seed=0):
+    r = np.random.default_rng(seed)
+    return {
+        "head": {"kernel": jnp.asarray(r.normal(size=(3, 4)), jnp.float32)},
+        "tower": {
+            "kernel": jnp.asarray(r.normal(size=(4, 5)), jnp.float32),
+            "bias": jnp.asarray(r.normal(size=(5,)), jnp.float32),
+        },
+    }
+
+
+def _optimizer(params, lr=0.1, **kwargs):
+    tx, _ = make_optimizer(
+        params,
+        groups=GROUPS,
+        learning_rates={"head": lr, "tower": lr},
+        steps=10,
+        warmup_steps=0,
+        decay="constant",
+        end_factor=0.0,
+        optimizer="adamw",
+        settings=SETTINGS,
+        **kwargs,
+    )
+    return tx
+
+
+def _adam_first_step(g, b1=0.9, b2=0.98, eps=1e-6):
+    m, v = (1 - b1) * g, (1 - b2) * g**2
+    return (m / (1 - b1)) / (np.sqrt(v / (1 - b2)) + eps)
+
+
+def test_weight_decay_per_group():
+    """Zero gradients: the only update is the decay, -lr * wd * w, on the matrices of groups that have it."""
+    params = _params()
+    tx = _optimizer(params, weight_decays={"tower": 0.0})
+    zeros = jax.tree.map(jnp.zeros_like, params)
+    updates, _ = tx.update(zeros, tx.init(params), params)
+    np.testing.assert_allclose(updates["head"]["kernel"], -0.1 * 0.5 * params["head"]["kernel"], rtol=1e-6)
+    np.testing.assert_array_equal(updates["tower"]["kernel"], 0.0)
+    np.testing.assert_array_equal(updates["tower"]["bias"], 0.0)
+
+
+def test_l2_sp_one_update_matches_numpy():
+    """L2-SP: AdamW whose decay pulls towards the weights the optimizer started on, not towards zero."""
+    start, now, grads = _params(0), _params(1), _params(2)
+    lr, wd = 0.1, 0.5
+    for towards, anchor in (("start", start), ("zero", jax.tree.map(jnp.zeros_like, start))):
+        tx = _optimizer(start, lr=lr, decay_towards=towards)
+        updates, _ = tx.update(grads, tx.init(start), now)
+        for group, name in (("head", "kernel"), ("tower", "kernel"), ("tower", "bias")):
+            g = np.asarray(grads[group][name], np.float64)
+            decay = (
+                wd * (np.asarray(now[group][name]) - np.asarray(anchor[group][name]))
+                if name == "kernel"
+                else 0
+            )
+            expected = -lr * (_adam_first_step(g) + decay)
+            np.testing.assert_allclose(updates[group][name], expected, rtol=1e-5, atol=1e-6, err_msg=towards)
+
+
+def test_l2_sp_start_weights_do_not_move():
+    """The start kept in the optimizer state stays the phase's start after several steps."""
+    start = _params(0)
+    tx = _optimizer(start, decay_towards="start")
+    state, params = tx.init(start), start
+    for seed in (3, 4, 5):
+        updates, state = tx.update(_params(seed), state, params)
+        params = jax.tree.map(lambda p, u: p + u, params, updates)
+    kept = jax.tree.leaves(state)
+    assert any(np.array_equal(k, start["head"]["kernel"]) for k in kept)
+    assert not np.allclose(params["head"]["kernel"], start["head"]["kernel"])
+
+
+def test_layer_decay_rates_applied(tmp_path):
+    """One AdamW step from a phase's optimizer (config wiring included) on the tiny model: every parameter moves
+    by its group's rate times layer_decay ** (depth + 1 - layer) (Adam's first step is lr * sign(gradient))."""
+    from clip_jax.train.model import build_model
+    from clip_jax.train.phase import phase_optimizer, phases_of
+
+    decay = 0.5
+    config = validate(
+        tiny_config(
+            tmp_path,
+            **{
+                "train.layer_decay": decay,
+                "train.weight_decay": 0.0,
+                "train.grad_clip_norm": 0.0,
+                "phases.finetune.warmup_steps": 0,
+                "phases.finetune.decay": "constant",
+                "phases.finetune.learning_rates": {"head": 1e-3, "vision": 1e-2, "text": 1e-1},
+            },
+        )
+    )
+    finetune = phases_of(config)[1]
+    params = nnx.state(build_model(config).module, nnx.Param)
+    tx, _ = phase_optimizer(config, finetune, params)
+    grads = jax.tree.map(lambda p: jnp.full_like(p, 0.3), params)
+    updates, _ = tx.update(grads, tx.init(params), params)
+    depth = {t: len(getattr(build_model(config).module, t).layers) for t in ("vision", "text")}
+    rates = {"vision": 1e-2, "text": 1e-1}
+    seen = set()
+    for path, update in jax.tree_util.tree_flatten_with_path(updates)[0]:
+        name = path_string(path)
+        tower = name.split(".")[0]
+        if tower not in rates:
+            expected = 1e-3
+        else:
+            parts = name.split(".")
+            if "layers" in parts:
+                layer = int(parts[parts.index("layers") + 1]) + 1
+            elif "embed" in name or "pre_layernorm" in name:
+                layer = 0
+            else:
+                layer = depth[tower] + 1
+            expected = rates[tower] * decay ** (depth[tower] + 1 - layer)
+            seen.add((tower, layer))
+        np.testing.assert_allclose(np.abs(np.asarray(update)), expected, rtol=1e-4, err_msg=name)
+    for tower in rates:  # embeddings, every layer and the top were all checked
+        assert {layer for t, layer in seen if t == tower} == set(range(depth[tower] + 2)), tower
+
+
+def test_weight_decay_of_unknown_group_is_refused(tmp_path):
+    config = tiny_config(tmp_path, **{"phases.finetune.weight_decay": {"vison": 0.0}})
+    with pytest.raises(
+        ValueError, match="phases.finetune.weight_decay.vison: 'vison' is not a parameter group"
+    ):
+        validate(config)
