@@ -5,11 +5,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
+from train_helpers import tiny_config
 
 from clip_jax.config import validate
 from clip_jax.sharding import path_string
 from clip_jax.train.optim import make_optimizer
-from tests.train_helpers import tiny_config
 
 GROUPS = [("head", r"head\..*"), ("tower", r"tower\..*")]
 SETTINGS = dict(b1=0.9, b2=0.98, eps=1e-6, weight_decay=0.5, grad_clip_norm=0.0, agc_clip=0.0)
@@ -143,3 +143,92 @@ def test_weight_decay_of_unknown_group_is_refused(tmp_path):
         ValueError, match="phases.finetune.weight_decay.vison: 'vison' is not a parameter group"
     ):
         validate(config)
+
+
+# --- WiSE-FT export -------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def two_phase_run(tmp_path_factory):
+    """A tiny two-phase run: phase 1 (3 steps) trains the heads only, so its last checkpoint (step 3) holds the
+    towers exactly as the run started with them; phase 2 (3 steps) trains everything."""
+    from clip_jax.train import Trainer
+
+    root = tmp_path_factory.mktemp("wise")
+    config = tiny_config(
+        root / "cache", **{"phases.finetune.learning_rates": {"head": 1e-2, "vision": 1e-2, "text": 1e-2}}
+    )
+    Trainer(config, str(root / "run")).run()
+    return root
+
+
+def _tower_params(model, tower):
+    state = nnx.state(getattr(model.module, tower), nnx.Param)
+    return {path_string(p): np.asarray(x) for p, x in jax.tree_util.tree_flatten_with_path(state)[0]}
+
+
+def _export(root, out, *extra):
+    from clip_jax import CLIPModel
+    from clip_jax.export import main as export_main
+
+    return CLIPModel.from_pretrained(
+        export_main(["--checkpoint", str(root / "run"), "--out", str(out), *extra])
+    )
+
+
+def test_wise_ft_export_interpolates_towers_between_start_and_fine_tuned(two_phase_run, tmp_path):
+    from clip_jax import CLIPModel, load_model
+
+    root = two_phase_run
+    start, tuned = load_model(str(root / "run"), step=3), load_model(str(root / "run"))
+    images = np.random.default_rng(0).uniform(0, 1, (3, 32, 32, 3)).astype(np.float32)
+    captions = ["un cerchio rosso", "due quadrati blu", "tre triangoli verdi"]
+    exported = {
+        alpha: _export(root, tmp_path / str(alpha), "--interpolate", str(alpha)) for alpha in (0.0, 0.5, 1.0)
+    }
+    for tower in ("vision", "text"):
+        s, t = _tower_params(start, tower), _tower_params(tuned, tower)
+        assert any(not np.array_equal(s[k], t[k]) for k in s), "phase 2 should have changed the tower"
+        for alpha, model in exported.items():
+            got = _tower_params(model, tower)
+            for k in s:
+                np.testing.assert_allclose(
+                    got[k], (1 - alpha) * s[k] + alpha * t[k], rtol=1e-6, atol=1e-7, err_msg=k
+                )
+    # embeddings: alpha=1 is the fine-tuned model; alpha=0 its heads on the towers the run started with
+    for alpha, reference in ((1.0, tuned), (0.0, None)):
+        if reference is None:
+            module = nnx.clone(tuned.module)
+            module.vision, module.text = nnx.clone(start.module.vision), nnx.clone(start.module.text)
+            reference = CLIPModel(
+                module,
+                tokenizer=tuned.tokenizer,
+                image_processor=tuned.image_processor,
+                max_length=tuned.max_length,
+            )
+        np.testing.assert_allclose(
+            exported[alpha].encode_image(images), reference.encode_image(images), atol=1e-5
+        )
+        np.testing.assert_allclose(
+            exported[alpha].encode_text(captions), reference.encode_text(captions), atol=1e-5
+        )
+    # heads are the fine-tuned ones at every alpha
+    np.testing.assert_array_equal(
+        np.asarray(exported[0.5].module.visual_projection.kernel[...]),
+        np.asarray(tuned.module.visual_projection.kernel[...]),
+    )
+
+
+def test_wise_ft_refuses_bad_input_and_leaves_out_untouched(two_phase_run, tmp_path):
+    from clip_jax.export import main as export_main
+
+    root = two_phase_run
+    with pytest.raises(ValueError, match=r"--interpolate 1.5 is outside \[0, 1\]"):
+        export_main(["--checkpoint", str(root / "run"), "--out", str(tmp_path / "a"), "--interpolate", "1.5"])
+    exported = _export(root, tmp_path / "plain")  # an export (not a workdir) records no start
+    del exported
+    with pytest.raises(ValueError, match="pass --start MODEL"):
+        export_main(
+            ["--checkpoint", str(tmp_path / "plain"), "--out", str(tmp_path / "b"), "--interpolate", "0.5"]
+        )
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
