@@ -1,5 +1,7 @@
 """Tools against forgetting (issue 24): per-group weight decay, L2-SP, layer-wise learning-rate decay."""
 
+import json
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -232,3 +234,100 @@ def test_wise_ft_refuses_bad_input_and_leaves_out_untouched(two_phase_run, tmp_p
             ["--checkpoint", str(tmp_path / "plain"), "--out", str(tmp_path / "b"), "--interpolate", "0.5"]
         )
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+# --- forgetting: eval --reference ------------------------------------------------------------------------
+
+
+def _perturbed(model, path, parts, seed):
+    """``model`` saved at ``path`` with the parameters under ``parts`` changed by noise."""
+    from clip_jax import CLIPModel
+
+    module = nnx.clone(model.module)
+    r = np.random.default_rng(seed)
+    for part in parts:
+        sub = getattr(module, part)
+        state = nnx.state(sub, nnx.Param)
+        nnx.update(sub, jax.tree.map(lambda x: x + 0.5 * r.normal(size=x.shape).astype(x.dtype), state))
+    copy = CLIPModel(
+        module, tokenizer=model.tokenizer, image_processor=model.image_processor, max_length=model.max_length
+    )
+    return str(copy.save_pretrained(path))
+
+
+def test_eval_reference_puts_the_new_vision_tower_into_the_original(checkpoints, tmp_path, capsys):
+    from PIL import Image
+
+    import eval as eval_cli
+    from clip_jax import CLIPModel, load_model
+    from clip_jax.evaluate.forgetting import reference_models
+
+    original = CLIPModel.from_towers(
+        vision=checkpoints["paths"]["vision"], text=checkpoints["paths"]["bert"], projection_dim=16
+    )
+    original_path = str(original.save_pretrained(tmp_path / "original"))
+    new_vision = _perturbed(original, tmp_path / "new_vision", ["vision"], 0)  # only the vision tower differs
+    new_rest = _perturbed(
+        original, tmp_path / "new_rest", ["text", "text_projection", "visual_projection"], 1
+    )
+    images = np.random.default_rng(0).uniform(0, 1, (2, 32, 32, 3)).astype(np.float32)
+    captions = ["rosso", "un quadrato blu"]
+    pairs = list(reference_models([new_vision, new_rest], original_path))
+    assert [name for name, _ in pairs] == [
+        original_path,
+        f"{new_vision} (vision) in {original_path}",
+        f"{new_rest} (vision) in {original_path}",
+    ]
+    plain = {p: load_model(p) for p in (original_path, new_vision, new_rest)}
+    # new_vision's tower in the original is new_vision itself (all else is the original's) ...
+    np.testing.assert_allclose(
+        pairs[1][1].encode_image(images), plain[new_vision].encode_image(images), atol=1e-6
+    )
+    assert not np.allclose(
+        plain[new_vision].encode_image(images), plain[original_path].encode_image(images), atol=1e-3
+    )
+    # ... and new_rest's (the original's own vision tower) gives back the original, not new_rest
+    for _, model in pairs[1:]:
+        np.testing.assert_allclose(
+            model.encode_text(captions), plain[original_path].encode_text(captions), atol=1e-6
+        )
+    np.testing.assert_allclose(
+        pairs[2][1].encode_image(images), plain[original_path].encode_image(images), atol=1e-6
+    )
+    assert not np.allclose(
+        plain[new_rest].encode_text(captions), plain[original_path].encode_text(captions), atol=1e-3
+    )
+
+    colours = {"rosso": (220, 30, 30), "verde": (30, 170, 40), "blu": (30, 60, 220)}
+    for name, rgb in colours.items():
+        (tmp_path / "folder" / name).mkdir(parents=True)
+        for i in range(4):
+            Image.new("RGB", (40 + i, 36), tuple(c - 20 * i for c in rgb)).save(
+                tmp_path / "folder" / name / f"{i}.png"
+            )
+    (tmp_path / "classes.json").write_text(
+        json.dumps({"classnames": list(colours), "templates": ["una foto {}."]})
+    )
+    common = [
+        "--task", "zeroshot", "--dataset", f"imagefolder:{tmp_path / 'folder'}",
+        "--classnames", str(tmp_path / "classes.json"), "--templates", str(tmp_path / "classes.json"),
+        "--cache_dir", str(tmp_path / "cache"),
+    ]  # fmt: skip
+    results = eval_cli.main(["--model", new_vision, "--reference", original_path, *common])
+    alone = eval_cli.main(["--model", new_vision, *common])
+    assert [r["pretrained"] for r in results] == [original_path, f"{new_vision} (vision) in {original_path}"]
+    assert results[1]["metrics"] == alone[0]["metrics"]
+    out = capsys.readouterr().out
+    own, with_new = results[0]["metrics"]["acc1"], results[1]["metrics"]["acc1"]
+    assert (
+        f"forgetting (acc1): {original_path} {own:.4f} → {new_vision} (vision) in {original_path} {with_new:.4f}"
+        in out
+    )
+
+
+def test_eval_reference_is_for_zeroshot_only(tmp_path, capsys):
+    import eval as eval_cli
+
+    with pytest.raises(SystemExit):
+        eval_cli.main(["--model", "m", "--reference", "o", "--task", "retrieval", "--data", "jsonl:x"])
+    assert "--reference (forgetting) is for --task zeroshot" in capsys.readouterr().err

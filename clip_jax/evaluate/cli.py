@@ -41,6 +41,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--logit_scale", type=float, default=None, help="override every model's temperature scale"
     )
+    parser.add_argument(
+        "--reference",
+        default=None,
+        help="zeroshot: forgetting — evaluate this original model, and it with each --model's vision tower "
+        "(classnames and templates in its language)",
+    )
     parser.add_argument("--layers", action="store_true", help="embedmap: also one map per vision layer")
     parser.add_argument("--projection", default="umap", choices=["umap", "pca"])
     parser.add_argument("--map_out", default="embedding_map.png")
@@ -67,6 +73,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error(f"--max_bad_fraction must be between 0 and 1, not {args.max_bad_fraction}")
     if args.batch_size < 1 or (args.limit is not None and args.limit < 1):
         parser.error("--batch_size and --limit must be at least 1")
+    if args.reference and args.task != "zeroshot":
+        parser.error("--reference (forgetting) is for --task zeroshot.")
     missing = [f"--{n}" for n in needs if getattr(args, n) is None]
     if missing:
         parser.error(f"--task {args.task} needs {' '.join(missing)}.")
@@ -89,8 +97,13 @@ def main(argv: list[str] | None = None) -> list:
 
     cache = ClassEmbeddingCache(args.cache_dir)
     results = []
-    for i, spec in enumerate(args.model):
-        model = load_model(spec, logit_scale=args.logit_scale)
+    if args.reference:
+        from clip_jax.evaluate.forgetting import reference_models
+
+        models = reference_models(args.model, args.reference, args.logit_scale)
+    else:
+        models = ((spec, load_model(spec, logit_scale=args.logit_scale)) for spec in args.model)
+    for i, (spec, model) in enumerate(models):
         if args.task == "zeroshot":
             results.append(
                 run_zeroshot(
@@ -136,6 +149,10 @@ def main(argv: list[str] | None = None) -> list:
                 )
             )
     print(format_table(results))
+    if args.reference:
+        from clip_jax.evaluate.forgetting import forgetting_lines
+
+        print("\n".join(forgetting_lines(results)))
     for r in results:
         if r.get("skipped") or (r["metrics"].get("skipped") if isinstance(r["metrics"], dict) else 0):
             print(
