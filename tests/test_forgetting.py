@@ -331,3 +331,26 @@ def test_eval_reference_is_for_zeroshot_only(tmp_path, capsys):
     with pytest.raises(SystemExit):
         eval_cli.main(["--model", "m", "--reference", "o", "--task", "retrieval", "--data", "jsonl:x"])
     assert "--reference (forgetting) is for --task zeroshot" in capsys.readouterr().err
+
+
+def test_resume_rules_for_the_new_optimizer_keys(tmp_path):
+    """A workdir recorded before these keys existed resumes unchanged; switching the optimizer stages is refused."""
+    from clip_jax.train.resume import ALLOWED, BREAKING, config_changes
+
+    config = validate(tiny_config(tmp_path))
+    old = config.to_dict()
+    for name in old["phases"]:
+        del old["phases"][name]["weight_decay"]
+    del old["train"]["layer_decay"], old["train"]["weight_decay_towards"]
+    assert config_changes(old, config) == []
+    kinds = lambda **changes: {
+        k: kind for k, _, _, kind, _ in config_changes(config.to_dict(), tiny_config(tmp_path, **changes))
+    }
+    assert kinds(**{"train.layer_decay": 0.65}) == {"train.layer_decay": BREAKING}
+    assert kinds(**{"train.weight_decay_towards": "start"}) == {"train.weight_decay_towards": BREAKING}
+    assert kinds(**{"phases.finetune.weight_decay": {"vision": 0.0}}) == {
+        "phases.finetune.weight_decay.vision": BREAKING
+    }
+    assert kinds(**{"phases.finetune.weight_decay": {"vision": 0.1}}) == {
+        "phases.finetune.weight_decay.vision": ALLOWED
+    }
