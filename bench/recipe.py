@@ -319,6 +319,50 @@ def markdown(result: dict) -> str:
     return "\n".join(lines)
 
 
+def mechanism_markdown(result: dict) -> str:
+    """The issue-24 columns: transfer, forgetting, the temperature phase 2 starts with, the tower's drift."""
+    fmt = lambda s: f"{s['mean']:.3f} ± {s['std']:.3f}"
+    lines = [
+        "| recipe | seeds | colour+shape | i→t R@1 | forgetting: EN colour+shape | logit scale after phase 1 "
+        "(exp) | vision drift: all | embeddings | layer 0 | layer 1 |",
+        "|---" * 10 + "|",
+    ]
+    for name, summary in result["recipes"].items():
+        scales = summary.get("logit_scale_at_phase_end", {})
+        first = scales[next(iter(scales))] if len(scales) > 1 else None
+        drift = summary.get("vision_drift", {})
+        lines.append(
+            f"| {RECIPES[name][0]} | {len(result['runs'][name])} | {fmt(summary['zero_shot']['colour+shape'])} | "
+            f"{fmt(summary['retrieval']['text_retrieval_recall@1'])} | {fmt(summary['forgetting_en']['colour+shape'])} | "
+            + (f"{fmt(first)} ({np.exp(first['mean']):.1f})" if first else "— (one phase)")
+            + " | "
+            + " | ".join(
+                fmt(drift[k]) if k in drift else "" for k in ("all", "embeddings", "layer_0", "layer_1")
+            )
+            + " |"
+        )
+    return "\n".join(lines)
+
+
+def merge(paths: list[str]) -> dict:
+    """Result files of separate invocations (e.g. one seed each) as one result, runs pooled per recipe."""
+    files = [json.loads(Path(p).read_text()) for p in paths]
+    runs: dict[str, list] = {}
+    for f in files:
+        for name, rs in f["runs"].items():
+            runs.setdefault(name, []).extend(rs)
+    order = [n for n in RECIPES if n in runs]
+    return {
+        "merged_from": [str(p) for p in paths],
+        "args": [f["args"] for f in files],
+        "machine": files[0]["machine"],
+        "settings": files[0]["settings"],
+        "standins": files[0]["standins"],
+        "recipes": {n: summarise(runs[n]) for n in order},
+        "runs": {n: runs[n] for n in order},
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -331,7 +375,16 @@ def main() -> None:
     parser.add_argument("--smoke", action="store_true", help="tiny stand-ins and runs (CI)")
     parser.add_argument("--out", default=None, help="results folder (default bench/results)")
     parser.add_argument("--name", default="recipe_cpu", help="results file name, without .json")
+    parser.add_argument(
+        "--merge", nargs="+", default=None, help="only pool these result files (runs per recipe)"
+    )
     args = parser.parse_args()
+    if args.merge:
+        result = merge(args.merge)
+        result["markdown"], result["mechanism_markdown"] = markdown(result), mechanism_markdown(result)
+        print(result["markdown"] + "\n\n" + result["mechanism_markdown"])
+        write_result(args.name, result, args.out)
+        return
     from absl import logging
 
     logging.set_verbosity(logging.ERROR)
@@ -402,6 +455,9 @@ def main() -> None:
         shutil.rmtree(cache_dir, ignore_errors=True)
     result["markdown"] = markdown(result)
     print(result["markdown"])
+    if any("vision_drift" in r for r in result["recipes"].values()):
+        result["mechanism_markdown"] = mechanism_markdown(result)
+        print(result["mechanism_markdown"])
     write_result(args.name, result, args.out)
 
 
