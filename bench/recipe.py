@@ -220,6 +220,8 @@ def run_recipe(name: str, seed: int, settings: dict, cache_dir: str, workdir: st
         "logit_scale_at_phase_end": _logit_scales(c, workdir),
         "vision_drift": vision_drift(start, transfer["model"].module.vision),
     }
+    if c.train.objective == "contrastive" and diagnostics["vision_drift"]["all"] > 0:
+        diagnostics["wise_ft"] = wise_ft_sweep(workdir, transfer, standins["english-clip"])
     losses = [json.loads(line) for line in Path(workdir, "metrics.jsonl").read_text().splitlines()]
     losses = [r["train/loss"] for r in losses if "train/loss" in r]
     return {
@@ -241,6 +243,32 @@ def run_recipe(name: str, seed: int, settings: dict, cache_dir: str, workdir: st
         "wall_s": wall,
         **diagnostics,
     }
+
+
+#: WiSE-FT weights of the fine-tuned towers measured for every run that changed the vision tower.
+WISE_ALPHAS = (0.0, 0.25, 0.5, 0.75, 1.0)
+
+
+def wise_ft_sweep(workdir: str, transfer: dict, english_clip: str) -> dict[str, dict[str, float]]:
+    """Italian held-out colour+shape and forgetting (the English CLIP's English colour+shape with the vision
+    tower) of the run's towers interpolated with its start (``clip-jax export --interpolate``), per alpha."""
+    from clip_jax.clip_model import CLIPModel
+    from clip_jax.demo import with_vision_tower, zero_shot_heldout
+    from clip_jax.wise_ft import interpolate_towers, run_start
+
+    start, tuned, data = run_start(workdir), transfer["model"], transfer["data"]
+    english = CLIPModel.from_pretrained(english_clip)
+    heldout = data["heldout"] or data["val"]
+    out = {}
+    for alpha in WISE_ALPHAS:
+        model = interpolate_towers(start, tuned, alpha)
+        out[str(alpha)] = {
+            "colour+shape": zero_shot_heldout(model, heldout, "it")["colour+shape"]["acc1"],
+            "forgetting_en": zero_shot_heldout(
+                with_vision_tower(english, model.module.vision), heldout, "en"
+            )["colour+shape"]["acc1"],
+        }
+    return out
 
 
 def _logit_scales(config: ConfigDict, workdir: str) -> dict[str, float]:
@@ -290,6 +318,12 @@ def summarise(runs: list[dict]) -> dict:
     for key in ("logit_scale_at_phase_end", "vision_drift"):
         if key in runs[0]:
             out[key] = {k: stat([r[key][k] for r in runs]) for k in runs[0][key]}
+    swept = [r["wise_ft"] for r in runs if "wise_ft" in r]
+    if swept:
+        out["wise_ft"] = {
+            a: {m: stat([w[a][m] for w in swept]) for m in swept[0][a]} | {"runs": len(swept)}
+            for a in swept[0]
+        }
     return out
 
 
