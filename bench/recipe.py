@@ -378,6 +378,38 @@ def mechanism_markdown(result: dict) -> str:
     return "\n".join(lines)
 
 
+def pareto_plot(result: dict, path: str) -> str:
+    """Transfer (Italian held-out colour+shape) against forgetting (English colour+shape with the tower): one
+    point per recipe (mean over seeds, error bars: std), and each WiSE-FT sweep as a line from alpha 0 to 1."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 6))
+    for name, summary in result["recipes"].items():
+        x, y = summary["zero_shot"]["colour+shape"], summary["forgetting_en"]["colour+shape"]
+        ax.errorbar(x["mean"], y["mean"], xerr=x["std"], yerr=y["std"], fmt="o", capsize=2, label=name)
+        sweep = summary.get("wise_ft")
+        if sweep and name in ("a_two_phase", "b_all_from_start"):
+            alphas = sorted(sweep, key=float)
+            ax.plot(
+                [sweep[a]["colour+shape"]["mean"] for a in alphas],
+                [sweep[a]["forgetting_en"]["mean"] for a in alphas],
+                "--",
+                alpha=0.6,
+                label=f"{name} WiSE-FT α=0…1 ({sweep[alphas[0]]['runs']} seeds)",
+            )
+    reference = next(iter(result["recipes"].values()))["reference_en"]["colour+shape"]["mean"]
+    ax.axhline(reference, color="grey", lw=0.8, ls=":", label="English CLIP untouched")
+    ax.set_xlabel("Italian zero-shot colour+shape, held-out pairs (transfer)")
+    ax.set_ylabel("English CLIP's English colour+shape with the tower (higher: less forgetting)")
+    ax.legend(fontsize=7, loc="lower left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    return path
+
+
 def merge(paths: list[str]) -> dict:
     """Result files of separate invocations (e.g. one seed each) as one result, runs pooled per recipe."""
     files = [json.loads(Path(p).read_text()) for p in paths]
@@ -412,11 +444,16 @@ def main() -> None:
     parser.add_argument(
         "--merge", nargs="+", default=None, help="only pool these result files (runs per recipe)"
     )
+    parser.add_argument(
+        "--plot", default=None, help="with --merge: write the transfer/forgetting plot (PNG) here"
+    )
     args = parser.parse_args()
     if args.merge:
         result = merge(args.merge)
         result["markdown"], result["mechanism_markdown"] = markdown(result), mechanism_markdown(result)
         print(result["markdown"] + "\n\n" + result["mechanism_markdown"])
+        if args.plot:
+            print(f"plot written to {pareto_plot(result, args.plot)}")
         write_result(args.name, result, args.out)
         return
     from absl import logging
