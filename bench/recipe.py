@@ -132,6 +132,13 @@ RECIPES.update(
             "(a) with L2-SP: phase-2 weight decay towards the pretrained weights, not zero",
             _variant(_two_phase, **{"train.weight_decay_towards": "start"}),
         ),
+        "a_l2sp_vision10": (
+            "(a) with strong L2-SP on the vision tower: phase-2 decay 10 towards the pretrained weights",
+            _variant(
+                _two_phase,
+                **{"train.weight_decay_towards": "start", "phases.finetune.weight_decay": {"vision": 10.0}},
+            ),
+        ),
         "a_layer_decay": (
             "(a) with layer-wise learning-rate decay 0.65 in the towers",
             _variant(_two_phase, **{"train.layer_decay": 0.65}),
