@@ -225,6 +225,7 @@ def run_recipe(name: str, seed: int, settings: dict, cache_dir: str, workdir: st
     start = _CLIP.from_pretrained(standins["english-clip"]).module.vision
     diagnostics = {
         "logit_scale_at_phase_end": _logit_scales(c, workdir),
+        "visual_projection_norm_at_phase_end": _projection_norms(c, workdir),
         "vision_drift": vision_drift(start, transfer["model"].module.vision),
     }
     if c.train.objective == "contrastive" and diagnostics["vision_drift"]["all"] > 0:
@@ -278,6 +279,19 @@ def wise_ft_sweep(workdir: str, transfer: dict, english_clip: str) -> dict[str, 
     return out
 
 
+def _projection_norms(config: ConfigDict, workdir: str) -> dict[str, float]:
+    """The Frobenius norm of the visual projection at the end of each phase."""
+    from clip_jax import load_model
+    from clip_jax.train.phase import phases_of
+
+    return {
+        p.name: float(
+            np.linalg.norm(np.asarray(load_model(workdir, step=p.end).module.visual_projection.kernel[...]))
+        )
+        for p in phases_of(config)
+    }
+
+
 def _logit_scales(config: ConfigDict, workdir: str) -> dict[str, float]:
     """The learned log inverse temperature at the end of each phase (phase 1's is what phase 2 starts with)."""
     from clip_jax import load_model
@@ -322,9 +336,10 @@ def summarise(runs: list[dict]) -> dict:
         out[key] = {k: stat([r[key][k] for r in runs]) for k in runs[0][key]}
     for key in ("first_loss", "final_loss", "cosine_it_en", "wall_s"):
         out[key] = stat([r[key] for r in runs])
-    for key in ("logit_scale_at_phase_end", "vision_drift"):
-        if key in runs[0]:
-            out[key] = {k: stat([r[key][k] for r in runs]) for k in runs[0][key]}
+    for key in ("logit_scale_at_phase_end", "visual_projection_norm_at_phase_end", "vision_drift"):
+        having = [r[key] for r in runs if key in r]  # results written before a key existed lack it
+        if having:
+            out[key] = {k: stat([h[k] for h in having]) | {"runs": len(having)} for k in having[0]}
     swept = [r["wise_ft"] for r in runs if "wise_ft" in r]
     if swept:
         out["wise_ft"] = {
