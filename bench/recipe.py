@@ -62,6 +62,15 @@ def _variant(base: Callable, **changes) -> Callable[[ConfigDict, dict], None]:
     return configure
 
 
+def _steps(base: Callable, **changes) -> Callable[[ConfigDict, dict], None]:
+    """``base`` with some of the run's step settings (``phase1``, ``phase2``) changed."""
+
+    def configure(c: ConfigDict, s: dict) -> None:
+        base(c, {**s, **changes})
+
+    return configure
+
+
 RECIPES: dict[str, tuple[str, Callable[[ConfigDict, dict], None]]] = {
     "a_two_phase": ("(a) warm-up, then fine-tune everything (CLIP-Italian)", _two_phase),
     "b_all_from_start": (
@@ -103,6 +112,43 @@ def _distilled_first(c: ConfigDict, s: dict) -> None:
     """The first run of (h): distillation in phase1 steps (half warm-up, half the whole student)."""
     _distill(c, s, steps=(s["phase1"] // 2, s["phase1"] - s["phase1"] // 2))
 
+
+# Rows added by issue 24: which part of (a) makes it change the vision tower more than (b)?
+RECIPES.update(
+    {
+        "a_fixed_temp": (
+            "(a) with the temperature fixed through phase 1 (learned in phase 2 only)",
+            _variant(_two_phase, **{"phases.warmup.trainable": r"(visual_projection|text_projection)\..*"}),
+        ),
+        "a_no_rewarm": (
+            "(a) without the phase-2 learning-rate warm-up (full rate from phase 2's first step)",
+            _variant(_two_phase, **{"phases.finetune.warmup_steps": 0}),
+        ),
+        "a_tower_wd0": (
+            "(a) without weight decay on the towers in phase 2 (heads keep train.weight_decay)",
+            _variant(_two_phase, **{"phases.finetune.weight_decay": {"vision": 0.0, "text": 0.0}}),
+        ),
+        "a_l2sp": (
+            "(a) with L2-SP: phase-2 weight decay towards the pretrained weights, not zero",
+            _variant(_two_phase, **{"train.weight_decay_towards": "start"}),
+        ),
+        "a_l2sp_vision10": (
+            "(a) with strong L2-SP on the vision tower: phase-2 decay 10 towards the pretrained weights",
+            _variant(
+                _two_phase,
+                **{"train.weight_decay_towards": "start", "phases.finetune.weight_decay": {"vision": 10.0}},
+            ),
+        ),
+        "a_layer_decay": (
+            "(a) with layer-wise learning-rate decay 0.65 in the towers",
+            _variant(_two_phase, **{"train.layer_decay": 0.65}),
+        ),
+        "a_phase1_50": (
+            "(a) with a 50-step phase 1 (phase 2 unchanged: 400 steps)",
+            _steps(_two_phase, phase1=50),
+        ),
+    }
+)
 
 # Rows added by issue 17; a third element is a first run whose export the row's run starts from (model.init_from).
 RECIPES.update(
@@ -174,6 +220,16 @@ def run_recipe(name: str, seed: int, settings: dict, cache_dir: str, workdir: st
         cosine = float(
             np.mean(np.sum(transfer["model"].encode_text(italian) * teacher.encode_text(english), axis=1))
         )
+    from clip_jax.clip_model import CLIPModel as _CLIP
+
+    start = _CLIP.from_pretrained(standins["english-clip"]).module.vision
+    diagnostics = {
+        "logit_scale_at_phase_end": _logit_scales(c, workdir),
+        "visual_projection_norm_at_phase_end": _projection_norms(c, workdir),
+        "vision_drift": vision_drift(start, transfer["model"].module.vision),
+    }
+    if c.train.objective == "contrastive" and diagnostics["vision_drift"]["all"] > 0:
+        diagnostics["wise_ft"] = wise_ft_sweep(workdir, transfer, standins["english-clip"])
     losses = [json.loads(line) for line in Path(workdir, "metrics.jsonl").read_text().splitlines()]
     losses = [r["train/loss"] for r in losses if "train/loss" in r]
     return {
@@ -193,7 +249,80 @@ def run_recipe(name: str, seed: int, settings: dict, cache_dir: str, workdir: st
         "final_loss": float(np.mean(losses[-4:])),
         "cosine_it_en": cosine,
         "wall_s": wall,
+        **diagnostics,
     }
+
+
+#: WiSE-FT weights of the fine-tuned towers measured for every run that changed the vision tower.
+WISE_ALPHAS = (0.0, 0.25, 0.5, 0.75, 1.0)
+
+
+def wise_ft_sweep(workdir: str, transfer: dict, english_clip: str) -> dict[str, dict[str, float]]:
+    """Italian held-out colour+shape and forgetting (the English CLIP's English colour+shape with the vision
+    tower) of the run's towers interpolated with its start (``clip-jax export --interpolate``), per alpha."""
+    from clip_jax.clip_model import CLIPModel
+    from clip_jax.demo import with_vision_tower, zero_shot_heldout
+    from clip_jax.wise_ft import interpolate_towers, run_start
+
+    start, tuned, data = run_start(workdir), transfer["model"], transfer["data"]
+    english = CLIPModel.from_pretrained(english_clip)
+    heldout = data["heldout"] or data["val"]
+    out = {}
+    for alpha in WISE_ALPHAS:
+        model = interpolate_towers(start, tuned, alpha)
+        out[str(alpha)] = {
+            "colour+shape": zero_shot_heldout(model, heldout, "it")["colour+shape"]["acc1"],
+            "forgetting_en": zero_shot_heldout(
+                with_vision_tower(english, model.module.vision), heldout, "en"
+            )["colour+shape"]["acc1"],
+        }
+    return out
+
+
+def _projection_norms(config: ConfigDict, workdir: str) -> dict[str, float]:
+    """The Frobenius norm of the visual projection at the end of each phase."""
+    from clip_jax import load_model
+    from clip_jax.train.phase import phases_of
+
+    return {
+        p.name: float(
+            np.linalg.norm(np.asarray(load_model(workdir, step=p.end).module.visual_projection.kernel[...]))
+        )
+        for p in phases_of(config)
+    }
+
+
+def _logit_scales(config: ConfigDict, workdir: str) -> dict[str, float]:
+    """The learned log inverse temperature at the end of each phase (phase 1's is what phase 2 starts with)."""
+    from clip_jax import load_model
+    from clip_jax.train.phase import phases_of
+
+    return {p.name: float(load_model(workdir, step=p.end).module.logit_scale[...]) for p in phases_of(config)}
+
+
+def vision_drift(start, end) -> dict[str, float]:
+    """Relative L2 distance ||end - start|| / ||start|| of the vision tower's parameters, per transformer
+    layer (``layers.N``), for the rest (``embeddings``: everything outside the layers) and over all."""
+    import re
+
+    import jax
+    from flax import nnx
+
+    from clip_jax.sharding import path_string
+
+    def flat(module):
+        leaves = jax.tree_util.tree_flatten_with_path(nnx.state(module, nnx.Param))[0]
+        return {path_string(p): np.asarray(x, np.float64) for p, x in leaves}
+
+    a, b = flat(start), flat(end)
+    sums: dict[str, list[float]] = {}
+    for name, x in a.items():
+        layer = re.search(r"layers\.(\d+)\.", name)
+        for part in (f"layer_{layer.group(1)}" if layer else "embeddings", "all"):
+            acc = sums.setdefault(part, [0.0, 0.0])
+            acc[0] += float(np.sum((b[name] - x) ** 2))
+            acc[1] += float(np.sum(x**2))
+    return {k: float(np.sqrt(d / n)) for k, (d, n) in sorted(sums.items())}
 
 
 def summarise(runs: list[dict]) -> dict:
@@ -207,6 +336,16 @@ def summarise(runs: list[dict]) -> dict:
         out[key] = {k: stat([r[key][k] for r in runs]) for k in runs[0][key]}
     for key in ("first_loss", "final_loss", "cosine_it_en", "wall_s"):
         out[key] = stat([r[key] for r in runs])
+    for key in ("logit_scale_at_phase_end", "visual_projection_norm_at_phase_end", "vision_drift"):
+        having = [r[key] for r in runs if key in r]  # results written before a key existed lack it
+        if having:
+            out[key] = {k: stat([h[k] for h in having]) | {"runs": len(having)} for k in having[0]}
+    swept = [r["wise_ft"] for r in runs if "wise_ft" in r]
+    if swept:
+        out["wise_ft"] = {
+            a: {m: stat([w[a][m] for w in swept]) for m in swept[0][a]} | {"runs": len(swept)}
+            for a in swept[0]
+        }
     return out
 
 
@@ -236,6 +375,82 @@ def markdown(result: dict) -> str:
     return "\n".join(lines)
 
 
+def mechanism_markdown(result: dict) -> str:
+    """The issue-24 columns: transfer, forgetting, the temperature phase 2 starts with, the tower's drift."""
+    fmt = lambda s: f"{s['mean']:.3f} ± {s['std']:.3f}"
+    lines = [
+        "| recipe | seeds | colour+shape | i→t R@1 | forgetting: EN colour+shape | logit scale after phase 1 "
+        "(exp) | vision drift: all | embeddings | layer 0 | layer 1 |",
+        "|---" * 10 + "|",
+    ]
+    for name, summary in result["recipes"].items():
+        scales = summary.get("logit_scale_at_phase_end", {})
+        first = scales[next(iter(scales))] if len(scales) > 1 else None
+        drift = summary.get("vision_drift", {})
+        lines.append(
+            f"| {RECIPES[name][0]} | {len(result['runs'][name])} | {fmt(summary['zero_shot']['colour+shape'])} | "
+            f"{fmt(summary['retrieval']['text_retrieval_recall@1'])} | {fmt(summary['forgetting_en']['colour+shape'])} | "
+            + (f"{fmt(first)} ({np.exp(first['mean']):.1f})" if first else "— (one phase)")
+            + " | "
+            + " | ".join(
+                fmt(drift[k]) if k in drift else "" for k in ("all", "embeddings", "layer_0", "layer_1")
+            )
+            + " |"
+        )
+    return "\n".join(lines)
+
+
+def pareto_plot(result: dict, path: str) -> str:
+    """Transfer (Italian held-out colour+shape) against forgetting (English colour+shape with the tower): one
+    point per recipe (mean over seeds, error bars: std), and each WiSE-FT sweep as a line from alpha 0 to 1."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 6))
+    for name, summary in result["recipes"].items():
+        x, y = summary["zero_shot"]["colour+shape"], summary["forgetting_en"]["colour+shape"]
+        ax.errorbar(x["mean"], y["mean"], xerr=x["std"], yerr=y["std"], fmt="o", capsize=2, label=name)
+        sweep = summary.get("wise_ft")
+        if sweep and name in ("a_two_phase", "b_all_from_start"):
+            alphas = sorted(sweep, key=float)
+            ax.plot(
+                [sweep[a]["colour+shape"]["mean"] for a in alphas],
+                [sweep[a]["forgetting_en"]["mean"] for a in alphas],
+                "--",
+                alpha=0.6,
+                label=f"{name} WiSE-FT α=0…1 ({sweep[alphas[0]]['runs']} seeds)",
+            )
+    reference = next(iter(result["recipes"].values()))["reference_en"]["colour+shape"]["mean"]
+    ax.axhline(reference, color="grey", lw=0.8, ls=":", label="English CLIP untouched")
+    ax.set_xlabel("Italian zero-shot colour+shape, held-out pairs (transfer)")
+    ax.set_ylabel("English CLIP's English colour+shape with the tower (higher: less forgetting)")
+    ax.legend(fontsize=7, loc="lower left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    return path
+
+
+def merge(paths: list[str]) -> dict:
+    """Result files of separate invocations (e.g. one seed each) as one result, runs pooled per recipe."""
+    files = [json.loads(Path(p).read_text()) for p in paths]
+    runs: dict[str, list] = {}
+    for f in files:
+        for name, rs in f["runs"].items():
+            runs.setdefault(name, []).extend(rs)
+    order = [n for n in RECIPES if n in runs]
+    return {
+        "merged_from": [str(p) for p in paths],
+        "args": [f["args"] for f in files],
+        "machine": files[0]["machine"],
+        "settings": files[0]["settings"],
+        "standins": files[0]["standins"],
+        "recipes": {n: summarise(runs[n]) for n in order},
+        "runs": {n: runs[n] for n in order},
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -247,7 +462,22 @@ def main() -> None:
     parser.add_argument("--cache_dir", default="~/.cache/clip_jax")
     parser.add_argument("--smoke", action="store_true", help="tiny stand-ins and runs (CI)")
     parser.add_argument("--out", default=None, help="results folder (default bench/results)")
+    parser.add_argument("--name", default="recipe_cpu", help="results file name, without .json")
+    parser.add_argument(
+        "--merge", nargs="+", default=None, help="only pool these result files (runs per recipe)"
+    )
+    parser.add_argument(
+        "--plot", default=None, help="with --merge: write the transfer/forgetting plot (PNG) here"
+    )
     args = parser.parse_args()
+    if args.merge:
+        result = merge(args.merge)
+        result["markdown"], result["mechanism_markdown"] = markdown(result), mechanism_markdown(result)
+        print(result["markdown"] + "\n\n" + result["mechanism_markdown"])
+        if args.plot:
+            print(f"plot written to {pareto_plot(result, args.plot)}")
+        write_result(args.name, result, args.out)
+        return
     from absl import logging
 
     logging.set_verbosity(logging.ERROR)
@@ -306,7 +536,10 @@ def main() -> None:
             finally:
                 shutil.rmtree(workdir, ignore_errors=True)
             print(
-                f"{name} seed {seed}: {json.dumps(runs[-1]['zero_shot'])} wall {runs[-1]['wall_s']:.0f}s",
+                f"{name} seed {seed}: {json.dumps(runs[-1]['zero_shot'])} forgetting "
+                f"{json.dumps(runs[-1]['forgetting_en'])} logit scales "
+                f"{json.dumps(runs[-1]['logit_scale_at_phase_end'])} drift {json.dumps(runs[-1]['vision_drift'])} "
+                f"wall {runs[-1]['wall_s']:.0f}s",
                 flush=True,
             )
         result["runs"][name] = runs
@@ -315,7 +548,10 @@ def main() -> None:
         shutil.rmtree(cache_dir, ignore_errors=True)
     result["markdown"] = markdown(result)
     print(result["markdown"])
-    write_result("recipe_cpu", result, args.out)
+    if any("vision_drift" in r for r in result["recipes"].values()):
+        result["mechanism_markdown"] = mechanism_markdown(result)
+        print(result["mechanism_markdown"])
+    write_result(args.name, result, args.out)
 
 
 if __name__ == "__main__":

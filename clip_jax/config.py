@@ -52,8 +52,11 @@ def phase(
     decay: str = "cosine",
     end_factor: float = 0.0,
     cache_features: bool = False,
+    weight_decay: dict[str, float] | None = None,
 ) -> ConfigDict:
     """One training phase: how long, which parameters train (regex on paths), and their learning rates.
+
+    ``weight_decay``: per parameter group, overriding ``train.weight_decay`` for the groups it names.
 
     ``cache_features`` (only for phases that leave both towers frozen): compute the towers' pooled
     features once, then train the heads on them (LiT-style; see ``clip_jax.train.features``)."""
@@ -66,6 +69,7 @@ def phase(
             decay=decay,
             end_factor=end_factor,
             cache_features=cache_features,
+            weight_decay=ConfigDict(weight_decay or {}),
         )
     )
 
@@ -145,7 +149,9 @@ def base_config() -> ConfigDict:
             b1=0.9,
             b2=0.98,
             eps=1e-6,
-            weight_decay=0.2,
+            weight_decay=0.2,  # on matrices; per group and phase with phases.<name>.weight_decay.<group>
+            weight_decay_towards="zero",  # zero | start: L2-SP, towards the weights each phase starts from
+            layer_decay=1.0,  # <1: the towers' layer-wise learning-rate decay, lr * layer_decay**(depth+1-layer)
             grad_clip_norm=1.0,  # 0: off
             agc_clip=0.0,  # adaptive gradient clipping (CLIP-Italian used 0.1 with adabelief); 0: off
             log_every=10,
@@ -400,6 +406,8 @@ RULES: dict[str, Rule] = {
     "train.b2": number(0, 1, high_open=True),
     "train.eps": positive(),
     "train.weight_decay": number(0),
+    "train.weight_decay_towards": one_of("zero", "start"),
+    "train.layer_decay": Rule(lambda v: _finite(v) and 0 < v <= 1, "a number in (0, 1] (1: off)"),
     "train.grad_clip_norm": number(0, note=" (0: off)"),
     "train.agc_clip": number(0, note=" (0: off)"),
     "train.log_every": whole(1),
@@ -420,6 +428,10 @@ RULES: dict[str, Rule] = {
     "phases.*.decay": one_of("cosine", "linear", "constant"),
     "phases.*.end_factor": number(0, 1, note=" (the final fraction of the peak learning rate)"),
     "phases.*.cache_features": FLAG,
+    "phases.*.weight_decay": Rule(
+        lambda v: isinstance(v, (dict, ConfigDict)) and all(isinstance(k, str) for k in v),
+        "a dict of parameter group -> weight decay ({} for train.weight_decay everywhere)",
+    ),
     "distill.train": TEXT,
     "distill.val": TEXT,
     "distill.val_limit": whole(0, " (0: all)"),
@@ -484,8 +496,10 @@ def _check_values(config: ConfigDict) -> None:
         )
     groups = [n for n, _ in t.param_groups]
     for name in t.phases:
-        for group, rate in config.phases[name].learning_rates.items():
-            key = f"phases.{name}.learning_rates.{group}"
+        rates = [("learning_rates", g, r) for g, r in config.phases[name].learning_rates.items()]
+        decays = config.phases[name].get("weight_decay", {})
+        for kind, group, rate in rates + [("weight_decay", g, r) for g, r in decays.items()]:
+            key = f"phases.{name}.{kind}.{group}"
             if group not in groups:
                 raise ValueError(
                     f"{key}: {group!r} is not a parameter group (train.param_groups: {', '.join(groups)}) — "

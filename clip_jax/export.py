@@ -72,6 +72,27 @@ def _save(model, args: argparse.Namespace, bases: list[str], results, config):
     )
 
 
+def _interpolated(model, args: argparse.Namespace):
+    """WiSE-FT: ``model``'s towers interpolated with the start's (``clip_jax.wise_ft``)."""
+    from clip_jax import workdir
+    from clip_jax.loading import load_model
+    from clip_jax.wise_ft import interpolate_towers, run_start
+
+    if args.start:
+        start = load_model(args.start)
+    elif workdir.is_training_workdir(args.checkpoint):
+        start = run_start(args.checkpoint)
+    else:
+        raise ValueError(
+            f"--interpolate needs the start weights: {args.checkpoint} is not a training workdir, so it does not "
+            "record them — pass --start MODEL (the pretrained model the fine-tuning started from)"
+        )
+    print(
+        f"Towers interpolated: {1 - args.interpolate:g} x start + {args.interpolate:g} x fine-tuned (WiSE-FT)."
+    )
+    return interpolate_towers(start, model, args.interpolate)
+
+
 def main(argv: list[str] | None = None) -> str:
     """``clip-jax export``: write the export (and push it); returns the output directory."""
     parser = argparse.ArgumentParser(
@@ -95,6 +116,16 @@ def main(argv: list[str] | None = None) -> str:
     )
     parser.add_argument("--max_shard_size", default=DEFAULT_MAX_SHARD_SIZE)
     parser.add_argument("--logit_scale", type=float, default=None, help="override the temperature's scale")
+    parser.add_argument(
+        "--interpolate",
+        type=float,
+        default=None,
+        metavar="ALPHA",
+        help="WiSE-FT: towers (1-ALPHA)*start + ALPHA*fine-tuned (start: the run's initial weights; see --start)",
+    )
+    parser.add_argument(
+        "--start", default=None, help="with --interpolate: the model to start from (default: the run's own)"
+    )
     parser.add_argument("--push_to_hub", default=None, metavar="USER/REPO")
     parser.add_argument("--private", action="store_true")
     parser.add_argument("--revision", default=None, help="branch to push to")
@@ -102,7 +133,15 @@ def main(argv: list[str] | None = None) -> str:
     args = parser.parse_args(argv)
 
     check_out(args.out)
+    if args.interpolate is not None and not 0.0 <= args.interpolate <= 1.0:
+        raise ValueError(
+            f"--interpolate {args.interpolate} is outside [0, 1] — give the fine-tuned share, e.g. 0.5"
+        )
+    if args.start and args.interpolate is None:
+        raise ValueError("--start is only used with --interpolate — add --interpolate ALPHA or drop --start")
     model, config, bases = load_for_export(args.checkpoint, args.step, args.logit_scale)
+    if args.interpolate is not None:
+        model = _interpolated(model, args)
     results = read_results(args.results) if args.results else None
     try:
         out = _save(model, args, bases, results, config)

@@ -250,6 +250,8 @@ def training_recipe(config: Mapping[str, Any]) -> dict[str, Any]:
                 "b2",
                 "eps",
                 "weight_decay",
+                "weight_decay_towards",
+                "layer_decay",
                 "grad_clip_norm",
                 "agc_clip",
             )
@@ -259,7 +261,16 @@ def training_recipe(config: Mapping[str, Any]) -> dict[str, Any]:
             name: {
                 k: v
                 for k, v in config.get("phases", {}).get(name, {}).items()
-                if k in ("steps", "trainable", "learning_rates", "warmup_steps", "decay", "cache_features")
+                if k
+                in (
+                    "steps",
+                    "trainable",
+                    "learning_rates",
+                    "weight_decay",
+                    "warmup_steps",
+                    "decay",
+                    "cache_features",
+                )
             }
             for name in train.get("phases", ())
         },

@@ -163,7 +163,17 @@ def test_recipe_smoke(tmp_path, jax_cache):
     for summary in result["recipes"].values():
         assert set(summary["zero_shot"]) == {"colour", "shape", "count", "colour+shape"}
         assert summary["wall_s"]["mean"] > 0 and np.isfinite(summary["final_loss"]["mean"])
-    assert "| (e)" in result["markdown"]
+        # issue 24's diagnostics: the temperature phase 2 starts with, the vision tower's drift, WiSE-FT
+        assert set(summary["logit_scale_at_phase_end"]) == {"warmup", "finetune"}
+        drift = summary["vision_drift"]
+        assert {"all", "embeddings", "layer_0"} <= set(drift) and drift["all"]["mean"] > 0
+        assert set(summary["wise_ft"]) == {"0.0", "0.25", "0.5", "0.75", "1.0"}
+        # alpha=1 is the fine-tuned tower: its forgetting column is the run's own
+        assert (
+            summary["wise_ft"]["1.0"]["forgetting_en"]["mean"]
+            == summary["forgetting_en"]["colour+shape"]["mean"]
+        )
+    assert "| (e)" in result["markdown"] and "vision drift" in result["mechanism_markdown"]
 
 
 def test_grad_cache_smoke(tmp_path, jax_cache):

@@ -22,6 +22,7 @@ from ml_collections import ConfigDict
 
 from clip_jax.data.shapes import COLOURS, COUNTS, POSITIONS, SHAPES, ShapesSpec, captions, load_or_generate
 from clip_jax.demo import standins  # noqa: F401 (registers the demo: model names)
+from clip_jax.evaluate.forgetting import with_vision_tower
 from clip_jax.evaluate.retrieval import benchmark_names, retrieval_metrics
 from clip_jax.evaluate.zeroshot import classification_metrics
 from clip_jax.prompts import ensemble_embeddings
@@ -162,19 +163,6 @@ def demo_model(workdir: str | None = None):
     config = ConfigDict(json.loads((Path(workdir) / "config.json").read_text()))
     data = load_or_generate(ShapesSpec(**config.data.shapes.to_dict()), config.data.cache_dir)
     return load_model(workdir), config, data
-
-
-def with_vision_tower(model, vision_tower):
-    """A copy of ``model`` (a :class:`~clip_jax.CLIPModel`) whose vision tower is ``vision_tower``."""
-    from flax import nnx
-
-    from clip_jax.clip_model import CLIPModel
-
-    module = nnx.clone(model.module)
-    module.vision = nnx.clone(vision_tower)
-    return CLIPModel(
-        module, tokenizer=model.tokenizer, image_processor=model.image_processor, max_length=model.max_length
-    )
 
 
 def _phase_ends(config: ConfigDict) -> list[tuple[str, int]]:

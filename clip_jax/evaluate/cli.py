@@ -63,6 +63,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error(f"--max_bad_fraction must be between 0 and 1, not {args.max_bad_fraction}")
     if args.batch_size < 1 or (args.limit is not None and args.limit < 1):
         parser.error("--batch_size and --limit must be at least 1")
+    if getattr(args, "reference", None) and args.task != "zeroshot":
+        parser.error("--reference (forgetting) is for --task zeroshot.")
     missing = [f"--{n}" for n in registered[args.task].needs if getattr(args, n) is None]
     if missing:
         parser.error(f"--task {args.task} needs {' '.join(missing)}.")
@@ -84,11 +86,18 @@ def main(argv: list[str] | None = None) -> list:
     from clip_jax.evaluate.tasks import TASKS
 
     task = TASKS[args.task]
-    results = [
-        task.run(load_model(spec, logit_scale=args.logit_scale), spec, args, i)
-        for i, spec in enumerate(args.model)
-    ]
+    if args.reference:
+        from clip_jax.evaluate.forgetting import reference_models
+
+        models = reference_models(args.model, args.reference, args.logit_scale)
+    else:
+        models = ((spec, load_model(spec, logit_scale=args.logit_scale)) for spec in args.model)
+    results = [task.run(model, spec, args, i) for i, (spec, model) in enumerate(models)]
     print(format_table(results))
+    if args.reference:
+        from clip_jax.evaluate.forgetting import forgetting_lines
+
+        print("\n".join(forgetting_lines(results)))
     for r in results:
         if r.get("skipped") or (r["metrics"].get("skipped") if isinstance(r["metrics"], dict) else 0):
             print(

@@ -76,6 +76,9 @@ def phase_optimizer(
             grad_clip_norm=t.grad_clip_norm,
             agc_clip=t.agc_clip,
         ),
+        weight_decays=p.get("weight_decay", ConfigDict()).to_dict(),
+        decay_towards=t.weight_decay_towards,
+        layer_decay=float(t.layer_decay),
     )
 
 

@@ -52,6 +52,9 @@ RESUME_RULES: tuple[tuple[str, str, str], ...] = (
     ("train.agc_clip", SWITCH, "the clipping stage of the optimizer"),
     ("train.grad_clip_norm", SWITCH, "the clipping stage of the optimizer"),
     ("train.weight_decay", SWITCH, "adabelief's weight-decay stage"),
+    ("phases.*.weight_decay*", SWITCH, "the weight-decay stage of the group's optimizer"),
+    ("train.weight_decay_towards", BREAKING, "L2-SP keeps the start weights in the optimizer state"),
+    ("train.layer_decay", BREAKING, "the layer-wise learning-rate stage of the optimizer"),
     ("mesh.*", FREE, "checkpoints restore onto any mesh"),
     ("data.workers", FREE, "decoding threads"),
     ("data.worker_processes", FREE, "decoding processes"),
@@ -111,11 +114,12 @@ def config_changes(old: dict | ConfigDict, new: ConfigDict) -> list[tuple[str, A
             return phase_defaults.get(parts[2], missing)
         return defaults.get(key, missing)
 
+    empty = lambda v: isinstance(v, dict) and not v
     changes = []
     for key in sorted(set(before) | set(after)):
         a, b = before.get(key, default(key)), after.get(key, missing)
-        if a == b:
-            continue
+        if a == b or (empty(a) and b is missing) or (a is missing and empty(b)):
+            continue  # an empty dict (a phase's weight_decay) on one side, its filled keys on the other
         kind, why = _rule(key)
         if kind == SWITCH:
             kind = BREAKING if bool(a) != bool(b) else ALLOWED

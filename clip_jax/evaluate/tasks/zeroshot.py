@@ -68,6 +68,14 @@ TASK = register_task(
                 "--cache_dir",
                 {"default": "~/.cache/clip_jax/class_embeddings", "help": "class-embedding cache"},
             ),
+            (
+                "--reference",
+                {
+                    "default": None,
+                    "help": "forgetting: evaluate this original model, and it with each --model's vision "
+                    "tower (classnames and templates in its language)",
+                },
+            ),
         ),
         ("dataset", "classnames", "templates"),
         _run,
