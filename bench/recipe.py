@@ -409,9 +409,12 @@ def pareto_plot(result: dict, path: str) -> str:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(8, 6))
-    for name, summary in result["recipes"].items():
+    for i, (name, summary) in enumerate(result["recipes"].items()):
         x, y = summary["zero_shot"]["colour+shape"], summary["forgetting_en"]["colour+shape"]
-        ax.errorbar(x["mean"], y["mean"], xerr=x["std"], yerr=y["std"], fmt="o", capsize=2, label=name)
+        ax.errorbar(
+            x["mean"], y["mean"], xerr=x["std"], yerr=y["std"], fmt="os^Dv<>"[i % 7], color=plt.cm.tab20(i),
+            capsize=2, label=name,
+        )  # fmt: skip
         sweep = summary.get("wise_ft")
         if sweep and name in ("a_two_phase", "b_all_from_start"):
             alphas = sorted(sweep, key=float)
