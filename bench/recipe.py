@@ -463,6 +463,11 @@ def main() -> None:
     )
     parser.add_argument("--phase2", type=int, default=400)
     parser.add_argument("--cache_dir", default="~/.cache/clip_jax")
+    parser.add_argument(
+        "--holdout",
+        default=None,
+        help="held-out colour:shape pairs instead of the demo's (e.g. a second holdout)",
+    )
     parser.add_argument("--smoke", action="store_true", help="tiny stand-ins and runs (CI)")
     parser.add_argument("--out", default=None, help="results folder (default bench/results)")
     parser.add_argument("--name", default="recipe_cpu", help="results file name, without .json")
@@ -495,6 +500,8 @@ def main() -> None:
         "shapes": {"num_train": 4096, "num_val": 256},
     }
     cache_dir = args.cache_dir
+    if args.holdout:
+        settings["shapes"]["holdout"] = args.holdout
     english, italian = standin_lib.EnglishCLIPSettings(), standin_lib.ItalianBertSettings()
     if args.smoke:
         cache_dir = tempfile.mkdtemp(prefix="recipe-smoke-")
