@@ -409,9 +409,12 @@ def pareto_plot(result: dict, path: str) -> str:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(8, 6))
-    for name, summary in result["recipes"].items():
+    for i, (name, summary) in enumerate(result["recipes"].items()):
         x, y = summary["zero_shot"]["colour+shape"], summary["forgetting_en"]["colour+shape"]
-        ax.errorbar(x["mean"], y["mean"], xerr=x["std"], yerr=y["std"], fmt="o", capsize=2, label=name)
+        ax.errorbar(
+            x["mean"], y["mean"], xerr=x["std"], yerr=y["std"], fmt="os^Dv<>"[i % 7], color=plt.cm.tab20(i),
+            capsize=2, label=name,
+        )  # fmt: skip
         sweep = summary.get("wise_ft")
         if sweep and name in ("a_two_phase", "b_all_from_start"):
             alphas = sorted(sweep, key=float)
@@ -460,6 +463,11 @@ def main() -> None:
     )
     parser.add_argument("--phase2", type=int, default=400)
     parser.add_argument("--cache_dir", default="~/.cache/clip_jax")
+    parser.add_argument(
+        "--holdout",
+        default=None,
+        help="held-out colour:shape pairs instead of the demo's (e.g. a second holdout)",
+    )
     parser.add_argument("--smoke", action="store_true", help="tiny stand-ins and runs (CI)")
     parser.add_argument("--out", default=None, help="results folder (default bench/results)")
     parser.add_argument("--name", default="recipe_cpu", help="results file name, without .json")
@@ -492,6 +500,8 @@ def main() -> None:
         "shapes": {"num_train": 4096, "num_val": 256},
     }
     cache_dir = args.cache_dir
+    if args.holdout:
+        settings["shapes"]["holdout"] = args.holdout
     english, italian = standin_lib.EnglishCLIPSettings(), standin_lib.ItalianBertSettings()
     if args.smoke:
         cache_dir = tempfile.mkdtemp(prefix="recipe-smoke-")
