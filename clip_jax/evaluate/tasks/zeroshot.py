@@ -40,11 +40,8 @@ def run_zeroshot(
     }
 
 
-_CACHES: dict[str, ClassEmbeddingCache] = {}
-
-
 def _run(model: Any, model_name: str, args: argparse.Namespace, index: int) -> dict[str, Any]:
-    cache = _CACHES.setdefault(args.cache_dir, ClassEmbeddingCache(args.cache_dir))
+    cache = ClassEmbeddingCache(args.cache_dir)
     return run_zeroshot(
         model,
         model_name,
