@@ -31,7 +31,7 @@ from bench.common import block, machine, write_result
 from bench.train_step import BERT_BASE, TINY_TEXT, TINY_VISION, VISION, fake_batch, make_model, phase_step
 from clip_jax.models.freezing import split_trainable
 from clip_jax.sharding import batch_sharding, make_mesh
-from clip_jax.train.state import TrainState, initial_rng, make_train_step
+from clip_jax.train.step import TrainState, initial_rng, make_train_step
 
 MIB = 2**20
 

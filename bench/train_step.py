@@ -33,7 +33,7 @@ from clip_jax.models.freezing import split_trainable
 from clip_jax.sharding import batch_sharding, make_mesh
 from clip_jax.train.features import make_feature_train_step
 from clip_jax.train.optim import make_optimizer
-from clip_jax.train.state import (
+from clip_jax.train.step import (
     TrainState,
     initial_rng,
     make_train_step,

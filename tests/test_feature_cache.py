@@ -18,7 +18,7 @@ from clip_jax.models.dual_encoder import pool_text
 from clip_jax.models.freezing import split_trainable
 from clip_jax.train import Trainer, phase_optimizer
 from clip_jax.train.features import FeatureStore, feature_cache_path, make_feature_train_step
-from clip_jax.train.state import jit_train_step, make_train_step
+from clip_jax.train.step import jit_train_step, make_train_step
 from clip_jax.weights import flat_params
 
 

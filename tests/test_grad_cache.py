@@ -11,7 +11,7 @@ from train_helpers import losses, tiny_config
 from clip_jax.config import validate
 from clip_jax.sharding import MeshError, batch_sharding, make_mesh
 from clip_jax.train import Trainer
-from clip_jax.train.state import cached_value_and_grad, merge_micro_batches, split_micro_batches
+from clip_jax.train.step import cached_value_and_grad, merge_micro_batches, split_micro_batches
 from clip_jax.weights import flat_params
 
 
@@ -199,7 +199,7 @@ def compiled_temp_bytes(model, batch_size, micro_batch_size, mesh):
     import optax
 
     from clip_jax.models.freezing import split_trainable
-    from clip_jax.train.state import TrainState, initial_rng, make_train_step
+    from clip_jax.train.step import TrainState, initial_rng, make_train_step
 
     graphdef, params, frozen = split_trainable(model.module, ".*")
     tx = optax.adamw(1e-3)

@@ -19,7 +19,7 @@ from clip_jax.plan import plan, target
 from clip_jax.plan.hlo import summarize
 from clip_jax.sharding import MeshError, make_mesh
 from clip_jax.train.model import build_model
-from clip_jax.train.phase import create_train_state, phase_program, phases_of
+from clip_jax.train.phase import phase_program, phases_of, start_phase
 
 os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
 libtpu = pytest.importorskip("libtpu", reason="the [tpu] extra (libtpu) compiles for TPU topologies")
@@ -179,7 +179,7 @@ def test_abstract_program_equals_the_placed_state(tmp_path):
     model = build_model(config)
     abstract = build_model(config, abstract=True)
     for p in phases_of(config):
-        placed = create_train_state(config, model.module, p, mesh)
+        placed = start_phase(config, model.module, p, mesh)
         program = phase_program(config, abstract.module, p, mesh)
         real = jax.tree.map(lambda a: (a.shape, a.dtype, a.sharding), placed.state)
         shapes = jax.tree.map(lambda a: (a.shape, a.dtype, a.sharding), program.abstract)

@@ -1,7 +1,7 @@
 """Two-phase sharded training: :func:`train` runs a config in a workdir (see :mod:`clip_jax.train.trainer`)."""
 
 from clip_jax.train.model import build_model
-from clip_jax.train.phase import Phase, create_train_state, phase_optimizer, phases_of
+from clip_jax.train.phase import Phase, phase_optimizer, phases_of, start_phase
 from clip_jax.train.trainer import Trainer, TrainingDiverged, train
 
 __all__ = [
@@ -9,8 +9,8 @@ __all__ = [
     "Trainer",
     "TrainingDiverged",
     "build_model",
-    "create_train_state",
     "phase_optimizer",
     "phases_of",
+    "start_phase",
     "train",
 ]

@@ -35,7 +35,7 @@ from clip_jax.clip_model import CLIPModel
 from clip_jax.data.parallel import PairBatches, read_pairs
 from clip_jax.data.shapes import ShapesSpec
 from clip_jax.embedding import shared_rows
-from clip_jax.train.state import apply_gradients
+from clip_jax.train.step import apply_gradients
 
 LOSSES = ("mse", "cosine")
 
@@ -169,7 +169,7 @@ def distill_loss(student: jax.Array, target: jax.Array, kind: str = "mse") -> tu
 def make_distill_step(
     graphdef: nnx.GraphDef, tx: optax.GradientTransformation, mesh: Mesh, *, loss_kind: str, dropout: bool
 ) -> Callable:
-    """The (un-jitted) distillation step over a :class:`~clip_jax.train.state.TrainState`: the student's
+    """The (un-jitted) distillation step over a :class:`~clip_jax.train.step.TrainState`: the student's
     projected text features of ``input_ids`` regress ``target``; gradients of the trainable parameters only."""
     del mesh  # the batch is sharded over the mesh; the loss is a mean over the global batch
 

@@ -16,7 +16,7 @@ from clip_jax.embedding import embed_rows, spans_processes
 from clip_jax.models.dual_encoder import l2_normalize
 from clip_jax.sharding import batch_axes, batch_sharding
 from clip_jax.train.objectives import objective_of
-from clip_jax.train.state import TrainState
+from clip_jax.train.step import TrainState
 
 
 class Evaluator:

@@ -31,7 +31,7 @@ from ml_collections import ConfigDict
 from clip_jax.data.memory import DataPositionError
 from clip_jax.embedding import embed_rows
 from clip_jax.sharding import batch_axes
-from clip_jax.train.state import TrainState, apply_gradients, output_loss
+from clip_jax.train.step import TrainState, apply_gradients, output_loss
 
 TOWERS = re.compile(r"(vision|text)\.")
 

@@ -30,7 +30,7 @@ from clip_jax.sharding import batch_sharding
 from clip_jax.train import distill
 from clip_jax.train import features as feature_cache
 from clip_jax.train.model import build_model
-from clip_jax.train.state import TrainState, make_train_step
+from clip_jax.train.step import TrainState, make_train_step
 
 Step = Callable[[TrainState, dict], tuple[TrainState, dict]]
 

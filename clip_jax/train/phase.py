@@ -21,7 +21,7 @@ from clip_jax.models.freezing import split_trainable
 from clip_jax.sharding import batch_sharding, replicated, shard_params
 from clip_jax.train.objectives import objective_of
 from clip_jax.train.optim import make_optimizer
-from clip_jax.train.state import TrainState, initial_rng, jit_train_step
+from clip_jax.train.step import TrainState, initial_rng, jit_train_step
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,7 +98,7 @@ class PhaseProgram:
 
 
 @dataclasses.dataclass
-class PhaseState(PhaseProgram):
+class StartedPhase(PhaseProgram):
     """A :class:`PhaseProgram` with its state placed on the mesh (what the training loop runs)."""
 
     state: TrainState | None = None
@@ -155,14 +155,16 @@ def phase_program(
     )
 
 
-def create_train_state(
+def start_phase(
     config: ConfigDict, module: nnx.Module, phase: Phase, mesh: Mesh, *, step: int = 0, rng: Any = None
-) -> PhaseState:
+) -> StartedPhase:
     """:func:`phase_program` with the state of ``module``'s parameters placed on ``mesh``."""
     program = phase_program(config, module, phase, mesh, step=step, rng=rng)
     _, params, frozen = split_trainable(module, phase.trainable)
     state = program.init(params, frozen)
-    return PhaseState(**{f.name: getattr(program, f.name) for f in dataclasses.fields(program)}, state=state)
+    return StartedPhase(
+        **{f.name: getattr(program, f.name) for f in dataclasses.fields(program)}, state=state
+    )
 
 
 def batch_shapes(config: ConfigDict, module: nnx.Module, phase: Phase, mesh: Mesh) -> dict[str, Any]:

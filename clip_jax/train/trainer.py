@@ -6,7 +6,7 @@ step, phase, RNG and data-iterator position are all restored, so the following l
 of an uninterrupted run.
 
 The pieces, each in its own module: the model a config describes (:mod:`~clip_jax.train.model`), a phase's
-optimizer, state and jitted step (:mod:`~clip_jax.train.phase`, :mod:`~clip_jax.train.state`), the feature
+optimizer, state and jitted step (:mod:`~clip_jax.train.phase`, :mod:`~clip_jax.train.step`), the feature
 cache (:mod:`~clip_jax.train.features`), validation (:mod:`~clip_jax.train.evaluator`). The loop here only
 sequences phases and steps, logging, checkpoints and signals.
 """
@@ -36,9 +36,9 @@ from clip_jax.train.evaluator import Evaluator
 from clip_jax.train.metrics_logger import MetricsLogger, progress_bar, strict_json
 from clip_jax.train.objectives import objective_of
 from clip_jax.train.optim import learning_rates_at
-from clip_jax.train.phase import Phase, PhaseState, create_train_state, phases_of
+from clip_jax.train.phase import Phase, StartedPhase, phases_of, start_phase
 from clip_jax.train.signals import StopSignals
-from clip_jax.train.state import TrainState
+from clip_jax.train.step import TrainState
 
 
 class TrainingDiverged(RuntimeError):
@@ -120,9 +120,9 @@ class Trainer:
                 return phase
         return self.phases[-1]
 
-    def start_phase(self, phase: Phase, module: nnx.Module, step: int = 0, rng: Any = None) -> PhaseState:
+    def start_phase(self, phase: Phase, module: nnx.Module, step: int = 0, rng: Any = None) -> StartedPhase:
         """``phase``'s state (parameters from ``module``) and jitted step, placed on the mesh."""
-        started = create_train_state(self.config, module, phase, self.mesh, step=step, rng=rng)
+        started = start_phase(self.config, module, phase, self.mesh, step=step, rng=rng)
         self.graphdef = started.graphdef
         return started
 
@@ -213,7 +213,7 @@ class Trainer:
         self._stop_reason = reason
         self._stop_requested = True
 
-    def _restore_or_start(self) -> tuple[int, Phase, PhaseState, TrainState]:
+    def _restore_or_start(self) -> tuple[int, Phase, StartedPhase, TrainState]:
         """(step, phase, its started state and step function, state): from the checkpoint to resume, else fresh.
         The workdir is written to (run files, config history) only once the checkpoint has been restored."""
         step = 0
@@ -315,7 +315,7 @@ class Trainer:
                 self.lock.release()
 
     def _run_phase(
-        self, phase: Phase, state: TrainState, started: PhaseState, step: int
+        self, phase: Phase, state: TrainState, started: StartedPhase, step: int
     ) -> tuple[int, TrainState]:
         t = self.config.train
         batches = self.batches(phase, state)
