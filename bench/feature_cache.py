@@ -34,9 +34,9 @@ from bench.train_step import (
     phase_step,
 )
 from clip_jax.config import HEAD
+from clip_jax.embedding import feature_function
 from clip_jax.models.freezing import split_trainable
 from clip_jax.sharding import batch_sharding, make_mesh
-from clip_jax.train.features import pooled_feature_fns
 
 
 def measure(
@@ -52,14 +52,16 @@ def measure(
     full = time_calls(phase_step(model, mesh, data, 1), steps, warmup=1)
 
     graphdef, params, frozen = split_trainable(model.module, HEAD)
-    image_fn, text_fn = pooled_feature_fns(graphdef, mesh)
-    image_pass = time_calls(lambda: image_fn(params, frozen, data["pixel_values"]), steps, warmup=1)
+    image_fn = feature_function(graphdef, "pooled_image", mesh=mesh)
+    text_fn = feature_function(graphdef, "pooled_text", mesh=mesh)
+    states = (params, frozen)
+    image_pass = time_calls(lambda: image_fn(states, data["pixel_values"]), steps, warmup=1)
     text_pass = time_calls(
-        lambda: text_fn(params, frozen, data["input_ids"], data["attention_mask"]), steps, warmup=1
+        lambda: text_fn(states, data["input_ids"], data["attention_mask"]), steps, warmup=1
     )
     features = {
-        "image_features": image_fn(params, frozen, data["pixel_values"]),
-        "text_features": text_fn(params, frozen, data["input_ids"], data["attention_mask"]),
+        "image_features": image_fn(states, data["pixel_values"]),
+        "text_features": text_fn(states, data["input_ids"], data["attention_mask"]),
     }
     cached = time_calls(phase_step(model, mesh, features, 1, cached_features=True), max(steps, 10), warmup=1)
 

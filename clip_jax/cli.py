@@ -283,11 +283,10 @@ def train_main(argv: Sequence[str]) -> dict | None:
             "(--workdir=DIR), or use ./-name for a directory whose name starts with '-'"
         )
     config = FLAGS.config
-    from clip_jax.config import validate
+    if FLAGS.print_config:  # a bad config is refused here too; a run is validated once, by the Trainer
+        from clip_jax.config import validate
 
-    validate(config)
-    if FLAGS.print_config:
-        print(config)
+        print(validate(config))
         return None
     from absl import logging
 

@@ -19,7 +19,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from clip_jax.data.preprocess import ImageProcessorConfig
-from clip_jax.embedding import embed_rows, next_power_of_two
+from clip_jax.embedding import embed_rows, feature_function, next_power_of_two
 from clip_jax.hub import (
     DEFAULT_MAX_SHARD_SIZE,
     dual_encoder_config,
@@ -28,7 +28,7 @@ from clip_jax.hub import (
     save_dual_encoder,
 )
 from clip_jax.inputs import Images, Texts, finite_pixels, pixel_batches, text_list
-from clip_jax.models.dual_encoder import LOGIT_SCALE_INIT, DualEncoder, l2_normalize
+from clip_jax.models.dual_encoder import LOGIT_SCALE_INIT, DualEncoder
 from clip_jax.models.registry import (
     LoadedTower,
     build_tower,
@@ -85,7 +85,11 @@ class CLIPModel:
         tokenizer: Any = None,
         image_processor: ImageProcessorConfig | None = None,
         max_length: int | None = None,
+        mesh: Mesh | None = None,
     ):
+        """``mesh``: where to embed, for a module whose parameters already live there (e.g. the training mesh,
+        sharded as training keeps them: in-training validation); by default the local devices on one ``data``
+        axis, the parameters copied to each."""
         self.module = module
         self.tokenizer = tokenizer
         image_size = module.vision.config.image_size
@@ -104,7 +108,9 @@ class CLIPModel:
         self.max_length = max_length or tower_max
         #: What the model was initialised from (hub ids or paths): the model card's ``base_model``.
         self.base_models: list[str] = []
-        self._jitted: dict[str, Callable] = {}
+        self._placed = mesh is not None
+        if mesh is not None:
+            self._mesh = mesh
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -294,29 +300,25 @@ class CLIPModel:
         return self._mesh
 
     def _put_state(self, state: Any) -> Any:
-        return jax.device_put(state, NamedSharding(self.mesh, P()))
+        return state if self._placed else jax.device_put(state, NamedSharding(self.mesh, P()))
 
-    def _compiled(self, name: str, normalize: bool = True) -> Callable:
-        key = name if normalize else f"{name}-raw"
-        if key not in self._jitted:
-            graphdef = nnx.graphdef(self.module)
-            method = {
-                "image": lambda m, x: m.image_features(x),
-                "text": lambda m, ids, mask: m.text_features(ids, mask),
-            }[name]
-            post = l2_normalize if normalize else (lambda x: x.astype(jnp.float32))
-            self._jitted[key] = jax.jit(lambda state, *args: post(method(nnx.merge(graphdef, state), *args)))
-        return self._jitted[key]
+    def _compiled(self, kind: str, normalize: bool = False) -> Callable[..., jax.Array]:
+        """``fn(*batch)``: the ``kind`` features (:func:`~clip_jax.embedding.feature_function`) of the module as
+        it is now."""
+        graphdef, state = nnx.split(self.module)
+        fn = feature_function(graphdef, kind, mesh=self.mesh, normalize=normalize)
+        placed = self._put_state(state)
+        return lambda *batch: fn((placed,), *batch)
 
     def pixel_batches(self, images: Images, batch_size: int = 64) -> Iterator[np.ndarray]:
         """``images`` (any form :meth:`encode_image` takes) as preprocessed float32 ``[n, S, S, 3]`` batches
         of at most ``batch_size``; an iterator of images is read one batch at a time."""
         return pixel_batches(images, self.image_processor, self.module.vision.config.image_size, batch_size)
 
-    def _embed_pixels(self, fn: Callable, state: Any, images: Images, batch_size: int) -> np.ndarray:
-        """``fn(state, pixels)`` over ``images`` in bucketed batches split over the mesh, rows concatenated."""
+    def _embed_pixels(self, fn: Callable, images: Images, batch_size: int) -> np.ndarray:
+        """``fn(pixels)`` over ``images`` in bucketed batches split over the mesh, rows concatenated."""
         return embed_rows(
-            lambda pixels: fn(state, pixels),
+            fn,
             ([finite_pixels(pixels)] for pixels in self.pixel_batches(images, batch_size)),
             batch_size=batch_size,
             mesh=self.mesh,
@@ -332,24 +334,15 @@ class CLIPModel:
         ``[N, 3, S, S]`` (transformers' ``pixel_values``), as numpy, torch or jax arrays, or a processor's
         output with ``pixel_values``.
         """
-        state = self._put_state(nnx.state(self.module))
         fn = self._compiled("image", normalize)
-        out = self._embed_pixels(fn, state, images, batch_size)
+        out = self._embed_pixels(fn, images, batch_size)
         return out if len(out) else np.zeros((0, self.module.projection_dim), np.float32)
 
     def encode_image_layers(self, images: Images, *, batch_size: int = 64) -> np.ndarray:
         """The vision tower's class-token state after the embeddings and after each layer,
         ``[layers + 1, N, hidden]`` float32 (for per-layer embedding maps)."""
-        if "layers" not in self._jitted:
-            graphdef = nnx.graphdef(self.module.vision)
-
-            def layers(state, pixels):
-                out = nnx.merge(graphdef, state)(pixels, output_hidden_states=True)
-                return jnp.stack([h[:, 0] for h in out.hidden_states], axis=1).astype(jnp.float32)
-
-            self._jitted["layers"] = jax.jit(layers)
-        fn, state = self._jitted["layers"], self._put_state(nnx.state(self.module.vision))
-        return self._embed_pixels(fn, state, images, batch_size).transpose(1, 0, 2)
+        fn = self._compiled("image_layers")
+        return self._embed_pixels(fn, images, batch_size).transpose(1, 0, 2)
 
     def tokenize(self, texts: Texts, *, fixed_length: bool = False) -> dict[str, np.ndarray]:
         """Token ids and attention mask (int32), truncated to ``max_length`` and padded to a
@@ -389,11 +382,10 @@ class CLIPModel:
         and truncated to ``max_length`` tokens.
         """
         texts = text_list(texts)
-        state = self._put_state(nnx.state(self.module))
         fn = self._compiled("text", normalize)
         out = [  # one call per batch: each batch is padded to its own token-length bucket
             embed_rows(
-                lambda ids, mask: fn(state, ids, mask),
+                fn,
                 [(enc["input_ids"], enc["attention_mask"])],
                 batch_size=batch_size,
                 mesh=self.mesh,

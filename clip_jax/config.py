@@ -16,7 +16,7 @@ from typing import Any
 from ml_collections import ConfigDict
 
 #: Keys whose value is free-form: a path/hub id string or a dict of tower hyper-parameters.
-FREE_FORM = {"model.vision", "model.text"}
+FREE_FORM = {"model.vision", "model.text", "train.evals"}
 
 HEAD = r"(visual_projection|text_projection|logit_scale|logit_bias)(\..*)?"
 
@@ -160,6 +160,10 @@ def base_config() -> ConfigDict:
             async_checkpoints=True,
             eval_every=500,  # 0: only at the end of each phase
             eval_batch_size=256,
+            # eval tasks run at each validation, as `clip-jax eval` runs them: {name: dict(task=..., its options)},
+            # e.g. {"forgetting": dict(task="zeroshot", dataset=..., classnames=..., templates=..., reference=...)}
+            # (clip_jax/train/evaluator.py); logged as val/<name>/<metric>
+            evals=ConfigDict(),
             wandb_project="",  # set to log to Weights & Biases as well
             # Resuming a workdir with a config that changes what the run computes (learning rates, steps, eval
             # cadence... see clip_jax/train/resume.py) is refused unless this is set; the changes are then recorded
@@ -417,6 +421,14 @@ RULES: dict[str, Rule] = {
     "train.allow_config_change": FLAG,
     "train.eval_every": whole(0, " (0: only at the end of each phase)"),
     "train.eval_batch_size": whole(1),
+    "train.evals": Rule(
+        lambda v: (
+            isinstance(v, (dict, ConfigDict))
+            and all(isinstance(o, (dict, ConfigDict)) and isinstance(o.get("task"), str) for o in v.values())
+        ),
+        "a dict of name -> dict(task=NAME, the task's options), e.g. "
+        "{'forgetting': dict(task='zeroshot', dataset=..., classnames=..., templates=..., reference=...)}",
+    ),
     "train.wandb_project": TEXT,
     "phases.*.steps": whole(1, " (leave the phase out of train.phases to skip it)"),
     "phases.*.trainable": REGEX,

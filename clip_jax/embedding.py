@@ -1,23 +1,60 @@
-"""Running an embedding function over many rows: the one batching loop of clip_jax.
+"""Embedding many rows: the one jitted feature function (:func:`feature_function`) and the one batching loop
+(:func:`embed_rows`) of clip_jax.
 
-``CLIPModel.encode_image`` / ``encode_text``, the in-training evaluator and the feature cache all go
-through :func:`embed_rows`: rows are gathered into batches, the last one padded (with copies of a real row,
-so attention masks stay valid), split over the mesh's batch axes, and the outputs of the real rows come back
-as one NumPy array. On a mesh that spans several processes every process calls it together (lock-step),
+``CLIPModel.encode_image`` / ``encode_text`` (also in-training validation, which embeds through a
+``CLIPModel`` on the training mesh) and the feature cache all go through both. :func:`embed_rows`: rows are
+gathered into batches, the last one padded (with copies of a real row, so attention masks stay valid), split
+over the mesh's batch axes, and the outputs of the real rows come back as one NumPy array. On a mesh that spans several processes every process calls it together (lock-step),
 each with its own rows; a process whose rows run out feeds padding until all are done.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterable, Sequence
 
 import jax
+import jax.numpy as jnp
 import numpy as np
+from flax import nnx
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from clip_jax.sharding import batch_axes
+from clip_jax.models.dual_encoder import l2_normalize
+from clip_jax.sharding import batch_axes, batch_sharding
+
+#: What :func:`feature_function` computes from a ``DualEncoder`` and a batch.
+FEATURES: dict[str, Callable[..., jax.Array]] = {
+    "image": lambda model, pixels: model.image_features(pixels),
+    "text": lambda model, ids, mask: model.text_features(ids, mask),
+    "pooled_image": lambda model, pixels: model.pooled_image(pixels),
+    "pooled_text": lambda model, ids, mask: model.pooled_text(ids, mask),
+    # the vision tower's class-token state after the embeddings and after each layer: [batch, layers + 1, hidden]
+    "image_layers": lambda model, pixels: jnp.stack(
+        [h[:, 0] for h in model.vision(pixels, output_hidden_states=True).hidden_states], axis=1
+    ),
+}
+
+
+@functools.lru_cache(maxsize=64)
+def feature_function(
+    graphdef: nnx.GraphDef, kind: str, *, mesh: Mesh, normalize: bool = False
+) -> Callable[..., jax.Array]:
+    """Jitted ``fn(states, *batch)``: the ``kind`` features (:data:`FEATURES`) of the model
+    ``nnx.merge(graphdef, *states)``, float32, L2-normalised with ``normalize``, batch-sharded over ``mesh``.
+
+    ``states`` is whatever together makes the model's state: ``(state,)``, or a phase's ``(params, frozen)``,
+    placed anywhere jit takes it (replicated, or sharded on ``mesh`` as training keeps it). One function per
+    graph, kind and mesh: every model of that structure (each validation of a run, a reloaded export) reuses
+    its compilations."""
+    features = FEATURES[kind]
+
+    def fn(states, *batch):
+        out = features(nnx.merge(graphdef, *states), *batch).astype(jnp.float32)
+        return l2_normalize(out) if normalize else out
+
+    return jax.jit(fn, out_shardings=batch_sharding(mesh))
 
 
 def next_power_of_two(n: int) -> int:

@@ -354,3 +354,95 @@ def test_resume_rules_for_the_new_optimizer_keys(tmp_path):
     assert kinds(**{"phases.finetune.weight_decay": {"vision": 0.1}}) == {
         "phases.finetune.weight_decay.vision": ALLOWED
     }
+
+
+# --- the same eval tasks during training (train.evals) ----------------------------------------------------
+
+
+def _colour_folder(root):
+    """A labelled image folder of three colours and its class names / templates file."""
+    from PIL import Image
+
+    colours = {"rosso": (220, 30, 30), "verde": (30, 170, 40), "blu": (30, 60, 220)}
+    for name, rgb in colours.items():
+        (root / "folder" / name).mkdir(parents=True)
+        for i in range(4):
+            Image.new("RGB", (40 + i, 36), tuple(c - 20 * i for c in rgb)).save(
+                root / "folder" / name / f"{i}.png"
+            )
+    (root / "classes.json").write_text(
+        json.dumps({"classnames": list(colours), "templates": ["una foto {}."]})
+    )
+    return {
+        "dataset": f"imagefolder:{root / 'folder'}",
+        "classnames": str(root / "classes.json"),
+        "templates": str(root / "classes.json"),
+    }
+
+
+def test_training_runs_eval_tasks_as_clip_jax_eval_does(tmp_path, capsys):
+    """``train.evals`` runs registered eval tasks at each validation: the last values logged are what
+    ``clip-jax eval`` reports for the final checkpoint, also for forgetting (``reference``); after phase 1
+    (heads only) the vision tower is the reference's own, so forgetting reads the reference's score."""
+    import eval as eval_cli
+    from clip_jax.train import Trainer, build_model
+
+    labelled = _colour_folder(tmp_path)
+    config = tiny_config(
+        tmp_path / "cache",
+        **{"phases.finetune.learning_rates": {"head": 1e-2, "vision": 3e-2, "text": 1e-2}},
+    )
+    reference = str(build_model(config).save_pretrained(tmp_path / "reference"))  # the run's starting weights
+    config.train.evals = {
+        "colours": dict(task="zeroshot", **labelled),
+        "forgetting": dict(task="zeroshot", reference=reference, **labelled),
+    }
+    Trainer(config, str(tmp_path / "run")).run()
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    logged = {r["step"]: r for r in records if "val/colours/acc1" in r}
+    assert sorted(logged) == [3, 6]  # the end of each phase (eval_every=500)
+    assert {"val/loss", "val/forgetting/acc1", "val/forgetting/original/acc1"} <= set(logged[6])
+
+    flags = [f"--{k}={v}" for k, v in labelled.items()]
+    standalone = eval_cli.main(["--model", str(tmp_path / "run"), "--task", "zeroshot", *flags])[0]["metrics"]
+    forgetting = eval_cli.main(
+        ["--model", str(tmp_path / "run"), "--reference", reference, "--task", "zeroshot", *flags]
+    )
+    capsys.readouterr()
+    for metric in ("acc1", "mean_per_class_recall"):
+        assert logged[6][f"val/colours/{metric}"] == pytest.approx(standalone[metric], abs=1e-6)
+        assert logged[6][f"val/forgetting/original/{metric}"] == pytest.approx(
+            forgetting[0]["metrics"][metric], abs=1e-6
+        )
+        assert logged[6][f"val/forgetting/{metric}"] == pytest.approx(
+            forgetting[1]["metrics"][metric], abs=1e-6
+        )
+        assert logged[3][f"val/forgetting/{metric}"] == logged[3][f"val/forgetting/original/{metric}"]
+
+
+@pytest.mark.parametrize(
+    ("entry", "message"),
+    [
+        (dict(task="zeroshott"), "train.evals.bad.task='zeroshott' is not an eval task — use one of"),
+        (
+            dict(task="zeroshot", dataset="imagefolder:x", classnames="c", templates="t", data="x"),
+            "train.evals.bad.data: task 'zeroshot' has no option 'data' — its options are",
+        ),
+        (
+            dict(task="retrieval"),
+            "train.evals.bad: task 'retrieval' needs data — set train.evals.bad.data=...",
+        ),
+        (
+            dict(task="zeroshot", dataset="d", classnames="c", templates="t", max_bad_fraction=2.0),
+            "train.evals.bad: max_bad_fraction must be between 0 and 1",
+        ),
+    ],
+)
+def test_a_bad_eval_entry_is_refused_before_anything_is_written(tmp_path, entry, message):
+    from clip_jax.train import Trainer
+
+    config = tiny_config(tmp_path / "cache")
+    config.train.evals = {"bad": entry}
+    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        Trainer(config, str(tmp_path / "run"))
+    assert not (tmp_path / "run" / "config.json").exists()

@@ -45,7 +45,6 @@ class _WithEmbeddingNorms(Contrastive):
 
     name = "contrastive_with_norms"
     summary = "contrastive, plus embedding norms"
-    normalised_embeddings = False
 
     def make_step(self, config, graphdef, tx, mesh, phase):
         step = super().make_step(config, graphdef, tx, mesh, phase)
@@ -56,8 +55,8 @@ class _WithEmbeddingNorms(Contrastive):
 
         return counted
 
-    def val_metrics(self, evaluator, state, graphdef):
-        images = evaluator.embed_images(state, graphdef, evaluator.val.pixels)
+    def val_metrics(self, model, val, config, batch_size):
+        images = model.encode_image(val.pixels, batch_size=batch_size, normalize=False)
         return {"val/image_norm": float(np.linalg.norm(images, axis=1).mean())}
 
 

@@ -54,12 +54,16 @@ class EpochBatches:
     def steps_per_epoch(self) -> int:
         return self.size // self.batch_size
 
-    def next_rows(self) -> tuple[np.ndarray, np.random.RandomState]:
+    def epoch_generator(self) -> np.random.RandomState | np.random.Generator:
+        """The random generator of the current epoch (its permutation first, then any per-epoch draws)."""
+        return np.random.RandomState([self.seed, self.epoch])
+
+    def next_rows(self) -> tuple[np.ndarray, np.random.RandomState | np.random.Generator]:
         """This process's rows of the next global batch, and the epoch's generator after the permutation
         (for further per-epoch draws)."""
         if self.position >= self.steps_per_epoch:
             self.epoch, self.position = self.epoch + 1, 0
-        rs = np.random.RandomState([self.seed, self.epoch])
+        rs = self.epoch_generator()
         order = rs.permutation(self.size)
         rows = order[self.position * self.batch_size : (self.position + 1) * self.batch_size][self.local]
         self.position += 1

@@ -20,7 +20,7 @@ import argparse
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """The eval command's arguments (the tasks' own options included); a missing option for the chosen task
     is a usage error."""
-    from clip_jax.evaluate.tasks import tasks
+    from clip_jax.evaluate.tasks import add_options, check_common, tasks
 
     registered = tasks()
     parser = argparse.ArgumentParser(
@@ -35,34 +35,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         required=True,
         help="; ".join(f"{name}: {task.summary}" for name, task in registered.items()),
     )
-    parser.add_argument("--limit", type=int, default=None, help="use at most this many images")
-    parser.add_argument("--batch_size", type=int, default=64)
-    parser.add_argument(
-        "--logit_scale", type=float, default=None, help="override every model's temperature scale"
-    )
     parser.add_argument(
         "--output",
         default=None,
         help="write the results as a JSON list to this file, or into this "
         "directory (existing, or ending in /) one CLIP_benchmark JSON file per result",
     )
-    parser.add_argument(
-        "--max_bad_fraction",
-        type=float,
-        default=0.1,
-        help="refuse to report metrics if more of the images than this could not be used",
-    )
-    added = set()
-    for task in registered.values():
-        for flag, kwargs in task.options:
-            if flag not in added:
-                added.add(flag)
-                parser.add_argument(flag, **kwargs)
+    add_options(parser, registered)
     args = parser.parse_args(argv)
-    if not 0 <= args.max_bad_fraction <= 1:
-        parser.error(f"--max_bad_fraction must be between 0 and 1, not {args.max_bad_fraction}")
-    if args.batch_size < 1 or (args.limit is not None and args.limit < 1):
-        parser.error("--batch_size and --limit must be at least 1")
+    try:
+        check_common(args)
+    except ValueError as error:
+        parser.error(str(error))
     if getattr(args, "reference", None) and args.task != "zeroshot":
         parser.error("--reference (forgetting) is for --task zeroshot.")
     missing = [f"--{n}" for n in registered[args.task].needs if getattr(args, n) is None]

@@ -14,16 +14,22 @@ from collections.abc import Iterator
 from typing import Any
 
 from flax import nnx
+from jax.sharding import Mesh
 
 from clip_jax.clip_model import CLIPModel
 
 
-def with_vision_tower(model: CLIPModel, vision_tower: nnx.Module) -> CLIPModel:
-    """A copy of ``model`` whose vision tower is ``vision_tower`` (``model``'s image processor kept)."""
-    module = nnx.clone(model.module)
-    module.vision = nnx.clone(vision_tower)
+def with_vision_tower(model: CLIPModel, vision_tower: nnx.Module, *, mesh: Mesh | None = None) -> CLIPModel:
+    """``model`` with ``vision_tower`` in place of its own (``model``'s image processor kept; neither is
+    changed: the new model shares their arrays). ``mesh``: embed there (both models' parameters live on it)."""
+    module = nnx.merge(*nnx.split(model.module))
+    module.vision = nnx.merge(*nnx.split(vision_tower))
     return CLIPModel(
-        module, tokenizer=model.tokenizer, image_processor=model.image_processor, max_length=model.max_length
+        module,
+        tokenizer=model.tokenizer,
+        image_processor=model.image_processor,
+        max_length=model.max_length,
+        mesh=mesh,
     )
 
 

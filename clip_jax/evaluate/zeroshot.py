@@ -16,21 +16,25 @@ from clip_jax.prompts import class_embeddings
 
 
 def model_fingerprint(model) -> str:
-    """A digest of everything a text embedding depends on: every parameter (values, shapes, dtypes), the
-    text pooling, ``max_length`` and the tokenizer's vocabulary. Two models with the same fingerprint embed
-    every text identically; retraining or re-exporting to the same path changes it."""
+    """A digest of everything a text embedding depends on: the text tower's and text projection's parameters
+    (values, shapes, dtypes), the text pooling, ``max_length`` and the tokenizer's vocabulary. Two models with
+    the same fingerprint embed every text identically (whatever their vision towers); retraining or
+    re-exporting to the same path changes it. Parameters sharded over several processes are gathered (every
+    process must call it then, as in-training validation does)."""
     import jax
     from flax import nnx
+    from jax.experimental import multihost_utils
 
     digest = hashlib.blake2b(digest_size=16)
-    state = nnx.state(model.module, nnx.Param)
+    module = model.module
+    state = {"text": nnx.state(module.text, nnx.Param), "proj": nnx.state(module.text_projection, nnx.Param)}
     for path, leaf in sorted(jax.tree_util.tree_flatten_with_path(state)[0], key=lambda kv: str(kv[0])):
+        if isinstance(leaf, jax.Array) and not leaf.is_fully_addressable:
+            leaf = multihost_utils.process_allgather(leaf, tiled=True)
         array = np.asarray(jax.device_get(leaf))
         digest.update(f"{jax.tree_util.keystr(path)}|{array.dtype}|{array.shape}".encode())
         digest.update(np.ascontiguousarray(array).tobytes())
-    digest.update(
-        f"pooling={getattr(model.module, 'text_pooling', '')}|max_length={model.max_length}".encode()
-    )
+    digest.update(f"pooling={getattr(module, 'text_pooling', '')}|max_length={model.max_length}".encode())
     tokenizer = getattr(model, "tokenizer", None)
     if tokenizer is not None:
         digest.update(json.dumps(sorted(tokenizer.get_vocab().items()), ensure_ascii=False).encode())

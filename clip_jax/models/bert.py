@@ -19,9 +19,9 @@ from clip_jax.models.layers import (
     Attention,
     Dense,
     DType,
+    HFConfig,
     TowerOutput,
     activation,
-    config_fields,
     layer_norm,
     normal,
     padding_mask,
@@ -33,7 +33,7 @@ ROBERTA_FAMILY = ("roberta", "xlm-roberta", "camembert")
 
 
 @dataclasses.dataclass(frozen=True)
-class BertConfig:
+class BertConfig(HFConfig):
     """Hyper-parameters of a BERT-family encoder; names and defaults as transformers' ``BertConfig``."""
 
     vocab_size: int = 30522
@@ -57,15 +57,6 @@ class BertConfig:
             raise ValueError(
                 f"position_embedding_type={self.position_embedding_type!r} is not supported (only 'absolute')."
             )
-
-    @classmethod
-    def from_hf(cls, hf: dict) -> BertConfig:
-        """From a transformers config dict (``BertConfig.to_dict()`` or config.json)."""
-        return cls(**config_fields(cls, hf))
-
-    def to_hf(self) -> dict:
-        """A dict that the transformers config class of ``model_type`` accepts."""
-        return dataclasses.asdict(self)
 
     @property
     def max_length(self) -> int:

@@ -15,8 +15,8 @@ from flax import nnx
 
 from clip_jax.models.layers import (
     DType,
+    HFConfig,
     TowerOutput,
-    config_fields,
     layer_norm,
     normal,
     padding_mask,
@@ -27,7 +27,7 @@ from clip_jax.weights.keymap import KeyMap, Rule
 
 
 @dataclasses.dataclass(frozen=True)
-class CLIPTextConfig:
+class CLIPTextConfig(HFConfig):
     """Hyper-parameters of CLIP's text tower; names and defaults as transformers' ``CLIPTextConfig``."""
 
     vocab_size: int = 49408
@@ -50,15 +50,6 @@ class CLIPTextConfig:
     #: transformers' CLIP pools at the highest token id when ``eos_token_id == 2`` (configs older than the EOS
     #: fix, as OpenAI's code); Meta CLIP 2, whose tokenizer's EOS really is 2, always pools at the EOS token.
     legacy_eos_pooling = True
-
-    @classmethod
-    def from_hf(cls, hf: dict) -> CLIPTextConfig:
-        """From a transformers config dict (``CLIPTextConfig.to_dict()`` or config.json)."""
-        return cls(**config_fields(cls, hf))
-
-    def to_hf(self) -> dict:
-        """A dict that ``transformers.CLIPTextConfig(**d)`` accepts."""
-        return {"model_type": self.model_type, **dataclasses.asdict(self)}
 
     @property
     def max_length(self) -> int:

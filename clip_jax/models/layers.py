@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Callable
+from typing import Any, ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -367,3 +368,27 @@ def config_fields(cls: type, hf: dict) -> dict:
     """The entries of a Hugging Face config dict that name fields of dataclass ``cls``."""
     names = {f.name for f in dataclasses.fields(cls)}
     return {k: v for k, v in hf.items() if k in names}
+
+
+class HFConfig:
+    """The mapping every tower config shares with its transformers config: a frozen dataclass whose fields
+    are named as transformers names them, ``model_type`` (a class attribute, or a field where one class
+    serves several types), and :attr:`hf_extra` entries written besides the fields."""
+
+    model_type: str
+    #: Entries :meth:`to_hf` writes besides the fields (fixed by what clip_jax supports).
+    hf_extra: ClassVar[dict[str, Any]] = {}
+
+    @classmethod
+    def check_hf(cls, hf: dict) -> None:
+        """Raise ``ValueError`` for a transformers config this tower cannot run (default: none)."""
+
+    @classmethod
+    def from_hf(cls, hf: dict) -> Any:
+        """From a transformers config dict (``to_dict()`` or config.json): the entries that name fields."""
+        cls.check_hf(hf)
+        return cls(**config_fields(cls, hf))
+
+    def to_hf(self) -> dict:
+        """A dict that the transformers config class of ``model_type`` accepts."""
+        return {"model_type": self.model_type, **dataclasses.asdict(self), **self.hf_extra}

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from typing import Any, ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -25,8 +26,8 @@ from clip_jax.models.layers import (
     MLP,
     Dense,
     DType,
+    HFConfig,
     TowerOutput,
-    config_fields,
     dense_product,
     layer_norm,
     normal,
@@ -67,7 +68,7 @@ def _check_head(hf: dict) -> None:
 
 
 @dataclasses.dataclass(frozen=True)
-class SiglipVisionConfig:
+class SiglipVisionConfig(HFConfig):
     """Hyper-parameters of SigLIP's vision tower; names and defaults as transformers' ``SiglipVisionConfig``."""
 
     hidden_size: int = 768
@@ -82,16 +83,11 @@ class SiglipVisionConfig:
     attention_dropout: float = 0.0
 
     model_type = "siglip_vision_model"
+    hf_extra: ClassVar[dict[str, Any]] = {"vision_use_head": True}  # clip_jax needs the pooling head
 
     @classmethod
-    def from_hf(cls, hf: dict) -> SiglipVisionConfig:
-        """From a transformers config dict; a tower without its pooling head is refused (ValueError)."""
+    def check_hf(cls, hf: dict) -> None:
         _check_head(hf)
-        return cls(**config_fields(cls, hf))
-
-    def to_hf(self) -> dict:
-        """A dict that ``transformers.SiglipVisionConfig(**d)`` accepts."""
-        return {"model_type": self.model_type, **dataclasses.asdict(self), "vision_use_head": True}
 
     @property
     def grid_size(self) -> int:
@@ -99,7 +95,7 @@ class SiglipVisionConfig:
 
 
 @dataclasses.dataclass(frozen=True)
-class Siglip2VisionConfig:
+class Siglip2VisionConfig(HFConfig):
     """SigLIP 2's vision tower at its fixed resolution; names and defaults as ``Siglip2VisionConfig``.
 
     ``image_size`` is derived: the side of the square grid of ``num_patches`` patches, in pixels.
@@ -117,6 +113,11 @@ class Siglip2VisionConfig:
     attention_dropout: float = 0.0
 
     model_type = "siglip2_vision_model"
+    hf_extra: ClassVar[dict[str, Any]] = {"vision_use_head": True}  # clip_jax needs the pooling head
+
+    @classmethod
+    def check_hf(cls, hf: dict) -> None:
+        _check_head(hf)
 
     def __post_init__(self):
         if math.isqrt(self.num_patches) ** 2 != self.num_patches:
@@ -124,16 +125,6 @@ class Siglip2VisionConfig:
                 f"num_patches={self.num_patches} is not a square grid; clip_jax runs SigLIP 2 at its fixed "
                 "square resolution only"
             )
-
-    @classmethod
-    def from_hf(cls, hf: dict) -> Siglip2VisionConfig:
-        """From a transformers config dict; a tower without its pooling head is refused (ValueError)."""
-        _check_head(hf)
-        return cls(**config_fields(cls, hf))
-
-    def to_hf(self) -> dict:
-        """A dict that ``transformers.Siglip2VisionConfig(**d)`` accepts."""
-        return {"model_type": self.model_type, **dataclasses.asdict(self), "vision_use_head": True}
 
     @property
     def grid_size(self) -> int:
@@ -145,7 +136,7 @@ class Siglip2VisionConfig:
 
 
 @dataclasses.dataclass(frozen=True)
-class SiglipTextConfig:
+class SiglipTextConfig(HFConfig):
     """Hyper-parameters of SigLIP's text tower; names and defaults as transformers' ``SiglipTextConfig``."""
 
     vocab_size: int = 32000
@@ -168,19 +159,6 @@ class SiglipTextConfig:
     def __post_init__(self):
         if self.projection_size is None:
             object.__setattr__(self, "projection_size", self.hidden_size)
-
-    @classmethod
-    def from_hf(cls, hf: dict) -> SiglipTextConfig:
-        """From a transformers config dict (``SiglipTextConfig.to_dict()`` or config.json)."""
-        return cls(**config_fields(cls, hf))
-
-    def to_hf(self) -> dict:
-        """A dict that ``transformers.SiglipTextConfig(**d)`` accepts."""
-        return {
-            "model_type": self.model_type,
-            **dataclasses.asdict(self),
-            "projection_size": self.pooled_size,
-        }
 
     @property
     def max_length(self) -> int:

@@ -20,8 +20,8 @@ from clip_jax.models.layers import (
     MLP,
     Attention,
     DType,
+    HFConfig,
     TowerOutput,
-    config_fields,
     layer_norm,
     normal,
     run_layers,
@@ -30,7 +30,7 @@ from clip_jax.weights.keymap import CONV, HEADS_BIAS, HEADS_IN, HEADS_OUT, LINEA
 
 
 @dataclasses.dataclass(frozen=True)
-class CLIPVisionConfig:
+class CLIPVisionConfig(HFConfig):
     """Hyper-parameters of a CLIP ViT; field names and defaults as transformers' ``CLIPVisionConfig``."""
 
     hidden_size: int = 768
@@ -48,15 +48,6 @@ class CLIPVisionConfig:
     initializer_factor: float = 1.0
 
     model_type = "clip_vision_model"
-
-    @classmethod
-    def from_hf(cls, hf: dict) -> CLIPVisionConfig:
-        """From a transformers config dict (``CLIPVisionConfig.to_dict()`` or config.json)."""
-        return cls(**config_fields(cls, hf))
-
-    def to_hf(self) -> dict:
-        """A dict that ``transformers.CLIPVisionConfig(**d)`` accepts."""
-        return {"model_type": self.model_type, **dataclasses.asdict(self)}
 
     @property
     def grid_size(self) -> int:

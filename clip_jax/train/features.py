@@ -19,18 +19,15 @@ from dataclasses import dataclass
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
 from jax.experimental import multihost_utils
-from jax.sharding import Mesh, NamedSharding
-from jax.sharding import PartitionSpec as P
+from jax.sharding import Mesh
 from ml_collections import ConfigDict
 
-from clip_jax.data.memory import DataPositionError
-from clip_jax.embedding import embed_rows
-from clip_jax.sharding import batch_axes
+from clip_jax.data.memory import DataPositionError, EpochBatches
+from clip_jax.embedding import embed_rows, feature_function
 from clip_jax.train.step import TrainState, apply_gradients, output_loss
 
 TOWERS = re.compile(r"(vision|text)\.")
@@ -89,48 +86,37 @@ class FeatureStore:
             return cls(arrays["image"], arrays["text"], arrays["owner"])
 
 
-class FeatureBatches:
-    """This process's batches of cached features: each epoch a fresh permutation of the images (seeded),
-    one of each image's captions drawn at random; resumable by ``(epoch, position)``."""
+class FeatureBatches(EpochBatches):
+    """This process's batches of its own cached features: each epoch a fresh permutation of them (seeded per
+    process), one of each image's captions drawn at random; resumable by ``(epoch, position)`` under the same
+    process count only (:meth:`carry_state`)."""
 
     def __init__(self, store: FeatureStore, local_batch: int, seed: int, process_index: int = 0):
-        if local_batch > len(store.image):
-            raise ValueError(
-                f"The per-process batch ({local_batch}) exceeds the {len(store.image)} cached examples "
-                "of this process; lower train.batch_size or disable cache_features."
-            )
-        self.store, self.local_batch, self.seed, self.process_index = store, local_batch, seed, process_index
+        # the store is this process's alone: its epochs are this process's, with a batch of local_batch
+        super().__init__(
+            len(store.image),
+            local_batch,
+            seed=seed,
+            process_index=0,
+            process_count=1,
+            noun="cached examples of this process (the per-process batch)",
+        )
+        self.store, self.owner_process = store, process_index
         self.captions_of = [np.flatnonzero(store.owner == i) for i in range(len(store.image))]
-        self.epoch, self.position = 0, 0
 
-    @property
-    def steps_per_epoch(self) -> int:
-        return len(self.store.image) // self.local_batch
-
-    def get_state(self) -> dict[str, int]:
-        return {"epoch": self.epoch, "position": self.position}
-
-    def set_state(self, state: dict[str, int]) -> None:
-        self.epoch, self.position = int(state["epoch"]), int(state["position"])
+    def epoch_generator(self) -> np.random.Generator:
+        return np.random.default_rng([self.seed, self.owner_process, self.epoch])
 
     @staticmethod
-    def carry_state(states: list[dict[str, int]]) -> dict[str, int]:
+    def carry_state(states: list[dict[str, int]]) -> dict[str, int]:  # type: ignore[override]
         """Never possible under another process count: each process caches and orders its own examples."""
         raise DataPositionError(
             "each process trains on the features of its own examples, in its own order (cache_features)"
         )
 
-    def __iter__(self) -> FeatureBatches:
-        return self
-
     def __next__(self) -> dict[str, np.ndarray]:
-        if self.position >= self.steps_per_epoch:
-            self.epoch, self.position = self.epoch + 1, 0
-        rng = np.random.default_rng([self.seed, self.process_index, self.epoch])
-        order = rng.permutation(len(self.store.image))
-        draws = rng.integers(0, 1 << 30, len(self.store.image))
-        rows = order[self.position * self.local_batch : (self.position + 1) * self.local_batch]
-        self.position += 1
+        rows, rng = self.next_rows()
+        draws = rng.integers(0, 1 << 30, self.size)
         texts = np.array([self.captions_of[i][draws[i] % len(self.captions_of[i])] for i in rows])
         return {"image_features": self.store.image[rows], "text_features": self.store.text[texts]}
 
@@ -157,20 +143,6 @@ def make_feature_train_step(
         return apply_gradients(state, tx, grads, metrics)
 
     return step
-
-
-def pooled_feature_fns(graphdef: nnx.GraphDef, mesh: Mesh) -> tuple[Callable, Callable]:
-    """Jitted ``(params, frozen, pixels) -> pooled image features`` and ``(params, frozen, ids, mask) ->
-    pooled text features``, batch-sharded in and out."""
-    sharding = NamedSharding(mesh, P(batch_axes(mesh)))
-
-    def images(params, frozen, pixels):
-        return nnx.merge(graphdef, params, frozen).pooled_image(pixels).astype(jnp.float32)
-
-    def texts(params, frozen, ids, mask):
-        return nnx.merge(graphdef, params, frozen).pooled_text(ids, mask).astype(jnp.float32)
-
-    return (jax.jit(images, out_shardings=sharding), jax.jit(texts, out_shardings=sharding))
 
 
 def compute_features(
@@ -245,10 +217,12 @@ def feature_batches(
     if store is None:
         log(f"Phase {phase!r}: caching the frozen towers' features (one pass over the training data)...")
         tick = time.perf_counter()
-        image_fn, text_fn = pooled_feature_fns(graphdef, mesh)
+        states = (state.params, state.frozen)
+        image_fn = feature_function(graphdef, "pooled_image", mesh=mesh)
+        text_fn = feature_function(graphdef, "pooled_text", mesh=mesh)
         store = compute_features(
-            lambda x: image_fn(state.params, state.frozen, x),
-            lambda i, m: text_fn(state.params, state.frozen, i, m),
+            lambda x: image_fn(states, x),
+            lambda ids, mask: text_fn(states, ids, mask),
             examples,
             tokenize,
             local_batch,

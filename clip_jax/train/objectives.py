@@ -40,8 +40,6 @@ class Objective:
 
     name: str = ""
     summary: str = ""
-    #: whether validation embeddings are L2-normalised (contrastive) or compared raw (regression targets)
-    normalised_embeddings: bool = True
 
     def check(self, config: ConfigDict) -> None:
         """Raise ``ValueError`` (what is wrong — how to fix it) for settings this objective cannot run."""
@@ -76,9 +74,12 @@ class Objective:
         """The (un-jitted) train step of ``phase``."""
         raise NotImplementedError
 
-    def val_metrics(self, evaluator: Any, state: TrainState, graphdef: nnx.GraphDef) -> dict[str, float]:
-        """``{"val/...": value}`` on ``evaluator.val`` (embeddings through ``evaluator.embed_images`` /
-        ``evaluator.embed_texts``)."""
+    def val_metrics(
+        self, model: CLIPModel, val: Any, config: ConfigDict, batch_size: int
+    ) -> dict[str, float]:
+        """``{"val/...": value}`` of ``model`` (the state being trained, embedding on the training mesh:
+        ``model.encode_image`` / ``encode_text`` with ``batch_size`` rows per process) on ``val``, the validation
+        set :meth:`build_data` returned."""
         raise NotImplementedError
 
 
@@ -167,21 +168,23 @@ class Contrastive(Objective):
             micro_batch_size=config.train.micro_batch_size,
         )
 
-    def val_metrics(self, evaluator: Any, state: TrainState, graphdef: nnx.GraphDef) -> dict[str, float]:
+    def val_metrics(
+        self, model: CLIPModel, val: Any, config: ConfigDict, batch_size: int
+    ) -> dict[str, float]:
         """Retrieval R@1/R@5 (images grouped with all their captions) and the loss on each image's first
         caption."""
-        captions = evaluator.val.captions
-        image_embeds = evaluator.embed_images(state, graphdef, evaluator.val.pixels)
-        text_embeds = evaluator.embed_texts(state, graphdef, [c for caps in captions for c in caps])
+        captions = val.captions
+        image_embeds = model.encode_image(val.pixels, batch_size=batch_size)
+        text_embeds = model.encode_text([c for caps in captions for c in caps], batch_size=batch_size)
         text_image = np.array([i for i, caps in enumerate(captions) for _ in caps])
         first = np.concatenate([[0], np.cumsum([len(c) for c in captions])[:-1]])
-        module = nnx.merge(graphdef, state.params, state.frozen)
+        module = model.module
         bias = None if module.logit_bias is None else jnp.asarray(jax.device_get(module.logit_bias[...]))
         loss = dense_contrastive_loss(
             jnp.asarray(image_embeds),
             jnp.asarray(text_embeds[first]),
             jnp.asarray(jax.device_get(module.scale())),
-            kind=evaluator.config.loss.kind,
+            kind=config.loss.kind,
             logit_bias=bias,
         )
         metrics = retrieval_metrics(image_embeds, text_embeds, text_image, ks=(1, 5))
@@ -197,7 +200,6 @@ class Distill(Objective):
 
     name = "distill"
     summary = "text-only distillation into model.vision's embedding space (parallel sentences)"
-    normalised_embeddings = False  # the targets are the teacher's raw embeddings
 
     def check(self, config: ConfigDict) -> None:
         cached = [n for n in config.train.phases if config.phases[n].cache_features]
@@ -235,9 +237,12 @@ class Distill(Objective):
             graphdef, tx, mesh, loss_kind=config.distill.loss, dropout=config.model.dropout
         )
 
-    def val_metrics(self, evaluator: Any, state: TrainState, graphdef: nnx.GraphDef) -> dict[str, float]:
-        student = evaluator.embed_texts(state, graphdef, evaluator.val.texts)
-        return distill.val_metrics(student, evaluator.val.targets, evaluator.config.distill.loss)
+    def val_metrics(
+        self, model: CLIPModel, val: Any, config: ConfigDict, batch_size: int
+    ) -> dict[str, float]:
+        # unnormalised: the targets are the teacher's raw embeddings
+        student = model.encode_text(val.texts, batch_size=batch_size, normalize=False)
+        return distill.val_metrics(student, val.targets, config.distill.loss)
 
 
 register_objective(Contrastive())

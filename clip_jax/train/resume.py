@@ -65,6 +65,7 @@ RESUME_RULES: tuple[tuple[str, str, str], ...] = (
     ("train.async_checkpoints", FREE, "how checkpoints are written"),
     ("train.wandb_project", FREE, "logging"),
     ("train.eval_batch_size", FREE, "validation batching"),
+    ("train.evals*", FREE, "what is evaluated, not what is trained"),
     ("*", ALLOWED, "changes what the rest of the run computes"),
 )
 

@@ -81,7 +81,7 @@ class Trainer:
         self.phases = phases_of(config)
         self.total_steps = self.phases[-1].end
         self.train_iter, self.val = self.objective.build_data(config, self.model, self.tokenize)
-        self.evaluator = Evaluator(config, self.val, self.mesh, self.tokenize)
+        self.evaluator = Evaluator(config, self.val, self.mesh, self.model)
         self.batch_sharding = batch_sharding(self.mesh)
         self.checkpointer = Checkpointer(
             workdir, keep=config.train.keep_checkpoints, use_async=config.train.async_checkpoints

@@ -41,7 +41,9 @@ def run_zeroshot(
 
 
 def _run(model: Any, model_name: str, args: argparse.Namespace, index: int) -> dict[str, Any]:
-    cache = ClassEmbeddingCache(args.cache_dir)
+    # in-training validation keeps one cache for the run (``class_cache``): the reference's classes are
+    # embedded once
+    cache = getattr(args, "class_cache", None) or ClassEmbeddingCache(args.cache_dir)
     return run_zeroshot(
         model,
         model_name,
