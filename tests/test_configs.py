@@ -27,7 +27,15 @@ def test_recipes_ship_in_the_package_and_the_checkout_re_exports_them():
     assert (
         configs.names()
         == CONFIGS
-        == ["clip_italian", "demo", "distill_demo", "distill_italian", "siglip_italian", "tiny"]
+        == [
+            "clip_italian",
+            "demo",
+            "distill_demo",
+            "distill_italian",
+            "openclip_xlmr_italian",
+            "siglip_italian",
+            "tiny",
+        ]
     )
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
     for name in configs.names():
@@ -37,7 +45,7 @@ def test_recipes_ship_in_the_package_and_the_checkout_re_exports_them():
         assert configs.resolve(name).endswith(f"clip_jax/configs/{name}.py")
     with pytest.raises(
         ValueError,
-        match="no built-in recipe 'nope' — choose one of clip_italian, demo, distill_demo, distill_italian, siglip_italian, tiny",
+        match="no built-in recipe 'nope' — choose one of clip_italian, demo, distill_demo, distill_italian, openclip_xlmr_italian, siglip_italian, tiny",
     ):
         configs.resolve("nope")
 
