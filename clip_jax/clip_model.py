@@ -25,6 +25,7 @@ from clip_jax.hub import (
     dual_encoder_config,
     push_to_hub,
     read_dual_encoder,
+    read_inputs,
     save_dual_encoder,
 )
 from clip_jax.inputs import Images, Texts, finite_pixels, pixel_batches, text_list
@@ -188,10 +189,11 @@ class CLIPModel:
         directory = resolve_checkpoint(path_or_id, revision=revision)
         module, saved_length = read_dual_encoder(directory, dtype=dtype, param_dtype=param_dtype)
         max_length = saved_length if max_length is None else max_length
+        tokenizer, image_processor = read_inputs(directory)
         model = cls(
             module,
-            tokenizer=load_tokenizer(directory),
-            image_processor=ImageProcessorConfig.from_pretrained(directory),
+            tokenizer=tokenizer,
+            image_processor=image_processor,
             max_length=max_length,
         )
         model.base_models = [str(path_or_id)]
@@ -211,6 +213,8 @@ class CLIPModel:
         weights: bool = True,
         require_transformers: bool = False,
         card: Mapping[str, Any] | None = None,
+        format: str = "transformers",
+        hf_model_name: str | None = None,
     ) -> Path:
         """Write config.json, the weights (safetensors; sharded above ``max_shard_size``), the tokenizer
         (a fresh copy whose ``model_max_length`` is this model's ``max_length``) and preprocessor_config.json: a directory ``VisionTextDualEncoderModel.from_pretrained`` loads.
@@ -226,6 +230,9 @@ class CLIPModel:
         ``card`` (a dict of :func:`clip_jax.hub.model_card`'s arguments: ``language``, ``results`` — eval.py's
         records —, ``datasets``, ``license``, ``training_config``, ``repo_id``, ...) also writes the model card,
         ``README.md``; ``base_models`` defaults to the hub ids this model was built from.
+
+        ``format='open_clip'`` writes open_clip's hub layout instead (``open_clip.create_model_and_transforms(
+        "local-dir:DIR")`` loads it; :func:`clip_jax.hub.save_openclip`, whose ``hf_model_name`` this passes on).
         """
         return save_dual_encoder(
             directory,
@@ -237,6 +244,8 @@ class CLIPModel:
             weights=weights,
             require_transformers=require_transformers,
             card=None if card is None else {"base_models": self.base_models, **card},
+            format=format,
+            hf_model_name=hf_model_name,
         )
 
     def push_to_hub(

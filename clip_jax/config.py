@@ -74,6 +74,10 @@ def phase(
     )
 
 
+#: ``loss.kind``'s default: chosen from ``model.init_from`` by :func:`resolve_loss_kind`.
+AUTO = "auto"
+
+
 def base_config() -> ConfigDict:
     """Every configurable key with its default value."""
     c = ConfigDict()
@@ -99,7 +103,10 @@ def base_config() -> ConfigDict:
     )
     c.loss = ConfigDict(
         dict(
-            kind="softmax",  # a name in clip_jax.loss.LOSSES: softmax (CLIP) | sigmoid (SigLIP)
+            # a name in clip_jax.loss.LOSSES: softmax (CLIP) | sigmoid (SigLIP), or "auto": sigmoid when
+            # model.init_from is a model trained with it (SigLIP / SigLIP 2, an open_clip model with a logit bias, a
+            # clip_jax model or workdir trained with sigmoid), else softmax. validate() writes the choice in.
+            kind=AUTO,
             sigmoid_bias_init=-10.0,
             sigmoid_scale_init=math.log(10.0),
             negatives="global",  # global: the whole global batch (recommended) | local: own device only (CLIP-Italian)
@@ -237,8 +244,68 @@ def validate(config: ConfigDict) -> ConfigDict:
         extra = set(config.phases[name].keys()) - phase_keys
         if extra:
             raise ValueError(f"Unknown key(s) {sorted(extra)} in phases.{name} — valid: {sorted(phase_keys)}")
+    resolve_loss_kind(config)
     _check_values(config)
     return config
+
+
+def resolve_loss_kind(config: ConfigDict) -> ConfigDict:
+    """Replace ``loss.kind='auto'`` (in place) by the loss ``model.init_from``'s model was trained with:
+    ``sigmoid`` where that model carries a logit bias (SigLIP's), else ``softmax``. A kind set explicitly stays.
+    Recorded so in the workdir's ``config.json``, a resumed run sees the same loss."""
+    if config.loss.kind == AUTO:
+        init_from = config.model.init_from
+        config.loss.kind = saved_model_loss(init_from) if init_from else "softmax"
+    return config
+
+
+def saved_model_loss(spec: str) -> str:
+    """``sigmoid`` or ``softmax``: the loss a saved model (training workdir, export, hub id; transformers',
+    clip_jax's or open_clip's layout) was trained with, read from its configuration alone."""
+    import json
+    import os
+    from pathlib import Path
+
+    from clip_jax import workdir as workdirs
+
+    if workdirs.is_training_workdir(spec) and workdirs.exists(workdirs.join(spec, "config.json")):
+        recorded = json.loads(workdirs.read_text(workdirs.join(spec, "config.json")))
+        kind = recorded.get("loss", {}).get("kind", "softmax")
+        return kind if kind != AUTO else "softmax"
+    names = ("config.json", "open_clip_config.json")
+    found: dict[str, Any] = {}
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        found = {n: json.loads((path / n).read_text()) for n in names if (path / n).is_file()}
+    elif "/" in spec and not spec.startswith((".", "/", "~")):
+        import huggingface_hub
+
+        offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes", "on")
+        for name in names:
+            cached = huggingface_hub.try_to_load_from_cache(spec, name)
+            if not isinstance(cached, str) and not offline:
+                try:
+                    cached = huggingface_hub.hf_hub_download(spec, name)
+                except (
+                    Exception
+                ):  # not in this repo, or the hub unreachable: the next name, then the error below
+                    cached = None
+            if isinstance(cached, str):
+                found[name] = json.loads(Path(cached).read_text())
+                break
+    if "config.json" in found:
+        saved = found["config.json"]
+        biased = saved.get("model_type") in ("siglip", "siglip2") or (
+            saved.get("clip_jax", {}).get("logit_bias_init") is not None
+        )
+        return "sigmoid" if biased else "softmax"
+    if "open_clip_config.json" in found:
+        model_cfg = found["open_clip_config.json"].get("model_cfg", {})
+        return "sigmoid" if model_cfg.get("init_logit_bias") is not None else "softmax"
+    raise ValueError(
+        f"loss.kind='auto' cannot tell the loss of model.init_from={spec!r}: its config.json (or "
+        "open_clip_config.json) is not readable here — set --config.loss.kind=softmax or sigmoid"
+    )
 
 
 def check_init_from(config: ConfigDict, projection_dim: int, text_pooling: str, max_length: int) -> None:

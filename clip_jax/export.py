@@ -16,7 +16,7 @@ import json
 from pathlib import Path
 
 from clip_jax.evaluate.run import read_results
-from clip_jax.hub import DEFAULT_MAX_SHARD_SIZE, push_to_hub
+from clip_jax.hub import DEFAULT_MAX_SHARD_SIZE, EXPORT_FORMATS, push_to_hub
 
 
 class PushError(RuntimeError):
@@ -57,6 +57,10 @@ def check_out(out: str) -> None:
 
 
 def _save(model, args: argparse.Namespace, bases: list[str], results, config):
+    if args.format == "open_clip":  # open_clip's layout has no model card of ours
+        return model.save_pretrained(
+            args.out, format="open_clip", hf_model_name=args.hf_model_name or args.push_to_hub
+        )
     return model.save_pretrained(
         args.out,
         max_shard_size=args.max_shard_size,
@@ -115,6 +119,20 @@ def main(argv: list[str] | None = None) -> str:
         "--datasets", nargs="*", default=[], help="training data sets for the card's metadata"
     )
     parser.add_argument("--max_shard_size", default=DEFAULT_MAX_SHARD_SIZE)
+    parser.add_argument(
+        "--format",
+        choices=EXPORT_FORMATS,
+        default="transformers",
+        help="transformers: vision-text-dual-encoder (transformers' VisionTextDualEncoderModel, or clip_jax's own "
+        "model_type where transformers cannot reproduce the model); open_clip: open_clip's hub layout "
+        '(open_clip.create_model_and_transforms("local-dir:OUT") or "hf-hub:USER/REPO")',
+    )
+    parser.add_argument(
+        "--hf_model_name",
+        default=None,
+        help="with --format open_clip: where open_clip reads the text tower's architecture (default: the "
+        "--push_to_hub repo, else OUT's absolute path; both hold its config.json)",
+    )
     parser.add_argument("--logit_scale", type=float, default=None, help="override the temperature's scale")
     parser.add_argument(
         "--interpolate",
@@ -150,10 +168,15 @@ def main(argv: list[str] | None = None) -> str:
             f"exporting to {args.out} failed: {error} — {args.out} is as it was; free disk space (or fix the "
             "permissions) and run again"
         ) from error
-    compatible = json.loads((out / "config.json").read_text())["model_type"] == "vision-text-dual-encoder"
-    print(
-        f"Exported to {out} ({'transformers VisionTextDualEncoderModel' if compatible else 'clip_jax-only'} format)."
-    )
+    if args.format == "open_clip":
+        print(
+            f"Exported to {out} (open_clip's layout: open_clip.create_model_and_transforms('local-dir:{out}'))."
+        )
+    else:
+        compatible = json.loads((out / "config.json").read_text())["model_type"] == "vision-text-dual-encoder"
+        print(
+            f"Exported to {out} ({'transformers VisionTextDualEncoderModel' if compatible else 'clip_jax-only'} format)."
+        )
     if args.push_to_hub:
         try:
             url = push_to_hub(

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from clip_jax import siglip_layout
+from clip_jax import openclip_layout, siglip_layout
 
 SAFETENSORS_NAME = "model.safetensors"
 SAFETENSORS_INDEX = "model.safetensors.index.json"
@@ -521,15 +521,19 @@ def dual_encoder_builder(
 def read_dual_encoder(
     directory: Path, *, dtype: Any = None, param_dtype: Any = np.float32
 ) -> tuple[Any, Any]:
-    """A saved dual encoder's module with its weights (our format, transformers' ``vision-text-dual-encoder``
-    or an OpenAI-style ``clip`` checkpoint), and the ``max_length`` it was saved with (None if none)."""
+    """A saved dual encoder's module with its weights (our format, transformers' ``vision-text-dual-encoder``,
+    an OpenAI-style ``clip``, SigLIP or open_clip checkpoint), and the ``max_length`` it was saved with (None if
+    none)."""
     from clip_jax.models.dual_encoder import dual_encoder_key_map
     from clip_jax.models.registry import detect_prefix
     from clip_jax.weights.params import load_params
     from clip_jax.weights.readers import read_config, read_state_dict
 
-    state_dict = read_state_dict(directory)
-    config = read_config(directory)
+    if openclip_layout.is_openclip_dir(directory):  # open_clip's hub layout, renamed to the dual encoder's
+        config, state_dict = openclip_layout.openclip_as_dual_encoder(directory)
+    else:
+        state_dict = read_state_dict(directory)
+        config = read_config(directory)
     if siglip_layout.is_siglip_model(config):  # SiglipModel / Siglip2Model: identity projections
         config, state_dict = siglip_layout.siglip_as_dual_encoder(config, state_dict, str(directory))
     build, (v_arch, v_outer), (t_arch, t_outer) = dual_encoder_builder(
@@ -555,6 +559,16 @@ def read_dual_encoder(
         source=f"dual encoder from {directory}",
     )
     return module, config.get("clip_jax", {}).get("max_length")
+
+
+def read_inputs(directory: Path) -> tuple[Any, Any]:
+    """A saved dual encoder's tokenizer (None if it has none) and image processor config (None if none)."""
+    from clip_jax.data.preprocess import ImageProcessorConfig
+    from clip_jax.weights.tokenizers import load_tokenizer
+
+    if openclip_layout.is_openclip_dir(directory):
+        return openclip_layout.openclip_inputs(directory)
+    return load_tokenizer(directory), ImageProcessorConfig.from_pretrained(directory)
 
 
 def dual_encoder_config(module: Any, max_length: int | None) -> dict[str, Any]:
@@ -584,6 +598,63 @@ def dual_encoder_config(module: Any, max_length: int | None) -> dict[str, Any]:
     return config
 
 
+#: ``save_pretrained``'s / ``clip-jax export``'s formats.
+EXPORT_FORMATS = ("transformers", "open_clip")
+
+
+def save_openclip(
+    directory: str | os.PathLike,
+    module: Any,
+    *,
+    tokenizer: Any,
+    image_processor: Any,
+    max_length: int | None,
+    hf_model_name: str | None = None,
+) -> Path:
+    """open_clip's hub layout: ``open_clip_config.json``, ``open_clip_model.safetensors``, and beside them the
+    Hugging Face text tower's ``config.json``, the tokenizer and ``preprocessor_config.json``, so that
+    ``open_clip.create_model_and_transforms("local-dir:DIR")`` and ``CLIPModel.from_pretrained(DIR)`` load it.
+
+    ``hf_model_name`` is written as ``text_cfg.hf_model_name``, where open_clip reads the text tower's
+    architecture: by default this directory's absolute path (it holds that ``config.json``); give the hub id
+    the directory will be pushed to (or the tower's own hub id) for a copy that works elsewhere."""
+    import jax
+
+    from clip_jax import workdir as workdirs
+    from clip_jax.models.dual_encoder import dual_encoder_key_map
+    from clip_jax.models.registry import architecture_of
+    from clip_jax.weights.params import flat_params
+    from clip_jax.weights.tokenizers import save_tokenizer
+
+    directory = Path(directory)
+    max_length = max_length or module.text.config.max_length
+    key_map = dual_encoder_key_map(
+        architecture_of(module.vision).key_map, architecture_of(module.text).key_map
+    )
+    tensors = key_map.export({p: np.asarray(jax.device_get(v)) for p, v in flat_params(module).items()})
+    try:
+        config, weights, text_config = openclip_layout.openclip_export(
+            module,
+            tensors,
+            image_processor,
+            max_length,
+            hf_model_name or str(directory.expanduser().resolve()),
+        )
+    except openclip_layout.OpenClipExportError as error:
+        raise ExportError(str(error)) from None
+    workdirs.check_replaceable(directory)
+    with workdirs.replace_directory(directory) as new:
+        (new / openclip_layout.CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
+        _save_safetensors(weights, new / openclip_layout.SAFETENSORS_NAME)
+        if text_config is not None:  # where open_clip (AutoConfig) reads the text tower's architecture
+            (new / "config.json").write_text(json.dumps(text_config, indent=2) + "\n")
+        if tokenizer is not None:
+            save_tokenizer(tokenizer, new, max_length)
+        if image_processor is not None:
+            image_processor.save_pretrained(new)
+    return directory
+
+
 def save_dual_encoder(
     directory: str | os.PathLike,
     module: Any,
@@ -595,9 +666,23 @@ def save_dual_encoder(
     weights: bool = True,
     require_transformers: bool = False,
     card: Mapping[str, Any] | None = None,
+    format: str = "transformers",
+    hf_model_name: str | None = None,
 ) -> Path:
     """``CLIPModel.save_pretrained``: config.json, weights, tokenizer, preprocessor config (and the model
-    card), replacing ``directory`` whole and at once."""
+    card), replacing ``directory`` whole and at once. ``format='open_clip'``: open_clip's layout instead
+    (:func:`save_openclip`)."""
+    if format == "open_clip":
+        return save_openclip(
+            directory,
+            module,
+            tokenizer=tokenizer,
+            image_processor=image_processor,
+            max_length=max_length,
+            hf_model_name=hf_model_name,
+        )
+    if format != "transformers":
+        raise ValueError(f"Unknown export format {format!r} — choose one of {', '.join(EXPORT_FORMATS)}")
     import jax
 
     from clip_jax import workdir as workdirs

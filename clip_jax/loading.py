@@ -38,6 +38,7 @@ def load_model(spec: str, *, step: int | None = None, logit_scale: float | None 
         not workdirs.is_remote(spec)
         and Path(spec).expanduser().is_dir()
         and not Path(spec, "config.json").expanduser().exists()
+        and not Path(spec, "open_clip_config.json").expanduser().exists()
     ):
         raise CheckpointError(
             f"{spec} is neither a clip_jax training workdir (no checkpoints/) nor a saved model (no config.json) "

@@ -191,7 +191,7 @@ def check_replaceable(directory: str | os.PathLike) -> None:
             "directory"
         )
     visible = [p.name for p in path.iterdir() if not p.name.startswith(".")]
-    if visible and "config.json" not in visible:
+    if visible and "config.json" not in visible and "open_clip_config.json" not in visible:
         shown = ", ".join(sorted(visible)[:5]) + (", ..." if len(visible) > 5 else "")
         raise ValueError(
             f"{directory} is not empty ({shown}) and holds no saved model (no config.json); writing a model "

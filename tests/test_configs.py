@@ -27,17 +27,25 @@ def test_recipes_ship_in_the_package_and_the_checkout_re_exports_them():
     assert (
         configs.names()
         == CONFIGS
-        == ["clip_italian", "demo", "distill_demo", "distill_italian", "siglip_italian", "tiny"]
+        == [
+            "clip_italian",
+            "demo",
+            "distill_demo",
+            "distill_italian",
+            "openclip_xlmr_italian",
+            "siglip_italian",
+            "tiny",
+        ]
     )
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
     for name in configs.names():
         packaged = importlib.import_module(f"clip_jax.configs.{name}").get_config()
-        validate(packaged)
         assert packaged == importlib.import_module(f"configs.{name}").get_config()
+        validate(packaged)  # (in place: it resolves loss.kind='auto')
         assert configs.resolve(name).endswith(f"clip_jax/configs/{name}.py")
     with pytest.raises(
         ValueError,
-        match="no built-in recipe 'nope' — choose one of clip_italian, demo, distill_demo, distill_italian, siglip_italian, tiny",
+        match="no built-in recipe 'nope' — choose one of clip_italian, demo, distill_demo, distill_italian, openclip_xlmr_italian, siglip_italian, tiny",
     ):
         configs.resolve("nope")
 

@@ -6,7 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from clip_jax.config import HEAD, override, phase
+from clip_jax.config import HEAD, override, phase, resolve_loss_kind
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -27,7 +27,8 @@ def tiny_config(cache_dir, **overrides):
     c.phases.warmup = phase(3, HEAD, {"head": 1e-2})
     c.phases.finetune = phase(3, ".*", {"head": 1e-3, "vision": 1e-3, "text": 1e-3})
     c.mesh.fsdp_min_size = 0
-    return override(c, **overrides)
+    # loss.kind='auto' resolved as validate() does, for the tests that build pieces without validating
+    return resolve_loss_kind(override(c, **overrides))
 
 
 CLI_TINY = [
