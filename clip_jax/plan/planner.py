@@ -22,7 +22,7 @@ from flax import nnx
 from ml_collections import ConfigDict
 
 from clip_jax.config import override, validate
-from clip_jax.models.dual_encoder import l2_normalize
+from clip_jax.embedding import feature_function
 from clip_jax.models.freezing import split_trainable
 from clip_jax.plan.chips import Target
 from clip_jax.plan.hlo import summarize
@@ -220,15 +220,17 @@ def _bound(result: StepPlan, target: Target, chip_flops: float, wire_bytes: floa
 
 
 def _eval_program(config: ConfigDict, module: nnx.Module, mesh, rows: int):
-    """The validation embedding step (both towers and projections, normalised), as the evaluator runs it."""
+    """The validation embedding step (both towers and projections, normalised), as the evaluator runs it: the
+    feature functions of :func:`~clip_jax.embedding.feature_function` on the sharded state."""
     graphdef, state = nnx.split(module)
     rules = [tuple(r) for r in config.mesh.rules]
     sharding = shard_params(state, mesh, rules, config.mesh.fsdp_min_size)
     batched = batch_sharding(mesh)
+    image = feature_function(graphdef, "image", mesh=mesh, normalize=True)
+    text = feature_function(graphdef, "text", mesh=mesh, normalize=True)
 
     def embed(state, pixels, ids, mask):
-        model = nnx.merge(graphdef, state)
-        return l2_normalize(model.image_features(pixels)), l2_normalize(model.text_features(ids, mask))
+        return image((state,), pixels), text((state,), ids, mask)
 
     fn = jax.jit(embed, in_shardings=(sharding, batched, batched, batched), out_shardings=batched)
     size = int(module.vision.config.image_size)
