@@ -32,9 +32,9 @@ def _plans(config, topology, steps=None, **kw):
 @pytest.fixture(scope="module")
 def compiled(tmp_path_factory):
     """``compiled(step, **overrides)``: the plan of one step of the tiny config with ``overrides`` on v5e:2x2,
-    each distinct step compiled once for the whole file (TPU compiles take seconds each, and several tests
-    read the same step: the softmax phase 2 at batch 32 is the baseline of the micro-batch, remat and
-    bfloat16 comparisons and the step made not to fit)."""
+    each distinct step compiled once for the whole file (TPU compiles take seconds each, and tests read the
+    same step: the softmax phase 2 at batch 32 is also the baseline of the micro-batch, remat and bfloat16
+    comparisons)."""
     cache = tmp_path_factory.mktemp("plan")
     memo = {}
 
