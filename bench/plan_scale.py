@@ -34,6 +34,10 @@ ROWS = [
      ["--config.train.batch_size=131072", "--config.model.dtype=bfloat16", "--config.train.micro_batch_size=8192"]),
     ("vit_l14_xlmr_large", LARGE, "v5p:4x4x4", "finetune",
      ["--config.train.batch_size=32768", "--config.model.dtype=bfloat16", "--config.train.micro_batch_size=4096"]),
+    ("clip_italian", [], "v5p:4x4x4", "warmup", ["--config.train.batch_size=131072"]),
+    ("clip_italian", [], "v4:2x2x4", "warmup",
+     ["--config.train.batch_size=4096", "--config.mesh.axes.data=1", "--config.mesh.axes.fsdp=16"]),
+    ("clip_italian", [], "v5e:16x16", "finetune", ["--config.train.batch_size=32768"]),
 ]  # fmt: skip
 
 

@@ -60,6 +60,18 @@ def save_torch_model(model, directory, fmt="safetensors"):
     return directory
 
 
+@pytest.fixture(scope="session", autouse=True)
+def subprocess_compilation_cache(tmp_path_factory):
+    """The subprocesses tests start (train.py, the CLI, two-process runs) share one persistent JAX compilation
+    cache for the session, across xdist workers: the tiny recipes' steps compile once, not once per process.
+    This process's own jax read its settings at import and keeps compiling (tests count its compiles)."""
+    base = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        base = base.parent  # the session's folder, above each worker's own
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = str(base / "jax_compilation_cache")
+    os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
+
+
 @pytest.fixture(scope="session")
 def torch_seed():
     import torch

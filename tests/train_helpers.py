@@ -58,7 +58,9 @@ def train_command(workdir, cache_dir, *extra):
     ]
 
 
-def subprocess_env(devices=8):
+def subprocess_env(devices=8, compilation_cache=True):
+    """The environment of a train.py subprocess on ``devices`` CPU devices; ``compilation_cache=False`` leaves out
+    the session's persistent compilation cache (conftest.py), for a test that needs the process compiling."""
     env = dict(
         os.environ,
         HF_HUB_OFFLINE="1",
@@ -67,6 +69,8 @@ def subprocess_env(devices=8):
         JAX_PLATFORMS="cpu",
     )
     env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    if not compilation_cache:
+        env.pop("JAX_COMPILATION_CACHE_DIR", None)
     return env
 
 
