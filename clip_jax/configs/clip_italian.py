@@ -23,6 +23,11 @@ clip-italian/clip-italian repository):
   little and mean pooling works far better. dbmdz's BERTs were trained with Google's BERT code, whose
   next-sentence objective also trains the pooler, so 'pooler' is kept here; for a text tower pretrained
   without it (RoBERTa, XLM-R, most recent BERTs) try model.text_pooling='mean'.
+- forgetting (docs/recipe.md, issue 24): on the offline task a long phase 1 on the live towers is what damaged
+  the vision tower; this recipe's phase 1 is 2,000 of 22,000 steps (9 %), in the range that forgot least, so the
+  settings stay CLIP-Italian's (this file is the faithful recipe). Watch it on your data with a train.evals
+  entry with reference='openai/clip-vit-base-patch32' (README, "Forgetting during training"), and consider a
+  WiSE-FT export (clip-jax export --interpolate 0.5).
 """
 
 import math
