@@ -3,14 +3,12 @@ layout (open_clip's ViT with GELU, an XLM-R text tower mean-pooled, a linear tex
 
 import json
 
-import jax
 import numpy as np
 import transformers as tf
 from conftest import TINY_VISION, save_torch_model
+from train_helpers import numpy_params, shrunk_recipe
 
 from clip_jax import CLIPModel
-from clip_jax.config import override
-from clip_jax.weights.params import flat_params
 
 
 def test_openclip_xlmr_italian_recipe_trains_end_to_end(checkpoints, tmp_path):
@@ -36,39 +34,20 @@ def test_openclip_xlmr_italian_recipe_trains_end_to_end(checkpoints, tmp_path):
 
     config = get_config()
     assert config.model.init_from == CHECKPOINT and config.loss.kind == "softmax"
-    config = override(
+    config = shrunk_recipe(
         config,
-        **{
-            "model.init_from": str(start),
-            "model.projection_dim": 16,
-            "model.max_length": 12,
-            "data.source": "shapes",
-            "data.cache_dir": str(tmp_path / "cache"),
-            "data.worker_processes": 0,
-            "train.batch_size": 16,
-            "train.eval_batch_size": 16,
-            "train.log_every": 1,
-            "train.checkpoint_every": 2,
-            "train.eval_every": 2,
-            "train.async_checkpoints": False,
-            "phases.warmup.steps": 2,
-            "phases.finetune.steps": 2,
-            "mesh.fsdp_min_size": 0,
-        },
+        tmp_path,
+        **{"model.init_from": str(start), "model.projection_dim": 16, "model.max_length": 12},
     )
-    config.data.shapes.update(num_train=64, num_val=16, image_size=32)
     trainer = Trainer(config, str(tmp_path / "run"))
     assert trainer.model.module.text_pooling == "mean"
     assert trainer.model.module.text.config.to_hf()["model_type"] == "xlm-roberta"
-    initial = {".".join(map(str, k)): np.asarray(v) for k, v in flat_params(trainer.model.module).items()}
+    initial = numpy_params(trainer.model.module)
     trainer.run()
     records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     losses = [r["train/loss"] for r in records if "train/loss" in r]
     assert len(losses) == 4 and all(np.isfinite(losses))
-    after = {
-        ".".join(map(str, k)): np.asarray(jax.device_get(v))
-        for k, v in flat_params(trainer.module(trainer.state)).items()
-    }
+    after = numpy_params(trainer.module(trainer.state))
     for name in ("text_projection.kernel", "vision.layers.0.mlp.fc1.kernel", "text.layers.0.mlp.fc1.kernel"):
         assert np.abs(after[name] - initial[name]).max() > 0, name
     # the fine-tuned model goes back out in open_clip's layout, and reads back equal

@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
+
 from clip_jax.config import HEAD, override, phase, resolve_loss_kind
 
 REPO = Path(__file__).resolve().parent.parent
@@ -45,6 +47,40 @@ CLI_TINY = [
     "--config.train.eval_batch_size=16",
     "--config.mesh.fsdp_min_size=0",
 ]
+
+
+def shrunk_recipe(config, tmp_path, **overrides):
+    """A shipped recipe shrunk to the offline shapes data: 64 training examples at 32px, batch 16, 2 + 2 steps,
+    checkpoints and validation every 2 steps, in ``tmp_path``; ``overrides`` set its towers and sizes."""
+    config = override(
+        config,
+        **{
+            "data.source": "shapes",
+            "data.cache_dir": str(tmp_path / "cache"),
+            "data.worker_processes": 0,
+            "train.batch_size": 16,
+            "train.eval_batch_size": 16,
+            "train.log_every": 1,
+            "train.checkpoint_every": 2,
+            "train.eval_every": 2,
+            "train.async_checkpoints": False,
+            "phases.warmup.steps": 2,
+            "phases.finetune.steps": 2,
+            "mesh.fsdp_min_size": 0,
+            **overrides,
+        },
+    )
+    config.data.shapes.update(num_train=64, num_val=16, image_size=32)
+    return config
+
+
+def numpy_params(module) -> dict:
+    """``module``'s parameters as ``{"dotted.path": numpy array}``."""
+    import jax
+
+    from clip_jax.weights.params import flat_params
+
+    return {".".join(map(str, k)): np.asarray(jax.device_get(v)) for k, v in flat_params(module).items()}
 
 
 def train_command(workdir, cache_dir, *extra):
