@@ -147,6 +147,10 @@ RECIPES.update(
             "(a) with a 50-step phase 1 (phase 2 unchanged: 400 steps)",
             _steps(_two_phase, phase1=50),
         ),
+        "a_phase1_50_layer_decay": (
+            "(a) with a 50-step phase 1 and layer-wise learning-rate decay 0.65 (the two best rows combined)",
+            _steps(_variant(_two_phase, **{"train.layer_decay": 0.65}), phase1=50),
+        ),
     }
 )
 
