@@ -110,6 +110,9 @@ def base_config() -> ConfigDict:
             sigmoid_bias_init=-10.0,
             sigmoid_scale_init=math.log(10.0),
             negatives="global",  # global: the whole global batch (recommended) | local: own device only (CLIP-Italian)
+            # how devices share the global batch's embeddings: all_gather | ring (the same loss and gradients, fewer
+            # bytes on TPU pods: see clip_jax/loss.py and docs/benchmarks.md)
+            exchange="all_gather",
         )
     )
     c.data = ConfigDict(
@@ -421,6 +424,7 @@ RULES: dict[str, Rule] = {
     "loss.sigmoid_bias_init": number(),
     "loss.sigmoid_scale_init": number(),
     "loss.negatives": one_of("global", "local"),
+    "loss.exchange": one_of("all_gather", "ring"),
     "data.source": one_of("shapes", "files"),
     "data.train": TEXT,
     "data.val": TEXT,

@@ -81,19 +81,25 @@ def test_micro_batched_step_equals_full_batch_step_on_8_devices(tmp_path, kind, 
 
 def test_training_with_micro_batches_logs_the_same_losses(tmp_path):
     """The trainer wiring: a run with micro-batches logs the same losses as one without (2 + 2 steps,
-    8 devices, the shapes data)."""
+    8 devices, the shapes data), also with the loss's ring exchange (``loss.exchange``)."""
     runs = {}
-    for name, micro in (("full", 0), ("micro", 8)):
+    for name, micro, exchange in (("full", 0, "all_gather"), ("micro", 8, "all_gather"), ("ring", 8, "ring")):
         config = tiny_config(
             tmp_path / "cache",
-            **{"train.batch_size": 32, "train.micro_batch_size": micro, "model.dropout": False},
+            **{
+                "train.batch_size": 32,
+                "train.micro_batch_size": micro,
+                "model.dropout": False,
+                "loss.exchange": exchange,
+            },
         )
         config.phases.warmup.steps = config.phases.finetune.steps = 2
         Trainer(config, str(tmp_path / name)).run()
         runs[name] = losses(tmp_path / name)
-    assert sorted(runs["micro"]) == [1, 2, 3, 4]
+    assert sorted(runs["micro"]) == sorted(runs["ring"]) == [1, 2, 3, 4]
     for step in runs["full"]:
         assert runs["micro"][step] == pytest.approx(runs["full"][step], abs=1e-5)
+        assert runs["ring"][step] == pytest.approx(runs["full"][step], abs=1e-5)
 
 
 def test_bfloat16_training_with_micro_batches(tmp_path):

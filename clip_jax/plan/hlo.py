@@ -182,7 +182,14 @@ def summarize(hlo_text: str, devices: int) -> HloSummary:
     def trips(condition: str) -> int:
         body = computations.get(condition, [])
         root = body[-1] if body else None
-        if root is not None and root.opcode == "compare" and "direction=LT" in root.attributes:
+        if root is not None and root.opcode == "fusion":  # CPU wraps the loop's compare in a fusion
+            called = re.search(r"calls=%([\w.\-]+)", root.attributes)
+            inner = computations.get(called.group(1), []) if called else []
+            if not (inner and inner[-1].opcode == "compare" and "direction=LT" in inner[-1].attributes):
+                root = None
+        elif root is not None and not (root.opcode == "compare" and "direction=LT" in root.attributes):
+            root = None
+        if root is not None:
             for operand in root.operands[1:]:
                 if operand in constants:
                     return max(int(constants[operand]), 0)

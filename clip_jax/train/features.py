@@ -128,6 +128,7 @@ def make_feature_train_step(
     *,
     loss_kind: str,
     negatives: str = "global",
+    exchange: str = "all_gather",
 ) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
     """The (un-jitted) step on cached features: projections, global contrastive loss, update."""
 
@@ -137,7 +138,7 @@ def make_feature_train_step(
             out = model.contrastive_head(
                 model.project_image(batch["image_features"]), model.project_text(batch["text_features"])
             )
-            return output_loss(out, mesh, kind=loss_kind, negatives=negatives)
+            return output_loss(out, mesh, kind=loss_kind, negatives=negatives, exchange=exchange)
 
         (_loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
         return apply_gradients(state, tx, grads, metrics)

@@ -156,7 +156,12 @@ class Contrastive(Objective):
     ) -> Step:
         if phase.cache_features:  # projections on cached features: no tower activations, no micro-batches
             return feature_cache.make_feature_train_step(
-                graphdef, tx, mesh, loss_kind=config.loss.kind, negatives=config.loss.negatives
+                graphdef,
+                tx,
+                mesh,
+                loss_kind=config.loss.kind,
+                negatives=config.loss.negatives,
+                exchange=config.loss.exchange,
             )
         return make_train_step(
             graphdef,
@@ -164,6 +169,7 @@ class Contrastive(Objective):
             mesh,
             loss_kind=config.loss.kind,
             negatives=config.loss.negatives,
+            exchange=config.loss.exchange,
             dropout=config.model.dropout,
             micro_batch_size=config.train.micro_batch_size,
         )

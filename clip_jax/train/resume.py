@@ -41,6 +41,7 @@ SWITCH = "breaking when switched on or off"
 RESUME_RULES: tuple[tuple[str, str, str], ...] = (
     ("train.allow_config_change", FREE, "this switch itself"),
     ("model.remat", FREE, "recomputes the same values"),
+    ("loss.exchange", FREE, "the same loss and gradients through other collectives"),
     ("model.dropout", ALLOWED, "changes the training forward pass"),
     ("model.*", BREAKING, "the towers, projections and their dtypes are the checkpoint's parameters"),
     ("loss.kind", BREAKING, "the sigmoid loss has a learned bias the softmax loss lacks"),

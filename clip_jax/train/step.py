@@ -42,6 +42,7 @@ def make_train_step(
     dropout: bool,
     micro_batch_size: int = 0,
     negatives: str = "global",
+    exchange: str = "all_gather",
 ) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
     """The (un-jitted) step: forward, global contrastive loss, gradients of trainable params, update.
 
@@ -66,7 +67,7 @@ def make_train_step(
             model = nnx.merge(graphdef, params, state.frozen)
             bias = model.logit_bias[...] if model.logit_bias is not None else None
             out = DualEncoderOutput(image_embeds, text_embeds, model.scale(), bias)
-            return output_loss(out, mesh, kind=loss_kind, negatives=negatives)
+            return output_loss(out, mesh, kind=loss_kind, negatives=negatives, exchange=exchange)
 
         rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
         if micro_batch_size and micro_batch_size < batch["input_ids"].shape[0]:
@@ -85,7 +86,7 @@ def make_train_step(
 
 
 def output_loss(
-    out: DualEncoderOutput, mesh: Mesh, *, kind: str, negatives: str = "global"
+    out: DualEncoderOutput, mesh: Mesh, *, kind: str, negatives: str = "global", exchange: str = "all_gather"
 ) -> tuple[jax.Array, dict]:
     """The configured contrastive loss of a dual encoder's output over the global batch, with its metrics."""
     return contrastive_loss(
@@ -97,6 +98,7 @@ def output_loss(
         kind=kind,
         logit_bias=out.logit_bias,
         negatives=negatives,
+        exchange=exchange,
     )
 
 
