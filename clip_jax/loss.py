@@ -221,11 +221,13 @@ def contrastive_loss(
         block = lambda texts: scale * img @ texts.T + (bias if loss.uses_bias else 0.0)
         logits = block(txt)
         carry, travel = loss.ring_step(logits, jnp.diagonal(logits), None, None)
+        # recomputed in the backward pass: only the visiting rows are kept per step, not their b x b logits
+        fold = jax.checkpoint(lambda texts, carry, travel: loss.ring_step(block(texts), None, carry, travel))
 
         def visit(state, _):
             carry, visiting = state
             texts, travel = jax.lax.ppermute(visiting, axes, forward)  # the images' sums stay
-            carry, travel = loss.ring_step(block(texts), None, carry, travel)
+            carry, travel = fold(texts, carry, travel)
             return (carry, (texts, travel)), None
 
         (carry, (_, travel)), _ = jax.lax.scan(visit, (carry, (txt, travel)), None, length=n - 1)
