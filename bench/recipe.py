@@ -440,12 +440,15 @@ def pareto_plot(result: dict, path: str) -> str:
 
 
 def merge(paths: list[str]) -> dict:
-    """Result files of separate invocations (e.g. one seed each) as one result, runs pooled per recipe."""
+    """Result files of separate invocations (e.g. one seed each) as one result, runs pooled per recipe; a
+    recipe's run with a seed that an earlier file also ran replaces that run (a rerun, e.g. with more measured)."""
     files = [json.loads(Path(p).read_text()) for p in paths]
-    runs: dict[str, list] = {}
+    by_seed: dict[str, dict[int, dict]] = {}
     for f in files:
         for name, rs in f["runs"].items():
-            runs.setdefault(name, []).extend(rs)
+            for seed, run in zip(f["args"]["seeds"], rs):
+                by_seed.setdefault(name, {})[seed] = run
+    runs = {name: [seeds[s] for s in sorted(seeds)] for name, seeds in by_seed.items()}
     order = [n for n in RECIPES if n in runs]
     return {
         "merged_from": [str(p) for p in paths],
