@@ -51,8 +51,17 @@ def parse_size(size: str | int) -> int:
 NO_AUTOMODEL_TEXT_TOWERS = ("siglip_text_model", "siglip2_text_model")
 
 
-def transformers_compatible(text_pooling: str, text_model_type: str) -> tuple[bool, str]:
+def transformers_compatible(
+    text_pooling: str, text_model_type: str, text_projection: str = "linear"
+) -> tuple[bool, str]:
     """Whether ``VisionTextDualEncoderModel`` computes exactly our text embeddings, and why not."""
+    if text_projection != "linear":
+        return False, (
+            f"clip_jax model, not loadable in transformers: its text projection is open_clip's {text_projection!r} "
+            "head (Linear-GELU-Linear) and transformers' VisionTextDualEncoderModel has one linear text projection "
+            "— load it with clip_jax (clip_jax.CLIPModel.from_pretrained), or export it in open_clip's layout "
+            "(format='open_clip')"
+        )
     if text_model_type in NO_AUTOMODEL_TEXT_TOWERS:
         return False, (
             f"clip_jax model, not loadable in transformers: its text tower is a {text_model_type}, which "
@@ -238,7 +247,11 @@ def training_recipe(config: Mapping[str, Any]) -> dict[str, Any]:
         "model": {
             "vision": tower(model.get("vision")),
             "text": tower(model.get("text")),
-            **{k: model[k] for k in ("projection_dim", "text_pooling", "max_length", "dtype") if k in model},
+            **{
+                k: model[k]
+                for k in ("projection_dim", "text_pooling", "text_projection", "max_length", "dtype")
+                if k in model
+            },
         },
         "loss": config.get("loss", {}).get("kind"),
         "train": {
@@ -391,6 +404,13 @@ def model_card(
             "the model was trained; transformers' pipeline does not truncate, so keep its labels short.",
             "",
         ]
+    elif config.get("clip_jax", {}).get("text_projection", "linear") != "linear":
+        lines += [
+            "This model's text projection is open_clip's MLP head, which transformers' "
+            "VisionTextDualEncoderModel does not have; load it with clip_jax, or export it in open_clip's layout "
+            "(`clip-jax export --format open_clip`) for open_clip.",
+            "",
+        ]
     else:
         lines += [
             f"This model pools text with `{config.get('clip_jax', {}).get('text_pooling')}`, which "
@@ -507,6 +527,7 @@ def dual_encoder_builder(
             tower_builder(t_arch, t_cfg, dtype, param_dtype)(),
             projection_dim=int(hf.get("projection_dim", 512)),
             text_pooling=extra.get("text_pooling", "pooler"),
+            text_projection_kind=extra.get("text_projection", "linear"),
             logit_scale_init=float(hf.get("logit_scale_init_value", LOGIT_SCALE_INIT)),
             logit_bias_init=bias,
             logit_scale_max=extra.get("logit_scale_max", LOGIT_SCALE_MAX),
@@ -576,7 +597,9 @@ def dual_encoder_config(module: Any, max_length: int | None) -> dict[str, Any]:
     where transformers reproduces the model, clip_jax's own ``model_type`` (saying why) where it cannot."""
     from clip_jax.models.dual_encoder import LOGIT_SCALE_INIT
 
-    compatible, why = transformers_compatible(module.text_pooling, module.text.config.to_hf()["model_type"])
+    compatible, why = transformers_compatible(
+        module.text_pooling, module.text.config.to_hf()["model_type"], module.text_projection_kind
+    )
     config = {
         "model_type": "vision-text-dual-encoder" if compatible else CLIP_JAX_MODEL_TYPE,
         "architectures": ["VisionTextDualEncoderModel"] if compatible else ["CLIPModel (clip_jax)"],
@@ -586,6 +609,7 @@ def dual_encoder_config(module: Any, max_length: int | None) -> dict[str, Any]:
         "logit_scale_init_value": LOGIT_SCALE_INIT,
         "clip_jax": {
             "text_pooling": module.text_pooling,
+            "text_projection": module.text_projection_kind,
             "max_length": max_length,
             "logit_bias_init": (float(module.logit_bias[...]) if module.logit_bias is not None else None),
             "logit_scale_max": module.logit_scale_max,

@@ -9,8 +9,9 @@ A directory in open_clip's layout holds ``open_clip_config.json`` (``model_cfg``
   the vision projection;
 - a Hugging Face text tower (``text_cfg.hf_model_name``: its architecture comes from that name, a local
   directory, the Hugging Face cache, or a ``config.json`` beside the weights) with ``hf_pooler_type``
-  ``mean_pooler`` / ``cls_pooler`` (the tower's own pooler) / ``cls_last_hidden_state_pooler`` and a linear (or no)
-  ``hf_proj_type``; open_clip's ``mlp`` projection has no counterpart in clip_jax's linear head and is refused;
+  ``mean_pooler`` / ``cls_pooler`` (the tower's own pooler) / ``cls_last_hidden_state_pooler`` and an
+  ``hf_proj_type`` of ``mlp`` (open_clip's default: Linear-GELU-Linear, clip_jax's ``text_projection_kind='mlp'``),
+  ``linear`` or none;
 - open_clip's built-in CLIP text transformer (OpenAI-style ``ViT-B-32``) is CLIP's text tower;
 - ``logit_scale`` and (SigLIP-style models) ``logit_bias``.
 
@@ -114,6 +115,11 @@ _STACKS = {
 #: ``x @ proj`` matrices ``[in, out]`` -> ``nn.Linear`` weights ``[out, in]``.
 _TRANSPOSED = {"visual.proj": "visual_projection.weight", "text_projection": "text_projection.weight"}
 _HF_TEXT_PREFIX, _HF_PROJ = "text.transformer.", "text.proj.weight"
+#: open_clip's MLP text head (``nn.Sequential``: Linear, GELU, Linear) -> clip_jax's ``MLPProjection``.
+_HF_MLP = {
+    "text.proj.0.weight": "text_projection.fc1.weight",
+    "text.proj.2.weight": "text_projection.fc2.weight",
+}
 _SCALARS = ("logit_scale", "logit_bias")
 
 
@@ -132,6 +138,8 @@ def to_dual_encoder_names(state_dict: Mapping[str, np.ndarray], source: str) -> 
             out[name] = np.asarray(array).reshape(())
         elif name == _HF_PROJ:
             out["text_projection.weight"] = array
+        elif name in _HF_MLP:
+            out[_HF_MLP[name]] = array
         elif name.startswith(_HF_TEXT_PREFIX):
             out["text_model." + name[len(_HF_TEXT_PREFIX) :]] = array
         elif name == "attn_mask":  # the built-in text tower's causal mask (a buffer in old checkpoints)
@@ -161,7 +169,7 @@ def to_dual_encoder_names(state_dict: Mapping[str, np.ndarray], source: str) -> 
 def from_dual_encoder_names(tensors: Mapping[str, np.ndarray], hf_text: bool) -> dict[str, np.ndarray]:
     """transformers' ``vision-text-dual-encoder`` names -> open_clip's (q/k/v fused): the inverse of
     :func:`to_dual_encoder_names`, with the text tower as a Hugging Face tower (``hf_text``) or the built-in one."""
-    inverse = {v: k for k, v in {**_VISION, **_BUILTIN_TEXT}.items()}
+    inverse = {v: k for k, v in {**_VISION, **_BUILTIN_TEXT, **(_HF_MLP if hf_text else {})}.items()}
     stacks = {v: k for k, v in _STACKS.items()}
     blocks = {v: k for k, v in _BLOCK.items()}
     out: dict[str, np.ndarray] = {}
@@ -350,12 +358,6 @@ def openclip_as_dual_encoder(directory: str | Path) -> tuple[dict[str, Any], dic
     if text_cfg.get("hf_model_name"):
         text = hf_text_config(directory, text_cfg["hf_model_name"], source)
         proj = text_cfg.get("hf_proj_type", DEFAULT_HF_PROJ)
-        if proj == "mlp":
-            _refuse(
-                source,
-                "its text projection is open_clip's hf_proj_type='mlp' (Linear-GELU-Linear), which clip_jax's "
-                "linear text projection cannot express",
-            )
         pooler = text_cfg.get("hf_pooler_type", DEFAULT_HF_POOLER) or ARCH_POOLERS.get(text.get("model_type"))
         if pooler not in POOLERS:
             _refuse(
@@ -364,8 +366,12 @@ def openclip_as_dual_encoder(directory: str | Path) -> tuple[dict[str, Any], dic
             )
         pooling = POOLERS[pooler]
         width = int(text.get("hidden_size", text.get("d_model", 0)))
-        if proj not in ("linear", None) or (proj is None and width != embed_dim):
-            _refuse(source, f"its text projection hf_proj_type={proj!r} is not open_clip's linear one")
+        if proj not in ("mlp", "linear", None) or (proj is None and width != embed_dim):
+            _refuse(
+                source,
+                f"its text projection hf_proj_type={proj!r} is none of open_clip's mlp or linear heads (nor an "
+                "identity between equal widths)",
+            )
         limit = int(text.get("max_position_embeddings", 512)) - (
             int(text.get("pad_token_id", 0)) + 1
             if text.get("model_type") in ("roberta", "xlm-roberta", "camembert")
@@ -389,6 +395,7 @@ def openclip_as_dual_encoder(directory: str | Path) -> tuple[dict[str, Any], dic
         "projection_dim": embed_dim,
         "clip_jax": {
             "text_pooling": pooling,
+            "text_projection": "mlp" if proj == "mlp" else "linear",
             "max_length": max_length,
             "logit_bias_init": float(weights["logit_bias"]) if biased else None,
             # open_clip clamps the temperature at 100 while training CLIP, not SigLIP-style models
@@ -500,6 +507,9 @@ def openclip_export(
     pooler = {v: k for k, v in POOLERS.items()}.get(module.text_pooling)
     if hf_text and pooler is None:
         why.append(f"it pools text with {module.text_pooling!r}, which open_clip's text poolers cannot do")
+    mlp = module.text_projection_kind == "mlp"
+    if builtin and mlp:
+        why.append("its text projection is an MLP; open_clip's built-in text tower has a linear one only")
     if builtin and module.text_pooling != "pooler":
         why.append(
             f"its CLIP text tower pools with {module.text_pooling!r}; open_clip pools at the end-of-text token"
@@ -534,7 +544,7 @@ def openclip_export(
         text_cfg: dict[str, Any] = {
             "hf_model_name": hf_model_name,
             "hf_tokenizer_name": hf_model_name,
-            "hf_proj_type": "linear",
+            "hf_proj_type": "mlp" if mlp else "linear",
             "hf_pooler_type": pooler,
             "context_length": max_length,
         }

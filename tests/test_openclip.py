@@ -99,8 +99,12 @@ def clip_jax_embeddings(model, pixel_values, ids, pad):
 
 
 # -------------------------------------------------------------------------------- against the real open_clip
+#: name -> (text tower, hf_pooler_type, hf_proj_type (None: left out, open_clip's default mlp), pad id)
 HF_CASES = {
     "xlmr-mean-linear": ("xlm-roberta", "mean_pooler", "linear", 1),
+    "xlmr-mean-mlp": ("xlm-roberta", "mean_pooler", "mlp", 1),
+    "xlmr-mean-default_proj": ("xlm-roberta", "mean_pooler", None, 1),
+    "bert-cls_pooler-mlp": ("bert", "cls_pooler", "mlp", 0),
     "bert-cls_pooler-linear": ("bert", "cls_pooler", "linear", 0),
     "bert-cls_last_hidden_state-linear": ("bert", "cls_last_hidden_state_pooler", "linear", 0),
 }
@@ -119,11 +123,13 @@ def test_open_clip_checkpoint_with_hf_text_tower_loads_with_equal_embeddings(
             "hf_model_name": str(text_dir),
             "hf_tokenizer_name": str(text_dir),
             "hf_pooler_type": pooler,
-            "hf_proj_type": proj,
+            **({"hf_proj_type": proj} if proj else {}),
         },
     }
     directory = tmp_path / "open_clip"
-    worker(open_clip_python, "build", dir=str(directory), model_cfg=model_cfg, seed=1)
+    keys = worker(open_clip_python, "build", dir=str(directory), model_cfg=model_cfg, seed=1)["keys"]
+    mlp = proj in ("mlp", None)
+    assert ("text.proj.2.weight" in keys) == mlp  # open_clip built the head the case names
     ids, x = token_ids(pad), pixels()
     np.savez(tmp_path / "in.npz", pixel_values=x, input_ids=ids)
     worker(
@@ -136,6 +142,7 @@ def test_open_clip_checkpoint_with_hf_text_tower_loads_with_equal_embeddings(
     reference = np.load(tmp_path / "out.npz")
     model = CLIPModel.from_pretrained(directory)
     assert model.module.text_pooling == {"mean_pooler": "mean", "cls_pooler": "pooler"}.get(pooler, "cls")
+    assert model.module.text_projection_kind == ("mlp" if mlp else "linear")
     ours = clip_jax_embeddings(model, x, ids, pad)
     assert np.abs(np.asarray(ours.image_embeds) - reference["image_embeds"]).max() <= TOL
     assert np.abs(np.asarray(ours.text_embeds) - reference["text_embeds"]).max() <= TOL
@@ -183,16 +190,38 @@ def test_open_clip_builtin_text_tower_and_sigmoid_bias_load_with_equal_embedding
     assert saved_model_loss(str(directory)) == "sigmoid"  # loss.kind='auto' continues it with sigmoid
 
 
-@pytest.mark.parametrize("pooling", ["mean", "pooler", "cls"])
+@pytest.mark.parametrize(
+    "text,pooling,projection",
+    [
+        ("bert", "mean", "linear"),
+        ("bert", "pooler", "linear"),
+        ("bert", "cls", "linear"),
+        ("bert", "pooler", "mlp"),
+        ("xlm-roberta", "mean", "mlp"),  # the published xlm-roberta-base-ViT-B-32's architecture
+    ],
+)
 def test_clip_jax_export_in_open_clip_layout_loads_in_open_clip(
-    open_clip_python, checkpoints, tmp_path, pooling
+    open_clip_python, checkpoints, tmp_path, text, pooling, projection
 ):
     paths = checkpoints["paths"]
     model = CLIPModel.from_towers(
-        vision=paths["vision"], text=paths["bert"], projection_dim=16, text_pooling=pooling, max_length=12
+        vision=paths["vision"],
+        text=paths[text],
+        tokenizer=paths["bert"],
+        projection_dim=16,
+        text_pooling=pooling,
+        text_projection=projection,
+        max_length=12,
     )
+    if projection == "mlp":  # a trained head, not the small fresh one: the GELU between its layers matters
+        rs = np.random.RandomState(5)
+        for layer in (model.module.text_projection.fc1, model.module.text_projection.fc2):
+            layer.kernel[...] = rs.normal(0, 0.3, layer.kernel.shape).astype(np.float32)
     out = model.save_pretrained(tmp_path / "export", format="open_clip")
-    ids, x = token_ids(0), pixels()
+    saved = json.loads((out / "open_clip_config.json").read_text())["model_cfg"]["text_cfg"]
+    assert saved["hf_proj_type"] == projection
+    pad = 0 if text == "bert" else 1
+    ids, x = token_ids(pad), pixels()
     np.savez(tmp_path / "in.npz", pixel_values=x, input_ids=ids)
     info = worker(
         open_clip_python,
@@ -204,12 +233,15 @@ def test_clip_jax_export_in_open_clip_layout_loads_in_open_clip(
     )
     assert info["class"] == "CustomTextCLIP"
     reference = np.load(tmp_path / "out.npz")
-    ours = clip_jax_embeddings(model, x, ids, 0)
+    ours = clip_jax_embeddings(model, x, ids, pad)
     assert np.abs(np.asarray(ours.image_embeds) - reference["image_embeds"]).max() <= TOL
     assert np.abs(np.asarray(ours.text_embeds) - reference["text_embeds"]).max() <= TOL
     assert abs(float(ours.logit_scale) - float(reference["logit_scale"])) <= TOL
-    # open_clip's own tokenizer (from the export's tokenizer files) gives the texts clip_jax's encode_text does
-    assert np.abs(model.encode_text(TEXTS) - reference["own_tokenizer_text_embeds"]).max() <= TOL
+    if (
+        text == "bert"
+    ):  # (the WordPiece tokenizer pads with 0, which open_clip does not mask for XLM-R's pad 1)
+        # open_clip's own tokenizer (from the export's tokenizer files) gives the texts clip_jax's encode_text does
+        assert np.abs(model.encode_text(TEXTS) - reference["own_tokenizer_text_embeds"]).max() <= TOL
 
 
 def test_demo_mean_pooled_model_exports_in_open_clip_layout(open_clip_python, small_standins, tmp_path):
@@ -292,14 +324,20 @@ def _rewrite(directory, tmp_path, change):
     return copy
 
 
-def test_mlp_text_projection_is_refused_in_one_line(exported, tmp_path):
-    copy = _rewrite(exported, tmp_path, lambda cfg: cfg["text_cfg"].update(hf_proj_type="mlp"))
-    with pytest.raises(CheckpointError, match=r"hf_proj_type='mlp' .* cannot express") as error:
+def test_unknown_text_projection_is_refused_in_one_line(exported, tmp_path):
+    copy = _rewrite(exported, tmp_path, lambda cfg: cfg["text_cfg"].update(hf_proj_type="attention"))
+    with pytest.raises(
+        CheckpointError, match=r"hf_proj_type='attention' is none of open_clip's mlp or linear"
+    ) as error:
         CLIPModel.from_pretrained(copy)
     assert "\n" not in str(error.value)
-    # open_clip's default projection, when a config names none, is the mlp one
-    copy = _rewrite(exported, tmp_path / "b", lambda cfg: cfg["text_cfg"].pop("hf_proj_type"))
-    with pytest.raises(CheckpointError, match="mlp"):
+
+
+def test_mlp_config_over_linear_weights_is_refused(exported, tmp_path):
+    """A config left out hf_proj_type (open_clip's default: mlp) but the weights hold one linear head: the
+    missing MLP weights are reported, not left random."""
+    copy = _rewrite(exported, tmp_path, lambda cfg: cfg["text_cfg"].pop("hf_proj_type"))
+    with pytest.raises(CheckpointError, match=r"text_projection\.fc1"):
         CLIPModel.from_pretrained(copy)
 
 
