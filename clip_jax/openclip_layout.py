@@ -341,10 +341,55 @@ def hf_text_config(directory: Path, name: str, source: str) -> dict[str, Any]:
 
 def openclip_as_dual_encoder(directory: str | Path) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """An open_clip directory's model as a ``vision-text-dual-encoder`` ``config.json`` (with its ``clip_jax``
-    section: text pooling, ``max_length``, the logit bias and scale ceiling) and weights under its names."""
+    section: text pooling and projection, ``max_length``, the logit bias and scale ceiling) and weights under its
+    names."""
     from clip_jax.weights.readers import _read_safetensors, _read_torch_bin
 
     directory = Path(directory)
+    config, proj = _dual_encoder_config(directory)
+    state_dict = _read_weights(directory, _read_safetensors, _read_torch_bin)
+    weights = to_dual_encoder_names(state_dict, str(directory))
+    if proj is None:  # open_clip's nn.Identity: a square identity projection
+        weights["text_projection.weight"] = np.eye(config["projection_dim"], dtype=np.float32)
+    if (
+        config["clip_jax"]["text_pooling"] != "pooler"
+    ):  # open_clip builds no pooler layer then; ours is unused
+        weights = {k: v for k, v in weights.items() if not k.startswith("text_model.pooler.")}
+    biased = "logit_bias" in weights  # the weights decide where they and the config disagree
+    config["clip_jax"].update(
+        logit_bias_init=float(weights["logit_bias"]) if biased else None,
+        logit_scale_max=None if biased else math.log(100.0),
+    )
+    return config, weights
+
+
+def openclip_dual_encoder_config(directory: str | Path) -> dict[str, Any]:
+    """An open_clip directory's model as a ``vision-text-dual-encoder`` ``config.json``, read from
+    ``open_clip_config.json`` and the text tower's ``config.json`` alone: no weights are read (what ``clip-jax plan``
+    needs)."""
+    return _dual_encoder_config(Path(directory))[0]
+
+
+def find_openclip_dir(spec: str) -> Path | None:
+    """The directory holding ``spec``'s ``open_clip_config.json``: ``spec`` itself when local, the Hugging Face
+    cache's snapshot when ``spec`` is a hub id whose config was downloaded; None when it is neither."""
+    path = Path(spec).expanduser()
+    if is_openclip_dir(path):
+        return path
+    if "/" in spec and not spec.startswith((".", "/", "~")) and "://" not in spec:
+        try:
+            import huggingface_hub
+
+            cached = huggingface_hub.try_to_load_from_cache(spec, CONFIG_NAME)
+        except Exception:  # not a valid repo id
+            return None
+        if isinstance(cached, str):
+            return Path(cached).parent
+    return None
+
+
+def _dual_encoder_config(directory: Path) -> tuple[dict[str, Any], str | None]:
+    """The dual encoder ``config.json`` of an open_clip directory, and its ``hf_proj_type`` (None: identity)."""
     source = str(directory)
     raw = read_openclip_config(directory)
     model_cfg = raw["model_cfg"]
@@ -381,13 +426,8 @@ def openclip_as_dual_encoder(directory: str | Path) -> tuple[dict[str, Any], dic
     else:
         text = _builtin_text_config(text_cfg, model_cfg, source)
         proj, pooling, max_length = "linear", "pooler", text["max_position_embeddings"]
-    state_dict = _read_weights(directory, _read_safetensors, _read_torch_bin)
-    weights = to_dual_encoder_names(state_dict, source)
-    if proj is None:  # open_clip's nn.Identity: a square identity projection
-        weights["text_projection.weight"] = np.eye(embed_dim, dtype=np.float32)
-    if pooling != "pooler":  # open_clip builds no pooler layer then; clip_jax's is left random and unused
-        weights = {k: v for k, v in weights.items() if not k.startswith("text_model.pooler.")}
-    biased = "logit_bias" in weights
+    # open_clip builds a logit_bias parameter exactly when init_logit_bias is set (SigLIP-style models)
+    bias = model_cfg.get("init_logit_bias")
     config = {
         "model_type": "vision-text-dual-encoder",
         "vision_config": vision,
@@ -397,13 +437,13 @@ def openclip_as_dual_encoder(directory: str | Path) -> tuple[dict[str, Any], dic
             "text_pooling": pooling,
             "text_projection": "mlp" if proj == "mlp" else "linear",
             "max_length": max_length,
-            "logit_bias_init": float(weights["logit_bias"]) if biased else None,
+            "logit_bias_init": None if bias is None else float(bias),
             # open_clip clamps the temperature at 100 while training CLIP, not SigLIP-style models
-            "logit_scale_max": None if biased else math.log(100.0),
+            "logit_scale_max": None if bias is not None else math.log(100.0),
             "open_clip": True,
         },
     }
-    return config, weights
+    return config, proj
 
 
 def _read_weights(directory: Path, read_safetensors, read_torch_bin) -> dict[str, np.ndarray]:

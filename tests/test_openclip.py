@@ -417,3 +417,46 @@ def test_eval_takes_an_open_clip_directory(exported, tmp_path):
     )[:, ::-1]
     assert metrics["images"] == 3
     assert metrics["text_retrieval_recall@1"] == pytest.approx(float(np.mean(ranks[:, 0] == np.arange(3))))
+
+
+def test_plan_builds_an_open_clip_start_from_its_configs_alone(checkpoints, tmp_path):
+    """`clip-jax plan` with model.init_from an open_clip directory (the openclip_xlmr_italian recipe's start, with
+    its MLP text head): the abstract model comes from open_clip_config.json and the text tower's config.json only —
+    the weights file is gone — and has the shapes the loaded model has; its steps compile, and the analytic FLOPs
+    (which count the MLP head's two matrices) agree with the compiled program's."""
+    from train_helpers import shrunk_recipe
+
+    from clip_jax.configs.openclip_xlmr_italian import get_config
+    from clip_jax.plan import plan, target
+    from clip_jax.train.model import build_model
+    from clip_jax.weights.params import flat_params
+
+    paths = checkpoints["paths"]
+    start = CLIPModel.from_towers(
+        vision=paths["vision"],
+        text=paths["xlm-roberta"],
+        tokenizer=paths["bert"],
+        projection_dim=16,
+        text_pooling="mean",
+        text_projection="mlp",
+        max_length=12,
+    ).save_pretrained(tmp_path / "open_clip", format="open_clip")
+    loaded = CLIPModel.from_pretrained(start).module
+    (start / "open_clip_model.safetensors").unlink()  # planning must not need the weights
+    config = shrunk_recipe(
+        get_config(),
+        tmp_path,
+        **{"model.init_from": str(start), "model.projection_dim": 16, "model.max_length": 12},
+    )
+    abstract = build_model(config, abstract=True).module
+    assert abstract.text_projection_kind == "mlp"
+    shapes = lambda module: {k: tuple(v.shape) for k, v in flat_params(module).items()}
+    assert shapes(abstract) == shapes(loaded)
+    assert shapes(abstract)[("text_projection", "fc1", "kernel")] == (32, 24)  # (32 + 16) // 2 hidden
+    plans = plan(config, target("cpu:2"), steps=["warmup", "finetune"], search=False, log=lambda _: None)
+    for p in plans:
+        assert p.flops_xla == pytest.approx(p.flops_analytic, rel=0.1), (
+            p.step,
+            p.flops_xla,
+            p.flops_analytic,
+        )
