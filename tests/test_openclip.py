@@ -460,3 +460,42 @@ def test_plan_builds_an_open_clip_start_from_its_configs_alone(checkpoints, tmp_
             p.flops_xla,
             p.flops_analytic,
         )
+
+
+def test_open_clip_pytorch_bin_weights_load_like_safetensors(checkpoints, tmp_path):
+    """open_clip's older hub repos hold open_clip_pytorch_model.bin (torch.save of the state dict), read only with
+    torch.load(weights_only=True): the same model as from safetensors; a .bin that needs unpickling is refused
+    without running it."""
+    import torch
+    from safetensors.numpy import load_file
+
+    paths = checkpoints["paths"]
+    model = CLIPModel.from_towers(
+        vision=paths["vision"],
+        text=paths["xlm-roberta"],
+        tokenizer=paths["bert"],
+        projection_dim=16,
+        text_pooling="mean",
+        text_projection="mlp",
+        max_length=12,
+    )
+    out = model.save_pretrained(tmp_path / "export", format="open_clip")
+    state = {k: torch.from_numpy(v) for k, v in load_file(str(out / "open_clip_model.safetensors")).items()}
+    (out / "open_clip_model.safetensors").unlink()
+    torch.save(state, out / "open_clip_pytorch_model.bin")
+    again = CLIPModel.from_pretrained(out)
+    assert again.module.text_projection_kind == "mlp"
+    x = pixels()
+    np.testing.assert_array_equal(again.encode_image(x), model.encode_image(x))
+    np.testing.assert_array_equal(again.encode_text(TEXTS), model.encode_text(TEXTS))
+
+    marker = tmp_path / "executed"
+
+    class Payload:
+        def __reduce__(self):
+            return (Path.touch, (marker,))
+
+    torch.save({"visual.proj": Payload()}, out / "open_clip_pytorch_model.bin")
+    with pytest.raises(CheckpointError, match=r"weights_only=True") as error:
+        CLIPModel.from_pretrained(out)
+    assert "open_clip_pytorch_model.bin" in str(error.value) and not marker.exists()
