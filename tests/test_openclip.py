@@ -267,6 +267,54 @@ def test_demo_mean_pooled_model_exports_in_open_clip_layout(open_clip_python, sm
     assert np.abs(model.encode_text(TEXTS) - reference["own_tokenizer_text_embeds"]).max() <= TOL
 
 
+def test_open_clip_export_model_card_usage_runs_in_open_clip(open_clip_python, checkpoints, tmp_path):
+    """The model card of an open_clip export: open_clip's metadata, and a usage snippet that runs as written in
+    open_clip (the directory in place of PATH) and gives the probabilities clip_jax's classify gives."""
+    from PIL import Image
+
+    paths = checkpoints["paths"]
+    model = CLIPModel.from_towers(
+        vision=paths["vision"],
+        text=paths["bert"],
+        projection_dim=16,
+        text_pooling="mean",
+        text_projection="mlp",
+        max_length=12,
+    )
+    out = model.save_pretrained(tmp_path / "export", format="open_clip", card={"language": "it"})
+    card = (out / "README.md").read_text()
+    assert "library_name: open_clip" in card and "- open_clip" in card and "MLP text head" in card
+    assert "VisionTextDualEncoderModel" not in card and str(tmp_path) not in card  # no local paths
+    snippet = card.split("```python\n")[1].split("```")[0]
+    assert "open_clip.create_model_and_transforms" in snippet
+    # at the model's own size: no resize, whose interpolation differs between the libraries (not checked here)
+    photo = np.random.RandomState(0).randint(0, 255, (32, 32, 3), np.uint8)
+    Image.fromarray(photo).save(tmp_path / "photo.png")
+    code = snippet.replace("local-dir:PATH", f"local-dir:{out}").replace("photo.jpg", "photo.png")
+    code += "\nprint(json.dumps(probs.tolist()))"
+    result = subprocess.run(
+        [open_clip_python, "-c", "import json\n" + code],
+        cwd=tmp_path,
+        env=dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=""),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    probs = np.asarray(json.loads(result.stdout.strip().splitlines()[-1]))[0]
+    import ast
+
+    line = next(line for line in snippet.splitlines() if line.startswith("text = tokenizer("))
+    texts = ast.literal_eval(
+        line[len("text = tokenizer(") : -1]
+    )  # the card's prompts (CIFAR-10's cat and dog)
+    assert len(probs) == len(texts) == 2
+    image = model.encode_image([Image.open(tmp_path / "photo.png")])
+    logits = float(model.module.scale()) * image @ model.encode_text(texts).T
+    ours = np.exp(logits[0] - logits[0].max()) / np.exp(logits[0] - logits[0].max()).sum()
+    assert np.abs(probs - ours).max() <= 1e-4
+
+
 # ------------------------------------------------------------------------------------ always (no open_clip)
 @pytest.mark.parametrize(
     "text,pooling", [("bert", "mean"), ("xlm-roberta", "pooler"), ("bert", "cls"), ("clip_text", "pooler")]
@@ -392,6 +440,8 @@ def test_export_command_writes_open_clip_layout(exported, tmp_path):
     config = json.loads((Path(out) / "open_clip_config.json").read_text())
     assert config["model_cfg"]["text_cfg"]["hf_model_name"] == "user/repo"
     assert _keys(Path(out)) == _keys(exported)
+    card = (Path(out) / "README.md").read_text()  # a model card, as the other formats have
+    assert "library_name: open_clip" in card and 'create_model_and_transforms("local-dir:PATH")' in card
 
 
 def test_eval_takes_an_open_clip_directory(exported, tmp_path):
