@@ -363,11 +363,21 @@ def openclip_as_dual_encoder(directory: str | Path) -> tuple[dict[str, Any], dic
     return config, weights
 
 
-def openclip_dual_encoder_config(directory: str | Path) -> dict[str, Any]:
-    """An open_clip directory's model as a ``vision-text-dual-encoder`` ``config.json``, read from
-    ``open_clip_config.json`` and the text tower's ``config.json`` alone: no weights are read (what ``clip-jax plan``
-    needs)."""
-    return _dual_encoder_config(Path(directory))[0]
+def openclip_architecture(spec: str) -> tuple[dict[str, Any], str] | None:
+    """``(config.json, where it came from)`` of the open_clip model ``spec`` as a ``vision-text-dual-encoder``, read
+    from ``open_clip_config.json`` and the text tower's ``config.json`` alone, no weights (what ``clip-jax plan``
+    needs): a local open_clip directory, a hub id whose ``open_clip_config.json`` is cached, or one of the copies
+    clip_jax ships for the recipes' hub ids (``weights/architectures/open_clip/``); None where ``spec`` is none."""
+    from clip_jax.weights.readers import SHIPPED_ARCHITECTURES
+
+    directory = find_openclip_dir(spec)
+    if directory is not None:
+        return _dual_encoder_config(directory)[0], str(directory / CONFIG_NAME)
+    shipped = SHIPPED_ARCHITECTURES / "open_clip" / (spec.replace("/", "--") + ".json")
+    if "/" in spec and not spec.startswith((".", "/", "~")) and shipped.is_file():
+        raw = {k: v for k, v in json.loads(shipped.read_text()).items() if not k.startswith("_")}
+        return _dual_encoder_config(shipped.parent, raw)[0], f"clip_jax's copy ({shipped.name})"
+    return None
 
 
 def find_openclip_dir(spec: str) -> Path | None:
@@ -388,10 +398,13 @@ def find_openclip_dir(spec: str) -> Path | None:
     return None
 
 
-def _dual_encoder_config(directory: Path) -> tuple[dict[str, Any], str | None]:
-    """The dual encoder ``config.json`` of an open_clip directory, and its ``hf_proj_type`` (None: identity)."""
+def _dual_encoder_config(
+    directory: Path, raw: dict[str, Any] | None = None
+) -> tuple[dict[str, Any], str | None]:
+    """The dual encoder ``config.json`` of an open_clip directory (or of its ``open_clip_config.json``, ``raw``),
+    and its ``hf_proj_type`` (None: identity)."""
     source = str(directory)
-    raw = read_openclip_config(directory)
+    raw = raw or read_openclip_config(directory)
     model_cfg = raw["model_cfg"]
     if "multimodal_cfg" in model_cfg:
         _refuse(source, "it is a CoCa model (a captioning decoder beside the towers)")

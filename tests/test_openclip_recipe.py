@@ -72,3 +72,24 @@ def test_openclip_xlmr_italian_recipe_trains_end_to_end(checkpoints, tmp_path):
     assert again.module.text_projection_kind == "mlp"
     texts = ["una foto di un gatto", "tre cerchi blu"]
     np.testing.assert_allclose(again.encode_text(texts), trained.encode_text(texts), atol=1e-5)
+
+
+def test_openclip_xlmr_italian_start_is_known_offline_for_plan(tmp_path, monkeypatch):
+    """`clip-jax plan --config openclip_xlmr_italian` needs the start's architecture with no download: clip_jax ships
+    open_clip's config of the published checkpoint (no weights), which builds the abstract model at its sizes —
+    the MLP text head 768 -> 640 -> 512 among them."""
+    import huggingface_hub
+
+    from clip_jax.configs.openclip_xlmr_italian import get_config
+    from clip_jax.train.model import build_model
+    from clip_jax.weights.params import flat_params
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    module = build_model(get_config(), abstract=True).module
+    shapes = {".".join(map(str, k)): tuple(v.shape) for k, v in flat_params(module).items()}
+    assert shapes["text_projection.fc1.kernel"] == (768, 640)
+    assert shapes["text_projection.fc2.kernel"] == (640, 512)
+    assert shapes["visual_projection.kernel"] == (768, 512)
+    assert shapes["vision.patch_embedding.kernel"] == (32, 32, 3, 768)
+    assert shapes["text.word_embeddings.embedding"][0] == 250002  # XLM-R base's vocabulary
+    assert module.text_pooling == "mean" and module.vision.config.to_hf()["hidden_act"] == "gelu"

@@ -129,15 +129,10 @@ def _with_remat(build, remat: bool):
 
 def _saved_model_config(spec: str) -> tuple[dict, str]:
     """The ``config.json`` of a saved dual encoder, without its weights: an export or hub id, a training workdir's
-    ``model/``, or an open_clip directory (or a hub id whose ``open_clip_config.json`` is cached)."""
-    from clip_jax import openclip_layout
+    ``model/``, or an open_clip model (:func:`clip_jax.openclip_layout.openclip_architecture`)."""
     from clip_jax import workdir as workdirs
+    from clip_jax.openclip_layout import openclip_architecture
 
     if workdirs.is_training_workdir(spec):
         spec = workdirs.join(spec, "model")
-    openclip = openclip_layout.find_openclip_dir(spec)
-    if openclip is not None:
-        return openclip_layout.openclip_dual_encoder_config(openclip), str(
-            openclip / openclip_layout.CONFIG_NAME
-        )
-    return read_architecture(spec)
+    return openclip_architecture(spec) or read_architecture(spec)
