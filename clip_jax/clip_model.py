@@ -122,6 +122,7 @@ class CLIPModel:
         projection_dim: int = 512,
         text_pooling: str | None = None,
         *,
+        text_projection: str = "linear",
         tokenizer: Any = None,
         image_size: int | None = None,
         max_length: int | None = None,
@@ -137,8 +138,9 @@ class CLIPModel:
         ``vision`` and ``text`` are each a local directory or hub id (a full ``clip`` checkpoint
         gives its vision or text half), or a config (our dataclass, a transformers config, or a
         dict) for a randomly initialised tower. ``text_pooling`` is one of ``pooler`` (default,
-        as ``VisionTextDualEncoderModel``), ``cls``, ``mean``, ``eos``. ``image_size`` changes the
-        vision tower's resolution (position embeddings are interpolated).
+        as ``VisionTextDualEncoderModel``), ``cls``, ``mean``, ``eos``. ``text_projection``: ``linear`` (default)
+        or ``mlp``, open_clip's Linear-GELU-Linear text head (transformers' format cannot hold it; open_clip's
+        layout can). ``image_size`` changes the vision tower's resolution (position embeddings are interpolated).
         """
         common = dict(dtype=dtype, param_dtype=param_dtype, seed=seed)
         v = _tower(vision, "vision", overrides={"image_size": image_size}, revision=revision, **common)
@@ -148,6 +150,7 @@ class CLIPModel:
             t.module,
             projection_dim=projection_dim,
             text_pooling=text_pooling or "pooler",
+            text_projection_kind=text_projection,
             logit_scale_init=logit_scale_init,
             logit_bias_init=logit_bias_init,
             dtype=dtype,
@@ -219,7 +222,7 @@ class CLIPModel:
         """Write config.json, the weights (safetensors; sharded above ``max_shard_size``), the tokenizer
         (a fresh copy whose ``model_max_length`` is this model's ``max_length``) and preprocessor_config.json: a directory ``VisionTextDualEncoderModel.from_pretrained`` loads.
 
-        A model whose text pooling transformers cannot reproduce is written in clip_jax's own
+        A model whose text pooling or text projection transformers cannot reproduce is written in clip_jax's own
         ``model_type`` instead (transformers refuses it); ``require_transformers=True`` raises
         :class:`ExportError` for such a model. ``weights=False`` writes everything but the weights.
 

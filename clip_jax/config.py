@@ -86,12 +86,16 @@ def base_config() -> ConfigDict:
             vision="openai/clip-vit-base-patch32",  # local dir, hub id, a dict config (random init), or demo:NAME
             text="dbmdz/bert-base-italian-xxl-uncased",
             # A whole saved dual encoder to start from instead (exported dir, hub id or training workdir; its towers,
-            # projections, pooling and temperature; vision/text/projection_dim/text_pooling are then unused), e.g. a
+            # projections, pooling and temperature; vision/text are then unused, and projection_dim/text_pooling/
+            # text_projection/max_length must be the saved model's), e.g. a
             # distillation's export: AltCLIP's "distil, then fine-tune contrastively"
             init_from="",
             tokenizer="",  # default: the text tower's own
             projection_dim=512,
             text_pooling="pooler",  # pooler | cls | mean | eos
+            # linear (one matrix; transformers' format) | mlp (open_clip's Linear-GELU-Linear text head, its default
+            # for Hugging Face text towers; exports in clip_jax's and open_clip's layouts only)
+            text_projection="linear",
             image_size=0,  # 0: the vision tower's; else interpolate position embeddings
             max_length=64,
             logit_scale_init=math.log(1 / 0.07),
@@ -311,11 +315,22 @@ def saved_model_loss(spec: str) -> str:
     )
 
 
-def check_init_from(config: ConfigDict, projection_dim: int, text_pooling: str, max_length: int) -> None:
-    """Raise ``ValueError`` where ``config.model`` sets a projection size, text pooling or ``max_length`` other
-    than those of the model ``model.init_from`` loaded (that model's own are used, so the config would record
-    settings the run did not have)."""
-    saved = {"projection_dim": projection_dim, "text_pooling": text_pooling, "max_length": max_length}
+def check_init_from(
+    config: ConfigDict,
+    projection_dim: int,
+    text_pooling: str,
+    max_length: int,
+    text_projection: str = "linear",
+) -> None:
+    """Raise ``ValueError`` where ``config.model`` sets a projection size, text pooling, text projection or
+    ``max_length`` other than those of the model ``model.init_from`` loaded (that model's own are used, so the
+    config would record settings the run did not have)."""
+    saved = {
+        "projection_dim": projection_dim,
+        "text_pooling": text_pooling,
+        "text_projection": text_projection,
+        "max_length": max_length,
+    }
     wrong = {k: v for k, v in saved.items() if config.model[k] != v}
     if wrong:
         given = ", ".join(f"model.{k}={config.model[k]!r}" for k in wrong)
@@ -413,6 +428,7 @@ RULES: dict[str, Rule] = {
     "model.tokenizer": TEXT,
     "model.projection_dim": whole(1),
     "model.text_pooling": one_of("pooler", "cls", "mean", "eos"),
+    "model.text_projection": one_of("linear", "mlp"),
     "model.image_size": whole(0, " (0: the vision tower's own)"),
     "model.max_length": whole(2, " (room for the special tokens)"),
     "model.logit_scale_init": number(note=" (log of the inverse temperature, e.g. 2.659 for 1/0.07)"),

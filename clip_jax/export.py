@@ -57,13 +57,11 @@ def check_out(out: str) -> None:
 
 
 def _save(model, args: argparse.Namespace, bases: list[str], results, config):
-    if args.format == "open_clip":  # open_clip's layout has no model card of ours
-        return model.save_pretrained(
-            args.out, format="open_clip", hf_model_name=args.hf_model_name or args.push_to_hub
-        )
     return model.save_pretrained(
         args.out,
         max_shard_size=args.max_shard_size,
+        format=args.format,
+        hf_model_name=(args.hf_model_name or args.push_to_hub) if args.format == "open_clip" else None,
         card=dict(
             language=args.language,
             license=args.license,

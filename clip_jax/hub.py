@@ -51,8 +51,17 @@ def parse_size(size: str | int) -> int:
 NO_AUTOMODEL_TEXT_TOWERS = ("siglip_text_model", "siglip2_text_model")
 
 
-def transformers_compatible(text_pooling: str, text_model_type: str) -> tuple[bool, str]:
+def transformers_compatible(
+    text_pooling: str, text_model_type: str, text_projection: str = "linear"
+) -> tuple[bool, str]:
     """Whether ``VisionTextDualEncoderModel`` computes exactly our text embeddings, and why not."""
+    if text_projection != "linear":
+        return False, (
+            f"clip_jax model, not loadable in transformers: its text projection is open_clip's {text_projection!r} "
+            "head (Linear-GELU-Linear) and transformers' VisionTextDualEncoderModel has one linear text projection "
+            "— load it with clip_jax (clip_jax.CLIPModel.from_pretrained), or export it in open_clip's layout "
+            "(format='open_clip')"
+        )
     if text_model_type in NO_AUTOMODEL_TEXT_TOWERS:
         return False, (
             f"clip_jax model, not loadable in transformers: its text tower is a {text_model_type}, which "
@@ -238,7 +247,11 @@ def training_recipe(config: Mapping[str, Any]) -> dict[str, Any]:
         "model": {
             "vision": tower(model.get("vision")),
             "text": tower(model.get("text")),
-            **{k: model[k] for k in ("projection_dim", "text_pooling", "max_length", "dtype") if k in model},
+            **{
+                k: model[k]
+                for k in ("projection_dim", "text_pooling", "text_projection", "max_length", "dtype")
+                if k in model
+            },
         },
         "loss": config.get("loss", {}).get("kind"),
         "train": {
@@ -290,30 +303,35 @@ def model_card(
     repo_id: str | None = None,
     model_name: str | None = None,
     max_length: int | None = None,
+    format: str = "transformers",
 ) -> Any:
     """A ``huggingface_hub.ModelCard`` for an exported dual encoder.
 
     Metadata: languages, license, ``library_name``, ``pipeline_tag: zero-shot-image-classification``, tags,
     training data sets, ``base_model`` (the hub ids among ``base_models``) and a ``model-index`` from eval.py's
     result records. Body: what the model is, its results, usage with transformers (model and ``pipeline``
-    with a prompt in ``language``) and clip_jax, and the training recipe. Local paths are never written:
-    ``repo_id`` names the model in the snippets (a placeholder without it). ``max_length``: the text length
-    the model was trained with (the tokenizer's ``model_max_length``).
+    with a prompt in ``language``) — or, for ``format='open_clip'`` (an export in open_clip's layout; ``config``
+    is then the model's dual encoder config, :func:`dual_encoder_config`), with open_clip — and clip_jax, and the
+    training recipe. Local paths are never written: ``repo_id`` names the model in the snippets (a placeholder
+    without it). ``max_length``: the text length the model was trained with (the tokenizer's
+    ``model_max_length``).
     """
     from huggingface_hub import ModelCard, ModelCardData
 
-    compatible = config.get("model_type") == "vision-text-dual-encoder"
+    openclip = format == "open_clip"
+    compatible = config.get("model_type") == "vision-text-dual-encoder" and not openclip
+    mlp = config.get("clip_jax", {}).get("text_projection", "linear") == "mlp"
     bases = hub_ids(base_models)
     name = model_name or (repo_id.split("/")[-1] if repo_id else f"clip-jax-{language or 'dual-encoder'}")
     evals = eval_results(results or [], language)
     data = ModelCardData(
         language=language,
         license=license,
-        library_name="transformers" if compatible else "clip_jax",
+        library_name="open_clip" if openclip else "transformers" if compatible else "clip_jax",
         pipeline_tag="zero-shot-image-classification",
         tags=[
             "clip",
-            "vision-text-dual-encoder",
+            "open_clip" if openclip else "vision-text-dual-encoder",
             "clip_jax",
             "zero-shot-image-classification",
             "image-retrieval",
@@ -332,9 +350,9 @@ def model_card(
         f"A CLIP-style dual encoder{f' for `{language}`' if language else ''}: a {vision.get('model_type')} "
         f"vision tower ({vision.get('hidden_size')}-d, patch {vision.get('patch_size')}, "
         f"{vision.get('image_size')} px) and a {text.get('model_type')} text tower "
-        f"({text.get('hidden_size')}-d), each projected to {hub_projection_dim(config)} dimensions, trained "
-        "contrastively with clip_jax (the projections first with frozen towers, then "
-        "everything).",
+        f"({text.get('hidden_size')}-d{', through open_clip’s MLP text head' if mlp else ''}), each projected to "
+        f"{hub_projection_dim(config)} dimensions, trained contrastively with clip_jax (the projections first with "
+        "frozen towers, then everything).",
         "",
     ]
     if bases:
@@ -358,7 +376,30 @@ def model_card(
     if not repo_id:
         lines += ["`REPO_ID` below: this model's hub id or local directory.", ""]
     lines += ["## Usage", ""]
-    if compatible:
+    if openclip:
+        spec = f"hf-hub:{repo_id}" if repo_id else "local-dir:PATH"
+        lines += [
+            "In open_clip's layout: open_clip (PyTorch) loads it with no custom code"
+            + ("" if repo_id else " (`PATH`: this directory)")
+            + ":",
+            "",
+            "```python",
+            "import open_clip",
+            "import torch",
+            "from PIL import Image",
+            "",
+            f'model, _, preprocess = open_clip.create_model_and_transforms("{spec}")',
+            f'tokenizer = open_clip.get_tokenizer("{spec}")',
+            'image = preprocess(Image.open("photo.jpg")).unsqueeze(0)',
+            f"text = tokenizer({[template.format(label) for label in labels]!r})",
+            "with torch.no_grad():",
+            "    image_features = model.encode_image(image, normalize=True)",
+            "    text_features = model.encode_text(text, normalize=True)",
+            "    probs = (model.logit_scale.exp() * image_features @ text_features.T).softmax(dim=-1)",
+            "```",
+            "",
+        ]
+    elif compatible:
         lines += [
             "With transformers (PyTorch), no custom code:",
             "",
@@ -389,6 +430,13 @@ def model_card(
             "",
             f"`truncation=True` cuts texts at {max_length or 'the tokenizer’s `model_max_length`'} tokens, as "
             "the model was trained; transformers' pipeline does not truncate, so keep its labels short.",
+            "",
+        ]
+    elif config.get("clip_jax", {}).get("text_projection", "linear") != "linear":
+        lines += [
+            "This model's text projection is open_clip's MLP head, which transformers' "
+            "VisionTextDualEncoderModel does not have; load it with clip_jax, or export it in open_clip's layout "
+            "(`clip-jax export --format open_clip`) for open_clip.",
             "",
         ]
     else:
@@ -423,16 +471,20 @@ def model_card(
     return ModelCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(lines))
 
 
-def write_model_card(directory: str | os.PathLike, **card: Any) -> Path:
-    """Write ``README.md`` (:func:`model_card`) into an exported model directory, reading its ``config.json``;
-    ``card`` takes :func:`model_card`'s arguments but ``config``."""
+def write_model_card(
+    directory: str | os.PathLike, *, config: Mapping[str, Any] | None = None, **card: Any
+) -> Path:
+    """Write ``README.md`` (:func:`model_card`) into an exported model directory, for ``config`` (default: the
+    directory's ``config.json``); ``card`` takes :func:`model_card`'s other arguments."""
     directory = Path(directory)
     tokenizer_config = directory / "tokenizer_config.json"
     if "max_length" not in card and tokenizer_config.is_file():
         length = json.loads(tokenizer_config.read_text()).get("model_max_length")
         card["max_length"] = length if isinstance(length, int) and length < 1_000_000 else None
     path = directory / "README.md"
-    model_card(config=json.loads((directory / "config.json").read_text()), **card).save(path)
+    if config is None:
+        config = json.loads((directory / "config.json").read_text())
+    model_card(config=config, **card).save(path)
     return path
 
 
@@ -507,6 +559,7 @@ def dual_encoder_builder(
             tower_builder(t_arch, t_cfg, dtype, param_dtype)(),
             projection_dim=int(hf.get("projection_dim", 512)),
             text_pooling=extra.get("text_pooling", "pooler"),
+            text_projection_kind=extra.get("text_projection", "linear"),
             logit_scale_init=float(hf.get("logit_scale_init_value", LOGIT_SCALE_INIT)),
             logit_bias_init=bias,
             logit_scale_max=extra.get("logit_scale_max", LOGIT_SCALE_MAX),
@@ -576,7 +629,9 @@ def dual_encoder_config(module: Any, max_length: int | None) -> dict[str, Any]:
     where transformers reproduces the model, clip_jax's own ``model_type`` (saying why) where it cannot."""
     from clip_jax.models.dual_encoder import LOGIT_SCALE_INIT
 
-    compatible, why = transformers_compatible(module.text_pooling, module.text.config.to_hf()["model_type"])
+    compatible, why = transformers_compatible(
+        module.text_pooling, module.text.config.to_hf()["model_type"], module.text_projection_kind
+    )
     config = {
         "model_type": "vision-text-dual-encoder" if compatible else CLIP_JAX_MODEL_TYPE,
         "architectures": ["VisionTextDualEncoderModel"] if compatible else ["CLIPModel (clip_jax)"],
@@ -586,6 +641,7 @@ def dual_encoder_config(module: Any, max_length: int | None) -> dict[str, Any]:
         "logit_scale_init_value": LOGIT_SCALE_INIT,
         "clip_jax": {
             "text_pooling": module.text_pooling,
+            "text_projection": module.text_projection_kind,
             "max_length": max_length,
             "logit_bias_init": (float(module.logit_bias[...]) if module.logit_bias is not None else None),
             "logit_scale_max": module.logit_scale_max,
@@ -610,10 +666,12 @@ def save_openclip(
     image_processor: Any,
     max_length: int | None,
     hf_model_name: str | None = None,
+    card: Mapping[str, Any] | None = None,
 ) -> Path:
     """open_clip's hub layout: ``open_clip_config.json``, ``open_clip_model.safetensors``, and beside them the
     Hugging Face text tower's ``config.json``, the tokenizer and ``preprocessor_config.json``, so that
-    ``open_clip.create_model_and_transforms("local-dir:DIR")`` and ``CLIPModel.from_pretrained(DIR)`` load it.
+    ``open_clip.create_model_and_transforms("local-dir:DIR")`` and ``CLIPModel.from_pretrained(DIR)`` load it;
+    with ``card`` (:func:`model_card`'s arguments), the model card ``README.md`` with open_clip's usage.
 
     ``hf_model_name`` is written as ``text_cfg.hf_model_name``, where open_clip reads the text tower's
     architecture: by default this directory's absolute path (it holds that ``config.json``); give the hub id
@@ -652,6 +710,8 @@ def save_openclip(
             save_tokenizer(tokenizer, new, max_length)
         if image_processor is not None:
             image_processor.save_pretrained(new)
+        if card is not None:
+            write_model_card(new, config=dual_encoder_config(module, max_length), format="open_clip", **card)
     return directory
 
 
@@ -680,6 +740,7 @@ def save_dual_encoder(
             image_processor=image_processor,
             max_length=max_length,
             hf_model_name=hf_model_name,
+            card=card,
         )
     if format != "transformers":
         raise ValueError(f"Unknown export format {format!r} — choose one of {', '.join(EXPORT_FORMATS)}")

@@ -9,8 +9,9 @@ A directory in open_clip's layout holds ``open_clip_config.json`` (``model_cfg``
   the vision projection;
 - a Hugging Face text tower (``text_cfg.hf_model_name``: its architecture comes from that name, a local
   directory, the Hugging Face cache, or a ``config.json`` beside the weights) with ``hf_pooler_type``
-  ``mean_pooler`` / ``cls_pooler`` (the tower's own pooler) / ``cls_last_hidden_state_pooler`` and a linear (or no)
-  ``hf_proj_type``; open_clip's ``mlp`` projection has no counterpart in clip_jax's linear head and is refused;
+  ``mean_pooler`` / ``cls_pooler`` (the tower's own pooler) / ``cls_last_hidden_state_pooler`` and an
+  ``hf_proj_type`` of ``mlp`` (open_clip's default: Linear-GELU-Linear, clip_jax's ``text_projection_kind='mlp'``),
+  ``linear`` or none;
 - open_clip's built-in CLIP text transformer (OpenAI-style ``ViT-B-32``) is CLIP's text tower;
 - ``logit_scale`` and (SigLIP-style models) ``logit_bias``.
 
@@ -114,6 +115,11 @@ _STACKS = {
 #: ``x @ proj`` matrices ``[in, out]`` -> ``nn.Linear`` weights ``[out, in]``.
 _TRANSPOSED = {"visual.proj": "visual_projection.weight", "text_projection": "text_projection.weight"}
 _HF_TEXT_PREFIX, _HF_PROJ = "text.transformer.", "text.proj.weight"
+#: open_clip's MLP text head (``nn.Sequential``: Linear, GELU, Linear) -> clip_jax's ``MLPProjection``.
+_HF_MLP = {
+    "text.proj.0.weight": "text_projection.fc1.weight",
+    "text.proj.2.weight": "text_projection.fc2.weight",
+}
 _SCALARS = ("logit_scale", "logit_bias")
 
 
@@ -132,6 +138,8 @@ def to_dual_encoder_names(state_dict: Mapping[str, np.ndarray], source: str) -> 
             out[name] = np.asarray(array).reshape(())
         elif name == _HF_PROJ:
             out["text_projection.weight"] = array
+        elif name in _HF_MLP:
+            out[_HF_MLP[name]] = array
         elif name.startswith(_HF_TEXT_PREFIX):
             out["text_model." + name[len(_HF_TEXT_PREFIX) :]] = array
         elif name == "attn_mask":  # the built-in text tower's causal mask (a buffer in old checkpoints)
@@ -161,7 +169,7 @@ def to_dual_encoder_names(state_dict: Mapping[str, np.ndarray], source: str) -> 
 def from_dual_encoder_names(tensors: Mapping[str, np.ndarray], hf_text: bool) -> dict[str, np.ndarray]:
     """transformers' ``vision-text-dual-encoder`` names -> open_clip's (q/k/v fused): the inverse of
     :func:`to_dual_encoder_names`, with the text tower as a Hugging Face tower (``hf_text``) or the built-in one."""
-    inverse = {v: k for k, v in {**_VISION, **_BUILTIN_TEXT}.items()}
+    inverse = {v: k for k, v in {**_VISION, **_BUILTIN_TEXT, **(_HF_MLP if hf_text else {})}.items()}
     stacks = {v: k for k, v in _STACKS.items()}
     blocks = {v: k for k, v in _BLOCK.items()}
     out: dict[str, np.ndarray] = {}
@@ -333,12 +341,70 @@ def hf_text_config(directory: Path, name: str, source: str) -> dict[str, Any]:
 
 def openclip_as_dual_encoder(directory: str | Path) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """An open_clip directory's model as a ``vision-text-dual-encoder`` ``config.json`` (with its ``clip_jax``
-    section: text pooling, ``max_length``, the logit bias and scale ceiling) and weights under its names."""
+    section: text pooling and projection, ``max_length``, the logit bias and scale ceiling) and weights under its
+    names."""
     from clip_jax.weights.readers import _read_safetensors, _read_torch_bin
 
     directory = Path(directory)
+    config, proj = _dual_encoder_config(directory)
+    state_dict = _read_weights(directory, _read_safetensors, _read_torch_bin)
+    weights = to_dual_encoder_names(state_dict, str(directory))
+    if proj is None:  # open_clip's nn.Identity: a square identity projection
+        weights["text_projection.weight"] = np.eye(config["projection_dim"], dtype=np.float32)
+    if (
+        config["clip_jax"]["text_pooling"] != "pooler"
+    ):  # open_clip builds no pooler layer then; ours is unused
+        weights = {k: v for k, v in weights.items() if not k.startswith("text_model.pooler.")}
+    biased = "logit_bias" in weights  # the weights decide where they and the config disagree
+    config["clip_jax"].update(
+        logit_bias_init=float(weights["logit_bias"]) if biased else None,
+        logit_scale_max=None if biased else math.log(100.0),
+    )
+    return config, weights
+
+
+def openclip_architecture(spec: str) -> tuple[dict[str, Any], str] | None:
+    """``(config.json, where it came from)`` of the open_clip model ``spec`` as a ``vision-text-dual-encoder``, read
+    from ``open_clip_config.json`` and the text tower's ``config.json`` alone, no weights (what ``clip-jax plan``
+    needs): a local open_clip directory, a hub id whose ``open_clip_config.json`` is cached, or one of the copies
+    clip_jax ships for the recipes' hub ids (``weights/architectures/open_clip/``); None where ``spec`` is none."""
+    from clip_jax.weights.readers import SHIPPED_ARCHITECTURES
+
+    directory = find_openclip_dir(spec)
+    if directory is not None:
+        return _dual_encoder_config(directory)[0], str(directory / CONFIG_NAME)
+    shipped = SHIPPED_ARCHITECTURES / "open_clip" / (spec.replace("/", "--") + ".json")
+    if "/" in spec and not spec.startswith((".", "/", "~")) and shipped.is_file():
+        raw = {k: v for k, v in json.loads(shipped.read_text()).items() if not k.startswith("_")}
+        return _dual_encoder_config(shipped.parent, raw)[0], f"clip_jax's copy ({shipped.name})"
+    return None
+
+
+def find_openclip_dir(spec: str) -> Path | None:
+    """The directory holding ``spec``'s ``open_clip_config.json``: ``spec`` itself when local, the Hugging Face
+    cache's snapshot when ``spec`` is a hub id whose config was downloaded; None when it is neither."""
+    path = Path(spec).expanduser()
+    if is_openclip_dir(path):
+        return path
+    if "/" in spec and not spec.startswith((".", "/", "~")) and "://" not in spec:
+        try:
+            import huggingface_hub
+
+            cached = huggingface_hub.try_to_load_from_cache(spec, CONFIG_NAME)
+        except Exception:  # not a valid repo id
+            return None
+        if isinstance(cached, str):
+            return Path(cached).parent
+    return None
+
+
+def _dual_encoder_config(
+    directory: Path, raw: dict[str, Any] | None = None
+) -> tuple[dict[str, Any], str | None]:
+    """The dual encoder ``config.json`` of an open_clip directory (or of its ``open_clip_config.json``, ``raw``),
+    and its ``hf_proj_type`` (None: identity)."""
     source = str(directory)
-    raw = read_openclip_config(directory)
+    raw = raw or read_openclip_config(directory)
     model_cfg = raw["model_cfg"]
     if "multimodal_cfg" in model_cfg:
         _refuse(source, "it is a CoCa model (a captioning decoder beside the towers)")
@@ -350,12 +416,6 @@ def openclip_as_dual_encoder(directory: str | Path) -> tuple[dict[str, Any], dic
     if text_cfg.get("hf_model_name"):
         text = hf_text_config(directory, text_cfg["hf_model_name"], source)
         proj = text_cfg.get("hf_proj_type", DEFAULT_HF_PROJ)
-        if proj == "mlp":
-            _refuse(
-                source,
-                "its text projection is open_clip's hf_proj_type='mlp' (Linear-GELU-Linear), which clip_jax's "
-                "linear text projection cannot express",
-            )
         pooler = text_cfg.get("hf_pooler_type", DEFAULT_HF_POOLER) or ARCH_POOLERS.get(text.get("model_type"))
         if pooler not in POOLERS:
             _refuse(
@@ -364,8 +424,12 @@ def openclip_as_dual_encoder(directory: str | Path) -> tuple[dict[str, Any], dic
             )
         pooling = POOLERS[pooler]
         width = int(text.get("hidden_size", text.get("d_model", 0)))
-        if proj not in ("linear", None) or (proj is None and width != embed_dim):
-            _refuse(source, f"its text projection hf_proj_type={proj!r} is not open_clip's linear one")
+        if proj not in ("mlp", "linear", None) or (proj is None and width != embed_dim):
+            _refuse(
+                source,
+                f"its text projection hf_proj_type={proj!r} is none of open_clip's mlp or linear heads (nor an "
+                "identity between equal widths)",
+            )
         limit = int(text.get("max_position_embeddings", 512)) - (
             int(text.get("pad_token_id", 0)) + 1
             if text.get("model_type") in ("roberta", "xlm-roberta", "camembert")
@@ -375,13 +439,8 @@ def openclip_as_dual_encoder(directory: str | Path) -> tuple[dict[str, Any], dic
     else:
         text = _builtin_text_config(text_cfg, model_cfg, source)
         proj, pooling, max_length = "linear", "pooler", text["max_position_embeddings"]
-    state_dict = _read_weights(directory, _read_safetensors, _read_torch_bin)
-    weights = to_dual_encoder_names(state_dict, source)
-    if proj is None:  # open_clip's nn.Identity: a square identity projection
-        weights["text_projection.weight"] = np.eye(embed_dim, dtype=np.float32)
-    if pooling != "pooler":  # open_clip builds no pooler layer then; clip_jax's is left random and unused
-        weights = {k: v for k, v in weights.items() if not k.startswith("text_model.pooler.")}
-    biased = "logit_bias" in weights
+    # open_clip builds a logit_bias parameter exactly when init_logit_bias is set (SigLIP-style models)
+    bias = model_cfg.get("init_logit_bias")
     config = {
         "model_type": "vision-text-dual-encoder",
         "vision_config": vision,
@@ -389,14 +448,15 @@ def openclip_as_dual_encoder(directory: str | Path) -> tuple[dict[str, Any], dic
         "projection_dim": embed_dim,
         "clip_jax": {
             "text_pooling": pooling,
+            "text_projection": "mlp" if proj == "mlp" else "linear",
             "max_length": max_length,
-            "logit_bias_init": float(weights["logit_bias"]) if biased else None,
+            "logit_bias_init": None if bias is None else float(bias),
             # open_clip clamps the temperature at 100 while training CLIP, not SigLIP-style models
-            "logit_scale_max": None if biased else math.log(100.0),
+            "logit_scale_max": None if bias is not None else math.log(100.0),
             "open_clip": True,
         },
     }
-    return config, weights
+    return config, proj
 
 
 def _read_weights(directory: Path, read_safetensors, read_torch_bin) -> dict[str, np.ndarray]:
@@ -500,6 +560,9 @@ def openclip_export(
     pooler = {v: k for k, v in POOLERS.items()}.get(module.text_pooling)
     if hf_text and pooler is None:
         why.append(f"it pools text with {module.text_pooling!r}, which open_clip's text poolers cannot do")
+    mlp = module.text_projection_kind == "mlp"
+    if builtin and mlp:
+        why.append("its text projection is an MLP; open_clip's built-in text tower has a linear one only")
     if builtin and module.text_pooling != "pooler":
         why.append(
             f"its CLIP text tower pools with {module.text_pooling!r}; open_clip pools at the end-of-text token"
@@ -534,7 +597,7 @@ def openclip_export(
         text_cfg: dict[str, Any] = {
             "hf_model_name": hf_model_name,
             "hf_tokenizer_name": hf_model_name,
-            "hf_proj_type": "linear",
+            "hf_proj_type": "mlp" if mlp else "linear",
             "hf_pooler_type": pooler,
             "context_length": max_length,
         }

@@ -67,13 +67,18 @@ def siglip_as_dual_encoder(
 def siglip_export(module: Any, max_length: int | None) -> tuple[dict[str, Any], dict[str, np.ndarray]] | None:
     """``(config.json, weights)`` of a dual encoder ``module`` in transformers' ``SiglipModel``
     / ``Siglip2Model`` layout, or None where that layout cannot hold it: towers not of one SigLIP family, text
-    pooled otherwise than by its head, no logit bias, or a vision projection that is not the identity."""
+    pooled otherwise than by its head, no logit bias, an MLP text projection, or a vision projection that is not
+    the identity."""
     vision_type = module.vision.config.to_hf()["model_type"]
     text_type = module.text.config.to_hf()["model_type"]
     family = next((f for f, types in SIGLIP_MODEL_TYPES.items() if types == (vision_type, text_type)), None)
     if family is None:
         return None
-    if module.text_pooling != "pooler" or module.logit_bias is None:
+    if (
+        module.text_pooling != "pooler"
+        or module.logit_bias is None
+        or module.text_projection_kind != "linear"
+    ):
         return None
     params = {path: np.asarray(jax.device_get(v)) for path, v in flat_params(module).items()}
     visual = params[("visual_projection", "kernel")]

@@ -99,8 +99,12 @@ def clip_jax_embeddings(model, pixel_values, ids, pad):
 
 
 # -------------------------------------------------------------------------------- against the real open_clip
+#: name -> (text tower, hf_pooler_type, hf_proj_type (None: left out, open_clip's default mlp), pad id)
 HF_CASES = {
     "xlmr-mean-linear": ("xlm-roberta", "mean_pooler", "linear", 1),
+    "xlmr-mean-mlp": ("xlm-roberta", "mean_pooler", "mlp", 1),
+    "xlmr-mean-default_proj": ("xlm-roberta", "mean_pooler", None, 1),
+    "bert-cls_pooler-mlp": ("bert", "cls_pooler", "mlp", 0),
     "bert-cls_pooler-linear": ("bert", "cls_pooler", "linear", 0),
     "bert-cls_last_hidden_state-linear": ("bert", "cls_last_hidden_state_pooler", "linear", 0),
 }
@@ -119,11 +123,13 @@ def test_open_clip_checkpoint_with_hf_text_tower_loads_with_equal_embeddings(
             "hf_model_name": str(text_dir),
             "hf_tokenizer_name": str(text_dir),
             "hf_pooler_type": pooler,
-            "hf_proj_type": proj,
+            **({"hf_proj_type": proj} if proj else {}),
         },
     }
     directory = tmp_path / "open_clip"
-    worker(open_clip_python, "build", dir=str(directory), model_cfg=model_cfg, seed=1)
+    keys = worker(open_clip_python, "build", dir=str(directory), model_cfg=model_cfg, seed=1)["keys"]
+    mlp = proj in ("mlp", None)
+    assert ("text.proj.2.weight" in keys) == mlp  # open_clip built the head the case names
     ids, x = token_ids(pad), pixels()
     np.savez(tmp_path / "in.npz", pixel_values=x, input_ids=ids)
     worker(
@@ -136,6 +142,7 @@ def test_open_clip_checkpoint_with_hf_text_tower_loads_with_equal_embeddings(
     reference = np.load(tmp_path / "out.npz")
     model = CLIPModel.from_pretrained(directory)
     assert model.module.text_pooling == {"mean_pooler": "mean", "cls_pooler": "pooler"}.get(pooler, "cls")
+    assert model.module.text_projection_kind == ("mlp" if mlp else "linear")
     ours = clip_jax_embeddings(model, x, ids, pad)
     assert np.abs(np.asarray(ours.image_embeds) - reference["image_embeds"]).max() <= TOL
     assert np.abs(np.asarray(ours.text_embeds) - reference["text_embeds"]).max() <= TOL
@@ -183,16 +190,38 @@ def test_open_clip_builtin_text_tower_and_sigmoid_bias_load_with_equal_embedding
     assert saved_model_loss(str(directory)) == "sigmoid"  # loss.kind='auto' continues it with sigmoid
 
 
-@pytest.mark.parametrize("pooling", ["mean", "pooler", "cls"])
+@pytest.mark.parametrize(
+    "text,pooling,projection",
+    [
+        ("bert", "mean", "linear"),
+        ("bert", "pooler", "linear"),
+        ("bert", "cls", "linear"),
+        ("bert", "pooler", "mlp"),
+        ("xlm-roberta", "mean", "mlp"),  # the published xlm-roberta-base-ViT-B-32's architecture
+    ],
+)
 def test_clip_jax_export_in_open_clip_layout_loads_in_open_clip(
-    open_clip_python, checkpoints, tmp_path, pooling
+    open_clip_python, checkpoints, tmp_path, text, pooling, projection
 ):
     paths = checkpoints["paths"]
     model = CLIPModel.from_towers(
-        vision=paths["vision"], text=paths["bert"], projection_dim=16, text_pooling=pooling, max_length=12
+        vision=paths["vision"],
+        text=paths[text],
+        tokenizer=paths["bert"],
+        projection_dim=16,
+        text_pooling=pooling,
+        text_projection=projection,
+        max_length=12,
     )
+    if projection == "mlp":  # a trained head, not the small fresh one: the GELU between its layers matters
+        rs = np.random.RandomState(5)
+        for layer in (model.module.text_projection.fc1, model.module.text_projection.fc2):
+            layer.kernel[...] = rs.normal(0, 0.3, layer.kernel.shape).astype(np.float32)
     out = model.save_pretrained(tmp_path / "export", format="open_clip")
-    ids, x = token_ids(0), pixels()
+    saved = json.loads((out / "open_clip_config.json").read_text())["model_cfg"]["text_cfg"]
+    assert saved["hf_proj_type"] == projection
+    pad = 0 if text == "bert" else 1
+    ids, x = token_ids(pad), pixels()
     np.savez(tmp_path / "in.npz", pixel_values=x, input_ids=ids)
     info = worker(
         open_clip_python,
@@ -204,12 +233,15 @@ def test_clip_jax_export_in_open_clip_layout_loads_in_open_clip(
     )
     assert info["class"] == "CustomTextCLIP"
     reference = np.load(tmp_path / "out.npz")
-    ours = clip_jax_embeddings(model, x, ids, 0)
+    ours = clip_jax_embeddings(model, x, ids, pad)
     assert np.abs(np.asarray(ours.image_embeds) - reference["image_embeds"]).max() <= TOL
     assert np.abs(np.asarray(ours.text_embeds) - reference["text_embeds"]).max() <= TOL
     assert abs(float(ours.logit_scale) - float(reference["logit_scale"])) <= TOL
-    # open_clip's own tokenizer (from the export's tokenizer files) gives the texts clip_jax's encode_text does
-    assert np.abs(model.encode_text(TEXTS) - reference["own_tokenizer_text_embeds"]).max() <= TOL
+    if (
+        text == "bert"
+    ):  # (the WordPiece tokenizer pads with 0, which open_clip does not mask for XLM-R's pad 1)
+        # open_clip's own tokenizer (from the export's tokenizer files) gives the texts clip_jax's encode_text does
+        assert np.abs(model.encode_text(TEXTS) - reference["own_tokenizer_text_embeds"]).max() <= TOL
 
 
 def test_demo_mean_pooled_model_exports_in_open_clip_layout(open_clip_python, small_standins, tmp_path):
@@ -233,6 +265,54 @@ def test_demo_mean_pooled_model_exports_in_open_clip_layout(open_clip_python, sm
     reference = np.load(tmp_path / "out.npz")
     assert np.abs(model.encode_image(x) - reference["image_embeds"]).max() <= TOL
     assert np.abs(model.encode_text(TEXTS) - reference["own_tokenizer_text_embeds"]).max() <= TOL
+
+
+def test_open_clip_export_model_card_usage_runs_in_open_clip(open_clip_python, checkpoints, tmp_path):
+    """The model card of an open_clip export: open_clip's metadata, and a usage snippet that runs as written in
+    open_clip (the directory in place of PATH) and gives the probabilities clip_jax's classify gives."""
+    from PIL import Image
+
+    paths = checkpoints["paths"]
+    model = CLIPModel.from_towers(
+        vision=paths["vision"],
+        text=paths["bert"],
+        projection_dim=16,
+        text_pooling="mean",
+        text_projection="mlp",
+        max_length=12,
+    )
+    out = model.save_pretrained(tmp_path / "export", format="open_clip", card={"language": "it"})
+    card = (out / "README.md").read_text()
+    assert "library_name: open_clip" in card and "- open_clip" in card and "MLP text head" in card
+    assert "VisionTextDualEncoderModel" not in card and str(tmp_path) not in card  # no local paths
+    snippet = card.split("```python\n")[1].split("```")[0]
+    assert "open_clip.create_model_and_transforms" in snippet
+    # at the model's own size: no resize, whose interpolation differs between the libraries (not checked here)
+    photo = np.random.RandomState(0).randint(0, 255, (32, 32, 3), np.uint8)
+    Image.fromarray(photo).save(tmp_path / "photo.png")
+    code = snippet.replace("local-dir:PATH", f"local-dir:{out}").replace("photo.jpg", "photo.png")
+    code += "\nprint(json.dumps(probs.tolist()))"
+    result = subprocess.run(
+        [open_clip_python, "-c", "import json\n" + code],
+        cwd=tmp_path,
+        env=dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=""),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    probs = np.asarray(json.loads(result.stdout.strip().splitlines()[-1]))[0]
+    import ast
+
+    line = next(line for line in snippet.splitlines() if line.startswith("text = tokenizer("))
+    texts = ast.literal_eval(
+        line[len("text = tokenizer(") : -1]
+    )  # the card's prompts (CIFAR-10's cat and dog)
+    assert len(probs) == len(texts) == 2
+    image = model.encode_image([Image.open(tmp_path / "photo.png")])
+    logits = float(model.module.scale()) * image @ model.encode_text(texts).T
+    ours = np.exp(logits[0] - logits[0].max()) / np.exp(logits[0] - logits[0].max()).sum()
+    assert np.abs(probs - ours).max() <= 1e-4
 
 
 # ------------------------------------------------------------------------------------ always (no open_clip)
@@ -292,14 +372,20 @@ def _rewrite(directory, tmp_path, change):
     return copy
 
 
-def test_mlp_text_projection_is_refused_in_one_line(exported, tmp_path):
-    copy = _rewrite(exported, tmp_path, lambda cfg: cfg["text_cfg"].update(hf_proj_type="mlp"))
-    with pytest.raises(CheckpointError, match=r"hf_proj_type='mlp' .* cannot express") as error:
+def test_unknown_text_projection_is_refused_in_one_line(exported, tmp_path):
+    copy = _rewrite(exported, tmp_path, lambda cfg: cfg["text_cfg"].update(hf_proj_type="attention"))
+    with pytest.raises(
+        CheckpointError, match=r"hf_proj_type='attention' is none of open_clip's mlp or linear"
+    ) as error:
         CLIPModel.from_pretrained(copy)
     assert "\n" not in str(error.value)
-    # open_clip's default projection, when a config names none, is the mlp one
-    copy = _rewrite(exported, tmp_path / "b", lambda cfg: cfg["text_cfg"].pop("hf_proj_type"))
-    with pytest.raises(CheckpointError, match="mlp"):
+
+
+def test_mlp_config_over_linear_weights_is_refused(exported, tmp_path):
+    """A config left out hf_proj_type (open_clip's default: mlp) but the weights hold one linear head: the
+    missing MLP weights are reported, not left random."""
+    copy = _rewrite(exported, tmp_path, lambda cfg: cfg["text_cfg"].pop("hf_proj_type"))
+    with pytest.raises(CheckpointError, match=r"text_projection\.fc1"):
         CLIPModel.from_pretrained(copy)
 
 
@@ -354,6 +440,8 @@ def test_export_command_writes_open_clip_layout(exported, tmp_path):
     config = json.loads((Path(out) / "open_clip_config.json").read_text())
     assert config["model_cfg"]["text_cfg"]["hf_model_name"] == "user/repo"
     assert _keys(Path(out)) == _keys(exported)
+    card = (Path(out) / "README.md").read_text()  # a model card, as the other formats have
+    assert "library_name: open_clip" in card and 'create_model_and_transforms("local-dir:PATH")' in card
 
 
 def test_eval_takes_an_open_clip_directory(exported, tmp_path):
@@ -379,3 +467,85 @@ def test_eval_takes_an_open_clip_directory(exported, tmp_path):
     )[:, ::-1]
     assert metrics["images"] == 3
     assert metrics["text_retrieval_recall@1"] == pytest.approx(float(np.mean(ranks[:, 0] == np.arange(3))))
+
+
+def test_plan_builds_an_open_clip_start_from_its_configs_alone(checkpoints, tmp_path):
+    """`clip-jax plan` with model.init_from an open_clip directory (the openclip_xlmr_italian recipe's start, with
+    its MLP text head): the abstract model comes from open_clip_config.json and the text tower's config.json only —
+    the weights file is gone — and has the shapes the loaded model has; its steps compile, and the analytic FLOPs
+    (which count the MLP head's two matrices) agree with the compiled program's."""
+    from train_helpers import shrunk_recipe
+
+    from clip_jax.configs.openclip_xlmr_italian import get_config
+    from clip_jax.plan import plan, target
+    from clip_jax.train.model import build_model
+    from clip_jax.weights.params import flat_params
+
+    paths = checkpoints["paths"]
+    start = CLIPModel.from_towers(
+        vision=paths["vision"],
+        text=paths["xlm-roberta"],
+        tokenizer=paths["bert"],
+        projection_dim=16,
+        text_pooling="mean",
+        text_projection="mlp",
+        max_length=12,
+    ).save_pretrained(tmp_path / "open_clip", format="open_clip")
+    loaded = CLIPModel.from_pretrained(start).module
+    (start / "open_clip_model.safetensors").unlink()  # planning must not need the weights
+    config = shrunk_recipe(
+        get_config(),
+        tmp_path,
+        **{"model.init_from": str(start), "model.projection_dim": 16, "model.max_length": 12},
+    )
+    abstract = build_model(config, abstract=True).module
+    assert abstract.text_projection_kind == "mlp"
+    shapes = lambda module: {k: tuple(v.shape) for k, v in flat_params(module).items()}
+    assert shapes(abstract) == shapes(loaded)
+    assert shapes(abstract)[("text_projection", "fc1", "kernel")] == (32, 24)  # (32 + 16) // 2 hidden
+    plans = plan(config, target("cpu:2"), steps=["warmup", "finetune"], search=False, log=lambda _: None)
+    for p in plans:
+        assert p.flops_xla == pytest.approx(p.flops_analytic, rel=0.1), (
+            p.step,
+            p.flops_xla,
+            p.flops_analytic,
+        )
+
+
+def test_open_clip_pytorch_bin_weights_load_like_safetensors(checkpoints, tmp_path):
+    """open_clip's older hub repos hold open_clip_pytorch_model.bin (torch.save of the state dict), read only with
+    torch.load(weights_only=True): the same model as from safetensors; a .bin that needs unpickling is refused
+    without running it."""
+    import torch
+    from safetensors.numpy import load_file
+
+    paths = checkpoints["paths"]
+    model = CLIPModel.from_towers(
+        vision=paths["vision"],
+        text=paths["xlm-roberta"],
+        tokenizer=paths["bert"],
+        projection_dim=16,
+        text_pooling="mean",
+        text_projection="mlp",
+        max_length=12,
+    )
+    out = model.save_pretrained(tmp_path / "export", format="open_clip")
+    state = {k: torch.from_numpy(v) for k, v in load_file(str(out / "open_clip_model.safetensors")).items()}
+    (out / "open_clip_model.safetensors").unlink()
+    torch.save(state, out / "open_clip_pytorch_model.bin")
+    again = CLIPModel.from_pretrained(out)
+    assert again.module.text_projection_kind == "mlp"
+    x = pixels()
+    np.testing.assert_array_equal(again.encode_image(x), model.encode_image(x))
+    np.testing.assert_array_equal(again.encode_text(TEXTS), model.encode_text(TEXTS))
+
+    marker = tmp_path / "executed"
+
+    class Payload:
+        def __reduce__(self):
+            return (Path.touch, (marker,))
+
+    torch.save({"visual.proj": Payload()}, out / "open_clip_pytorch_model.bin")
+    with pytest.raises(CheckpointError, match=r"weights_only=True") as error:
+        CLIPModel.from_pretrained(out)
+    assert "open_clip_pytorch_model.bin" in str(error.value) and not marker.exists()

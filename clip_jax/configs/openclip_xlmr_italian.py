@@ -7,12 +7,12 @@ Why: a multilingual starting point that already reads Italian (issue 25: Crossmo
 R@1 58.4, against 8.3 for OpenAI's ViT-B/32, CLIP_benchmark's table).
 - init_from: the whole open_clip model in its hub layout (open_clip_config.json + open_clip_model.safetensors):
   open_clip's ViT-B/32 (768 wide, 12 layers, patch 32, 224 px, GELU), an XLM-R base text tower mean-pooled
-  (hf_pooler_type mean_pooler; its architecture is clip_jax's copy of xlm-roberta-base's config.json), 512-d
-  embeddings, max_length 77 (open_clip's context length); the temperature comes with it.
-- Caveat: the published checkpoint's text head is open_clip's default hf_proj_type 'mlp' (Linear 768->640, GELU,
-  Linear 640->512), which clip_jax's linear text projection cannot express, so clip_jax refuses that checkpoint
-  in one line today; the recipe runs on open_clip models of this architecture with a linear text projection
-  (hf_proj_type 'linear', e.g. clip_jax's own open_clip exports), as its test does.
+  (hf_pooler_type mean_pooler; its architecture is clip_jax's copy of xlm-roberta-base's config.json), open_clip's
+  default MLP text head (hf_proj_type 'mlp': Linear 768->640, GELU, Linear 640->512; model.text_projection='mlp'),
+  512-d embeddings, max_length 77 (open_clip's context length); the temperature comes with it. A model of this
+  architecture with a linear head (hf_proj_type 'linear') runs with --config.model.text_projection=linear.
+- Out: `clip-jax export --format open_clip` (open_clip loads it as it loaded the start) or clip_jax's own format;
+  transformers' VisionTextDualEncoderModel has no MLP text head (nor mean pooling).
 - loss: softmax (open_clip trained this model with CLIP's loss), set explicitly so that the run needs no
   look-up of the checkpoint's config to choose it.
 - phases: a short warm-up of the projections and temperature (towers frozen), then everything, the image tower
@@ -29,6 +29,7 @@ def get_config():
     c.model.init_from = CHECKPOINT
     c.model.projection_dim = 512
     c.model.text_pooling = "mean"
+    c.model.text_projection = "mlp"
     c.model.max_length = 77
     c.loss.kind = "softmax"
     c.data.source = "files"

@@ -1,6 +1,7 @@
-"""The dual encoder: a vision tower and a text tower, each followed by a linear projection
-into a shared embedding space, and a learned temperature (plus an optional bias for the
-sigmoid loss). Parameter names follow transformers' ``VisionTextDualEncoderModel``.
+"""The dual encoder: a vision tower and a text tower, each followed by a projection into a shared
+embedding space (linear; for text optionally open_clip's two-layer MLP head), and a learned temperature
+(plus an optional bias for the sigmoid loss). Parameter names follow transformers'
+``VisionTextDualEncoderModel``.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from clip_jax.weights.keymap import IDENTITY, LINEAR, KeyMap, Rule
 #: CLIP's initial temperature, log(1 / 0.07), and the ceiling exp(logit_scale) <= 100.
 LOGIT_SCALE_INIT = math.log(1 / 0.07)
 LOGIT_SCALE_MAX = math.log(100.0)
+#: The text projection's kinds: one linear map (CLIP, transformers), or open_clip's ``hf_proj_type='mlp'`` head.
+TEXT_PROJECTIONS = ("linear", "mlp")
 
 
 @struct.dataclass
@@ -63,10 +66,24 @@ def l2_normalize(x: jax.Array, eps: float = 1e-12) -> jax.Array:
     return x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), eps)
 
 
+class MLPProjection(nnx.Module):
+    """open_clip's MLP text head (``hf_proj_type='mlp'``): ``fc2(gelu(fc1(x)))`` with exact GELU, no biases, and
+    a hidden width of ``(in_features + out_features) // 2``."""
+
+    def __init__(self, in_features: int, out_features: int, **kwargs):
+        hidden = (in_features + out_features) // 2
+        self.fc1 = Dense(in_features, hidden, **kwargs)
+        self.fc2 = Dense(hidden, out_features, **kwargs)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return self.fc2(jax.nn.gelu(self.fc1(x), approximate=False))
+
+
 class DualEncoder(nnx.Module):
     """Vision tower + text tower + projections + learned logit scale (and optional logit bias).
 
     ``logit_scale_max``: the ceiling of the log scale (CLIP's ln 100); None for none (SigLIP's models).
+    ``text_projection_kind``: ``linear`` (one matrix) or ``mlp`` (open_clip's :class:`MLPProjection`).
     """
 
     def __init__(
@@ -76,6 +93,7 @@ class DualEncoder(nnx.Module):
         *,
         projection_dim: int = 512,
         text_pooling: str = "pooler",
+        text_projection_kind: str = "linear",
         logit_scale_init: float = LOGIT_SCALE_INIT,
         logit_bias_init: float | None = None,
         logit_scale_max: float | None = LOGIT_SCALE_MAX,
@@ -85,6 +103,10 @@ class DualEncoder(nnx.Module):
     ):
         if text_pooling not in POOLINGS:
             raise ValueError(f"Unknown text_pooling {text_pooling!r}; choose one of {POOLINGS}.")
+        if text_projection_kind not in TEXT_PROJECTIONS:
+            raise ValueError(
+                f"Unknown text projection {text_projection_kind!r}; choose one of {TEXT_PROJECTIONS}."
+            )
         self.vision = vision
         self.text = text
         self.projection_dim = projection_dim
@@ -94,7 +116,11 @@ class DualEncoder(nnx.Module):
         self.visual_projection = Dense(vision.config.hidden_size, projection_dim, **kwargs)
         # A text tower whose pooler ends in its own head (SigLIP) pools to that head's width.
         text_width = getattr(text.config, "pooled_size", None) if text_pooling == "pooler" else None
-        self.text_projection = Dense(text_width or text.config.hidden_size, projection_dim, **kwargs)
+        #: the text projection's input width: the pooled text features'
+        self.pooled_text_size = text_width or text.config.hidden_size
+        self.text_projection_kind = text_projection_kind
+        head = MLPProjection if text_projection_kind == "mlp" else Dense
+        self.text_projection = head(self.pooled_text_size, projection_dim, **kwargs)
         self.logit_scale = nnx.Param(jnp.asarray(logit_scale_init, jnp.float32))
         self.logit_scale_max = logit_scale_max
         self.logit_bias = (
@@ -161,6 +187,8 @@ HEAD_KEY_MAP = KeyMap(
     [
         Rule("visual_projection.weight", "visual_projection.kernel", LINEAR),
         Rule("text_projection.weight", "text_projection.kernel", LINEAR),
+        Rule("text_projection.fc1.weight", "text_projection.fc1.kernel", LINEAR),
+        Rule("text_projection.fc2.weight", "text_projection.fc2.kernel", LINEAR),
         Rule("logit_scale", "logit_scale", IDENTITY),
         Rule("logit_bias", "logit_bias", IDENTITY),
     ]

@@ -265,19 +265,24 @@ def analytic_flops(
     length = min(int(config.model.max_length), int(t.max_length))
     vision = tower_flops(v, patches + 1, 3 * v.patch_size**2)
     text = tower_flops(t, length)
-    dim = module.text_projection.kernel.shape[1]
+    dim = module.projection_dim
     loss = 2 * 2 * batch * dim  # two B x B logit blocks, per example
+    # a projection's multiply-adds per example: its matrices' sizes (one matrix, or open_clip's MLP text head)
+    size = lambda projection: sum(
+        math.prod(p.shape) for p in jax.tree_util.tree_leaves(nnx.state(projection, nnx.Param))
+    )
+    widths = {"vision": size(module.visual_projection), "text": size(module.text_projection)}
     if kind == "eval_embed":
-        return batch * (vision + text + 2 * (v.hidden_size + t.hidden_size) * dim)
+        return batch * (vision + text + 2 * (widths["vision"] + widths["text"]))
     _, params, _ = split_trainable(module, phase.trainable)
     trained = {path_string(path).split(".")[0] for path, _ in jax.tree_util.tree_leaves_with_path(params)}
     passes = lambda tower: 3 if tower in trained else 1  # forward, input and weight gradients; or forward
     # a projection: forward and weight gradient, plus its input's gradient when the tower below it trains
-    head = lambda tower, width: 2 * width * dim * (3 if tower in trained else 2)
+    head = lambda tower: 2 * widths[tower] * (3 if tower in trained else 2)
     if kind == "distill":
-        return batch * (passes("text") * text + head("text", t.hidden_size))
+        return batch * (passes("text") * text + head("text"))
     towers = 0.0 if kind == "cached_features" else passes("vision") * vision + passes("text") * text
-    heads = head("vision", v.hidden_size) + head("text", t.hidden_size)
+    heads = head("vision") + head("text")
     return batch * (towers + heads + 3 * loss)
 
 

@@ -43,6 +43,7 @@ def build_model(config: ConfigDict, *, abstract: bool = False) -> CLIPModel:
         text=text,
         projection_dim=m.projection_dim,
         text_pooling=m.text_pooling,
+        text_projection=m.text_projection,
         tokenizer=tokenizer,
         image_size=m.image_size or None,
         max_length=m.max_length,
@@ -106,6 +107,7 @@ def dual_encoder_of(config: ConfigDict):
             tower_builder(t_arch, t_cfg, dtype, param_dtype)(),
             projection_dim=m.projection_dim,
             text_pooling=m.text_pooling,
+            text_projection_kind=m.text_projection,
             logit_scale_init=config.loss.sigmoid_scale_init if biased else m.logit_scale_init,
             logit_bias_init=config.loss.sigmoid_bias_init if biased else None,
             dtype=dtype,
@@ -126,9 +128,11 @@ def _with_remat(build, remat: bool):
 
 
 def _saved_model_config(spec: str) -> tuple[dict, str]:
-    """The ``config.json`` of a saved dual encoder: an export or hub id, or a training workdir's ``model/``."""
+    """The ``config.json`` of a saved dual encoder, without its weights: an export or hub id, a training workdir's
+    ``model/``, or an open_clip model (:func:`clip_jax.openclip_layout.openclip_architecture`)."""
     from clip_jax import workdir as workdirs
+    from clip_jax.openclip_layout import openclip_architecture
 
     if workdirs.is_training_workdir(spec):
         spec = workdirs.join(spec, "model")
-    return read_architecture(spec)
+    return openclip_architecture(spec) or read_architecture(spec)

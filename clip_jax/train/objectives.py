@@ -141,7 +141,7 @@ class Contrastive(Objective):
                 # the projections' input widths: a tower's pooled output (a SigLIP text head may differ
                 # from the tower's hidden size)
                 "image_features": spec((module.visual_projection.kernel.shape[0],), jnp.float32),
-                "text_features": spec((module.text_projection.kernel.shape[0],), jnp.float32),
+                "text_features": spec((module.pooled_text_size,), jnp.float32),
             }
         size = int(module.vision.config.image_size)
         return {"pixel_values": spec((size, size, 3), jnp.float32), **_token_shapes(config, module, mesh)}
@@ -228,7 +228,7 @@ class Distill(Objective):
         return "distill"
 
     def batch_shapes(self, config: ConfigDict, module: nnx.Module, phase: Any, mesh: Mesh) -> dict[str, Any]:
-        target = _spec(config, mesh)((module.text_projection.kernel.shape[1],), jnp.float32)
+        target = _spec(config, mesh)((module.projection_dim,), jnp.float32)
         return {**_token_shapes(config, module, mesh), "target": target}
 
     def make_step(

@@ -76,7 +76,13 @@ class Trainer:
         self.model = self.objective.build_model(config)
         if config.model.init_from:  # the saved model's own settings: config.json must not record others
             m = self.model
-            check_init_from(config, m.module.projection_dim, m.module.text_pooling, m.max_length)
+            check_init_from(
+                config,
+                m.module.projection_dim,
+                m.module.text_pooling,
+                m.max_length,
+                m.module.text_projection_kind,
+            )
         self.graphdef = nnx.graphdef(self.model.module)
         self.phases = phases_of(config)
         self.total_steps = self.phases[-1].end
