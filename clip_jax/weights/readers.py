@@ -173,7 +173,8 @@ def read_architecture(path_or_id: str | os.PathLike) -> tuple[dict[str, Any], st
     raise CheckpointError(
         f"the architecture of {text} is not known offline: it is no local directory, not in the Hugging Face "
         f"cache, and not one of the architectures clip_jax ships ({', '.join(known)}) — download its "
-        f"config.json once (huggingface-cli download {text} config.json) or pass a local directory"
+        f"config.json once (huggingface-cli download {text} config.json; an open_clip model's is "
+        f"open_clip_config.json) or pass a local directory"
     )
 
 
