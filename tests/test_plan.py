@@ -228,6 +228,35 @@ def test_the_command_prints_json_and_reads_recipe_architectures_offline(tmp_path
     assert row["memory"]["argument"] > 4 * 150e6 / 2  # ViT-B/32 + BERT-base float32 weights (~200M params)
 
 
+def test_every_shipped_recipe_builds_abstractly_offline(tmp_path):
+    """Each recipe whose towers are hub ids builds its shapes with an empty Hugging Face cache and no network,
+    from the architectures clip_jax ships — what `clip-jax plan --config NAME` needs first."""
+    script = """
+import json, sys
+from clip_jax import configs
+from clip_jax.commandline import load_config_file
+from clip_jax.config import validate
+from clip_jax.train.model import build_model
+built = {}
+for name in configs.names():
+    config = load_config_file(configs.resolve(name))
+    towers = [config.model.vision, config.model.text, config.model.init_from]
+    if any(isinstance(t, str) and t.startswith("demo:") for t in towers) or name == "tiny":
+        continue  # the offline demo's stand-ins, built from scratch, not read
+    model = build_model(validate(config), abstract=True)
+    built[name] = int(sum(x.size for x in __import__("jax").tree.leaves(__import__("flax").nnx.state(model.module))))
+print(json.dumps(built))
+"""
+    env = dict(subprocess_env(), HF_HOME=str(tmp_path / "hf"))
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, env=env, cwd=REPO, timeout=600
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    built = json.loads(done.stdout.splitlines()[-1])
+    assert {"clip_italian", "siglip_italian", "openclip_xlmr_italian", "distill_italian"} <= set(built)
+    assert all(count > 100e6 for count in built.values()), built  # full-size towers, not stand-ins
+
+
 def test_the_command_says_what_it_cannot_plan_in_one_line(capsys):
     """Through the command's own entry point (the subprocess above proved the process end)."""
     from clip_jax.cli import main
