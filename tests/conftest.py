@@ -60,6 +60,33 @@ def save_torch_model(model, directory, fmt="safetensors"):
     return directory
 
 
+#: The slowest test files, slowest first (CI's --durations on 2 cores). xdist hands out whole files
+#: (--dist loadfile) in collection order (--no-loadscope-reorder, pyproject.toml): these go first, so that the
+#: many quick files fill the gaps at the end and both workers finish together, instead of one worker
+#: starting a minutes-long file when the other is nearly done.
+SLOW_FILES_FIRST = (
+    "test_bench_smoke.py",
+    "test_cli.py",
+    "test_plan.py",
+    "test_train_processes.py",
+    "test_reshard.py",
+    "test_grad_cache.py",
+    "test_feature_cache.py",
+    "test_distill.py",
+    "test_data.py",
+    "test_eval.py",
+    "test_demo.py",
+    "test_openclip.py",
+    "test_standins.py",
+    "test_wheel.py",
+)
+
+
+def pytest_collection_modifyitems(items):
+    rank = {name: i for i, name in enumerate(SLOW_FILES_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: a file's own order is kept
+
+
 def session_dir(tmp_path_factory):
     """The test session's temporary folder, shared by all xdist workers (each worker's own is below it)."""
     base = tmp_path_factory.getbasetemp()
