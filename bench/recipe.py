@@ -2,6 +2,7 @@
 
     python bench/recipe.py [--seeds 0 1 2] [--recipes a_two_phase b_all_from_start ...]  # ~1.5 min a run on 2 cores
     python bench/recipe.py --smoke                                                       # tiny stand-ins, CI
+    python bench/recipe.py --smoke --standins EN_DIR IT_DIR   # on stand-ins already built (the tests' own)
 
 Same task, data, total number of steps and global batch for every recipe (the demo's: the stand-in English
 CLIP's vision tower + the stand-in Italian MLM BERT, Italian captions of coloured shapes, two colour–shape
@@ -476,6 +477,13 @@ def main() -> None:
         help="held-out colour:shape pairs instead of the demo's (e.g. a second holdout)",
     )
     parser.add_argument("--smoke", action="store_true", help="tiny stand-ins and runs (CI)")
+    parser.add_argument(
+        "--standins",
+        nargs=2,
+        default=None,
+        metavar=("ENGLISH_CLIP", "ITALIAN_BERT"),
+        help="directories of stand-ins already built (e.g. the tests' own) instead of building them",
+    )
     parser.add_argument("--out", default=None, help="results folder (default bench/results)")
     parser.add_argument("--name", default="recipe_cpu", help="results file name, without .json")
     parser.add_argument(
@@ -530,10 +538,13 @@ def main() -> None:
             shapes={"num_train": 128, "num_val": 32, "image_size": 32},
         )
         args.seeds, args.recipes = args.seeds[:1], ["e_per_device_loss", "f_cached_phase1"]
-    standins = {
-        "english-clip": str(standin_lib.english_clip(cache_dir, english)),
-        "italian-bert": str(standin_lib.italian_bert(cache_dir, italian)),
-    }
+    if args.standins:
+        standins = dict(zip(("english-clip", "italian-bert"), args.standins))
+    else:
+        standins = {
+            "english-clip": str(standin_lib.english_clip(cache_dir, english)),
+            "italian-bert": str(standin_lib.italian_bert(cache_dir, italian)),
+        }
     result = {
         "args": {**vars(args), "smoke": args.smoke},
         "machine": machine(),

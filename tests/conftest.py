@@ -60,15 +60,45 @@ def save_torch_model(model, directory, fmt="safetensors"):
     return directory
 
 
+#: The slowest test files, slowest first (CI's --durations on 2 cores). xdist hands out whole files
+#: (--dist loadfile) in collection order (--no-loadscope-reorder, pyproject.toml): these go first, so that the
+#: many quick files fill the gaps at the end and both workers finish together, instead of one worker
+#: starting a minutes-long file when the other is nearly done.
+SLOW_FILES_FIRST = (
+    "test_bench_smoke.py",
+    "test_cli.py",
+    "test_plan.py",
+    "test_train_processes.py",
+    "test_reshard.py",
+    "test_grad_cache.py",
+    "test_feature_cache.py",
+    "test_distill.py",
+    "test_data.py",
+    "test_eval.py",
+    "test_demo.py",
+    "test_openclip.py",
+    "test_standins.py",
+    "test_wheel.py",
+)
+
+
+def pytest_collection_modifyitems(items):
+    rank = {name: i for i, name in enumerate(SLOW_FILES_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: a file's own order is kept
+
+
+def session_dir(tmp_path_factory):
+    """The test session's temporary folder, shared by all xdist workers (each worker's own is below it)."""
+    base = tmp_path_factory.getbasetemp()
+    return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+
+
 @pytest.fixture(scope="session", autouse=True)
 def subprocess_compilation_cache(tmp_path_factory):
     """The subprocesses tests start (train.py, the CLI, two-process runs) share one persistent JAX compilation
     cache for the session, across xdist workers: the tiny recipes' steps compile once, not once per process.
     This process's own jax read its settings at import and keeps compiling (tests count its compiles)."""
-    base = tmp_path_factory.getbasetemp()
-    if os.environ.get("PYTEST_XDIST_WORKER"):
-        base = base.parent  # the session's folder, above each worker's own
-    os.environ["JAX_COMPILATION_CACHE_DIR"] = str(base / "jax_compilation_cache")
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = str(session_dir(tmp_path_factory) / "jax_compilation_cache")
     os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
 
 
@@ -157,13 +187,29 @@ def checkpoints(tmp_path_factory, torch_seed):
 @pytest.fixture(scope="session")
 def small_standins(tmp_path_factory):
     """The demo's stand-ins at test size (32 px, width 32, a few hundred steps), built once per session:
-    ``(cache_dir, english_clip_dir, italian_bert_dir)``."""
+    ``(cache_dir, english_clip_dir, italian_bert_dir)``. The first xdist worker to need them builds them (a
+    minute of training) under a lock in the session's folder, the other waits and reuses them; each worker
+    gets its own copy in its own cache folder (the tests also cache their data sets there)."""
+    import fcntl
+    import shutil
+
     from clip_jax.demo import standins
 
-    cache = str(tmp_path_factory.mktemp("standins"))
-    english = standins.english_clip(cache, SMALL_ENGLISH)
-    italian = standins.italian_bert(cache, SMALL_ITALIAN)
-    return cache, english, italian
+    shared = session_dir(tmp_path_factory) / "standins"
+    shared.mkdir(exist_ok=True)
+    with open(shared / "lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        built = [
+            standins.english_clip(str(shared), SMALL_ENGLISH),
+            standins.italian_bert(str(shared), SMALL_ITALIAN),
+        ]
+    cache = tmp_path_factory.mktemp("standins")
+    for directory in built:
+        shutil.copytree(directory, cache / directory.relative_to(shared))
+    # the copies are found: nothing is built again
+    english = standins.english_clip(str(cache), SMALL_ENGLISH, log=pytest.fail)
+    italian = standins.italian_bert(str(cache), SMALL_ITALIAN, log=pytest.fail)
+    return str(cache), english, italian
 
 
 def _small_settings():

@@ -156,9 +156,11 @@ def test_feature_cache_smoke(tmp_path, jax_cache):
         assert result[key] > 0, key
 
 
-def test_recipe_smoke(tmp_path, jax_cache):
-    # builds two tiny stand-ins and trains two recipes (~2.5 min of CPU time)
-    result = run_smoke("recipe.py", tmp_path, "recipe_cpu", jax_cache, timeout=600)
+def test_recipe_smoke(tmp_path, jax_cache, small_standins):
+    # trains two recipes (~1.5 min of CPU time) on the session's stand-ins: building its own took another minute
+    _, english, italian = small_standins
+    args = ("--standins", str(english), str(italian))
+    result = run_smoke("recipe.py", tmp_path, "recipe_cpu", jax_cache, timeout=600, args=args)
     assert set(result["recipes"]) == {"e_per_device_loss", "f_cached_phase1"}
     for summary in result["recipes"].values():
         assert set(summary["zero_shot"]) == {"colour", "shape", "count", "colour+shape"}
@@ -174,6 +176,9 @@ def test_recipe_smoke(tmp_path, jax_cache):
             == summary["forgetting_en"]["colour+shape"]["mean"]
         )
     assert "| (e)" in result["markdown"] and "vision drift" in result["mechanism_markdown"]
+    assert (
+        result["standins"]["english-clip"] == json.loads((english / "standin.json").read_text())["settings"]
+    )
 
 
 def test_grad_cache_smoke(tmp_path, jax_cache):
