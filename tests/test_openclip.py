@@ -244,10 +244,12 @@ def test_clip_jax_export_in_open_clip_layout_loads_in_open_clip(
         assert np.abs(model.encode_text(TEXTS) - reference["own_tokenizer_text_embeds"]).max() <= TOL
 
 
-def test_demo_mean_pooled_model_exports_in_open_clip_layout(open_clip_python, small_standins, tmp_path):
+def test_demo_mean_pooled_model_exports_in_open_clip_layout(open_clip_python, request, tmp_path):
     """The demo's transfer (English CLIP stand-in + Italian BERT, mean pooling): its open_clip export runs in
     open_clip with the embeddings clip_jax computes."""
-    _, english, italian = small_standins
+    # asked for here, not as an argument: session fixtures are set up first, so the stand-ins were built even
+    # when open_clip_python then skipped the test
+    _, english, italian = request.getfixturevalue("small_standins")
     model = CLIPModel.from_towers(
         vision=english, text=italian, projection_dim=16, text_pooling="mean", max_length=16
     )
