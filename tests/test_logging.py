@@ -2,6 +2,7 @@
 the real client writing its run file in the workdir, nothing sent anywhere)."""
 
 import json
+import time
 
 import pytest
 from train_helpers import tensorboard_scalars
@@ -32,8 +33,14 @@ def test_metrics_go_to_jsonl_tensorboard_and_wandb(tmp_path, monkeypatch):
 
     runs = list((tmp_path / "wandb").glob("offline-run-*/run-*.wandb"))
     assert len(runs) == 1
-    log = runs[0].read_bytes()  # the run's protobuf record log: keys and config are stored as strings
-    for key in (b"train/loss", b"lr/head", b"val/text_retrieval_recall@1", b"batch_size"):
+    # The run's protobuf record log (keys and config stored as strings). wandb's own service process writes
+    # it and may still be flushing after finish() returns on a loaded machine: wait for it, up to a minute.
+    keys = (b"train/loss", b"lr/head", b"val/text_retrieval_recall@1", b"batch_size")
+    deadline = time.monotonic() + 60
+    while not all(key in runs[0].read_bytes() for key in keys) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    log = runs[0].read_bytes()
+    for key in keys:
         assert key in log, key
 
 
