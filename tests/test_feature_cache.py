@@ -152,10 +152,8 @@ def test_feature_store_rejects_inconsistent_arrays(tmp_path):
 def test_two_processes_each_cache_their_half_in_lock_step(tmp_path):
     """A real 2-process run (jax.distributed, gloo, 4 CPU devices each): each process caches the features of
     its own examples, the same rows a 1-process run computes for them, and trains on them."""
-    import socket
-    import subprocess
 
-    from train_helpers import run, subprocess_env, train_command
+    from train_helpers import launch_two_processes, run, subprocess_env, train_command
 
     extra = [
         "--config.phases.warmup.steps=2",
@@ -164,28 +162,8 @@ def test_two_processes_each_cache_their_half_in_lock_step(tmp_path):
         "--config.model.dropout=False",
     ]
     run(train_command(tmp_path / "single", tmp_path / "cache", *extra), subprocess_env(8))
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    procs = [
-        subprocess.Popen(
-            train_command(
-                tmp_path / "multi",
-                tmp_path / "cache",
-                *extra,
-                f"--coordinator=127.0.0.1:{port}",
-                "--num_processes=2",
-                f"--process_id={i}",
-            ),
-            env=subprocess_env(4),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for i in range(2)
-    ]
-    for p, (_, err) in zip(procs, [p.communicate(timeout=300) for p in procs]):
-        assert p.returncode == 0, err[-3000:]
+    for status, err in launch_two_processes(tmp_path / "multi", tmp_path / "cache", *extra):
+        assert status == 0, err[-3000:]
     single = FeatureStore.load(feature_cache_path(str(tmp_path / "single"), "warmup", 0))
     for process in range(2):
         part = FeatureStore.load(feature_cache_path(str(tmp_path / "multi"), "warmup", process, 2))

@@ -3,13 +3,11 @@
 mesh; the data position carries over, or the resume says why it cannot."""
 
 import json
-import socket
-import subprocess
 import time
 
 import numpy as np
 import pytest
-from train_helpers import losses, run, subprocess_env, train_command
+from train_helpers import launch_two_processes, losses, run, subprocess_env, train_command
 
 from clip_jax.data.memory import DataPositionError
 from clip_jax.data.pipeline import BadDataMonitor, TrainBatches
@@ -73,41 +71,12 @@ def test_checkpoint_of_8_devices_fsdp2_resumes_on_4_devices_fsdp4(tmp_path, list
     print(f"8 devices -> 4: {time.perf_counter() - tick:.1f}s")
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _launch_two_processes(workdir, cache, *flags):
-    """Both processes of a 2-process run (jax.distributed over gloo, 4 CPU devices each): [(status, stderr)]."""
-    port = _free_port()
-    procs = [
-        subprocess.Popen(
-            train_command(
-                workdir,
-                cache,
-                *flags,
-                f"--coordinator=127.0.0.1:{port}",
-                "--num_processes=2",
-                f"--process_id={i}",
-            ),
-            env=subprocess_env(devices=4),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for i in range(2)
-    ]
-    return [(p.returncode, err) for p, (_out, err) in zip(procs, [p.communicate(timeout=300) for p in procs])]
-
-
 def test_checkpoint_of_2_processes_resumes_on_1_process(tmp_path, listing, on_4_devices):
     """2 processes (jax.distributed over gloo, 4 CPU devices each, fsdp=2) save; 1 process with 4 devices resumes,
     at the next unread example of the listing (each of the 2 read every other one)."""
     tick = time.perf_counter()
     workdir = tmp_path / "run"
-    for status, err in _launch_two_processes(workdir, tmp_path / "cache", *listing, *STEPS, *MESH_8):
+    for status, err in launch_two_processes(workdir, tmp_path / "cache", *listing, *STEPS, *MESH_8):
         assert status == 0, err[-3000:]
     meta = json.loads((workdir / "checkpoints" / "3" / "meta" / "metadata").read_text())
     positions = [state["stream"]["grain"]["next_index"] for state in meta["data_by_process"]]
@@ -231,7 +200,7 @@ def test_cached_features_position_cannot_carry_over_and_the_resume_says_so(tmp_p
     workdir = tmp_path / "run"
     run(train_command(workdir, tmp_path / "cache", *flags), subprocess_env(devices=8))  # checkpoints 3, 4, 5
     before = _files(workdir)
-    for status, err in _launch_two_processes(workdir, tmp_path / "cache", *flags, "--step=3"):
+    for status, err in launch_two_processes(workdir, tmp_path / "cache", *flags, "--step=3"):
         assert status == 2, err[-3000:]
         lines = [line for line in err.splitlines() if line.startswith("error:")]
         assert len(lines) == 1, err[-3000:]

@@ -4,12 +4,11 @@ workers share the long files evenly.)"""
 
 import json
 import signal
-import socket
 import subprocess
 import time
 
 import pytest
-from train_helpers import losses, run, subprocess_env, train_command
+from train_helpers import launch_two_processes, losses, run, subprocess_env, train_command
 
 
 def test_resume_after_kill_9_continues_with_identical_losses(tmp_path):
@@ -78,12 +77,6 @@ def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tmp_path):
     assert steps[-1] > 3 and steps[-1] == max(losses(workdir))
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_two_processes_match_one_process(tmp_path):
     """A real 2-process jax.distributed run (gloo, 4 CPU devices each) = a 1-process 8-device run."""
     extra = [
@@ -92,28 +85,9 @@ def test_two_processes_match_one_process(tmp_path):
         "--config.mesh.axes.fsdp=2",
     ]
     run(train_command(tmp_path / "single", tmp_path / "cache", *extra), subprocess_env(8))
-    port = _free_port()
     workdir = tmp_path / "multi"
-    procs = [
-        subprocess.Popen(
-            train_command(
-                workdir,
-                tmp_path / "cache",
-                *extra,
-                f"--coordinator=127.0.0.1:{port}",
-                "--num_processes=2",
-                f"--process_id={i}",
-            ),
-            env=subprocess_env(4),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for i in range(2)
-    ]
-    outputs = [p.communicate(timeout=300) for p in procs]
-    for p, (_out, err) in zip(procs, outputs):
-        assert p.returncode == 0, err[-3000:]
+    for status, err in launch_two_processes(workdir, tmp_path / "cache", *extra):
+        assert status == 0, err[-3000:]
     single, multi = losses(tmp_path / "single"), losses(workdir)
     assert sorted(multi) == sorted(single) == [1, 2, 3, 4, 5]
     for step in single:

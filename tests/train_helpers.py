@@ -2,6 +2,7 @@
 
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -114,6 +115,32 @@ def run(cmd, env, timeout=300):
     result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
     assert result.returncode == 0, result.stderr[-4000:]
     return result
+
+
+def launch_two_processes(workdir, cache_dir, *extra):
+    """Both processes of a real 2-process run of train.py (jax.distributed over gloo on localhost, 4 CPU
+    devices each): ``[(returncode, stderr)]``."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    procs = [
+        subprocess.Popen(
+            train_command(
+                workdir,
+                cache_dir,
+                *extra,
+                f"--coordinator=127.0.0.1:{port}",
+                "--num_processes=2",
+                f"--process_id={i}",
+            ),
+            env=subprocess_env(devices=4),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(2)
+    ]
+    return [(p.returncode, err) for p, (_out, err) in zip(procs, [p.communicate(timeout=300) for p in procs])]
 
 
 def losses(workdir):
