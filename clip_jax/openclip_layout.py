@@ -212,25 +212,13 @@ def _vision_config(cfg: Mapping[str, Any], model_cfg: Mapping[str, Any], source:
         _refuse(source, f"its image tower is a timm model ({cfg['timm_model_name']}), not open_clip's ViT")
     if isinstance(cfg.get("layers", 12), (list, tuple)):
         _refuse(source, "its image tower is a ModifiedResNet, not a ViT")
-    unsupported = {
-        "ls_init_value": None,
-        "attentional_pool": False,
-        "no_ln_pre": False,
-        "final_ln_after_pool": False,
-        "pool_type": "tok",
-        "act_kwargs": None,
-        "qk_norm": False,
-        "scaled_cosine_attn": False,
-        "scale_heads": False,
-        "scale_attn_inner": False,
-        "scale_attn": False,
-        "scale_fc": False,
-    }
-    for key, default in unsupported.items():
-        if cfg.get(key, default) != default:
-            _refuse(source, f"vision_cfg.{key}={cfg[key]!r} has no counterpart in CLIP's ViT")
-    if cfg.get("block_type") not in (None, "default"):
-        _refuse(source, f"vision_cfg.block_type={cfg['block_type']!r} has no counterpart in CLIP's ViT")
+    _refuse_options(
+        cfg,
+        {"attentional_pool": False, "no_ln_pre": False, "final_ln_after_pool": False, "pool_type": "tok"},
+        "vision_cfg",
+        "CLIP's ViT",
+        source,
+    )
     image_size, patch_size = (
         _square(cfg.get("image_size", 224), source),
         _square(cfg.get("patch_size", 16), source),
@@ -253,6 +241,30 @@ def _vision_config(cfg: Mapping[str, Any], model_cfg: Mapping[str, Any], source:
     }
 
 
+#: open_clip transformer options (both towers) that CLIP's towers have no counterpart for, with their defaults.
+_TRANSFORMER_DEFAULTS = {
+    "ls_init_value": None,
+    "act_kwargs": None,
+    "qk_norm": False,
+    "scaled_cosine_attn": False,
+    "scale_heads": False,
+    "scale_attn_inner": False,
+    "scale_attn": False,
+    "scale_fc": False,
+    "block_type": None,
+}
+
+
+def _refuse_options(
+    cfg: Mapping[str, Any], defaults: Mapping[str, Any], section: str, tower: str, source: str
+) -> None:
+    """Refuse (one line) any of the shared transformer options or this tower's ``defaults`` set otherwise."""
+    for key, default in {**_TRANSFORMER_DEFAULTS, **defaults}.items():
+        value = cfg.get(key, default)
+        if value != default and not (key == "block_type" and value == "default"):
+            _refuse(source, f"{section}.{key}={value!r} has no counterpart in {tower}")
+
+
 def _square(size: Any, source: str) -> int:
     if isinstance(size, (list, tuple)):
         if len(set(size)) != 1:
@@ -263,26 +275,19 @@ def _square(size: Any, source: str) -> int:
 
 def _builtin_text_config(cfg: Mapping[str, Any], model_cfg: Mapping[str, Any], source: str) -> dict[str, Any]:
     """open_clip's built-in text transformer as a transformers ``clip_text_model`` config."""
-    defaults = {
-        "ls_init_value": None,
-        "embed_cls": False,
-        "no_causal_mask": False,
-        "final_ln_after_pool": False,
-        "proj_bias": False,
-        "proj_type": "linear",
-        "act_kwargs": None,
-        "qk_norm": False,
-        "scaled_cosine_attn": False,
-        "scale_heads": False,
-        "scale_attn_inner": False,
-        "scale_attn": False,
-        "scale_fc": False,
-    }
-    for key, default in defaults.items():
-        if cfg.get(key, default) != default:
-            _refuse(source, f"text_cfg.{key}={cfg[key]!r} has no counterpart in CLIP's text tower")
-    if cfg.get("block_type") not in (None, "default"):
-        _refuse(source, f"text_cfg.block_type={cfg['block_type']!r} has no counterpart in CLIP's text tower")
+    _refuse_options(
+        cfg,
+        {
+            "embed_cls": False,
+            "no_causal_mask": False,
+            "final_ln_after_pool": False,
+            "proj_bias": False,
+            "proj_type": "linear",
+        },
+        "text_cfg",
+        "CLIP's text tower",
+        source,
+    )
     pool = cfg.get("pool_type", "argmax")
     if pool not in ("argmax", "eos"):
         _refuse(source, f"text_cfg.pool_type={pool!r}: CLIP's text tower pools at the end-of-text token only")

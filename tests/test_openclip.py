@@ -383,6 +383,46 @@ def test_unknown_text_projection_is_refused_in_one_line(exported, tmp_path):
     assert "\n" not in str(error.value)
 
 
+@pytest.mark.parametrize(
+    "change,message",
+    [
+        (
+            lambda cfg: cfg["vision_cfg"].update(ls_init_value=0.1),
+            r"vision_cfg\.ls_init_value=0\.1 has no counterpart",
+        ),
+        (
+            lambda cfg: cfg["vision_cfg"].update(block_type="cross"),
+            r"vision_cfg\.block_type='cross' has no counterpart",
+        ),
+        (
+            lambda cfg: cfg["vision_cfg"].update(pool_type="avg"),
+            r"vision_cfg\.pool_type='avg' has no counterpart",
+        ),
+        (
+            lambda cfg: cfg["vision_cfg"].update(timm_model_name="convnext_base"),
+            r"a timm model \(convnext_base\)",
+        ),
+        (lambda cfg: cfg["vision_cfg"].update(layers=[3, 4, 6, 3]), r"a ModifiedResNet"),
+    ],
+)
+def test_an_image_tower_clip_cannot_express_is_refused_on_load(exported, tmp_path, change, message):
+    copy = _rewrite(exported, tmp_path, change)
+    with pytest.raises(CheckpointError, match=message) as error:
+        CLIPModel.from_pretrained(copy)
+    assert "\n" not in str(error.value)
+
+
+def test_open_clip_options_at_their_defaults_load(exported, tmp_path):
+    """Options spelled out at open_clip's defaults (block_type 'default', ls_init_value None) are not refused."""
+    copy = _rewrite(
+        exported, tmp_path, lambda cfg: cfg["vision_cfg"].update(block_type="default", ls_init_value=None)
+    )
+    loaded, original = CLIPModel.from_pretrained(copy).module, CLIPModel.from_pretrained(exported).module
+    np.testing.assert_array_equal(
+        np.asarray(loaded.visual_projection.kernel[...]), np.asarray(original.visual_projection.kernel[...])
+    )
+
+
 def test_mlp_config_over_linear_weights_is_refused(exported, tmp_path):
     """A config left out hf_proj_type (open_clip's default: mlp) but the weights hold one linear head: the
     missing MLP weights are reported, not left random."""
