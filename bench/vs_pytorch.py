@@ -10,11 +10,13 @@ weights, AdamW, the symmetric contrastive loss, gradient clipping at 1.0, dropou
 autocast), the same batch shapes. Phase 1 in PyTorch sets ``requires_grad=False`` on both backbones (the usual way); phase 2
 trains everything. Per phase, one warm-up (compiling) step per side, then the two sides' timed steps
 alternate A B B A A B ... (``--steps`` each), so that the load of a shared machine hits both sides alike;
-each turn starts with ``--settle`` untimed steps of that side (a clip_jax phase-2 step right after a PyTorch
-step ran 1.4-1.6x slower than one after its own, while PyTorch's steps did not depend on what ran before,
-so timing every step charges the switch to clip_jax).
-Prints per side the median step time and its spread (min..max), the ratio of the medians
-PyTorch / clip_jax (> 1: clip_jax is faster), each side's MFU (``step_flops`` of ``bench/train_step.py``
+each turn runs ``--settle`` steps of that side before its timed one (a clip_jax phase-2 step right after a
+PyTorch step has run 1.4-1.6x slower than one after its own on some days, while PyTorch's steps did not
+depend on what ran before, so timing every step charges the switch to clip_jax). The turn's first step, the
+one right after the other side's, is timed as well: the run reports both the settled ratio and the one
+after a switch.
+Prints per side the median step time and its spread (min..max), settled and after a switch, the minor page
+faults per settled step, the ratios of the medians PyTorch / clip_jax (> 1: clip_jax is faster), each side's MFU (``step_flops`` of ``bench/train_step.py``
 over the median step time, against the FLOP/s of a 2048² matmul in the compute dtype (16-bit operands
 accumulating in float32) measured by JAX in the same run before
 and after each phase, the highest of these samples), and the load average at the start and end of each
@@ -25,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import sys
 import time
 
@@ -87,27 +90,47 @@ def torch_phase_steps(
 
 
 def alternate(sides: dict, steps: int, pause: float = 0.0, settle: int = 0) -> dict:
-    """Time ``steps`` calls of each zero-argument callable in ``sides``, alternating A B B A A B ...,
-    after one warm-up call each; per side the times, their median and spread. ``pause``: seconds of
-    idle, untimed, before each timed call, so that the previous side's spinning worker threads (OpenMP's,
-    Eigen's) have gone to sleep and do not compete with the next. ``settle``: untimed calls of a side at each
-    of its turns before its timed call, so that what the other side left behind (caches, memory) is not
-    charged to it."""
+    """Time ``steps`` turns of each zero-argument callable in ``sides``, alternating A B B A A B ..., after one
+    warm-up call each. A turn is ``settle`` calls and then the timed one; the turn's first call, which follows
+    the other side's, is timed too (``after_switch``), so that one run gives both the settled times and those
+    that carry the switch (with ``settle=0`` they are the same calls). ``pause``: seconds of idle, untimed,
+    before each turn's last call. Per side: the settled times with their median and spread, the same for
+    ``after_switch``, and the minor page faults of each settled call (``faults``)."""
     names = list(sides)
     for name in names:
         block(sides[name]())
     times: dict = {name: [] for name in names}
+    switched: dict = {name: [] for name in names}
+    faults: dict = {name: [] for name in names}
     for r in range(steps):
         for name in names if r % 2 == 0 else names[::-1]:
-            for _ in range(settle):
+            for call in range(settle + 1):
+                if call == settle:
+                    time.sleep(pause)
+                before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+                start = time.perf_counter()
                 block(sides[name]())
-            time.sleep(pause)
-            start = time.perf_counter()
-            block(sides[name]())
-            times[name].append(time.perf_counter() - start)
+                seconds = time.perf_counter() - start
+                if call == 0:
+                    switched[name].append(seconds)
+                if call == settle:
+                    times[name].append(seconds)
+                    faults[name].append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
     return {
-        name: {"step_s": float(np.median(t)), "min_s": min(t), "max_s": max(t), "times": t}
-        for name, t in times.items()
+        name: {
+            "step_s": float(np.median(times[name])),
+            "min_s": min(times[name]),
+            "max_s": max(times[name]),
+            "times": times[name],
+            "faults_per_step": int(np.median(faults[name])),
+            "after_switch": {
+                "step_s": float(np.median(switched[name])),
+                "min_s": min(switched[name]),
+                "max_s": max(switched[name]),
+                "times": switched[name],
+            },
+        }
+        for name in names
     }
 
 
@@ -120,7 +143,8 @@ def main() -> None:
         "--settle",
         type=int,
         default=1,
-        help="untimed steps at the start of each side's turn (0: time every step, the method before 2026-11-27)",
+        help="steps at the start of each side's turn before its settled timed step (0: every step follows a "
+        "switch, the method before 2026-11-27)",
     )
     parser.add_argument(
         "--dtype",
@@ -184,6 +208,16 @@ def main() -> None:
             f" load {load[phase]['start']} -> {load[phase]['end']}",
             flush=True,
         )
+        switch = {side: out[phase]["after_switch"] for side, out in (("clip_jax", ours), ("pytorch", theirs))}
+        print(
+            f"phase {phase}: after a switch clip_jax {switch['clip_jax']['step_s']:.2f}s "
+            f"({switch['clip_jax']['min_s']:.2f}..{switch['clip_jax']['max_s']:.2f}), PyTorch "
+            f"{switch['pytorch']['step_s']:.2f}s ({switch['pytorch']['min_s']:.2f}..{switch['pytorch']['max_s']:.2f}),"
+            f" PyTorch / clip_jax {switch['pytorch']['step_s'] / switch['clip_jax']['step_s']:.2f}x; minor page "
+            f"faults per settled step clip_jax {ours[phase]['faults_per_step']:,}, PyTorch "
+            f"{theirs[phase]['faults_per_step']:,}",
+            flush=True,
+        )
     peak = max(peaks)
     for phase in (1, 2):
         flops = step_flops(vision, args.batch, args.tokens, phase, text=text)
@@ -198,13 +232,18 @@ def main() -> None:
     result = {
         "machine": machine(),
         "args": vars(args),
-        "order": f"alternating A B B A per phase, {args.settle} untimed step(s) at the start of each turn",
+        "order": f"alternating A B B A per phase, {args.settle} step(s) at the start of each turn before the "
+        "settled timed one; the turn's first step is timed as after_switch",
+        "glibc_tunables": os.environ.get("GLIBC_TUNABLES"),
         "matmul_peak_tflops": peak / 1e12,
         "matmul_peak_samples_tflops": [p / 1e12 for p in peaks],
         "load_average": load,
         "clip_jax": ours,
         "pytorch": theirs,
         "pytorch_over_clip_jax": {p: theirs[p]["step_s"] / ours[p]["step_s"] for p in (1, 2)},
+        "pytorch_over_clip_jax_after_switch": {
+            p: theirs[p]["after_switch"]["step_s"] / ours[p]["after_switch"]["step_s"] for p in (1, 2)
+        },
     }
     write_result(
         "vs_pytorch_cpu" if args.dtype == "float32" else f"vs_pytorch_cpu_{args.dtype}", result, args.out

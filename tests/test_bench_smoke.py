@@ -118,6 +118,26 @@ def test_vs_pytorch_smoke(tmp_path, jax_cache, dtype):
     for side in ("clip_jax", "pytorch"):
         assert all(result[side][phase]["mfu"] > 0 for phase in ("1", "2"))
     assert set(result["load_average"]["2"]) == {"start", "end"}
+    steps = result["args"]["steps"]
+    for side in ("clip_jax", "pytorch"):
+        for phase in ("1", "2"):
+            out = result[side][phase]
+            assert len(out["times"]) == len(out["after_switch"]["times"]) == steps
+            assert out["after_switch"]["step_s"] > 0 and out["faults_per_step"] >= 0
+    assert all(ratio > 0 for ratio in result["pytorch_over_clip_jax_after_switch"].values())
+
+
+def test_cpu_pages_smoke(tmp_path, jax_cache):
+    result = run_smoke("cpu_pages.py", tmp_path, "cpu_pages", jax_cache)
+    # the script re-executed itself under glibc's huge-page tunable, and timed both kinds of turn
+    assert "glibc.malloc.hugetlb=1" in result["glibc_tunables"].split(":")
+    assert result["thp_mode"] in {"always", "madvise", "never", "n/a"}
+    for phase in ("1", "2"):
+        out = result["phases"][phase]
+        for kind in ("4k", "huge"):
+            assert len(out[kind]["times"]) == len(out[kind]["faults"]) == result["args"]["steps"]
+            assert out[kind]["step_s"] > 0 and out[kind]["faults_per_step"] >= 0
+        assert out["ratio"] == out["4k"]["step_s"] / out["huge"]["step_s"]
 
 
 def test_speed_changes_smoke(tmp_path, jax_cache):
