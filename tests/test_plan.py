@@ -143,6 +143,22 @@ def test_when_a_step_does_not_fit_plan_names_the_first_change_that_does(tmp_path
     assert 128 % change["train.micro_batch_size"] == 0
 
 
+def test_a_step_already_micro_batched_is_offered_only_smaller_micro_batches(tmp_path, compiled):
+    """Temporaries scale with the micro-batch's rows, not the step's: a step that does not fit at its micro-batch
+    must not be offered a larger one (bench/plan_scale.py's ViT-L row was offered 16,384 and 8,192 for 4,096)."""
+    overrides = {"train.batch_size": 128, "train.micro_batch_size": 64}
+    config = tiny_config(tmp_path, **overrides)
+    current = compiled("finetune", **overrides)
+    limit = current.memory["total"] - current.memory["temporary"] // 3
+    tried: list[str] = []
+    result = plan(config, target("v5e:2x2").with_memory(limit), steps=["finetune"], log=tried.append)[0]
+    assert result.fits is False
+    offered = [int(line.rsplit("=", 1)[1].rstrip(".")) for line in tried if "micro_batch_size=" in line]
+    assert offered and all(micro < 64 and 128 % micro == 0 for micro in offered), tried
+    if result.suggestion and "train.micro_batch_size" in result.suggestion["change"]:
+        assert result.suggestion["memory"]["total"] <= 0.95 * limit
+
+
 def test_a_step_the_tpu_compiler_refuses_is_reported_as_not_fitting(tmp_path):
     """A program too large for the chip's HBM is refused by the TPU compiler itself (RESOURCE_EXHAUSTED), not
     measured: plan reports what the compiler said it needs instead of crashing (bench/plan_scale.py's

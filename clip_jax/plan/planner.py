@@ -299,10 +299,12 @@ def find_fit(config: ConfigDict, target: Target, name: str, failed: StepPlan, lo
     if failed.kind == "train":
         fixed = failed.memory["total"] - failed.memory["temporary"]
         share = (hbm - fixed) / max(failed.memory["temporary"], 1)  # temporaries scale with rows per chip
-        rows = 2 ** max(int(math.log2(max(share * failed.per_chip_batch, 1))), 0)
-        for per_chip in dict.fromkeys((rows, max(rows // 2, 1))):
+        # the rows each chip holds at once: its micro-batch's when the step already uses micro-batches
+        per_pass = (failed.micro_batch or batch) // dp
+        rows = min(2 ** max(int(math.log2(max(share * per_pass, 1))), 0), per_pass // 2)
+        for per_chip in dict.fromkeys((rows, rows // 2)):
             micro = per_chip * dp
-            if micro < batch and batch % micro == 0:
+            if per_chip >= 1 and batch % micro == 0:
                 candidates.append({"train.micro_batch_size": micro})
     chips = len(target.devices)
     if config.mesh.axes.to_dict() != {"data": 1, "fsdp": chips}:
