@@ -24,9 +24,7 @@ from __future__ import annotations
 import argparse
 import ctypes
 import os
-import resource
 import sys
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -59,16 +57,6 @@ def set_huge_pages(allowed: bool) -> None:
         raise OSError(ctypes.get_errno(), "prctl(PR_SET_THP_DISABLE) failed")
 
 
-def timed_step(step) -> tuple[float, int]:
-    """Seconds and minor page faults of one call of ``step`` (its result waited for)."""
-    from bench.common import block
-
-    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-    start = time.perf_counter()
-    block(step())
-    return time.perf_counter() - start, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -84,53 +72,42 @@ def main() -> None:
     parser.add_argument("--out", default=None, help="folder for the result JSON (default bench/results)")
     args = parser.parse_args()
     ensure_tunable()
-    import jax
-    import numpy as np
 
-    from bench.common import block, loadavg, machine, write_result
+    from bench.common import loadavg, machine, write_result
     from bench.train_step import (
         BERT_BASE,
         TINY_TEXT,
         TINY_VISION,
         VISION,
         apply_smoke,
-        fake_batch,
+        batch_on_mesh,
         make_model,
         phase_step,
     )
-    from clip_jax.sharding import batch_sharding, make_mesh
+    from bench.vs_pytorch import alternate
+    from clip_jax.sharding import make_mesh
 
     if args.smoke:
         apply_smoke(args)
     vision, text = (TINY_VISION, TINY_TEXT) if args.smoke else (VISION["B/32"], BERT_BASE)
     model = make_model(vision, text, args.dtype)
     mesh = make_mesh({"data": -1})
-    data = jax.device_put(
-        fake_batch(args.batch, args.tokens, vision.get("image_size", 224), text.get("vocab_size", 32102)),
-        batch_sharding(mesh),
-    )
+    data = batch_on_mesh(vision, text, args.batch, args.tokens, mesh)
     phases: dict = {}
     for phase in (int(p) for p in args.phases.split(",")):
-        step = phase_step(model, mesh, data, phase)
-        block(step())  # compile
+        step = phase_step(model, mesh, data, phase)  # alternate's warm-up calls compile it
         load_start = loadavg()
-        turns: dict = {"4k": {"times": [], "faults": []}, "huge": {"times": [], "faults": []}}
-        for r in range(args.steps):
-            for kind in ("4k", "huge") if r % 2 == 0 else ("huge", "4k"):
-                set_huge_pages(kind == "huge")
-                block(step())  # settle: this turn's page kind in the allocator and the kernel
-                seconds, faults = timed_step(step)
-                turns[kind]["times"].append(seconds)
-                turns[kind]["faults"].append(faults)
+
+        def on_pages(huge: bool, step=step):
+            """One train step with huge pages allowed or not."""
+            set_huge_pages(huge)
+            return step()
+
+        # each turn's first (settle) step puts the turn's page kind in the allocator and the kernel
+        turns = alternate(
+            {"4k": lambda: on_pages(False), "huge": lambda: on_pages(True)}, args.steps, settle=1
+        )
         set_huge_pages(True)
-        for out in turns.values():
-            t = out["times"]
-            out.update(
-                step_s=float(np.median(t)),
-                min_s=min(t),
-                max_s=max(t),
-                faults_per_step=int(np.median(out["faults"])),
-            )
         phases[phase] = dict(turns, ratio=turns["4k"]["step_s"] / turns["huge"]["step_s"],
                              load_average={"start": load_start, "end": loadavg()})  # fmt: skip
         print(

@@ -19,7 +19,6 @@ import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import jax
 import numpy as np
 
 from bench.common import machine, time_calls, write_result
@@ -29,14 +28,14 @@ from bench.train_step import (
     TINY_TEXT,
     TINY_VISION,
     VISION,
-    fake_batch,
+    batch_on_mesh,
     make_model,
     phase_step,
 )
 from clip_jax.config import HEAD
 from clip_jax.embedding import feature_function
 from clip_jax.models.freezing import split_trainable
-from clip_jax.sharding import batch_sharding, make_mesh
+from clip_jax.sharding import make_mesh
 
 
 def measure(
@@ -45,10 +44,7 @@ def measure(
     vision_config = VISION[vision] if isinstance(vision, str) else dict(vision)
     model = make_model(vision_config, text)
     mesh = make_mesh({"data": -1})
-    data = jax.device_put(
-        fake_batch(batch, tokens, vision_config.get("image_size", 224), text.get("vocab_size", 32102)),
-        batch_sharding(mesh),
-    )
+    data = batch_on_mesh(vision_config, text, batch, tokens, mesh)
     full = time_calls(phase_step(model, mesh, data, 1), steps, warmup=1)
 
     graphdef, params, frozen = split_trainable(model.module, HEAD)

@@ -45,7 +45,6 @@ def main() -> None:
     parser.add_argument("--smoke", action="store_true", help="tiny towers, batch 4, 2 steps")
     parser.add_argument("--out", default=None, help="folder for the result JSON (default bench/results)")
     args = parser.parse_args()
-    import jax
 
     from bench.common import loadavg, machine, write_result
     from bench.train_step import (
@@ -54,13 +53,13 @@ def main() -> None:
         TINY_VISION,
         VISION,
         apply_smoke,
-        fake_batch,
+        batch_on_mesh,
         make_model,
         phase_step,
     )
     from bench.vs_pytorch import alternate
     from clip_jax.models import layers
-    from clip_jax.sharding import batch_sharding, make_mesh
+    from clip_jax.sharding import make_mesh
 
     if args.smoke:
         apply_smoke(args)
@@ -68,10 +67,7 @@ def main() -> None:
     else:
         vision, text = VISION["B/32"], BERT_BASE
     mesh = make_mesh({"data": -1})
-    data = jax.device_put(
-        fake_batch(args.batch, args.tokens, vision.get("image_size", 224), text.get("vocab_size", 32102)),
-        batch_sharding(mesh),
-    )
+    data = batch_on_mesh(vision, text, args.batch, args.tokens, mesh)
 
     def switched(step, switch: str, on: bool):
         def call():

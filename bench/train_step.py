@@ -122,6 +122,12 @@ def fake_batch(batch: int, tokens: int, image_size: int = 224, vocab_size: int =
     }
 
 
+def batch_on_mesh(vision: dict, text: dict, batch: int, tokens: int, mesh) -> dict:
+    """:func:`fake_batch` at the towers' image size and vocabulary, split over ``mesh``'s batch axes."""
+    data = fake_batch(batch, tokens, vision.get("image_size", 224), text.get("vocab_size", 32102))
+    return jax.device_put(data, batch_sharding(mesh))
+
+
 def make_model(
     vision: dict, text: dict = BERT_BASE, dtype: str = "float32", projection_dim: int = 512
 ) -> CLIPModel:
@@ -196,8 +202,7 @@ def measure(
     vision_config = VISION[vision] if isinstance(vision, str) else dict(vision)
     model = make_model(vision_config, text, dtype)
     mesh = make_mesh({"data": -1})
-    data = fake_batch(batch, tokens, vision_config.get("image_size", 224), text.get("vocab_size", 32102))
-    data = jax.device_put(data, batch_sharding(mesh))
+    data = batch_on_mesh(vision_config, text, batch, tokens, mesh)
 
     def peak_sample() -> float:  # smoke: a small matmul
         return matmul_peak(
@@ -251,8 +256,7 @@ def compare_dtypes(
 
     vision_config = VISION[vision] if isinstance(vision, str) else dict(vision)
     mesh = make_mesh({"data": -1})
-    data = fake_batch(batch, tokens, vision_config.get("image_size", 224), text.get("vocab_size", 32102))
-    data = jax.device_put(data, batch_sharding(mesh))
+    data = batch_on_mesh(vision_config, text, batch, tokens, mesh)
     models = {dtype: make_model(vision_config, text, dtype) for dtype in dtypes}
     result = {"phases": {}}
     for phase in (1, 2):

@@ -122,6 +122,7 @@ def alternate(sides: dict, steps: int, pause: float = 0.0, settle: int = 0) -> d
             "min_s": min(times[name]),
             "max_s": max(times[name]),
             "times": times[name],
+            "faults": faults[name],
             "faults_per_step": int(np.median(faults[name])),
             "after_switch": {
                 "step_s": float(np.median(switched[name])),
@@ -159,7 +160,6 @@ def main() -> None:
     )
     parser.add_argument("--out", default=None, help="folder for the result JSON (default bench/results)")
     args = parser.parse_args()
-    import jax
     import jax.numpy as jnp
 
     from bench.train_step import (
@@ -168,12 +168,12 @@ def main() -> None:
         TINY_VISION,
         VISION,
         apply_smoke,
-        fake_batch,
+        batch_on_mesh,
         make_model,
         phase_step,
         step_flops,
     )
-    from clip_jax.sharding import batch_sharding, make_mesh
+    from clip_jax.sharding import make_mesh
 
     if args.smoke:
         apply_smoke(args)
@@ -182,10 +182,7 @@ def main() -> None:
         vision, text, torch_vision, torch_text = VISION["B/32"], BERT_BASE, None, None
     model = make_model(vision, text, args.dtype)
     mesh = make_mesh({"data": -1})
-    data = jax.device_put(
-        fake_batch(args.batch, args.tokens, vision.get("image_size", 224), text.get("vocab_size", 32102)),
-        batch_sharding(mesh),
-    )
+    data = batch_on_mesh(vision, text, args.batch, args.tokens, mesh)
     torch_steps = torch_phase_steps(args.batch, args.tokens, torch_vision, torch_text, args.dtype)
     peak_n = 256 if args.smoke else 2048
     peak_dtype = jnp.bfloat16 if args.dtype == "bfloat16" else jnp.float32
