@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import TINY_BERT, write_bert_tokenizer
+from train_helpers import tiny_xlmr_mlp_model
 
 from clip_jax import CLIPModel
 from clip_jax.hub import ExportError
@@ -524,15 +525,7 @@ def test_plan_builds_an_open_clip_start_from_its_configs_alone(checkpoints, tmp_
     from clip_jax.weights.params import flat_params
 
     paths = checkpoints["paths"]
-    start = CLIPModel.from_towers(
-        vision=paths["vision"],
-        text=paths["xlm-roberta"],
-        tokenizer=paths["bert"],
-        projection_dim=16,
-        text_pooling="mean",
-        text_projection="mlp",
-        max_length=12,
-    ).save_pretrained(tmp_path / "open_clip", format="open_clip")
+    start = tiny_xlmr_mlp_model(paths).save_pretrained(tmp_path / "open_clip", format="open_clip")
     loaded = CLIPModel.from_pretrained(start).module
     (start / "open_clip_model.safetensors").unlink()  # planning must not need the weights
     config = shrunk_recipe(
@@ -562,15 +555,7 @@ def test_open_clip_pytorch_bin_weights_load_like_safetensors(checkpoints, tmp_pa
     from safetensors.numpy import load_file
 
     paths = checkpoints["paths"]
-    model = CLIPModel.from_towers(
-        vision=paths["vision"],
-        text=paths["xlm-roberta"],
-        tokenizer=paths["bert"],
-        projection_dim=16,
-        text_pooling="mean",
-        text_projection="mlp",
-        max_length=12,
-    )
+    model = tiny_xlmr_mlp_model(paths)
     out = model.save_pretrained(tmp_path / "export", format="open_clip")
     state = {k: torch.from_numpy(v) for k, v in load_file(str(out / "open_clip_model.safetensors")).items()}
     (out / "open_clip_model.safetensors").unlink()

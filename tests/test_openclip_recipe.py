@@ -7,7 +7,7 @@ import json
 import numpy as np
 import transformers as tf
 from conftest import TINY_VISION, save_torch_model
-from train_helpers import numpy_params, shrunk_recipe
+from train_helpers import numpy_params, shrunk_recipe, tiny_xlmr_mlp_model
 
 from clip_jax import CLIPModel
 
@@ -22,15 +22,9 @@ def test_openclip_xlmr_italian_recipe_trains_end_to_end(checkpoints, tmp_path):
         tf.CLIPVisionModel(tf.CLIPVisionConfig(**TINY_VISION, hidden_act="gelu")).eval(),
         tmp_path / "vit-gelu",
     )
-    start = CLIPModel.from_towers(
-        vision=vision,
-        text=paths["xlm-roberta"],
-        tokenizer=paths["bert"],
-        projection_dim=16,
-        text_pooling="mean",
-        text_projection="mlp",
-        max_length=12,
-    ).save_pretrained(tmp_path / "open_clip-tiny", format="open_clip")
+    start = tiny_xlmr_mlp_model(paths, vision).save_pretrained(
+        tmp_path / "open_clip-tiny", format="open_clip"
+    )
     saved = json.loads((start / "open_clip_config.json").read_text())["model_cfg"]
     assert saved["text_cfg"]["hf_pooler_type"] == "mean_pooler" and not saved["quick_gelu"]
     assert saved["text_cfg"]["hf_proj_type"] == "mlp"

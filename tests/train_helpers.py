@@ -170,3 +170,19 @@ def tensorboard_scalars(directory) -> dict[str, dict[int, float]]:
             for value in event.summary.value:
                 out.setdefault(value.tag, {})[event.step] = value.simple_value
     return out
+
+
+def tiny_xlmr_mlp_model(paths: dict, vision: str | Path | None = None):
+    """A tiny dual encoder of the published open_clip XLM-R model's architecture: an XLM-R text tower mean-pooled
+    under open_clip's MLP head (``paths``: the ``checkpoints`` fixture's; ``vision``: another image tower)."""
+    from clip_jax import CLIPModel
+
+    return CLIPModel.from_towers(
+        vision=vision or paths["vision"],
+        text=paths["xlm-roberta"],
+        tokenizer=paths["bert"],
+        projection_dim=16,
+        text_pooling="mean",
+        text_projection="mlp",
+        max_length=12,
+    )

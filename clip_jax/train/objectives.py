@@ -154,22 +154,18 @@ class Contrastive(Objective):
         mesh: Mesh,
         phase: Any,
     ) -> Step:
+        loss = {
+            "loss_kind": config.loss.kind,
+            "negatives": config.loss.negatives,
+            "exchange": config.loss.exchange,
+        }
         if phase.cache_features:  # projections on cached features: no tower activations, no micro-batches
-            return feature_cache.make_feature_train_step(
-                graphdef,
-                tx,
-                mesh,
-                loss_kind=config.loss.kind,
-                negatives=config.loss.negatives,
-                exchange=config.loss.exchange,
-            )
+            return feature_cache.make_feature_train_step(graphdef, tx, mesh, **loss)
         return make_train_step(
             graphdef,
             tx,
             mesh,
-            loss_kind=config.loss.kind,
-            negatives=config.loss.negatives,
-            exchange=config.loss.exchange,
+            **loss,
             dropout=config.model.dropout,
             micro_batch_size=config.train.micro_batch_size,
         )
