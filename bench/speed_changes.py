@@ -9,13 +9,16 @@ and with it ("after"), one warm-up (compiling) step each, then the two variants'
 A B B A ... (``--steps`` each), so that a shared machine's load hits both alike. Prints medians, spreads
 (min..max) and before/after, and the load average at the start and end of each comparison.
 
-Changes measured (``--changes``), each off through a switch in ``clip_jax.models.layers`` while the "before"
-step compiles:
+Changes measured (``--changes``), each off through a module-level switch while the "before" step compiles
+(its first call):
 - ``residual_fence`` (float32): :func:`clip_jax.models.layers.residual_fence` between layers
   (``FENCE_RESIDUALS``).
 - ``bfloat16_products`` (``model.dtype=bfloat16``): :func:`clip_jax.models.layers.dense_product`'s float32
   accumulation and CPU weight-gradient layout (``FAST_LOW_PRECISION_PRODUCTS``; off: the plain bfloat16
   product, as before the change; the attention products' float32 scores are not switched).
+- ``frozen_rounding`` (``model.dtype=bfloat16``): frozen weights rounded to bfloat16 once, not in every step
+  (:mod:`clip_jax.train.frozen_rounding`, ``ROUND_FROZEN_ONCE``); it matters in phase 1, where the towers
+  are frozen.
 """
 
 from __future__ import annotations
@@ -26,10 +29,11 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-#: change -> (its switch in ``clip_jax.models.layers``, the compute dtype it is measured in)
+#: change -> (the module holding its switch, the switch, the compute dtype it is measured in)
 CHANGES = {
-    "residual_fence": ("FENCE_RESIDUALS", "float32"),
-    "bfloat16_products": ("FAST_LOW_PRECISION_PRODUCTS", "bfloat16"),
+    "residual_fence": ("clip_jax.models.layers", "FENCE_RESIDUALS", "float32"),
+    "bfloat16_products": ("clip_jax.models.layers", "FAST_LOW_PRECISION_PRODUCTS", "bfloat16"),
+    "frozen_rounding": ("clip_jax.train.frozen_rounding", "ROUND_FROZEN_ONCE", "bfloat16"),
 }
 
 
@@ -46,6 +50,8 @@ def main() -> None:
     parser.add_argument("--out", default=None, help="folder for the result JSON (default bench/results)")
     args = parser.parse_args()
 
+    import importlib
+
     from bench.common import loadavg, machine, write_result
     from bench.train_step import (
         BERT_BASE,
@@ -58,7 +64,6 @@ def main() -> None:
         phase_step,
     )
     from bench.vs_pytorch import alternate
-    from clip_jax.models import layers
     from clip_jax.sharding import make_mesh
 
     if args.smoke:
@@ -69,13 +74,15 @@ def main() -> None:
     mesh = make_mesh({"data": -1})
     data = batch_on_mesh(vision, text, args.batch, args.tokens, mesh)
 
-    def switched(step, switch: str, on: bool):
+    def switched(step, module: str, switch: str, on: bool):
+        holder = importlib.import_module(module)
+
         def call():
-            setattr(layers, switch, on)  # read when the step is traced (its first call)
+            setattr(holder, switch, on)  # read at the step's first call
             try:
                 return step()
             finally:
-                setattr(layers, switch, True)
+                setattr(holder, switch, True)
 
         return call
 
@@ -86,12 +93,12 @@ def main() -> None:
         "changes": {},
     }
     for name in args.changes.split(","):
-        switch, dtype = CHANGES[name]
+        module, switch, dtype = CHANGES[name]
         model = make_model(vision, text, dtype)
         result["changes"][name] = {"dtype": dtype}
         for phase in (int(p) for p in args.phases.split(",")):
             before, after = (
-                switched(phase_step(model, mesh, data, phase), switch, on) for on in (False, True)
+                switched(phase_step(model, mesh, data, phase), module, switch, on) for on in (False, True)
             )
             load_start = loadavg()
             timed = alternate({"before": before, "after": after}, args.steps)

@@ -36,6 +36,7 @@ from clip_jax.train.optim import make_optimizer
 from clip_jax.train.step import (
     TrainState,
     initial_rng,
+    jit_train_step,
     make_train_step,
 )
 
@@ -170,14 +171,16 @@ def phase_step(
     )
     # The step donates its state: keep the model's own arrays. Placing the copy on the mesh gives the first
     # call the input types later calls see, so the warm-up call is the only compilation.
-    state = jax.device_put(jax.tree.map(jnp.copy, state), NamedSharding(mesh, P()))
+    placed = NamedSharding(mesh, P())
+    state = jax.device_put(jax.tree.map(jnp.copy, state), placed)
     if cached_features:
         step_fn = make_feature_train_step(graphdef, tx, mesh, loss_kind="softmax")
     else:
         step_fn = make_train_step(
             graphdef, tx, mesh, loss_kind="softmax", dropout=True, micro_batch_size=micro_batch_size
         )
-    step = jax.jit(step_fn, donate_argnums=(0,))
+    # jitted as the trainer jits its steps (on CPU: frozen weights rounded to the compute dtype once)
+    step = jit_train_step(step_fn, placed, batch_sharding(mesh), mesh)
     holder = {"state": state}
 
     def call():

@@ -20,6 +20,7 @@ from jax.sharding import PartitionSpec as P
 from clip_jax.loss import contrastive_loss
 from clip_jax.models.dual_encoder import DualEncoderOutput
 from clip_jax.sharding import batch_axes, data_parallel_size, replicated
+from clip_jax.train.frozen_rounding import FrozenRoundedStep
 
 
 @struct.dataclass
@@ -197,13 +198,19 @@ def cached_value_and_grad(
 def jit_train_step(
     step: Callable, state_sharding: Any, batch_sharding: NamedSharding, mesh: Mesh
 ) -> Callable:
-    """``step`` compiled with explicit in/out shardings and the state donated (updated in place)."""
-    return jax.jit(
+    """``step`` compiled with explicit in/out shardings and the state donated (updated in place). On CPU,
+    frozen weights that the step only uses rounded to the compute dtype are rounded once
+    (:class:`~clip_jax.train.frozen_rounding.FrozenRoundedStep`), not at every step."""
+    out_shardings = (state_sharding, replicated(mesh))
+    plain = jax.jit(
         step,
         in_shardings=(state_sharding, batch_sharding),
-        out_shardings=(state_sharding, replicated(mesh)),
+        out_shardings=out_shardings,
         donate_argnums=(0,),
     )
+    if mesh.devices.flat[0].platform != "cpu":
+        return plain
+    return FrozenRoundedStep(step, plain, state_sharding, batch_sharding, out_shardings)
 
 
 def initial_rng(seed: int) -> jax.Array:
