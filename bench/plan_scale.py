@@ -57,12 +57,19 @@ def table(path: str) -> str:
             f"{k} {v['count']}x {v['bytes'] / gib:.2f} GiB" for k, v in sorted(r["collectives"].items())
         )
         limiter = max(("compute", "memory", "collective"), key=lambda k: bound[k])
+        fits = "yes" if r["fits"] else "**no**"
+        if not r["fits"] and r.get("suggestion"):
+            change = ", ".join(
+                f"{k}={v:,}" if isinstance(v, int) else f"{k}={v}"
+                for k, v in r["suggestion"]["change"].items()
+            )
+            fits += f"; fits with {change}: {r['suggestion']['memory']['total'] / gib:.2f} GiB"
         out.append(
             f"| {r['topology']} ({r['chips']} chips, {r['hosts']} hosts) | {r['name']} | {mesh} | {r['dtype']} | "
             f"{phase} | {r['global_batch']:,}"
             + (f" (micro {r['micro_batch']:,})" if r["micro_batch"] else "")
             + f" | {mem['total'] / gib:.2f} GiB of {r['hbm_bytes'] / gib:.0f} (args {mem['argument'] / gib:.2f}, "
-            f"temporaries {mem['temporary'] / gib:.2f}) | {'yes' if r['fits'] else '**no**'} | "
+            f"temporaries {mem['temporary'] / gib:.2f}) | {fits} | "
             f"{r['flops_analytic']:.4g} / {r['flops_xla']:.4g} | {collectives} | "
             f"{bound['step'] * 1e3:.1f} ms ({limiter}), {r['bound_images_per_s'] / 1e3:,.0f}k img/s, "
             f"{r['bound_images_per_s'] / r['hosts']:,.0f} img/s per host | {r['compile_seconds']:.0f} s |"

@@ -159,6 +159,11 @@ def main() -> None:
         help="tiny towers, batch 4, 2 steps; result into --out or a temporary folder",
     )
     parser.add_argument("--out", default=None, help="folder for the result JSON (default bench/results)")
+    parser.add_argument(
+        "--tag",
+        default="",
+        help="appended to the result's file name (e.g. the allocator and run: mimalloc_1)",
+    )
     args = parser.parse_args()
     import jax.numpy as jnp
 
@@ -232,6 +237,8 @@ def main() -> None:
         "order": f"alternating A B B A per phase, {args.settle} step(s) at the start of each turn before the "
         "settled timed one; the turn's first step is timed as after_switch",
         "glibc_tunables": os.environ.get("GLIBC_TUNABLES"),
+        "ld_preload": os.environ.get("LD_PRELOAD"),
+        "mimalloc_purge_delay": os.environ.get("MIMALLOC_PURGE_DELAY"),
         "matmul_peak_tflops": peak / 1e12,
         "matmul_peak_samples_tflops": [p / 1e12 for p in peaks],
         "load_average": load,
@@ -242,9 +249,8 @@ def main() -> None:
             p: theirs[p]["after_switch"]["step_s"] / ours[p]["after_switch"]["step_s"] for p in (1, 2)
         },
     }
-    write_result(
-        "vs_pytorch_cpu" if args.dtype == "float32" else f"vs_pytorch_cpu_{args.dtype}", result, args.out
-    )
+    name = "vs_pytorch_cpu" if args.dtype == "float32" else f"vs_pytorch_cpu_{args.dtype}"
+    write_result(name + (f"_{args.tag}" if args.tag else ""), result, args.out)
 
 
 if __name__ == "__main__":

@@ -140,10 +140,29 @@ def test_cpu_pages_smoke(tmp_path, jax_cache):
         assert out["ratio"] == out["4k"]["step_s"] / out["huge"]["step_s"]
 
 
+def test_allocators_smoke(tmp_path, jax_cache):
+    """Three worker processes, one per allocator, alternating; the mimalloc one really runs under mimalloc."""
+    result = run_smoke(
+        "allocators.py", tmp_path, "allocators_cpu_phase2_bfloat16", jax_cache,
+        args=("--allocators", "glibc,hugetlb,mimalloc"),
+    )  # fmt: skip
+    entries = result["allocators"]
+    assert list(entries) == ["glibc", "hugetlb", "mimalloc"]
+    assert [e["mimalloc_loaded"] for e in entries.values()] == [False, False, True]
+    assert entries["hugetlb"]["env"] == {"GLIBC_TUNABLES": "glibc.malloc.hugetlb=1"}
+    for entry in entries.values():
+        assert entry["step_s"] > 0 and entry["after_switch"]["step_s"] > 0
+        assert len(entry["worker"]["settled_faults"]) == len(entry["times"]) == 2
+
+
 def test_speed_changes_smoke(tmp_path, jax_cache):
     result = run_smoke("speed_changes.py", tmp_path, "speed_changes_cpu", jax_cache)
     dtypes = {name: change["dtype"] for name, change in result["changes"].items()}
-    assert dtypes == {"residual_fence": "float32", "bfloat16_products": "bfloat16"}
+    assert dtypes == {
+        "residual_fence": "float32",
+        "bfloat16_products": "bfloat16",
+        "frozen_rounding": "bfloat16",
+    }
     for change in result["changes"].values():
         for phase in ("1", "2"):
             entry = change[phase]
