@@ -73,20 +73,9 @@ def worker(args: argparse.Namespace) -> None:
     one JSON line: the step's seconds, minor page faults and system time; ``stop`` ends it."""
     import jax
 
-    from bench.train_step import (
-        BERT_BASE,
-        TINY_TEXT,
-        TINY_VISION,
-        VISION,
-        batch_on_mesh,
-        make_model,
-        phase_step,
-    )
-    from clip_jax.sharding import make_mesh
+    from bench.train_step import make_model, phase_step, step_setup
 
-    vision, text = (TINY_VISION, TINY_TEXT) if args.smoke else (VISION["B/32"], BERT_BASE)
-    mesh = make_mesh({"data": -1})
-    data = batch_on_mesh(vision, text, args.batch, args.tokens, mesh)
+    vision, text, mesh, data = step_setup(args.smoke, args.batch, args.tokens)
     step = phase_step(make_model(vision, text, args.dtype), mesh, data, args.phase)
     jax.block_until_ready(step())
     with open("/proc/self/maps") as maps:
@@ -159,15 +148,16 @@ def main() -> None:
     parser.add_argument("--out", default=None, help="folder for the result JSON (default bench/results)")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.smoke:
-        args.batch, args.tokens, args.steps = 4, 8, 2
-    if args.worker:
+    if args.worker:  # the driver forwards --smoke's batch and tokens; --smoke picks the tiny towers
         worker(args)
         return
 
     from bench.common import loadavg, machine, write_result
+    from bench.train_step import apply_smoke
     from bench.vs_pytorch import alternate
 
+    if args.smoke:
+        apply_smoke(args)
     mimalloc = find_mimalloc(args.mimalloc)
     names = args.allocators.split(",")
     for name in names:

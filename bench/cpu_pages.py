@@ -74,25 +74,13 @@ def main() -> None:
     ensure_tunable()
 
     from bench.common import loadavg, machine, write_result
-    from bench.train_step import (
-        BERT_BASE,
-        TINY_TEXT,
-        TINY_VISION,
-        VISION,
-        apply_smoke,
-        batch_on_mesh,
-        make_model,
-        phase_step,
-    )
+    from bench.train_step import apply_smoke, make_model, phase_step, step_setup
     from bench.vs_pytorch import alternate
-    from clip_jax.sharding import make_mesh
 
     if args.smoke:
         apply_smoke(args)
-    vision, text = (TINY_VISION, TINY_TEXT) if args.smoke else (VISION["B/32"], BERT_BASE)
+    vision, text, mesh, data = step_setup(args.smoke, args.batch, args.tokens)
     model = make_model(vision, text, args.dtype)
-    mesh = make_mesh({"data": -1})
-    data = batch_on_mesh(vision, text, args.batch, args.tokens, mesh)
     phases: dict = {}
     for phase in (int(p) for p in args.phases.split(",")):
         step = phase_step(model, mesh, data, phase)  # alternate's warm-up calls compile it

@@ -53,26 +53,12 @@ def main() -> None:
     import importlib
 
     from bench.common import loadavg, machine, write_result
-    from bench.train_step import (
-        BERT_BASE,
-        TINY_TEXT,
-        TINY_VISION,
-        VISION,
-        apply_smoke,
-        batch_on_mesh,
-        make_model,
-        phase_step,
-    )
+    from bench.train_step import apply_smoke, make_model, phase_step, step_setup
     from bench.vs_pytorch import alternate
-    from clip_jax.sharding import make_mesh
 
     if args.smoke:
         apply_smoke(args)
-        vision, text = TINY_VISION, TINY_TEXT
-    else:
-        vision, text = VISION["B/32"], BERT_BASE
-    mesh = make_mesh({"data": -1})
-    data = batch_on_mesh(vision, text, args.batch, args.tokens, mesh)
+    vision, text, mesh, data = step_setup(args.smoke, args.batch, args.tokens)
 
     def switched(step, module: str, switch: str, on: bool):
         holder = importlib.import_module(module)

@@ -17,6 +17,7 @@ import argparse
 import os
 import sys
 import tempfile
+from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -127,6 +128,14 @@ def batch_on_mesh(vision: dict, text: dict, batch: int, tokens: int, mesh) -> di
     """:func:`fake_batch` at the towers' image size and vocabulary, split over ``mesh``'s batch axes."""
     data = fake_batch(batch, tokens, vision.get("image_size", 224), text.get("vocab_size", 32102))
     return jax.device_put(data, batch_sharding(mesh))
+
+
+def step_setup(smoke: bool, batch: int, tokens: int) -> tuple[dict, dict, Any, dict]:
+    """What a step benchmark runs on: ``(vision, text, mesh, data)`` for ViT-B/32 + BERT-base (``smoke``: the
+    tiny towers), a data mesh over the local devices and :func:`batch_on_mesh`'s batch on it."""
+    vision, text = (TINY_VISION, TINY_TEXT) if smoke else (VISION["B/32"], BERT_BASE)
+    mesh = make_mesh({"data": -1})
+    return vision, text, mesh, batch_on_mesh(vision, text, batch, tokens, mesh)
 
 
 def make_model(

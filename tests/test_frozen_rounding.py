@@ -79,7 +79,7 @@ def test_every_frozen_weight_of_a_bfloat16_model_qualifies(tmp_path):
     heads-only phase every frozen leaf is rounded once."""
     trainer = trainer_for(tmp_path, "names")
     started = trainer.start_phase(trainer.phases[0], trainer.model.module)
-    found = rounded_leaves(started.step_fn._step, started.abstract, started.batch)
+    found = rounded_leaves(started.step_fn.unjitted, started.abstract, started.batch)
     names, paths = frozen_names(started.state, found)
     assert any(p.endswith("kernel.value") for p in paths) and any("norm" in p for p in paths)
     assert names == set(paths)

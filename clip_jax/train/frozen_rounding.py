@@ -2,10 +2,11 @@
 
 With ``model.dtype=bfloat16`` the weights are kept in float32 (the optimizer, checkpoints and the next phase
 need them) and each product rounds its kernel to bfloat16 inside the step. For a trained weight that rounding
-is part of the step; for a frozen one it makes the same bfloat16 copy at every step. On CPU those copies
-were 23% of the thread time of a ViT-B/32 + BERT-base bfloat16 phase-1 step (``docs/benchmarks.md``, "The
-bfloat16 phase-1 step"). :class:`FrozenRoundedStep` makes them once and passes them to the step beside the
-state, which keeps its float32 frozen weights unchanged.
+is part of the step; for a frozen one it makes the same bfloat16 copy at every step (on CPU, with the page
+faults of its fresh output, 23% of a ViT-B/32 + BERT-base bfloat16 phase-1 step's thread time in a profile).
+:class:`FrozenRoundedStep` makes them once and passes them to the step beside the state, which keeps its
+float32 frozen weights unchanged: that step ran 1.03-1.07x faster (``docs/benchmarks.md``, "Frozen weights
+rounded once").
 
 Which frozen weights qualify is read from the step's own program (its jaxpr), not from names: a weight
 qualifies when every use of it rounds it to one narrower dtype, possibly after moving its elements
@@ -115,13 +116,13 @@ class FrozenRoundedStep:
     weights qualifying by :func:`rounded_leaves` once and reuses the rounded copies while the state it is
     given is the one it returned (frozen weights pass through a step unchanged); any other state (a restored
     checkpoint, another run) is rounded afresh. Everything else (``trace``, ``lower``: what ``clip-jax plan``
-    compiles) is the plain jitted step's, which rounds inside."""
+    compiles) is the plain jitted step's (``plain``), which rounds inside; ``unjitted`` is the step function."""
 
     def __init__(
         self, step: Callable, plain: Any, state_sharding: Any, batch_sharding: Any, out_shardings: Any
     ):
         self.plain = plain
-        self._step = step
+        self.unjitted = step
         self._shardings = (state_sharding, batch_sharding, out_shardings)
         self._rounded: dict[int, jnp.dtype] | None = None
         self._fused = self._round = None
@@ -138,7 +139,7 @@ class FrozenRoundedStep:
 
     def __call__(self, state: Any, batch: Any) -> tuple[Any, dict]:
         if self._rounded is None:
-            self._rounded = rounded_leaves(self._step, state, batch) if ROUND_FROZEN_ONCE else {}
+            self._rounded = rounded_leaves(self.unjitted, state, batch) if ROUND_FROZEN_ONCE else {}
             if self._rounded:
                 self._build(state)
         if not self._rounded:
@@ -159,7 +160,7 @@ class FrozenRoundedStep:
             copy_sharding = tuple(every[i] for i in indices)
         else:  # one sharding for the whole state
             copy_sharding = tuple(state_sharding for _ in indices)
-        step = self._step
+        step = self.unjitted
 
         def fused(state, batch, copies: Sequence[jax.Array]):
             leaves, tree = jax.tree.flatten(state.frozen)
